@@ -1,0 +1,45 @@
+// Package broadcast is the pure core of abcast's Abortable Broadcast: the
+// protocol decisions with no goroutines, no clock, no network and no logging.
+//
+// A channel has one Sender and one Receiver per node. Each takes events as
+// method calls (publish, abort, peer up/down, update received, fetch done,
+// consumer took a delivery, tick) and returns the resulting work as Effect
+// values (send this update, cancel that transmission, start a fetch,
+// deliver, withdraw). The caller — an actor in package actors — performs
+// the effects and reports their outcomes back. Time enters only as
+// arguments; the cores never read a clock and never draw random numbers.
+//
+// # Sender contract
+//
+// Publish puts an artifact in the lowest free slot and bumps the commit id;
+// Abort frees the slot and bumps it again. For every peer the sender keeps
+// which state of each slot the peer acknowledged, and sends only the newest
+// state of a slot: a slot changed twice before it was sent yields one
+// update, and a change while an older update is in flight yields a
+// CancelSend for that transmission. Only Acked counts as delivered; Failed
+// keeps the slot pending and makes the peer back off (RetryAt, then Tick).
+// A newer connection (PeerUp) makes every slot the peer may hold pending at
+// once; when all of them are acknowledged on that connection the sender
+// sends a Sync update, after which the receiver drops entries it still keeps
+// from the sender's earlier connections (or an earlier incarnation).
+// Aborted artifacts are sent as cleared updates only to peers that may hold
+// them.
+//
+// # Receiver contract
+//
+// Per peer the receiver mirrors the peer's slot table, at most SlotLimit
+// entries. An update replaces an entry only when its (ConnID, CommitID) is
+// greater; older ones are refused with ErrStale. Each advertised id has an
+// advertiser set of exact (peer, slot) pairs. A new id goes to the
+// admission function: Fetch starts a download (or delivers a pushed copy),
+// Later waits for Reevaluate, Drop never fetches. When an id's advertiser
+// set becomes empty its fetch is cancelled or, if delivered, it is
+// withdrawn, and the id is forgotten: advertised again later, it is
+// delivered again. Fetches and undelivered artifacts together use at most
+// DeliveryCredits; Consumed returns one, so a slow consumer pauses fetching.
+//
+// Errors returned for peer input (ErrStale, ErrSlotLimit, ErrInvalid,
+// ErrMismatch) are the peer's fault, are counted in PeerStats, and leave the
+// state unchanged. Both cores have CheckInvariants, which tests call after
+// every step.
+package broadcast

@@ -1,0 +1,571 @@
+package broadcast
+
+import (
+	"fmt"
+)
+
+// ReceiverConfig bounds one channel's receiver.
+type ReceiverConfig struct {
+	// SlotLimit is the most slot entries kept per peer (cleared slots whose
+	// order still matters included). An update for a new slot beyond it is
+	// refused with ErrSlotLimit. Memory per peer is at most about
+	// SlotLimit × (MaxIDLen + MaxAttributeLen + 100 bytes). Default 50,000.
+	SlotLimit int
+	// MaxIDLen and MaxAttributeLen bound what one advert may store.
+	// Defaults 128 and 1024 bytes.
+	MaxIDLen        int
+	MaxAttributeLen int
+	// MaxActiveFetches is the most downloads running at once. Default 32.
+	MaxActiveFetches int
+	// DeliveryCredits is the most artifacts delivered or being fetched but
+	// not yet Consumed by the downstream layer. A slow consumer therefore
+	// pauses fetching instead of growing a queue. Default 64.
+	DeliveryCredits int
+	// Admit decides per new advert; nil means AdmitAll.
+	Admit AdmissionFunc
+	// Verify checks an artifact before delivery; nil checks only the id.
+	Verify VerifyFunc
+}
+
+// DefaultReceiverConfig returns the documented defaults.
+func DefaultReceiverConfig() ReceiverConfig {
+	return ReceiverConfig{
+		SlotLimit:        50_000,
+		MaxIDLen:         128,
+		MaxAttributeLen:  1024,
+		MaxActiveFetches: 32,
+		DeliveryCredits:  64,
+	}
+}
+
+// Validate reports the first field that is out of range.
+func (c ReceiverConfig) Validate() error {
+	switch {
+	case c.SlotLimit <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.SlotLimit must be positive, got %d", ErrInvalid, c.SlotLimit)
+	case c.MaxIDLen <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxIDLen must be positive, got %d", ErrInvalid, c.MaxIDLen)
+	case c.MaxAttributeLen < 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxAttributeLen must not be negative, got %d", ErrInvalid, c.MaxAttributeLen)
+	case c.MaxActiveFetches <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxActiveFetches must be positive, got %d", ErrInvalid, c.MaxActiveFetches)
+	case c.DeliveryCredits <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.DeliveryCredits must be positive, got %d", ErrInvalid, c.DeliveryCredits)
+	}
+	return nil
+}
+
+// StartFetch asks the caller to download ID from one of Advertisers (sorted,
+// distinct) and report it with FetchDone. The caller retries other
+// advertisers on failure until CancelFetch.
+type StartFetch struct {
+	ID          ArtifactID
+	Attribute   []byte
+	Advertisers []PeerID
+}
+
+// AdvertisersChanged updates the peers a running fetch may use.
+type AdvertisersChanged struct {
+	ID          ArtifactID
+	Advertisers []PeerID
+}
+
+// CancelFetch stops the download of ID: no peer advertises it any more.
+type CancelFetch struct{ ID ArtifactID }
+
+// Deliver hands an artifact to the consumer, at most once while it stays
+// advertised. The caller reports Consumed when the consumer has taken it.
+type Deliver struct {
+	Artifact Artifact
+	From     PeerID
+}
+
+// Withdraw tells the consumer that a delivered artifact is no longer
+// advertised by any peer.
+type Withdraw struct{ ID ArtifactID }
+
+// PeerStats counts one peer's updates and misbehaviour.
+type PeerStats struct {
+	Accepted  uint64
+	Stale     uint64
+	OverLimit uint64
+	Invalid   uint64
+	Mismatch  uint64
+	Syncs     uint64
+}
+
+// ReceiverStats counts what the receiver did.
+type ReceiverStats struct {
+	FetchesStarted, FetchesCancelled uint64
+	Delivered, Withdrawn             uint64
+	DeliveredFromPush                uint64
+	LateFetchResults                 uint64
+	UnknownPeerUpdates               uint64
+}
+
+type entry struct {
+	conn   ConnID
+	commit CommitID
+	id     ArtifactID
+	filled bool // false: a cleared slot kept for ordering
+}
+
+type peerRx struct {
+	id    PeerID
+	conn  ConnID
+	slots map[Slot]*entry
+	stats PeerStats
+}
+
+type advKey struct {
+	peer PeerID
+	slot Slot
+}
+
+type phase uint8
+
+const (
+	phaseIdle     phase = iota // Later or Drop
+	phaseQueued                // admitted, waiting for fetch capacity
+	phaseFetching              // StartFetch emitted
+	phaseDelivered
+)
+
+type idState struct {
+	attr     []byte
+	decision Decision
+	phase    phase
+	adv      map[advKey]struct{}
+	peers    map[PeerID]int // distinct advertisers with their slot counts
+}
+
+// Receiver is the pure receiver half of one channel: per peer a mirror of
+// that peer's slot table, advertiser sets per id, admission and fetch
+// scheduling. It is not safe for concurrent use; one actor owns it.
+type Receiver struct {
+	cfg      ReceiverConfig
+	peers    map[PeerID]*peerRx
+	ids      map[ArtifactID]*idState
+	queue    []ArtifactID // ids in phaseQueued, FIFO; may hold stale entries
+	queued   int          // ids in phaseQueued; bounds the stale entries
+	fetching int
+	// credits in use: fetching + delivered but not consumed
+	unconsumed int
+	stats      ReceiverStats
+}
+
+// NewReceiver returns a receiver with no peers.
+func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Admit == nil {
+		cfg.Admit = AdmitAll
+	}
+	return &Receiver{cfg: cfg, peers: make(map[PeerID]*peerRx), ids: make(map[ArtifactID]*idState)}, nil
+}
+
+// Stats returns the receiver's counters.
+func (r *Receiver) Stats() ReceiverStats { return r.stats }
+
+// PeerStats returns one peer's counters.
+func (r *Receiver) PeerStats(peer PeerID) PeerStats {
+	if p, ok := r.peers[peer]; ok {
+		return p.stats
+	}
+	return PeerStats{}
+}
+
+// Entries returns how many slot entries peer occupies.
+func (r *Receiver) Entries(peer PeerID) int {
+	if p, ok := r.peers[peer]; ok {
+		return len(p.slots)
+	}
+	return 0
+}
+
+// IDs returns how many distinct ids are advertised.
+func (r *Receiver) IDs() int { return len(r.ids) }
+
+// Fetching returns the number of active fetches.
+func (r *Receiver) Fetching() int { return r.fetching }
+
+// IsDelivered reports whether id is currently delivered.
+func (r *Receiver) IsDelivered(id ArtifactID) bool {
+	st, ok := r.ids[id]
+	return ok && st.phase == phaseDelivered
+}
+
+// AddPeer makes peer a member whose updates are accepted. Adding a known
+// peer is a no-op.
+func (r *Receiver) AddPeer(peer PeerID) {
+	if _, ok := r.peers[peer]; !ok {
+		r.peers[peer] = &peerRx{id: peer, slots: make(map[Slot]*entry)}
+	}
+}
+
+// RemovePeer drops everything peer advertised (it left the subnet):
+// fetches only it could serve are cancelled, deliveries only it backed are
+// withdrawn.
+func (r *Receiver) RemovePeer(peer PeerID) []Effect {
+	p, ok := r.peers[peer]
+	if !ok {
+		return nil
+	}
+	var eff []Effect
+	for _, slot := range sortedSlots(p.slots) {
+		eff = r.unlink(p, slot, p.slots[slot], eff)
+		delete(p.slots, slot)
+	}
+	delete(r.peers, peer)
+	return r.pump(eff)
+}
+
+// HandleUpdate applies one update from peer that arrived on the receiver's
+// connection conn to it. A refused update (stale, over the limit, invalid)
+// returns an error wrapping ErrStale, ErrSlotLimit or ErrInvalid, is
+// counted against the peer and changes nothing. The caller acknowledges the
+// update to the sender whether or not it was stale, and refuses it otherwise.
+func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effect, error) {
+	p, ok := r.peers[peer]
+	if !ok {
+		r.stats.UnknownPeerUpdates++
+		return nil, fmt.Errorf("%w: update from %s", ErrUnknownPeer, peer)
+	}
+	if conn < p.conn {
+		p.stats.Stale++
+		return nil, fmt.Errorf("%w: from %s on connection %d, already on %d", ErrStale, peer, conn, p.conn)
+	}
+	p.conn = conn
+	switch u.Kind {
+	case KindSync:
+		p.stats.Syncs++
+		return r.pump(r.sync(p, conn, nil)), nil
+	case KindAdvert, KindPush:
+		if err := r.checkArtifact(u.Artifact); err != nil {
+			p.stats.Invalid++
+			return nil, fmt.Errorf("update from %s slot %d: %w", peer, u.Slot, err)
+		}
+	case KindCleared:
+	default:
+		p.stats.Invalid++
+		return nil, fmt.Errorf("%w: update from %s has kind %v", ErrInvalid, peer, u.Kind)
+	}
+	e, ok := p.slots[u.Slot]
+	if ok {
+		if conn < e.conn || (conn == e.conn && u.Commit <= e.commit) {
+			p.stats.Stale++
+			return nil, fmt.Errorf("%w: from %s slot %d (%d,%d) not after (%d,%d)", ErrStale, peer, u.Slot, conn, u.Commit, e.conn, e.commit)
+		}
+	} else {
+		if len(p.slots) >= r.cfg.SlotLimit {
+			p.stats.OverLimit++
+			return nil, fmt.Errorf("%w: %s already holds %d slots", ErrSlotLimit, peer, len(p.slots))
+		}
+		e = &entry{}
+		p.slots[u.Slot] = e
+	}
+	p.stats.Accepted++
+	var eff []Effect
+	newID := u.Artifact.ID
+	filled := u.Kind != KindCleared
+	if e.filled && filled && e.id == newID {
+		// The same artifact again (a resend on a new connection, say).
+		e.conn, e.commit = conn, u.Commit
+		return nil, nil
+	}
+	eff = r.unlink(p, u.Slot, e, eff)
+	e.conn, e.commit, e.filled, e.id = conn, u.Commit, filled, ""
+	if filled {
+		e.id = newID
+		var err error
+		eff, err = r.link(p, u.Slot, u, eff)
+		return r.pump(eff), err
+	}
+	return r.pump(eff), nil
+}
+
+func (r *Receiver) checkArtifact(a Artifact) error {
+	switch {
+	case len(a.ID) == 0:
+		return fmt.Errorf("%w: empty artifact id", ErrInvalid)
+	case len(a.ID) > r.cfg.MaxIDLen:
+		return fmt.Errorf("%w: artifact id of %d bytes exceeds %d", ErrInvalid, len(a.ID), r.cfg.MaxIDLen)
+	case len(a.Attribute) > r.cfg.MaxAttributeLen:
+		return fmt.Errorf("%w: attribute of %d bytes exceeds %d", ErrInvalid, len(a.Attribute), r.cfg.MaxAttributeLen)
+	}
+	return nil
+}
+
+// sync drops p's entries from connections older than conn: the sender has
+// refreshed everything it still holds on conn.
+func (r *Receiver) sync(p *peerRx, conn ConnID, eff []Effect) []Effect {
+	for _, slot := range sortedSlots(p.slots) {
+		e := p.slots[slot]
+		if e.conn < conn {
+			eff = r.unlink(p, slot, e, eff)
+			delete(p.slots, slot)
+		}
+	}
+	return eff
+}
+
+// unlink removes (p, slot) from the advertiser set of the entry's id.
+func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect {
+	if !e.filled {
+		return eff
+	}
+	st := r.ids[e.id]
+	key := advKey{p.id, slot}
+	delete(st.adv, key)
+	st.peers[p.id]--
+	peerGone := st.peers[p.id] == 0
+	if peerGone {
+		delete(st.peers, p.id)
+	}
+	if len(st.adv) > 0 {
+		if peerGone && st.phase == phaseFetching {
+			eff = append(eff, AdvertisersChanged{ID: e.id, Advertisers: st.peerList()})
+		}
+		return eff
+	}
+	switch st.phase {
+	case phaseQueued:
+		r.queued--
+	case phaseFetching:
+		r.fetching--
+		r.unconsumed--
+		r.stats.FetchesCancelled++
+		eff = append(eff, CancelFetch{ID: e.id})
+	case phaseDelivered:
+		r.stats.Withdrawn++
+		eff = append(eff, Withdraw{ID: e.id})
+	}
+	delete(r.ids, e.id)
+	return eff
+}
+
+// link adds (p, slot) to the advertiser set of u's id, admitting a new id.
+func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Effect, error) {
+	id := u.Artifact.ID
+	st, ok := r.ids[id]
+	if ok {
+		st.adv[advKey{p.id, slot}] = struct{}{}
+		st.peers[p.id]++
+		if st.peers[p.id] == 1 && st.phase == phaseFetching {
+			eff = append(eff, AdvertisersChanged{ID: id, Advertisers: st.peerList()})
+		}
+		return eff, nil
+	}
+	st = &idState{
+		attr:     append([]byte(nil), u.Artifact.Attribute...),
+		adv:      map[advKey]struct{}{{p.id, slot}: {}},
+		peers:    map[PeerID]int{p.id: 1},
+		decision: r.cfg.Admit(id, u.Artifact.Attribute),
+	}
+	r.ids[id] = st
+	if st.decision != Fetch {
+		return eff, nil
+	}
+	if u.Kind == KindPush && r.unconsumed < r.cfg.DeliveryCredits {
+		if err := r.verify(id, u.Artifact); err != nil {
+			p.stats.Mismatch++
+			r.enqueue(id, st)
+			return eff, fmt.Errorf("push from %s slot %d: %w", p.id, slot, err)
+		}
+		st.phase = phaseDelivered
+		r.unconsumed++
+		r.stats.Delivered++
+		r.stats.DeliveredFromPush++
+		return append(eff, Deliver{Artifact: u.Artifact, From: p.id}), nil
+	}
+	r.enqueue(id, st)
+	return eff, nil
+}
+
+// enqueue puts id in the fetch queue. Entries of ids that left the queue
+// state stay behind until popped, so the queue is compacted when they
+// outnumber the live ones: a peer churning ids cannot grow it.
+func (r *Receiver) enqueue(id ArtifactID, st *idState) {
+	st.phase = phaseQueued
+	r.queued++
+	r.queue = append(r.queue, id)
+	if len(r.queue) > 2*r.queued+64 {
+		live := r.queue[:0]
+		seen := make(map[ArtifactID]bool, r.queued)
+		for _, q := range r.queue {
+			if s, ok := r.ids[q]; ok && s.phase == phaseQueued && !seen[q] {
+				seen[q] = true
+				live = append(live, q)
+			}
+		}
+		clear(r.queue[len(live):])
+		r.queue = live
+	}
+}
+
+func (r *Receiver) verify(id ArtifactID, a Artifact) error {
+	if a.ID != id {
+		return fmt.Errorf("%w: asked for %x, got %x", ErrMismatch, []byte(id), []byte(a.ID))
+	}
+	if r.cfg.Verify != nil {
+		if err := r.cfg.Verify(a); err != nil {
+			return fmt.Errorf("%w: %w", ErrMismatch, err)
+		}
+	}
+	return nil
+}
+
+// pump starts queued fetches while capacity and credits allow.
+func (r *Receiver) pump(eff []Effect) []Effect {
+	for len(r.queue) > 0 && r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits {
+		id := r.queue[0]
+		r.queue = r.queue[1:]
+		st, ok := r.ids[id]
+		if !ok || st.phase != phaseQueued {
+			continue
+		}
+		st.phase = phaseFetching
+		r.queued--
+		r.fetching++
+		r.unconsumed++
+		r.stats.FetchesStarted++
+		eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
+	}
+	if len(r.queue) == 0 {
+		r.queue = nil // release the backing array
+	}
+	return eff
+}
+
+// FetchDone reports a downloaded artifact for id from peer. A result for an
+// id no longer being fetched is ignored. An artifact that fails the id check
+// or the verifier returns ErrMismatch, is counted against peer, and leaves
+// the fetch running so the caller can try another advertiser.
+func (r *Receiver) FetchDone(id ArtifactID, from PeerID, a Artifact) ([]Effect, error) {
+	st, ok := r.ids[id]
+	if !ok || st.phase != phaseFetching {
+		r.stats.LateFetchResults++
+		return nil, nil
+	}
+	if err := r.verify(id, a); err != nil {
+		if p, ok := r.peers[from]; ok {
+			p.stats.Mismatch++
+		}
+		return nil, fmt.Errorf("fetch from %s: %w", from, err)
+	}
+	st.phase = phaseDelivered
+	r.fetching--
+	r.stats.Delivered++
+	return r.pump([]Effect{Deliver{Artifact: a, From: from}}), nil
+}
+
+// Consumed returns one delivery credit: the consumer has taken a delivered
+// artifact.
+func (r *Receiver) Consumed() []Effect {
+	if r.unconsumed > r.fetching {
+		r.unconsumed--
+	}
+	return r.pump(nil)
+}
+
+// Reevaluate asks the admission function again about every id it answered
+// Later for, e.g. because its filter changed.
+func (r *Receiver) Reevaluate() []Effect {
+	for _, id := range sortedIDs(r.ids) {
+		st := r.ids[id]
+		if st.decision != Later {
+			continue
+		}
+		st.decision = r.cfg.Admit(id, st.attr)
+		if st.decision == Fetch {
+			r.enqueue(id, st)
+		}
+	}
+	return r.pump(nil)
+}
+
+// CheckInvariants verifies the receiver's consistency (DESIGN §6).
+func (r *Receiver) CheckInvariants() error {
+	count := make(map[ArtifactID]int)
+	for pid, p := range r.peers {
+		if len(p.slots) > r.cfg.SlotLimit {
+			return fmt.Errorf("peer %s holds %d slots above limit %d", pid, len(p.slots), r.cfg.SlotLimit)
+		}
+		for slot, e := range p.slots {
+			if !e.filled {
+				continue
+			}
+			st, ok := r.ids[e.id]
+			if !ok {
+				return fmt.Errorf("peer %s slot %d holds %x which has no advertiser set", pid, slot, []byte(e.id))
+			}
+			if _, ok := st.adv[advKey{pid, slot}]; !ok {
+				return fmt.Errorf("advertiser set of %x lacks (%s, %d)", []byte(e.id), pid, slot)
+			}
+			count[e.id]++
+		}
+	}
+	fetching, queued := 0, 0
+	for id, st := range r.ids {
+		if len(st.adv) == 0 {
+			return fmt.Errorf("id %x has an empty advertiser set", []byte(id))
+		}
+		if len(st.adv) != count[id] {
+			return fmt.Errorf("id %x: advertiser set has %d pairs, tables %d", []byte(id), len(st.adv), count[id])
+		}
+		n := 0
+		for _, c := range st.peers {
+			n += c
+		}
+		if n != len(st.adv) {
+			return fmt.Errorf("id %x: per-peer counts %d, pairs %d", []byte(id), n, len(st.adv))
+		}
+		switch st.phase {
+		case phaseFetching:
+			fetching++
+			if st.decision != Fetch {
+				return fmt.Errorf("id %x fetching with decision %v", []byte(id), st.decision)
+			}
+		case phaseQueued:
+			queued++
+		}
+	}
+	if fetching != r.fetching {
+		return fmt.Errorf("fetch counter %d, fetching ids %d", r.fetching, fetching)
+	}
+	if r.fetching > r.cfg.MaxActiveFetches {
+		return fmt.Errorf("%d fetches above limit %d", r.fetching, r.cfg.MaxActiveFetches)
+	}
+	if r.unconsumed < r.fetching || r.unconsumed > r.cfg.DeliveryCredits {
+		return fmt.Errorf("credits in use %d outside [%d, %d]", r.unconsumed, r.fetching, r.cfg.DeliveryCredits)
+	}
+	inQueue := make(map[ArtifactID]bool)
+	for _, id := range r.queue {
+		inQueue[id] = true
+	}
+	for id, st := range r.ids {
+		if st.phase == phaseQueued && !inQueue[id] {
+			return fmt.Errorf("id %x queued but not in the fetch queue", []byte(id))
+		}
+	}
+	if queued != r.queued {
+		return fmt.Errorf("queued counter %d, queued ids %d", r.queued, queued)
+	}
+	if len(r.queue) > 2*r.queued+64 {
+		return fmt.Errorf("fetch queue of %d entries for %d queued ids", len(r.queue), r.queued)
+	}
+	if queued > 0 && r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits {
+		return fmt.Errorf("%d ids wait although fetch capacity is free", queued)
+	}
+	return nil
+}
+
+func (st *idState) peerList() []PeerID {
+	out := make([]PeerID, 0, len(st.peers))
+	for p := range st.peers {
+		out = append(out, p)
+	}
+	sortPeers(out)
+	return out
+}
