@@ -1,0 +1,328 @@
+package broadcast
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+)
+
+func newTestReceiver(t *testing.T, mut func(*ReceiverConfig), peers ...PeerID) *Receiver {
+	t.Helper()
+	cfg := DefaultReceiverConfig()
+	if mut != nil {
+		mut(&cfg)
+	}
+	r, err := NewReceiver(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range peers {
+		r.AddPeer(p)
+	}
+	return r
+}
+
+func checkR(t *testing.T, r *Receiver) {
+	t.Helper()
+	if err := r.CheckInvariants(); err != nil {
+		t.Fatalf("receiver invariant: %v", err)
+	}
+}
+
+func advert(commit CommitID, slot Slot, id string) SlotUpdate {
+	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindAdvert, Artifact: Artifact{ID: ArtifactID(id), Attribute: []byte("attr")}}
+}
+
+func push(commit CommitID, slot Slot, id string) SlotUpdate {
+	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindPush, Artifact: small(id)}
+}
+
+func clearedU(commit CommitID, slot Slot) SlotUpdate {
+	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindCleared}
+}
+
+func apply(t *testing.T, r *Receiver, peer PeerID, conn ConnID, u SlotUpdate) []Effect {
+	t.Helper()
+	eff, err := r.HandleUpdate(peer, conn, u)
+	if err != nil {
+		t.Fatalf("update %+v from %s: %v", u, peer, err)
+	}
+	checkR(t, r)
+	return eff
+}
+
+func kindsOf(eff []Effect) string {
+	s := ""
+	for _, e := range eff {
+		switch e := e.(type) {
+		case StartFetch:
+			s += fmt.Sprintf("start(%s:%v) ", e.ID, e.Advertisers)
+		case AdvertisersChanged:
+			s += fmt.Sprintf("advertisers(%s:%v) ", e.ID, e.Advertisers)
+		case CancelFetch:
+			s += fmt.Sprintf("cancel(%s) ", e.ID)
+		case Deliver:
+			s += fmt.Sprintf("deliver(%s from %s) ", e.Artifact.ID, e.From)
+		case Withdraw:
+			s += fmt.Sprintf("withdraw(%s) ", e.ID)
+		default:
+			s += fmt.Sprintf("%T ", e)
+		}
+	}
+	return s
+}
+
+func expect(t *testing.T, eff []Effect, want string) {
+	t.Helper()
+	if got := kindsOf(eff); got != want {
+		t.Fatalf("effects %q, want %q", got, want)
+	}
+}
+
+func TestReceiverCommitIDOrdering(t *testing.T) {
+	r := newTestReceiver(t, nil, "p")
+	expect(t, apply(t, r, "p", 1, advert(5, 0, "a")), "start(a:[p]) ")
+	// Higher commit on the same slot replaces a: a's fetch is cancelled.
+	expect(t, apply(t, r, "p", 1, advert(7, 0, "b")), "cancel(a) start(b:[p]) ")
+	// Lower commit is stale, whatever it carries.
+	if _, err := r.HandleUpdate("p", 1, advert(6, 0, "c")); !errors.Is(err, ErrStale) {
+		t.Fatalf("older commit: %v, want ErrStale", err)
+	}
+	// Equal commit is stale too (a replay).
+	if _, err := r.HandleUpdate("p", 1, advert(7, 0, "b")); !errors.Is(err, ErrStale) {
+		t.Fatalf("replayed commit: %v, want ErrStale", err)
+	}
+	// A newer connection wins even with a lower commit (sender restarted).
+	expect(t, apply(t, r, "p", 2, advert(1, 0, "d")), "cancel(b) start(d:[p]) ")
+	// And updates from the old connection are now stale.
+	if _, err := r.HandleUpdate("p", 1, advert(100, 3, "e")); !errors.Is(err, ErrStale) {
+		t.Fatalf("update on old connection: %v, want ErrStale", err)
+	}
+	if st := r.PeerStats("p"); st.Stale != 3 || st.Accepted != 3 {
+		t.Fatalf("peer stats %+v", st)
+	}
+}
+
+func TestReceiverSlotLimitRefusesNewSlotsOnly(t *testing.T) {
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.SlotLimit = 2 }, "p", "q")
+	apply(t, r, "p", 1, advert(1, 0, "a"))
+	apply(t, r, "p", 1, advert(2, 1, "b"))
+	if _, err := r.HandleUpdate("p", 1, advert(3, 2, "c")); !errors.Is(err, ErrSlotLimit) {
+		t.Fatalf("third slot: %v, want ErrSlotLimit", err)
+	}
+	// Cleared updates for new slots occupy an entry too, so they are refused.
+	if _, err := r.HandleUpdate("p", 1, clearedU(4, 9)); !errors.Is(err, ErrSlotLimit) {
+		t.Fatalf("cleared new slot: %v, want ErrSlotLimit", err)
+	}
+	// Overwriting an existing slot is fine.
+	apply(t, r, "p", 1, advert(5, 1, "c"))
+	// The limit is per peer.
+	apply(t, r, "q", 1, advert(1, 7, "z"))
+	if r.Entries("p") != 2 || r.PeerStats("p").OverLimit != 2 {
+		t.Fatalf("entries %d stats %+v", r.Entries("p"), r.PeerStats("p"))
+	}
+}
+
+func TestReceiverOverwriteCancelsOldFetch(t *testing.T) {
+	r := newTestReceiver(t, nil, "p")
+	apply(t, r, "p", 1, advert(1, 0, "a"))
+	expect(t, apply(t, r, "p", 1, advert(2, 0, "b")), "cancel(a) start(b:[p]) ")
+	if eff, err := r.FetchDone("a", "p", Artifact{ID: "a"}); err != nil || len(eff) != 0 {
+		t.Fatalf("late result for cancelled fetch: %v %v", eff, err)
+	}
+	if r.Stats().LateFetchResults != 1 {
+		t.Fatal("late fetch result not counted")
+	}
+}
+
+func TestReceiverTwoPeersOneFetch(t *testing.T) {
+	r := newTestReceiver(t, nil, "p", "q")
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "start(a:[p]) ")
+	expect(t, apply(t, r, "q", 1, advert(9, 4, "a")), "advertisers(a:[p q]) ")
+	if r.Fetching() != 1 {
+		t.Fatalf("%d fetches for one id", r.Fetching())
+	}
+	// p stops advertising: the fetch goes on with q.
+	expect(t, apply(t, r, "p", 1, clearedU(2, 0)), "advertisers(a:[q]) ")
+	expect(t, mustFetch(t, r, "a", "q"), "deliver(a from q) ")
+	expect(t, apply(t, r, "q", 1, clearedU(10, 4)), "withdraw(a) ")
+}
+
+func mustFetch(t *testing.T, r *Receiver, id ArtifactID, from PeerID) []Effect {
+	t.Helper()
+	eff, err := r.FetchDone(id, from, Artifact{ID: id, Payload: []byte("payload")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkR(t, r)
+	return eff
+}
+
+func TestReceiverReadvertiseAfterFinishDeliversAgain(t *testing.T) {
+	r := newTestReceiver(t, nil, "p")
+	apply(t, r, "p", 1, advert(1, 0, "a"))
+	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
+	r.Consumed()
+	expect(t, apply(t, r, "p", 1, clearedU(2, 0)), "withdraw(a) ")
+	expect(t, apply(t, r, "p", 1, advert(3, 0, "a")), "start(a:[p]) ")
+	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
+}
+
+func TestReceiverSameIDInTwoSlotsOfOnePeer(t *testing.T) {
+	r := newTestReceiver(t, nil, "p")
+	apply(t, r, "p", 1, advert(1, 0, "a"))
+	// A second slot with the same id adds a pair, not a peer.
+	expect(t, apply(t, r, "p", 1, advert(2, 1, "a")), "")
+	expect(t, apply(t, r, "p", 1, clearedU(3, 0)), "")
+	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
+	expect(t, apply(t, r, "p", 1, clearedU(4, 1)), "withdraw(a) ")
+}
+
+func TestReceiverTopologyChangeDropsPeerSlots(t *testing.T) {
+	r := newTestReceiver(t, nil, "p", "q")
+	apply(t, r, "p", 1, advert(1, 0, "a")) // only p
+	apply(t, r, "p", 1, advert(2, 1, "b")) // p and q
+	apply(t, r, "q", 1, advert(1, 0, "b"))
+	apply(t, r, "p", 1, push(3, 2, "c")) // delivered, only p
+	eff := r.RemovePeer("p")
+	checkR(t, r)
+	expect(t, eff, "cancel(a) advertisers(b:[q]) withdraw(c) ")
+	if r.Entries("p") != 0 {
+		t.Fatal("removed peer still has entries")
+	}
+	if _, err := r.HandleUpdate("p", 1, advert(9, 9, "x")); !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("update from removed peer: %v", err)
+	}
+}
+
+func TestReceiverPushDeliversAtOnceAndVerifies(t *testing.T) {
+	bad := errors.New("bad signature")
+	r := newTestReceiver(t, func(c *ReceiverConfig) {
+		c.Verify = func(a Artifact) error {
+			if string(a.Payload) == "forged" {
+				return bad
+			}
+			return nil
+		}
+	}, "p", "q")
+	expect(t, apply(t, r, "p", 1, push(1, 0, "a")), "deliver(a from p) ")
+	// q pushes the same id: no second delivery.
+	expect(t, apply(t, r, "q", 1, push(1, 0, "a")), "")
+	// A forged push is refused, blamed on the sender, and fetched instead.
+	eff, err := r.HandleUpdate("q", 1, SlotUpdate{Commit: 2, Slot: 1, Kind: KindPush, Artifact: Artifact{ID: "f", Payload: []byte("forged")}})
+	if !errors.Is(err, ErrMismatch) || !errors.Is(err, bad) {
+		t.Fatalf("forged push: %v", err)
+	}
+	checkR(t, r)
+	expect(t, eff, "start(f:[q]) ")
+	// Wrong bytes from a fetch are refused; the fetch stays open.
+	if _, err := r.FetchDone("f", "q", Artifact{ID: "f", Payload: []byte("forged")}); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("forged fetch: %v", err)
+	}
+	if _, err := r.FetchDone("f", "q", Artifact{ID: "other"}); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("wrong id: %v", err)
+	}
+	if r.PeerStats("q").Mismatch != 3 || r.Fetching() != 1 {
+		t.Fatalf("stats %+v fetching %d", r.PeerStats("q"), r.Fetching())
+	}
+	expect(t, mustFetch(t, r, "f", "q"), "deliver(f from q) ")
+}
+
+func TestReceiverAdmissionDropAndLater(t *testing.T) {
+	decision := map[ArtifactID]Decision{"d": Drop, "l": Later}
+	r := newTestReceiver(t, func(c *ReceiverConfig) {
+		c.Admit = func(id ArtifactID, _ []byte) Decision {
+			if d, ok := decision[id]; ok {
+				return d
+			}
+			return Fetch
+		}
+	}, "p")
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "d")), "")
+	expect(t, apply(t, r, "p", 1, advert(2, 1, "l")), "")
+	expect(t, apply(t, r, "p", 1, push(3, 2, "l2")), "deliver(l2 from p) ")
+	expect(t, r.Reevaluate(), "")
+	decision["l"] = Fetch
+	decision["d"] = Fetch // Drop is final while advertised
+	expect(t, r.Reevaluate(), "start(l:[p]) ")
+	checkR(t, r)
+	expect(t, r.Reevaluate(), "")
+}
+
+func TestReceiverCreditsPauseFetching(t *testing.T) {
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.DeliveryCredits = 2; c.MaxActiveFetches = 10 }, "p")
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "start(a:[p]) ")
+	expect(t, apply(t, r, "p", 1, advert(2, 1, "b")), "start(b:[p]) ")
+	expect(t, apply(t, r, "p", 1, advert(3, 2, "c")), "")
+	// A push with no credit is not held in memory: it is fetched later.
+	expect(t, apply(t, r, "p", 1, push(4, 3, "d")), "")
+	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
+	expect(t, mustFetch(t, r, "b", "p"), "deliver(b from p) ")
+	// Nothing starts until the consumer takes a delivery.
+	expect(t, r.Consumed(), "start(c:[p]) ")
+	checkR(t, r)
+	expect(t, r.Consumed(), "start(d:[p]) ")
+	checkR(t, r)
+}
+
+func TestReceiverSyncDropsEntriesOfOlderConnections(t *testing.T) {
+	r := newTestReceiver(t, nil, "p")
+	apply(t, r, "p", 1, push(1, 0, "a"))
+	apply(t, r, "p", 1, push(2, 1, "b"))
+	apply(t, r, "p", 1, clearedU(3, 2))
+	// New connection: the sender (maybe restarted) refreshes only slot 1.
+	expect(t, apply(t, r, "p", 2, push(1, 1, "b")), "")
+	expect(t, apply(t, r, "p", 2, SlotUpdate{Kind: KindSync}), "withdraw(a) ")
+	if r.Entries("p") != 1 || r.PeerStats("p").Syncs != 1 {
+		t.Fatalf("entries %d stats %+v", r.Entries("p"), r.PeerStats("p"))
+	}
+}
+
+func TestReceiverClearedSlotKeepsOrder(t *testing.T) {
+	// The cleared update overtakes the advert it clears: the advert must not
+	// resurrect the slot.
+	r := newTestReceiver(t, nil, "p")
+	expect(t, apply(t, r, "p", 1, clearedU(2, 0)), "")
+	if _, err := r.HandleUpdate("p", 1, advert(1, 0, "a")); !errors.Is(err, ErrStale) {
+		t.Fatalf("overtaken advert: %v, want ErrStale", err)
+	}
+	if r.IDs() != 0 {
+		t.Fatal("aborted artifact resurrected")
+	}
+}
+
+func TestReceiverRejectsInvalidUpdates(t *testing.T) {
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.MaxIDLen = 4; c.MaxAttributeLen = 2 }, "p")
+	bad := []SlotUpdate{
+		{Commit: 1, Kind: KindAdvert},
+		{Commit: 1, Kind: KindAdvert, Artifact: Artifact{ID: "toolong"}},
+		{Commit: 1, Kind: KindPush, Artifact: Artifact{ID: "a", Attribute: []byte("big")}},
+		{Commit: 1, Kind: UpdateKind(99)},
+		{Commit: 1, Kind: 0},
+	}
+	for _, u := range bad {
+		if _, err := r.HandleUpdate("p", 1, u); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%+v: %v, want ErrInvalid", u, err)
+		}
+	}
+	if r.PeerStats("p").Invalid != uint64(len(bad)) || r.Entries("p") != 0 {
+		t.Fatalf("stats %+v entries %d", r.PeerStats("p"), r.Entries("p"))
+	}
+	if _, err := r.HandleUpdate("stranger", 1, advert(1, 0, "a")); !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("unknown peer: %v", err)
+	}
+	checkR(t, r)
+}
+
+func TestReceiverChurnDoesNotGrowFetchQueue(t *testing.T) {
+	// A peer replacing ids in one slot while no fetch capacity is free must
+	// not grow the queue of waiting ids.
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.DeliveryCredits = 1; c.MaxActiveFetches = 1 }, "p", "q")
+	apply(t, r, "q", 1, advert(1, 0, "busy"))
+	for i := range 10_000 {
+		apply(t, r, "p", 1, advert(CommitID(i+1), 0, fmt.Sprintf("id%d", i)))
+	}
+	if len(r.queue) > 2*r.queued+64 {
+		t.Fatalf("queue holds %d entries for %d queued ids", len(r.queue), r.queued)
+	}
+}
