@@ -1,0 +1,850 @@
+package quicremote
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+
+	"github.com/abcast/abcast/membership"
+)
+
+// Transport is the QUIC implementation of RPC. See the package doc for the
+// connection rules.
+type Transport struct {
+	cfg    Config
+	self   *membership.Identity
+	source membership.Source
+	log    zerolog.Logger
+	events EventFunc
+
+	qt      *quic.Transport
+	ownQT   bool
+	ln      *quic.Listener
+	qconf   *quic.Config
+	members func() membership.MemberSet
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	garbageDatagrams atomic.Uint64
+
+	hmu      sync.RWMutex
+	handlers map[string]*handlerEntry
+
+	mu         sync.Mutex
+	closed     bool
+	applied    uint64 // version of the last snapshot applied
+	peers      map[membership.NodeID]*peerState
+	counters   map[membership.NodeID]*peerCounters
+	nextConnID uint64
+
+	// evMu serialises event delivery. It is taken while mu is still held
+	// and mu released before calling out, so events leave in state order and
+	// the callback may call back into ConnID/Peers.
+	evMu sync.Mutex
+}
+
+type peerState struct {
+	id       membership.NodeID
+	addr     string
+	conn     *quic.Conn // current welcomed connection, nil if down
+	connID   uint64
+	stopDial context.CancelFunc // non-nil while we run a dialler for it
+}
+
+type handlerEntry struct {
+	h      Handler
+	limit  int64
+	active atomic.Int64
+}
+
+// StatelessResetKey derives the node's QUIC stateless reset key from its
+// private key, so the key survives restarts: a peer that still holds a
+// connection to our previous incarnation gets a reset it can verify for its
+// first packet and notices the restart at once instead of after the idle
+// timeout. Set it on any quic.Transport you pass to NewWithTransport.
+func StatelessResetKey(id *membership.Identity) (*quic.StatelessResetKey, error) {
+	k, err := hkdf.Key(sha256.New, id.PrivateKey.Seed(), nil, "abcast quic stateless reset key v1", 32)
+	if err != nil {
+		return nil, fmt.Errorf("quicremote: derive stateless reset key: %w", err)
+	}
+	var key quic.StatelessResetKey
+	copy(key[:], k)
+	return &key, nil
+}
+
+// New starts a transport on conn (a UDP socket, or any net.PacketConn such
+// as a simulated network in tests). The caller keeps ownership of conn and
+// closes it after Close. For production pass the raw *net.UDPConn: a
+// wrapping PacketConn disables UDP segmentation offload.
+func New(cfg Config, self *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, events EventFunc) (*Transport, error) {
+	if conn == nil {
+		return nil, errors.New("quicremote: nil PacketConn")
+	}
+	if self == nil {
+		return nil, errors.New("quicremote: nil identity")
+	}
+	key, err := StatelessResetKey(self)
+	if err != nil {
+		return nil, err
+	}
+	qt := &quic.Transport{Conn: conn, StatelessResetKey: key}
+	t, err := NewWithTransport(cfg, self, source, qt, log, events)
+	if err != nil {
+		_ = qt.Close()
+		return nil, err
+	}
+	t.ownQT = true
+	return t, nil
+}
+
+// NewWithTransport is New on a quic.Transport the caller built (and closes
+// after Close). Give it StatelessResetKey(self) for fast restart detection.
+func NewWithTransport(cfg Config, self *membership.Identity, source membership.Source, qt *quic.Transport, log zerolog.Logger, events EventFunc) (*Transport, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if self == nil || source == nil || qt == nil {
+		return nil, errors.New("quicremote: identity, source and quic transport are required")
+	}
+	if events == nil {
+		events = func(PeerEvent) {}
+	}
+	t := &Transport{
+		cfg:      cfg,
+		self:     self,
+		source:   source,
+		log:      log.With().Str("node", self.ID.Short()).Logger(),
+		events:   events,
+		qt:       qt,
+		handlers: make(map[string]*handlerEntry),
+		peers:    make(map[membership.NodeID]*peerState),
+		counters: make(map[membership.NodeID]*peerCounters),
+		members:  membership.LatestMembers(source),
+	}
+	t.qconf = &quic.Config{
+		HandshakeIdleTimeout:           cfg.HandshakeTimeout / 2,
+		MaxIdleTimeout:                 cfg.IdleTimeout,
+		KeepAlivePeriod:                cfg.KeepAlive,
+		MaxIncomingStreams:             int64(cfg.MaxIncomingStreams),
+		MaxIncomingUniStreams:          -1,
+		RequireStreamCreditRelease:     true,
+		InitialStreamReceiveWindow:     cfg.InitialStreamWindow,
+		MaxStreamReceiveWindow:         cfg.MaxStreamWindow,
+		InitialConnectionReceiveWindow: cfg.InitialConnectionWindow,
+		MaxConnectionReceiveWindow:     cfg.MaxConnectionWindow,
+	}
+	ln, err := qt.Listen(membership.ServerTLSConfig(self, t.members, []string{ALPN}), t.qconf)
+	if err != nil {
+		return nil, fmt.Errorf("quicremote: listen: %w", err)
+	}
+	t.ln = ln
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+
+	t.applySnapshot(source.Current())
+	watch := source.Watch(t.ctx)
+	t.wg.Add(3)
+	go t.watchLoop(watch)
+	go t.acceptLoop()
+	go t.countGarbageDatagrams()
+	return t, nil
+}
+
+// LocalAddr is the address of the UDP socket.
+func (t *Transport) LocalAddr() net.Addr { return t.qt.Conn.LocalAddr() }
+
+// ID is this node's id.
+func (t *Transport) ID() membership.NodeID { return t.self.ID }
+
+// Handle implements RPC.
+func (t *Transport) Handle(protocol string, h Handler, limit int) error {
+	if err := validProtocol(protocol); err != nil {
+		return fmt.Errorf("quicremote: Handle %q: %w", protocol, err)
+	}
+	if h == nil {
+		return fmt.Errorf("quicremote: Handle %q: nil handler", protocol)
+	}
+	if limit <= 0 {
+		limit = t.cfg.DefaultProtocolLimit
+	}
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	if _, dup := t.handlers[protocol]; dup {
+		return fmt.Errorf("quicremote: Handle %q: already registered", protocol)
+	}
+	t.handlers[protocol] = &handlerEntry{h: h, limit: int64(limit)}
+	return nil
+}
+
+// ConnID implements RPC.
+func (t *Transport) ConnID(peer membership.NodeID) (uint64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.peers[peer]; p != nil && p.conn != nil {
+		return p.connID, true
+	}
+	return 0, false
+}
+
+// Peers implements RPC.
+func (t *Transport) Peers() []membership.NodeID {
+	t.mu.Lock()
+	var ids []membership.NodeID
+	for id, p := range t.peers {
+		if p.conn != nil {
+			ids = append(ids, id)
+		}
+	}
+	t.mu.Unlock()
+	slices.SortFunc(ids, membership.NodeID.Compare)
+	return ids
+}
+
+// Stats returns the misbehaviour counters of peer (zero if never seen).
+func (t *Transport) Stats(peer membership.NodeID) PeerStats {
+	return t.counter(peer).snapshot()
+}
+
+// GarbageDatagrams counts UDP datagrams that were not QUIC at all. Packets
+// that look like QUIC but fail decryption are dropped inside quic-go.
+func (t *Transport) GarbageDatagrams() uint64 { return t.garbageDatagrams.Load() }
+
+func (t *Transport) counter(peer membership.NodeID) *peerCounters {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.counters[peer]
+	if c == nil {
+		c = &peerCounters{}
+		t.counters[peer] = c
+	}
+	return c
+}
+
+// Close implements RPC.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	var conns []*quic.Conn
+	for _, p := range t.peers {
+		if p.stopDial != nil {
+			p.stopDial()
+		}
+		if p.conn != nil {
+			conns = append(conns, p.conn)
+		}
+	}
+	t.mu.Unlock()
+	t.cancel()
+	for _, c := range conns {
+		_ = c.CloseWithError(connShutdown, "shutdown")
+	}
+	err := t.ln.Close()
+	t.wg.Wait()
+	if t.ownQT {
+		if cerr := t.qt.Close(); err == nil {
+			err = cerr
+		}
+	}
+	t.log.Debug().Msg("transport closed")
+	return err
+}
+
+// ---- membership ----
+
+func (t *Transport) watchLoop(ch <-chan *membership.Snapshot) {
+	defer t.wg.Done()
+	for snap := range ch {
+		t.applySnapshot(snap)
+	}
+}
+
+// weDial is the dial rule: of two members, the lower NodeID dials.
+func (t *Transport) weDial(peer membership.NodeID) bool { return t.self.ID.Less(peer) }
+
+type pendingDown struct {
+	conn *quic.Conn
+	code quic.ApplicationErrorCode
+	ev   PeerDown
+}
+
+// applySnapshot brings the peer table in line with snap: new members are
+// added (and dialled if the rule says so), removed ones dropped and their
+// connection closed at once, moved ones redialled. Older or repeated
+// versions are ignored, so it is safe to call from several places.
+func (t *Transport) applySnapshot(snap *membership.Snapshot) {
+	if snap == nil {
+		return
+	}
+	t.mu.Lock()
+	if t.closed || (t.applied != 0 && snap.Version <= t.applied) {
+		t.mu.Unlock()
+		return
+	}
+	t.applied = snap.Version
+	var downs []pendingDown
+	for id, p := range t.peers {
+		if snap.Contains(id) {
+			continue
+		}
+		if p.stopDial != nil {
+			p.stopDial()
+		}
+		if p.conn != nil {
+			downs = append(downs, pendingDown{p.conn, connRemoved, PeerDown{id, p.connID, fmt.Errorf("peer %s removed from membership (version %d)", id.Short(), snap.Version)}})
+		}
+		delete(t.peers, id)
+		t.log.Info().Str("peer", id.Short()).Uint64("version", snap.Version).Msg("peer removed")
+	}
+	for _, id := range snap.IDs() {
+		if id == t.self.ID {
+			continue
+		}
+		m, _ := snap.Member(id)
+		p := t.peers[id]
+		if p == nil {
+			p = &peerState{id: id, addr: m.Addr}
+			t.peers[id] = p
+			t.log.Info().Str("peer", id.Short()).Str("addr", m.Addr).Msg("peer added")
+			if t.weDial(id) {
+				t.startDialer(p)
+			}
+			continue
+		}
+		if p.addr == m.Addr {
+			continue
+		}
+		t.log.Info().Str("peer", id.Short()).Str("old", p.addr).Str("new", m.Addr).Msg("peer address changed")
+		p.addr = m.Addr
+		if t.weDial(id) {
+			if p.stopDial != nil {
+				p.stopDial()
+			}
+			if p.conn != nil {
+				downs = append(downs, pendingDown{p.conn, connAddrChanged, PeerDown{id, p.connID, fmt.Errorf("peer %s moved to %s", id.Short(), m.Addr)}})
+				p.conn = nil
+			}
+			t.startDialer(p)
+		}
+	}
+	t.evMu.Lock()
+	t.mu.Unlock()
+	for _, d := range downs {
+		_ = d.conn.CloseWithError(d.code, d.ev.Err.Error())
+		t.events(d.ev)
+	}
+	t.evMu.Unlock()
+}
+
+// startDialer runs a dial loop for p. Caller holds mu.
+func (t *Transport) startDialer(p *peerState) {
+	ctx, cancel := context.WithCancel(t.ctx)
+	p.stopDial = cancel
+	t.wg.Add(1)
+	go t.dialLoop(ctx, p.id, p.addr)
+}
+
+// ---- connections ----
+
+// dialLoop keeps one connection to peer at addr until ctx ends: dial,
+// welcome, serve until the connection dies, then redial with backoff.
+func (t *Transport) dialLoop(ctx context.Context, peer membership.NodeID, addr string) {
+	defer t.wg.Done()
+	log := t.log.With().Str("peer", peer.Short()).Str("addr", addr).Logger()
+	backoff := t.cfg.ReconnectBackoffMin
+	for {
+		conn, err := t.dial(ctx, peer, addr)
+		if err == nil {
+			if connID, ok := t.register(ctx, peer, conn); ok {
+				log.Debug().Uint64("conn", connID).Msg("connected")
+				t.serveConn(peer, conn, connID)
+				backoff = t.cfg.ReconnectBackoffMin
+			}
+		} else if ctx.Err() == nil {
+			log.Debug().Err(err).Dur("backoff", backoff).Msg("dial failed")
+		}
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		if err != nil {
+			backoff = min(2*backoff, t.cfg.ReconnectBackoffMax)
+		}
+	}
+}
+
+// dial opens a connection to peer and runs the dialler's half of the
+// welcome exchange.
+func (t *Transport) dial(ctx context.Context, peer membership.NodeID, addr string) (*quic.Conn, error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", addr, err)
+	}
+	tlsConf := membership.ClientTLSConfig(t.self, t.members, peer, []string{ALPN})
+	dctx, cancel := context.WithTimeout(ctx, t.cfg.HandshakeTimeout)
+	defer cancel()
+	conn, err := t.qt.Dial(dctx, raddr, tlsConf, t.qconf)
+	if err != nil {
+		return nil, fmt.Errorf("dial peer %s: %w", peer.Short(), err)
+	}
+	if err := t.welcomeAsDialler(dctx, conn); err != nil {
+		_ = conn.CloseWithError(connWelcomeFailed, "welcome failed")
+		return nil, fmt.Errorf("welcome peer %s: %w", peer.Short(), err)
+	}
+	return conn, nil
+}
+
+func (t *Transport) welcomeAsDialler(ctx context.Context, conn *quic.Conn) error {
+	wctx, cancel := context.WithTimeout(ctx, t.cfg.WelcomeTimeout)
+	defer cancel()
+	str, err := conn.OpenStreamSync(wctx)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(wctx, func() { str.CancelRead(codeCancelled); str.CancelWrite(codeCancelled) })
+	defer stop()
+	if _, err := str.Write(welcomeMsg); err != nil {
+		return err
+	}
+	if err := str.Close(); err != nil {
+		return err
+	}
+	return readWelcome(str)
+}
+
+func readWelcome(str *quic.Stream) error {
+	got, err := readPayload(str, len(welcomeMsg))
+	if err != nil {
+		return err
+	}
+	if string(got) != string(welcomeMsg) {
+		return fmt.Errorf("%w: bad welcome", ErrProtocol)
+	}
+	return expectEOF(str)
+}
+
+func (t *Transport) acceptLoop() {
+	defer t.wg.Done()
+	for {
+		conn, err := t.ln.Accept(t.ctx)
+		if err != nil {
+			return
+		}
+		t.wg.Add(1)
+		go t.handleIncoming(conn)
+	}
+}
+
+// handleIncoming admits a connection a peer dialled: it must come from a
+// current member whose NodeID is lower than ours, and must welcome us.
+func (t *Transport) handleIncoming(conn *quic.Conn) {
+	defer t.wg.Done()
+	peer, err := membership.PeerID(conn.ConnectionState().TLS)
+	if err != nil {
+		_ = conn.CloseWithError(connWelcomeFailed, "no peer identity")
+		return
+	}
+	log := t.log.With().Str("peer", peer.Short()).Logger()
+	if !peer.Less(t.self.ID) {
+		log.Warn().Msg("refusing connection from a peer that should wait for our dial")
+		_ = conn.CloseWithError(connWrongDialer, "the lower node id dials")
+		return
+	}
+	// The TLS check used the source's latest snapshot; make sure our peer
+	// table has caught up with it before looking the peer up.
+	t.applySnapshot(t.source.Current())
+	if err := t.welcomeAsAcceptor(conn); err != nil {
+		log.Debug().Err(err).Msg("welcome failed")
+		_ = conn.CloseWithError(connWelcomeFailed, "welcome failed")
+		return
+	}
+	connID, ok := t.register(t.ctx, peer, conn)
+	if !ok {
+		return
+	}
+	log.Debug().Uint64("conn", connID).Msg("accepted")
+	t.serveConn(peer, conn, connID)
+}
+
+func (t *Transport) welcomeAsAcceptor(conn *quic.Conn) error {
+	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.WelcomeTimeout)
+	defer cancel()
+	str, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return err
+	}
+	defer str.ReleaseStreamCredit()
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(codeCancelled); str.CancelWrite(codeCancelled) })
+	defer stop()
+	if err := readWelcome(str); err != nil {
+		return err
+	}
+	if _, err := str.Write(welcomeMsg); err != nil {
+		return err
+	}
+	return str.Close()
+}
+
+// register makes conn the current connection to peer, replacing (and
+// closing) an older one, and reports PeerUp. It refuses if the peer is no
+// longer a member, the transport is closing, or ctx (the dialler's
+// lifetime) ended; ctx is cancelled under mu, so a superseded dialler can
+// never install its connection.
+func (t *Transport) register(ctx context.Context, peer membership.NodeID, conn *quic.Conn) (uint64, bool) {
+	t.mu.Lock()
+	p := t.peers[peer]
+	if t.closed || p == nil || ctx.Err() != nil {
+		t.mu.Unlock()
+		_ = conn.CloseWithError(connRemoved, "not a member")
+		return 0, false
+	}
+	old, oldID := p.conn, p.connID
+	t.nextConnID++
+	p.conn, p.connID = conn, t.nextConnID
+	connID := p.connID
+	t.evMu.Lock()
+	t.mu.Unlock()
+	if old != nil {
+		_ = old.CloseWithError(connReplaced, "replaced by a newer connection")
+		t.events(PeerDown{peer, oldID, fmt.Errorf("connection to %s replaced by a newer one", peer.Short())})
+	}
+	t.events(PeerUp{peer, connID})
+	t.evMu.Unlock()
+	return connID, true
+}
+
+// unregister reports PeerDown if conn is still the current connection.
+func (t *Transport) unregister(peer membership.NodeID, conn *quic.Conn, connID uint64) {
+	cause := context.Cause(conn.Context())
+	t.mu.Lock()
+	p := t.peers[peer]
+	if p == nil || p.conn != conn {
+		t.mu.Unlock()
+		return
+	}
+	p.conn = nil
+	t.evMu.Lock()
+	t.mu.Unlock()
+	t.log.Debug().Str("peer", peer.Short()).Uint64("conn", connID).AnErr("cause", cause).Msg("connection down")
+	t.events(PeerDown{peer, connID, fmt.Errorf("connection to %s lost: %w", peer.Short(), cause)})
+	t.evMu.Unlock()
+}
+
+// serveConn accepts the peer's streams until the connection dies, then
+// reports it down. Each stream is served on its own goroutine; there are at
+// most MaxIncomingStreams of them, because a stream's credit is released
+// only when its goroutine finishes.
+func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID uint64) {
+	defer t.unregister(peer, conn, connID)
+	ctrs := t.counter(peer)
+	for {
+		str, err := conn.AcceptStream(t.ctx)
+		if err != nil {
+			if t.ctx.Err() != nil {
+				_ = conn.CloseWithError(connShutdown, "shutdown")
+			}
+			return
+		}
+		t.wg.Add(1)
+		go t.serveStream(peer, ctrs, str)
+	}
+}
+
+// serveStream reads one request, runs its handler and writes the response.
+func (t *Transport) serveStream(peer membership.NodeID, ctrs *peerCounters, str *quic.Stream) {
+	defer t.wg.Done()
+	defer str.ReleaseStreamCredit()
+	reset := func(code quic.StreamErrorCode) {
+		str.CancelRead(code)
+		str.CancelWrite(code)
+	}
+	log := t.log.With().Str("peer", peer.Short()).Int64("stream", int64(str.StreamID())).Logger()
+
+	_ = str.SetReadDeadline(time.Now().Add(t.cfg.HeaderTimeout))
+	kind, protocol, err := readRequestHeader(str)
+	if err != nil {
+		if !isStreamOrConnErr(err) {
+			ctrs.garbage.Add(1)
+			log.Debug().Err(err).Msg("bad request header")
+		}
+		reset(codeGarbage)
+		return
+	}
+	_ = str.SetReadDeadline(time.Time{})
+	log = log.With().Str("protocol", protocol).Logger()
+
+	t.hmu.RLock()
+	he := t.handlers[protocol]
+	t.hmu.RUnlock()
+	if he == nil {
+		ctrs.refused.Add(1)
+		log.Debug().Msg("no handler")
+		reset(codeNoHandler)
+		return
+	}
+	if he.active.Add(1) > he.limit {
+		he.active.Add(-1)
+		ctrs.refused.Add(1)
+		log.Debug().Msg("protocol busy")
+		reset(codeBusy)
+		return
+	}
+	defer he.active.Add(-1)
+
+	n, err := readFrameLen(str, t.cfg.MaxFrameSize)
+	if errors.Is(err, errTooLarge) {
+		ctrs.oversized.Add(1)
+		log.Debug().Err(err).Msg("request too large")
+		reset(codeTooLarge)
+		return
+	}
+	var req []byte
+	if err == nil {
+		req, err = readPayload(str, n)
+	}
+	if err == nil {
+		err = expectEOF(str)
+	}
+	if err != nil {
+		if !isStreamOrConnErr(err) {
+			ctrs.garbage.Add(1)
+			log.Debug().Err(err).Msg("bad request frame")
+		}
+		reset(codeGarbage)
+		return
+	}
+
+	// The stream's context ends when the caller sends STOP_SENDING (its
+	// cancel) or the connection dies; t.ctx covers our own shutdown.
+	ctx, cancel := context.WithCancel(str.Context())
+	defer cancel()
+	stop := context.AfterFunc(t.ctx, cancel)
+	defer stop()
+	resp, herr := t.runHandler(ctx, he.h, peer, req)
+	if ctx.Err() != nil {
+		reset(codeCancelled)
+		return
+	}
+	if kind == kindPush {
+		resp = nil
+	}
+	var hdr []byte
+	if herr != nil {
+		msg := herr.Error()
+		if len(msg) > t.cfg.MaxErrorText {
+			msg = msg[:t.cfg.MaxErrorText]
+		}
+		hdr = appendResponseHeader(make([]byte, 0, 5+len(msg)), statusError, len(msg))
+		hdr = append(hdr, msg...)
+	} else {
+		if len(resp) > t.cfg.MaxFrameSize {
+			log.Warn().Int("size", len(resp)).Msg("handler response exceeds MaxFrameSize")
+			reset(codeTooLarge)
+			return
+		}
+		hdr = appendResponseHeader(make([]byte, 0, 5), statusOK, len(resp))
+	}
+	if err := writeFrame(str, hdr, resp); err != nil {
+		reset(codeCancelled)
+		return
+	}
+	_ = str.Close()
+}
+
+// runHandler calls h, turning a panic into an error: a bug in one handler
+// must not take down the node's transport.
+func (t *Transport) runHandler(ctx context.Context, h Handler, peer membership.NodeID, req []byte) (resp []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error().Interface("panic", r).Str("peer", peer.Short()).Msg("handler panicked")
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return h(ctx, peer, req)
+}
+
+// writeFrame writes hdr then payload; small payloads go in one write so the
+// whole request usually leaves in one packet.
+func writeFrame(str *quic.Stream, hdr, payload []byte) error {
+	if len(payload) <= 16<<10 {
+		b := append(hdr, payload...)
+		_, err := str.Write(b)
+		return err
+	}
+	if _, err := str.Write(hdr); err != nil {
+		return err
+	}
+	_, err := str.Write(payload)
+	return err
+}
+
+func isStreamOrConnErr(err error) bool {
+	var se *quic.StreamError
+	var ae *quic.ApplicationError
+	var ie *quic.IdleTimeoutError
+	var sr *quic.StatelessResetError
+	var te *quic.TransportError
+	return errors.As(err, &se) || errors.As(err, &ae) || errors.As(err, &ie) || errors.As(err, &sr) || errors.As(err, &te) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, quic.ErrServerClosed)
+}
+
+// countGarbageDatagrams drains the datagrams quic-go recognises as not
+// QUIC at all and counts them.
+func (t *Transport) countGarbageDatagrams() {
+	defer t.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		if _, _, err := t.qt.ReadNonQUICPacket(t.ctx, buf); err != nil {
+			return
+		}
+		t.garbageDatagrams.Add(1)
+	}
+}
+
+// ---- calls ----
+
+// Call implements RPC.
+func (t *Transport) Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte) ([]byte, error) {
+	return t.roundTrip(ctx, peer, protocol, kindCall, req)
+}
+
+// Push implements RPC.
+func (t *Transport) Push(ctx context.Context, peer membership.NodeID, protocol string, msg []byte) error {
+	_, err := t.roundTrip(ctx, peer, protocol, kindPush, msg)
+	return err
+}
+
+func (t *Transport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte) ([]byte, error) {
+	fail := func(k error, cause error, detail string) ([]byte, error) {
+		return nil, newErr(peer, protocol, k, cause, detail)
+	}
+	if err := validProtocol(protocol); err != nil {
+		return fail(ErrRefused, err, "")
+	}
+	if len(req) > t.cfg.MaxFrameSize {
+		return fail(ErrTooLarge, nil, fmt.Sprintf("request of %d bytes exceeds %d", len(req), t.cfg.MaxFrameSize))
+	}
+	t.mu.Lock()
+	closed := t.closed
+	p := t.peers[peer]
+	var conn *quic.Conn
+	if p != nil {
+		conn = p.conn
+	}
+	t.mu.Unlock()
+	switch {
+	case closed:
+		return fail(ErrClosed, nil, "")
+	case p == nil:
+		return fail(ErrUnknownPeer, nil, "")
+	case conn == nil:
+		return fail(ErrNotConnected, nil, "")
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(ErrCancelled, err, "")
+	}
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fail(ErrCancelled, ctx.Err(), "waiting for a stream credit")
+		}
+		return fail(ErrNotConnected, err, "")
+	}
+	stop := context.AfterFunc(ctx, func() {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+	})
+	resp, kindErr, cause, detail := t.exchange(str, peer, protocol, kind, req)
+	if !stop() || ctx.Err() != nil {
+		if kindErr == nil {
+			return resp, nil // finished just as ctx ended
+		}
+		return fail(ErrCancelled, ctx.Err(), "")
+	}
+	if kindErr != nil {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+		return fail(kindErr, cause, detail)
+	}
+	return resp, nil
+}
+
+// exchange writes the request and reads the response on str.
+func (t *Transport) exchange(str *quic.Stream, peer membership.NodeID, protocol string, kind byte, req []byte) (resp []byte, kindErr, cause error, detail string) {
+	hdr := appendRequestHeader(make([]byte, 0, 8+len(protocol)), kind, protocol, len(req))
+	werr := writeFrame(str, hdr, req)
+	if werr == nil {
+		werr = str.Close()
+	}
+	if werr != nil {
+		// A refusal resets our write side; the reason is in the code.
+		k, c := classify(werr)
+		return nil, k, c, ""
+	}
+	status, err := readStatus(str)
+	var n int
+	if err == nil {
+		n, err = readFrameLen(str, t.cfg.MaxFrameSize)
+	}
+	if err == nil {
+		resp, err = readPayload(str, n)
+	}
+	if err == nil {
+		err = expectEOF(str)
+	}
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			t.counter(peer).oversized.Add(1)
+			return nil, ErrTooLarge, err, "response"
+		}
+		if isStreamOrConnErr(err) || errors.Is(err, net.ErrClosed) {
+			k, c := classify(err)
+			return nil, k, c, ""
+		}
+		t.counter(peer).garbage.Add(1)
+		return nil, ErrProtocol, err, "bad response"
+	}
+	if status == statusError {
+		return nil, ErrRemote, nil, string(resp)
+	}
+	return resp, nil, nil, ""
+}
+
+// classify maps a stream or connection error to our error kinds.
+func classify(err error) (kind, cause error) {
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		switch se.ErrorCode {
+		case codeNoHandler:
+			return ErrRefused, errors.New("no handler for protocol")
+		case codeBusy:
+			return ErrRefused, errors.New("protocol at its concurrency limit")
+		case codeShutdown:
+			return ErrRefused, errors.New("peer shutting down")
+		case codeTooLarge:
+			return ErrTooLarge, errors.New("peer refused the frame size")
+		case codeGarbage:
+			return ErrProtocol, errors.New("peer could not decode the request")
+		case codeCancelled:
+			return ErrNotConnected, errors.New("peer abandoned the request")
+		}
+	}
+	return ErrNotConnected, err
+}

@@ -1,0 +1,251 @@
+package quicremote
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Wire format. Every request runs on its own bidirectional stream opened by
+// the caller:
+//
+//	request:  version(1)=1 | kind(1) | nameLen(1) | name | frame, then FIN
+//	response: status(1) | frame, then FIN
+//	frame:    length(4, big endian) | payload
+//
+// kind is kindCall or kindPush; status is statusOK (payload is the
+// response) or statusError (payload is the handler's error text). The
+// receiver refuses a stream by resetting it with one of the stream codes
+// below, which the caller maps to a typed error.
+const (
+	wireVersion byte = 1
+
+	kindCall byte = 1
+	kindPush byte = 2
+
+	statusOK    byte = 0
+	statusError byte = 1
+
+	// MaxProtocolLen is the longest protocol name, in bytes.
+	MaxProtocolLen = 64
+
+	frameHeaderLen = 4
+)
+
+// Stream reset codes (both directions).
+const (
+	codeCancelled quic.StreamErrorCode = 0x10 + iota // caller gave up
+	codeNoHandler                                    // no handler for the protocol
+	codeBusy                                         // protocol at its concurrency limit
+	codeTooLarge                                     // frame above MaxFrameSize
+	codeGarbage                                      // undecodable header or frame
+	codeShutdown                                     // receiver is closing
+)
+
+// Connection close codes.
+const (
+	connShutdown      quic.ApplicationErrorCode = 0x100 + iota // transport closed
+	connRemoved                                                // peer left the member set
+	connReplaced                                               // a newer connection took over
+	connWrongDialer                                            // the peer should not have dialled us
+	connWelcomeFailed                                          // welcome exchange failed
+	connAddrChanged                                            // the peer's address changed; redialling
+)
+
+// welcomeMsg is exchanged on the first stream of every connection: the
+// dialler sends it, the acceptor echoes it. A dial into a node that rejects
+// our certificate "succeeds" in QUIC before the rejection arrives; only the
+// echo proves the peer let us in.
+var welcomeMsg = []byte("abcast/1 welcome")
+
+var (
+	errBadVersion = errors.New("unknown wire version")
+	errBadKind    = errors.New("unknown request kind")
+	errBadName    = errors.New("bad protocol name")
+	errBadStatus  = errors.New("unknown response status")
+	errTooLarge   = errors.New("frame exceeds limit")
+	errTrailing   = errors.New("data after the frame")
+)
+
+// appendRequestHeader appends the request header and the frame length.
+func appendRequestHeader(b []byte, kind byte, protocol string, payloadLen int) []byte {
+	b = append(b, wireVersion, kind, byte(len(protocol)))
+	b = append(b, protocol...)
+	return binary.BigEndian.AppendUint32(b, uint32(payloadLen))
+}
+
+// appendResponseHeader appends the response status and the frame length.
+func appendResponseHeader(b []byte, status byte, payloadLen int) []byte {
+	b = append(b, status)
+	return binary.BigEndian.AppendUint32(b, uint32(payloadLen))
+}
+
+func validProtocol(p string) error {
+	if len(p) == 0 || len(p) > MaxProtocolLen {
+		return fmt.Errorf("%w: length %d not in 1..%d", errBadName, len(p), MaxProtocolLen)
+	}
+	return nil
+}
+
+// readRequestHeader decodes version, kind and protocol name.
+func readRequestHeader(r io.Reader) (kind byte, protocol string, err error) {
+	var h [3]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, "", err
+	}
+	if h[0] != wireVersion {
+		return 0, "", fmt.Errorf("%w %d", errBadVersion, h[0])
+	}
+	if h[1] != kindCall && h[1] != kindPush {
+		return 0, "", fmt.Errorf("%w %d", errBadKind, h[1])
+	}
+	n := int(h[2])
+	if n == 0 || n > MaxProtocolLen {
+		return 0, "", fmt.Errorf("%w: length %d", errBadName, n)
+	}
+	name := make([]byte, n)
+	if _, err := io.ReadFull(r, name); err != nil {
+		return 0, "", err
+	}
+	return h[1], string(name), nil
+}
+
+// readStatus decodes a response status byte.
+func readStatus(r io.Reader) (byte, error) {
+	var s [1]byte
+	if _, err := io.ReadFull(r, s[:]); err != nil {
+		return 0, err
+	}
+	if s[0] != statusOK && s[0] != statusError {
+		return 0, fmt.Errorf("%w %d", errBadStatus, s[0])
+	}
+	return s[0], nil
+}
+
+// readFrameLen decodes a frame length and checks it against max.
+func readFrameLen(r io.Reader, max int) (int, error) {
+	var l [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return 0, err
+	}
+	n := binary.BigEndian.Uint32(l[:])
+	if uint64(n) > uint64(max) {
+		return 0, fmt.Errorf("%w: %d > %d bytes", errTooLarge, n, max)
+	}
+	return int(n), nil
+}
+
+// readPayload reads exactly n bytes. It does not trust n for allocation:
+// the buffer grows with the bytes that actually arrive, so a peer that
+// announces a huge frame and sends nothing costs us almost nothing.
+func readPayload(r io.Reader, n int) ([]byte, error) {
+	const step = 1 << 20
+	if n <= step {
+		buf := make([]byte, n)
+		_, err := io.ReadFull(r, buf)
+		return buf, noEOF(err)
+	}
+	buf := make([]byte, 0, step)
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			next := min(2*cap(buf), n)
+			nb := make([]byte, len(buf), next)
+			copy(nb, buf)
+			buf = nb
+		}
+		m, err := r.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			if len(buf) == n && err == io.EOF {
+				break
+			}
+			return nil, noEOF(err)
+		}
+	}
+	return buf, nil
+}
+
+// expectEOF checks that the stream ends right after the frame.
+func expectEOF(r io.Reader) error {
+	var b [1]byte
+	for {
+		n, err := r.Read(b[:])
+		if n > 0 {
+			return errTrailing
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// noEOF turns a premature end of stream into io.ErrUnexpectedEOF.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// decodeRequest parses a complete request held in memory. The transport
+// reads from streams incrementally; this is the same decoder run over a
+// byte slice, used by the fuzz target and the in-memory transport's tests.
+func decodeRequest(b []byte, max int) (kind byte, protocol string, payload []byte, err error) {
+	r := &sliceReader{b: b}
+	kind, protocol, err = readRequestHeader(r)
+	if err != nil {
+		return 0, "", nil, noEOF(err)
+	}
+	n, err := readFrameLen(r, max)
+	if err != nil {
+		return 0, "", nil, noEOF(err)
+	}
+	payload, err = readPayload(r, n)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	if err := expectEOF(r); err != nil {
+		return 0, "", nil, err
+	}
+	return kind, protocol, payload, nil
+}
+
+// decodeResponse parses a complete response held in memory.
+func decodeResponse(b []byte, max int) (status byte, payload []byte, err error) {
+	r := &sliceReader{b: b}
+	status, err = readStatus(r)
+	if err != nil {
+		return 0, nil, noEOF(err)
+	}
+	n, err := readFrameLen(r, max)
+	if err != nil {
+		return 0, nil, noEOF(err)
+	}
+	payload, err = readPayload(r, n)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := expectEOF(r); err != nil {
+		return 0, nil, err
+	}
+	return status, payload, nil
+}
+
+// sliceReader is bytes.Reader without the extras; it returns short reads
+// of at most 7 bytes to exercise the incremental decoder paths.
+type sliceReader struct{ b []byte }
+
+func (r *sliceReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), 7)], r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
