@@ -17,6 +17,12 @@ type ReceiverConfig struct {
 	MaxAttributeLen int
 	// MaxActiveFetches is the most downloads running at once. Default 32.
 	MaxActiveFetches int
+	// MaxFetchesPerPeer is the most running downloads charged to one
+	// advertising peer. Queued ids are started round-robin over the peers
+	// that advertise them, so a peer that advertises ids it never serves
+	// ties up at most this many downloads and cannot starve the others.
+	// Default 8.
+	MaxFetchesPerPeer int
 	// DeliveryCredits is the most artifacts delivered or being fetched but
 	// not yet Consumed by the downstream layer. A slow consumer therefore
 	// pauses fetching instead of growing a queue. Default 64.
@@ -30,11 +36,12 @@ type ReceiverConfig struct {
 // DefaultReceiverConfig returns the documented defaults.
 func DefaultReceiverConfig() ReceiverConfig {
 	return ReceiverConfig{
-		SlotLimit:        50_000,
-		MaxIDLen:         128,
-		MaxAttributeLen:  1024,
-		MaxActiveFetches: 32,
-		DeliveryCredits:  64,
+		SlotLimit:         50_000,
+		MaxIDLen:          128,
+		MaxAttributeLen:   1024,
+		MaxActiveFetches:  32,
+		MaxFetchesPerPeer: 8,
+		DeliveryCredits:   64,
 	}
 }
 
@@ -49,6 +56,8 @@ func (c ReceiverConfig) Validate() error {
 		return fmt.Errorf("%w: ReceiverConfig.MaxAttributeLen must not be negative, got %d", ErrInvalid, c.MaxAttributeLen)
 	case c.MaxActiveFetches <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxActiveFetches must be positive, got %d", ErrInvalid, c.MaxActiveFetches)
+	case c.MaxFetchesPerPeer <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxFetchesPerPeer must be positive, got %d", ErrInvalid, c.MaxFetchesPerPeer)
 	case c.DeliveryCredits <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.DeliveryCredits must be positive, got %d", ErrInvalid, c.DeliveryCredits)
 	}
@@ -115,6 +124,12 @@ type peerRx struct {
 	conn  ConnID
 	slots map[Slot]*entry
 	stats PeerStats
+	// queue holds ids this peer advertises that wait for a fetch; entries
+	// of ids that have since started or gone are skipped when popped.
+	queue []ArtifactID
+	head  int
+	// active counts running fetches charged to this peer.
+	active int
 }
 
 type advKey struct {
@@ -135,6 +150,7 @@ type idState struct {
 	attr     []byte
 	decision Decision
 	phase    phase
+	charged  PeerID // while fetching: the advertiser the fetch is charged to
 	adv      map[advKey]struct{}
 	peers    map[PeerID]int // distinct advertisers with their slot counts
 }
@@ -146,8 +162,9 @@ type Receiver struct {
 	cfg      ReceiverConfig
 	peers    map[PeerID]*peerRx
 	ids      map[ArtifactID]*idState
-	queue    []ArtifactID // ids in phaseQueued, FIFO; may hold stale entries
-	queued   int          // ids in phaseQueued; bounds the stale entries
+	order    []PeerID // peers in order, for round-robin fetch starts
+	rr       int      // index in order where the next fetch start looks first
+	queued   int      // ids in phaseQueued
 	fetching int
 	// credits in use: fetching + delivered but not consumed
 	unconsumed int
@@ -201,6 +218,8 @@ func (r *Receiver) IsDelivered(id ArtifactID) bool {
 func (r *Receiver) AddPeer(peer PeerID) {
 	if _, ok := r.peers[peer]; !ok {
 		r.peers[peer] = &peerRx{id: peer, slots: make(map[Slot]*entry)}
+		r.order = append(r.order, peer)
+		sortPeers(r.order)
 	}
 }
 
@@ -218,6 +237,12 @@ func (r *Receiver) RemovePeer(peer PeerID) []Effect {
 		delete(p.slots, slot)
 	}
 	delete(r.peers, peer)
+	for i, id := range r.order {
+		if id == peer {
+			r.order = append(r.order[:i], r.order[i+1:]...)
+			break
+		}
+	}
 	return r.pump(eff)
 }
 
@@ -325,7 +350,14 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 	}
 	if len(st.adv) > 0 {
 		if peerGone && st.phase == phaseFetching {
-			eff = append(eff, AdvertisersChanged{ID: e.id, Advertisers: st.peerList()})
+			list := st.peerList()
+			if st.charged == p.id {
+				// Charge the fetch to an advertiser that remains.
+				p.active--
+				st.charged = list[0]
+				r.peers[st.charged].active++
+			}
+			eff = append(eff, AdvertisersChanged{ID: e.id, Advertisers: list})
 		}
 		return eff
 	}
@@ -333,6 +365,7 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 	case phaseQueued:
 		r.queued--
 	case phaseFetching:
+		p.active--
 		r.fetching--
 		r.unconsumed--
 		r.stats.FetchesCancelled++
@@ -352,8 +385,13 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 	if ok {
 		st.adv[advKey{p.id, slot}] = struct{}{}
 		st.peers[p.id]++
-		if st.peers[p.id] == 1 && st.phase == phaseFetching {
-			eff = append(eff, AdvertisersChanged{ID: id, Advertisers: st.peerList()})
+		if st.peers[p.id] == 1 {
+			switch st.phase {
+			case phaseFetching:
+				eff = append(eff, AdvertisersChanged{ID: id, Advertisers: st.peerList()})
+			case phaseQueued:
+				r.pushQ(p, id)
+			}
 		}
 		return eff, nil
 	}
@@ -383,25 +421,49 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 	return eff, nil
 }
 
-// enqueue puts id in the fetch queue. Entries of ids that left the queue
-// state stay behind until popped, so the queue is compacted when they
-// outnumber the live ones: a peer churning ids cannot grow it.
+// enqueue makes id wait for a fetch, in the queue of every peer that
+// advertises it.
 func (r *Receiver) enqueue(id ArtifactID, st *idState) {
 	st.phase = phaseQueued
 	r.queued++
-	r.queue = append(r.queue, id)
-	if len(r.queue) > 2*r.queued+64 {
-		live := r.queue[:0]
-		seen := make(map[ArtifactID]bool, r.queued)
-		for _, q := range r.queue {
-			if s, ok := r.ids[q]; ok && s.phase == phaseQueued && !seen[q] {
-				seen[q] = true
-				live = append(live, q)
-			}
-		}
-		clear(r.queue[len(live):])
-		r.queue = live
+	for peer := range st.peers {
+		r.pushQ(r.peers[peer], id)
 	}
+}
+
+// pushQ appends id to p's queue. Entries of ids that left the queued phase
+// stay behind until popped, so the queue is compacted when it outgrows what
+// p can advertise: a peer churning ids cannot grow it.
+func (r *Receiver) pushQ(p *peerRx, id ArtifactID) {
+	p.queue = append(p.queue, id)
+	if len(p.queue)-p.head <= 2*len(p.slots)+64 {
+		return
+	}
+	live := p.queue[:0]
+	seen := make(map[ArtifactID]bool)
+	for _, q := range p.queue[p.head:] {
+		if st, ok := r.ids[q]; ok && st.phase == phaseQueued && st.peers[p.id] > 0 && !seen[q] {
+			seen[q] = true
+			live = append(live, q)
+		}
+	}
+	clear(p.queue[len(live):])
+	p.queue, p.head = live, 0
+}
+
+// popQ returns the first id in p's queue that still waits and that p still
+// advertises.
+func (r *Receiver) popQ(p *peerRx) (ArtifactID, *idState, bool) {
+	for p.head < len(p.queue) {
+		id := p.queue[p.head]
+		p.queue[p.head] = ""
+		p.head++
+		if st, ok := r.ids[id]; ok && st.phase == phaseQueued && st.peers[p.id] > 0 {
+			return id, st, true
+		}
+	}
+	p.queue, p.head = nil, 0 // release the backing array
+	return "", nil, false
 }
 
 func (r *Receiver) verify(id ArtifactID, a Artifact) error {
@@ -416,24 +478,36 @@ func (r *Receiver) verify(id ArtifactID, a Artifact) error {
 	return nil
 }
 
-// pump starts queued fetches while capacity and credits allow.
+// pump starts queued fetches while capacity and credits allow, taking
+// peers' queues in turn and skipping peers at their MaxFetchesPerPeer.
 func (r *Receiver) pump(eff []Effect) []Effect {
-	for len(r.queue) > 0 && r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits {
-		id := r.queue[0]
-		r.queue = r.queue[1:]
-		st, ok := r.ids[id]
-		if !ok || st.phase != phaseQueued {
-			continue
+	for r.queued > 0 && r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits {
+		started := false
+		for i := range r.order {
+			k := (r.rr + i) % len(r.order)
+			p := r.peers[r.order[k]]
+			if p.active >= r.cfg.MaxFetchesPerPeer {
+				continue
+			}
+			id, st, ok := r.popQ(p)
+			if !ok {
+				continue
+			}
+			st.phase = phaseFetching
+			st.charged = p.id
+			p.active++
+			r.queued--
+			r.fetching++
+			r.unconsumed++
+			r.stats.FetchesStarted++
+			eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
+			r.rr = (k + 1) % len(r.order)
+			started = true
+			break
 		}
-		st.phase = phaseFetching
-		r.queued--
-		r.fetching++
-		r.unconsumed++
-		r.stats.FetchesStarted++
-		eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
-	}
-	if len(r.queue) == 0 {
-		r.queue = nil // release the backing array
+		if !started {
+			break
+		}
 	}
 	return eff
 }
@@ -455,6 +529,8 @@ func (r *Receiver) FetchDone(id ArtifactID, from PeerID, a Artifact) ([]Effect, 
 		return nil, fmt.Errorf("fetch from %s: %w", from, err)
 	}
 	st.phase = phaseDelivered
+	r.peers[st.charged].active--
+	st.charged = ""
 	r.fetching--
 	r.stats.Delivered++
 	return r.pump([]Effect{Deliver{Artifact: a, From: from}}), nil
@@ -540,23 +616,41 @@ func (r *Receiver) CheckInvariants() error {
 	if r.unconsumed < r.fetching || r.unconsumed > r.cfg.DeliveryCredits {
 		return fmt.Errorf("credits in use %d outside [%d, %d]", r.unconsumed, r.fetching, r.cfg.DeliveryCredits)
 	}
-	inQueue := make(map[ArtifactID]bool)
-	for _, id := range r.queue {
-		inQueue[id] = true
-	}
-	for id, st := range r.ids {
-		if st.phase == phaseQueued && !inQueue[id] {
-			return fmt.Errorf("id %x queued but not in the fetch queue", []byte(id))
-		}
-	}
 	if queued != r.queued {
 		return fmt.Errorf("queued counter %d, queued ids %d", r.queued, queued)
 	}
-	if len(r.queue) > 2*r.queued+64 {
-		return fmt.Errorf("fetch queue of %d entries for %d queued ids", len(r.queue), r.queued)
+	charged := make(map[PeerID]int)
+	for id, st := range r.ids {
+		if st.phase == phaseFetching {
+			if st.peers[st.charged] == 0 {
+				return fmt.Errorf("fetch of %x charged to %s which does not advertise it", []byte(id), st.charged)
+			}
+			charged[st.charged]++
+		}
 	}
-	if queued > 0 && r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits {
-		return fmt.Errorf("%d ids wait although fetch capacity is free", queued)
+	capacity := r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits
+	for pid, p := range r.peers {
+		if p.active != charged[pid] || p.active > r.cfg.MaxFetchesPerPeer {
+			return fmt.Errorf("peer %s: %d fetches counted, %d charged, limit %d", pid, p.active, charged[pid], r.cfg.MaxFetchesPerPeer)
+		}
+		if len(p.queue)-p.head > 2*len(p.slots)+64 {
+			return fmt.Errorf("peer %s: fetch queue of %d entries for %d slots", pid, len(p.queue)-p.head, len(p.slots))
+		}
+		inQueue := make(map[ArtifactID]bool)
+		for _, id := range p.queue[p.head:] {
+			inQueue[id] = true
+		}
+		for id, st := range r.ids {
+			if st.phase != phaseQueued || st.peers[pid] == 0 {
+				continue
+			}
+			if !inQueue[id] {
+				return fmt.Errorf("id %x waits but is not in the queue of its advertiser %s", []byte(id), pid)
+			}
+			if capacity && p.active < r.cfg.MaxFetchesPerPeer {
+				return fmt.Errorf("id %x waits although %s has fetch capacity", []byte(id), pid)
+			}
+		}
 	}
 	return nil
 }

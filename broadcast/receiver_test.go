@@ -322,7 +322,23 @@ func TestReceiverChurnDoesNotGrowFetchQueue(t *testing.T) {
 	for i := range 10_000 {
 		apply(t, r, "p", 1, advert(CommitID(i+1), 0, fmt.Sprintf("id%d", i)))
 	}
-	if len(r.queue) > 2*r.queued+64 {
-		t.Fatalf("queue holds %d entries for %d queued ids", len(r.queue), r.queued)
+	if q := r.peers["p"]; len(q.queue)-q.head > 2*len(q.slots)+64 {
+		t.Fatalf("queue holds %d entries for %d slots", len(q.queue)-q.head, len(q.slots))
 	}
+}
+
+func TestReceiverPeerThatNeverServesCannotStarveOthers(t *testing.T) {
+	// G4: a Byzantine peer advertising many ids it never serves ties up at
+	// most MaxFetchesPerPeer downloads; an honest peer's id still starts.
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.MaxActiveFetches = 8; c.MaxFetchesPerPeer = 3 }, "byz", "honest")
+	for i := range 100 {
+		apply(t, r, "byz", 1, advert(CommitID(i+1), Slot(i), fmt.Sprintf("junk%d", i)))
+	}
+	if r.Fetching() != 3 {
+		t.Fatalf("byz got %d fetches, want its cap of 3", r.Fetching())
+	}
+	expect(t, apply(t, r, "honest", 1, advert(1, 0, "good")), "start(good:[honest]) ")
+	// An id both advertise is served through whichever peer has room.
+	expect(t, apply(t, r, "byz", 1, advert(200, 100, "shared")), "")
+	expect(t, apply(t, r, "honest", 1, advert(2, 1, "shared")), "start(shared:[byz honest]) ")
 }
