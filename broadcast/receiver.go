@@ -15,7 +15,10 @@ type ReceiverConfig struct {
 	// Defaults 128 and 1024 bytes.
 	MaxIDLen        int
 	MaxAttributeLen int
-	// MaxActiveFetches is the most downloads running at once. Default 32.
+	// MaxActiveFetches is the most downloads running at once, except that
+	// a peer with no download charged to it may always start one (so a few
+	// peers advertising ids they never serve cannot starve the rest): the
+	// hard bound is MaxActiveFetches plus the number of peers. Default 32.
 	MaxActiveFetches int
 	// MaxFetchesPerPeer is the most running downloads charged to one
 	// advertising peer. Queued ids are started round-robin over the peers
@@ -24,8 +27,10 @@ type ReceiverConfig struct {
 	// Default 8.
 	MaxFetchesPerPeer int
 	// DeliveryCredits is the most artifacts delivered or being fetched but
-	// not yet Consumed by the downstream layer. A slow consumer therefore
-	// pauses fetching instead of growing a queue. Default 64.
+	// not yet Consumed by the downstream layer (a peer's first download, as
+	// above, may exceed it while fewer than DeliveryCredits deliveries wait
+	// for the consumer). A slow consumer therefore pauses fetching instead of
+	// growing a queue. Default 64.
 	DeliveryCredits int
 	// Admit decides per new advert; nil means AdmitAll.
 	Admit AdmissionFunc
@@ -150,9 +155,14 @@ type idState struct {
 	attr     []byte
 	decision Decision
 	phase    phase
-	charged  PeerID // while fetching: the advertiser the fetch is charged to
-	adv      map[advKey]struct{}
-	peers    map[PeerID]int // distinct advertisers with their slot counts
+	// charged: while fetching, the advertiser the fetch counts against.
+	// It starts as the peer whose queue started the fetch and moves to the
+	// least-charged remaining advertiser when that peer stops advertising
+	// the id, so a fetch kept alive only by a peer that never serves it is
+	// charged to that peer.
+	charged PeerID
+	adv     map[advKey]struct{}
+	peers   map[PeerID]int // distinct advertisers with their slot counts
 }
 
 // Receiver is the pure receiver half of one channel: per peer a mirror of
@@ -167,8 +177,9 @@ type Receiver struct {
 	queued   int      // ids in phaseQueued
 	fetching int
 	// credits in use: fetching + delivered but not consumed
-	unconsumed int
-	stats      ReceiverStats
+	// waiting counts deliveries the consumer has not yet Consumed.
+	waiting int
+	stats   ReceiverStats
 }
 
 // NewReceiver returns a receiver with no peers.
@@ -206,6 +217,25 @@ func (r *Receiver) IDs() int { return len(r.ids) }
 
 // Fetching returns the number of active fetches.
 func (r *Receiver) Fetching() int { return r.fetching }
+
+// Advertisers returns the distinct peers advertising id, sorted.
+func (r *Receiver) Advertisers(id ArtifactID) []PeerID {
+	if st, ok := r.ids[id]; ok {
+		return st.peerList()
+	}
+	return nil
+}
+
+// DescribeID says what the receiver knows of id, for diagnostics.
+func (r *Receiver) DescribeID(id ArtifactID) string {
+	st, ok := r.ids[id]
+	if !ok {
+		return "unknown"
+	}
+	names := [...]string{"idle", "queued", "fetching", "delivered"}
+	return fmt.Sprintf("decision %v, %s, charged to %q, advertisers %v (%d pairs), fetching %d/%d, credits %d/%d",
+		st.decision, names[st.phase], st.charged, st.peerList(), len(st.adv), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits)
+}
 
 // IsDelivered reports whether id is currently delivered.
 func (r *Receiver) IsDelivered(id ArtifactID) bool {
@@ -352,9 +382,13 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 		if peerGone && st.phase == phaseFetching {
 			list := st.peerList()
 			if st.charged == p.id {
-				// Charge the fetch to an advertiser that remains.
 				p.active--
 				st.charged = list[0]
+				for _, q := range list[1:] {
+					if r.peers[q].active < r.peers[st.charged].active {
+						st.charged = q
+					}
+				}
 				r.peers[st.charged].active++
 			}
 			eff = append(eff, AdvertisersChanged{ID: e.id, Advertisers: list})
@@ -365,9 +399,7 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 	case phaseQueued:
 		r.queued--
 	case phaseFetching:
-		p.active--
-		r.fetching--
-		r.unconsumed--
+		r.endFetch(st)
 		r.stats.FetchesCancelled++
 		eff = append(eff, CancelFetch{ID: e.id})
 	case phaseDelivered:
@@ -405,14 +437,14 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 	if st.decision != Fetch {
 		return eff, nil
 	}
-	if u.Kind == KindPush && r.unconsumed < r.cfg.DeliveryCredits {
+	if u.Kind == KindPush && r.fetching+r.waiting < r.cfg.DeliveryCredits {
 		if err := r.verify(id, u.Artifact); err != nil {
 			p.stats.Mismatch++
 			r.enqueue(id, st)
 			return eff, fmt.Errorf("push from %s slot %d: %w", p.id, slot, err)
 		}
 		st.phase = phaseDelivered
-		r.unconsumed++
+		r.waiting++
 		r.stats.Delivered++
 		r.stats.DeliveredFromPush++
 		return append(eff, Deliver{Artifact: u.Artifact, From: p.id}), nil
@@ -481,12 +513,12 @@ func (r *Receiver) verify(id ArtifactID, a Artifact) error {
 // pump starts queued fetches while capacity and credits allow, taking
 // peers' queues in turn and skipping peers at their MaxFetchesPerPeer.
 func (r *Receiver) pump(eff []Effect) []Effect {
-	for r.queued > 0 && r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits {
+	for r.queued > 0 {
 		started := false
 		for i := range r.order {
 			k := (r.rr + i) % len(r.order)
 			p := r.peers[r.order[k]]
-			if p.active >= r.cfg.MaxFetchesPerPeer {
+			if !r.canStart(p) {
 				continue
 			}
 			id, st, ok := r.popQ(p)
@@ -498,7 +530,6 @@ func (r *Receiver) pump(eff []Effect) []Effect {
 			p.active++
 			r.queued--
 			r.fetching++
-			r.unconsumed++
 			r.stats.FetchesStarted++
 			eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
 			r.rr = (k + 1) % len(r.order)
@@ -510,6 +541,23 @@ func (r *Receiver) pump(eff []Effect) []Effect {
 		}
 	}
 	return eff
+}
+
+// canStart reports whether a fetch charged to p may start now.
+func (r *Receiver) canStart(p *peerRx) bool {
+	if p.active >= r.cfg.MaxFetchesPerPeer || r.waiting >= r.cfg.DeliveryCredits {
+		return false
+	}
+	if p.active == 0 {
+		return true // every peer's first download is guaranteed
+	}
+	return r.fetching < r.cfg.MaxActiveFetches && r.fetching+r.waiting < r.cfg.DeliveryCredits
+}
+
+func (r *Receiver) endFetch(st *idState) {
+	r.peers[st.charged].active--
+	st.charged = ""
+	r.fetching--
 }
 
 // FetchDone reports a downloaded artifact for id from peer. A result for an
@@ -528,10 +576,9 @@ func (r *Receiver) FetchDone(id ArtifactID, from PeerID, a Artifact) ([]Effect, 
 		}
 		return nil, fmt.Errorf("fetch from %s: %w", from, err)
 	}
+	r.endFetch(st)
 	st.phase = phaseDelivered
-	r.peers[st.charged].active--
-	st.charged = ""
-	r.fetching--
+	r.waiting++
 	r.stats.Delivered++
 	return r.pump([]Effect{Deliver{Artifact: a, From: from}}), nil
 }
@@ -539,8 +586,8 @@ func (r *Receiver) FetchDone(id ArtifactID, from PeerID, a Artifact) ([]Effect, 
 // Consumed returns one delivery credit: the consumer has taken a delivered
 // artifact.
 func (r *Receiver) Consumed() []Effect {
-	if r.unconsumed > r.fetching {
-		r.unconsumed--
+	if r.waiting > 0 {
+		r.waiting--
 	}
 	return r.pump(nil)
 }
@@ -610,46 +657,52 @@ func (r *Receiver) CheckInvariants() error {
 	if fetching != r.fetching {
 		return fmt.Errorf("fetch counter %d, fetching ids %d", r.fetching, fetching)
 	}
-	if r.fetching > r.cfg.MaxActiveFetches {
-		return fmt.Errorf("%d fetches above limit %d", r.fetching, r.cfg.MaxActiveFetches)
+	if r.fetching > r.cfg.MaxActiveFetches+len(r.peers) {
+		return fmt.Errorf("%d fetches above limit %d + %d peers", r.fetching, r.cfg.MaxActiveFetches, len(r.peers))
 	}
-	if r.unconsumed < r.fetching || r.unconsumed > r.cfg.DeliveryCredits {
-		return fmt.Errorf("credits in use %d outside [%d, %d]", r.unconsumed, r.fetching, r.cfg.DeliveryCredits)
+	if r.waiting < 0 || r.fetching+r.waiting > r.cfg.DeliveryCredits+len(r.peers) {
+		return fmt.Errorf("credits in use %d+%d above %d + %d peers", r.fetching, r.waiting, r.cfg.DeliveryCredits, len(r.peers))
 	}
 	if queued != r.queued {
 		return fmt.Errorf("queued counter %d, queued ids %d", r.queued, queued)
 	}
 	charged := make(map[PeerID]int)
+	queues := make(map[PeerID]map[ArtifactID]bool)
 	for id, st := range r.ids {
-		if st.phase == phaseFetching {
+		switch st.phase {
+		case phaseFetching:
 			if st.peers[st.charged] == 0 {
-				return fmt.Errorf("fetch of %x charged to %s which does not advertise it", []byte(id), st.charged)
+				return fmt.Errorf("fetch of %x charged to %q which does not advertise it", []byte(id), st.charged)
 			}
 			charged[st.charged]++
+		case phaseQueued:
+			for pid := range st.peers {
+				p := r.peers[pid]
+				q, ok := queues[pid]
+				if !ok {
+					q = make(map[ArtifactID]bool, len(p.queue)-p.head)
+					for _, x := range p.queue[p.head:] {
+						q[x] = true
+					}
+					queues[pid] = q
+				}
+				if !q[id] {
+					return fmt.Errorf("id %x waits but is not in the queue of its advertiser %s", []byte(id), pid)
+				}
+				if r.canStart(p) {
+					return fmt.Errorf("id %x waits although %s may start a fetch", []byte(id), pid)
+				}
+			}
 		}
 	}
-	capacity := r.fetching < r.cfg.MaxActiveFetches && r.unconsumed < r.cfg.DeliveryCredits
 	for pid, p := range r.peers {
-		if p.active != charged[pid] || p.active > r.cfg.MaxFetchesPerPeer {
-			return fmt.Errorf("peer %s: %d fetches counted, %d charged, limit %d", pid, p.active, charged[pid], r.cfg.MaxFetchesPerPeer)
+		// A peer may exceed MaxFetchesPerPeer only through charges moved
+		// to it; it then starts nothing until it is below the limit again.
+		if p.active != charged[pid] {
+			return fmt.Errorf("peer %s: %d fetches counted, %d charged", pid, p.active, charged[pid])
 		}
 		if len(p.queue)-p.head > 2*len(p.slots)+64 {
 			return fmt.Errorf("peer %s: fetch queue of %d entries for %d slots", pid, len(p.queue)-p.head, len(p.slots))
-		}
-		inQueue := make(map[ArtifactID]bool)
-		for _, id := range p.queue[p.head:] {
-			inQueue[id] = true
-		}
-		for id, st := range r.ids {
-			if st.phase != phaseQueued || st.peers[pid] == 0 {
-				continue
-			}
-			if !inQueue[id] {
-				return fmt.Errorf("id %x waits but is not in the queue of its advertiser %s", []byte(id), pid)
-			}
-			if capacity && p.active < r.cfg.MaxFetchesPerPeer {
-				return fmt.Errorf("id %x waits although %s has fetch capacity", []byte(id), pid)
-			}
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package broadcast
 import (
 	"container/heap"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -390,9 +391,16 @@ func (s *Sender) PeerDown(peer PeerID) []Effect {
 		return nil
 	}
 	p.up = false
-	for tok, slot := range p.inflight {
+	toks := make([]Token, 0, len(p.inflight))
+	for tok := range p.inflight {
+		toks = append(toks, tok)
+	}
+	slices.Sort(toks) // keep the queue order deterministic
+	for _, tok := range toks {
+		slot := p.inflight[tok]
 		p.slots[slot].inflight = 0
 		delete(p.inflight, tok)
+		s.enqueue(p, slot)
 	}
 	p.syncToken = 0
 	return nil

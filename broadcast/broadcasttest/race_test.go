@@ -1,0 +1,5 @@
+//go:build race
+
+package broadcasttest
+
+const raceEnabled = true

@@ -1,0 +1,1056 @@
+// Package broadcasttest simulates whole subnets of broadcast cores on a
+// deterministic in-memory network: messages are lost, duplicated, delayed
+// and reordered, links are cut and healed, connections are replaced and
+// nodes restart, and some nodes may be Byzantine. Everything is driven by
+// one seed, in virtual time, on one goroutine, so a failing seed replays
+// exactly. After the faults stop and every link heals, Run checks the
+// guarantees G1 (delivery), G2 (integrity, no duplicates) and G4 (bounded
+// tables), and calls CheckInvariants after every step.
+//
+// Other packages' tests can use it too: it imports only the standard
+// library and package broadcast.
+package broadcasttest
+
+import (
+	"container/heap"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/abcast/abcast/broadcast"
+)
+
+// Config describes one simulation.
+type Config struct {
+	Seed uint64
+	// Nodes is the subnet size; the last Byzantine of them misbehave.
+	Nodes     int
+	Byzantine int
+	// Loss and Duplicate are per-message probabilities.
+	Loss, Duplicate float64
+	// MinDelay and MaxDelay bound one-way message delay; messages overtake
+	// each other when the range is wide.
+	MinDelay, MaxDelay time.Duration
+	// Faults enables link cuts, connection flaps and node restarts.
+	Faults bool
+	// Ops is the number of workload operations (publish, abort, faults).
+	Ops int
+	// OpGap is the mean virtual time between operations.
+	OpGap time.Duration
+	// Settle bounds the virtual time allowed for delivery after healing.
+	Settle time.Duration
+	// SlowConsumer makes consumers take up to this long per delivery.
+	SlowConsumer time.Duration
+	Sender       broadcast.SenderConfig
+	Receiver     broadcast.ReceiverConfig
+	// Check calls CheckInvariants after every event (on by default in
+	// DefaultConfig; expensive for large tables).
+	Check bool
+}
+
+// DefaultConfig returns a small, fault-heavy simulation for seed.
+func DefaultConfig(seed uint64) Config {
+	sc := broadcast.DefaultSenderConfig()
+	sc.MaxSlots = 64
+	sc.MaxInFlightPerPeer = 4
+	rc := broadcast.DefaultReceiverConfig()
+	rc.SlotLimit = 64
+	rc.MaxActiveFetches = 8
+	rc.MaxFetchesPerPeer = 3
+	rc.DeliveryCredits = 12
+	return Config{
+		Seed: seed, Nodes: 4, Loss: 0.05, Duplicate: 0.02,
+		MinDelay: time.Millisecond, MaxDelay: 60 * time.Millisecond,
+		Faults: true, Ops: 120, OpGap: 40 * time.Millisecond, Settle: 10 * time.Minute,
+		SlowConsumer: 20 * time.Millisecond, Sender: sc, Receiver: rc, Check: true,
+	}
+}
+
+// Result summarises a run.
+type Result struct {
+	Published, Aborted, Live  int
+	Deliveries, Withdrawals   int
+	Restarts, Cuts, Flaps     int
+	Messages, Lost            int
+	ByzantineUpdates          int
+	RefusedStale, RefusedOver int
+	RefusedInvalid, Mismatch  int
+	SettledAfter              time.Duration
+	VirtualTime               time.Duration
+	Events                    int
+}
+
+const (
+	rpcTimeout     = 2 * time.Second
+	detectDelay    = 3 * time.Second // keep-alive / idle timeout
+	reconnectDelay = 500 * time.Millisecond
+	restartDown    = 2 * time.Second
+)
+
+// Sim is one simulation. Use New and Run.
+type Sim struct {
+	cfg    Config
+	rng    *rand.Rand
+	now    time.Time
+	start  time.Time
+	events eventHeap
+	seq    uint64
+	nodes  []*node
+	links  [][]*link // links[a][b] for a < b
+	reg    map[broadcast.ArtifactID]*record
+	pubSeq int
+	res    Result
+	err    error
+	ending bool
+}
+
+type record struct {
+	owner   int
+	payload []byte
+	aborted bool
+}
+
+type node struct {
+	idx       int
+	id        broadcast.PeerID
+	byz       bool
+	alive     bool
+	inc       int
+	s         *broadcast.Sender
+	r         *broadcast.Receiver
+	connSeq   map[int]broadcast.ConnID
+	sends     map[broadcast.Token]*sendRec
+	fetches   map[broadcast.ArtifactID]*fetch
+	delivered map[broadcast.ArtifactID]bool
+	owned     []broadcast.ArtifactID // live artifacts it published, in order
+	byzSent   []sentUpdate           // Byzantine: what it sent, to replay
+	byzCommit broadcast.CommitID
+	dirty     bool // a core changed since its invariants were checked
+}
+
+type sentUpdate struct {
+	to int
+	u  broadcast.SlotUpdate
+}
+
+type conn struct {
+	a, b     int
+	idA, idB broadcast.ConnID
+	alive    bool
+}
+
+func (c *conn) localID(n int) broadcast.ConnID {
+	if n == c.a {
+		return c.idA
+	}
+	return c.idB
+}
+
+type link struct {
+	cut  bool
+	conn *conn
+}
+
+type sendRec struct {
+	to        int
+	c         *conn
+	cancelled bool
+}
+
+type fetch struct {
+	id          broadcast.ArtifactID
+	advertisers []broadcast.PeerID
+	attempt     int
+	seq         uint64
+}
+
+// New builds a simulation; it does not run yet.
+func New(cfg Config) (*Sim, error) {
+	if cfg.Nodes < 2 || cfg.Byzantine < 0 || cfg.Byzantine >= cfg.Nodes {
+		return nil, fmt.Errorf("broadcasttest: need at least 2 nodes and one honest one, got %d with %d Byzantine", cfg.Nodes, cfg.Byzantine)
+	}
+	if cfg.MaxDelay < cfg.MinDelay {
+		return nil, fmt.Errorf("broadcasttest: MaxDelay %v below MinDelay %v", cfg.MaxDelay, cfg.MinDelay)
+	}
+	if cfg.OpGap <= 0 {
+		cfg.OpGap = 40 * time.Millisecond
+	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = 10 * time.Minute
+	}
+	cfg.Receiver.Verify = verifyPayload
+	s := &Sim{
+		cfg:   cfg,
+		rng:   rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		now:   time.Unix(1_000_000, 0),
+		reg:   make(map[broadcast.ArtifactID]*record),
+		links: make([][]*link, cfg.Nodes),
+	}
+	s.start = s.now
+	for i := range cfg.Nodes {
+		s.links[i] = make([]*link, cfg.Nodes)
+		for j := i + 1; j < cfg.Nodes; j++ {
+			s.links[i][j] = &link{}
+		}
+	}
+	for i := range cfg.Nodes {
+		n := &node{idx: i, id: broadcast.PeerID(fmt.Sprintf("node%02d", i)), byz: i >= cfg.Nodes-cfg.Byzantine}
+		s.nodes = append(s.nodes, n)
+	}
+	for _, n := range s.nodes {
+		if err := s.boot(n); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Run executes the workload, heals everything, waits for delivery and
+// checks the guarantees. The error names the seed.
+func (s *Sim) Run() (Result, error) {
+	for a := range s.nodes {
+		for b := a + 1; b < len(s.nodes); b++ {
+			s.connect(a, b)
+		}
+	}
+	at := s.now
+	for range s.cfg.Ops {
+		at = at.Add(time.Duration(s.rng.Int64N(int64(2*s.cfg.OpGap) + 1)))
+		s.schedule(at, s.randomOp)
+	}
+	for _, n := range s.nodes {
+		if n.byz {
+			for t := s.now; t.Before(at); t = t.Add(s.cfg.OpGap * 3) {
+				s.schedule(t, func() { s.byzantineOp(n) })
+			}
+		}
+	}
+	s.runUntil(at)
+	s.heal()
+	deadline := s.now.Add(s.cfg.Settle)
+	settleStart := s.now
+	for s.err == nil && s.now.Before(deadline) {
+		s.runUntil(s.now.Add(time.Second))
+		if s.err == nil && s.converged() == nil {
+			break
+		}
+	}
+	if s.err == nil {
+		if err := s.converged(); err != nil {
+			s.fail("no convergence %v after healing: %v", s.cfg.Settle, err)
+		}
+	}
+	if s.err == nil {
+		s.res.SettledAfter = s.now.Sub(settleStart)
+		// Keep running a while: nothing may be delivered twice or
+		// withdrawn wrongly once converged.
+		s.runUntil(s.now.Add(30 * time.Second))
+		if s.err == nil {
+			if err := s.converged(); err != nil {
+				s.fail("diverged after converging: %v", err)
+			}
+		}
+	}
+	if s.err == nil {
+		s.checkBounds()
+	}
+	s.res.VirtualTime = s.now.Sub(s.start)
+	s.collectStats()
+	for id, r := range s.reg {
+		_ = id
+		s.res.Published++
+		if r.aborted {
+			s.res.Aborted++
+		}
+	}
+	s.res.Live = s.res.Published - s.res.Aborted
+	if s.err != nil {
+		return s.res, fmt.Errorf("seed %d (nodes %d, byzantine %d): %w", s.cfg.Seed, s.cfg.Nodes, s.cfg.Byzantine, s.err)
+	}
+	return s.res, nil
+}
+
+func (s *Sim) fail(format string, args ...any) {
+	if s.err == nil {
+		s.err = fmt.Errorf("at %v: %s", s.now.Sub(s.start), fmt.Sprintf(format, args...))
+	}
+}
+
+// ---- event loop
+
+type event struct {
+	at  time.Time
+	seq uint64
+	fn  func()
+}
+
+type eventHeap []event
+
+func (h eventHeap) Len() int { return len(h) }
+func (h eventHeap) Less(i, j int) bool {
+	if !h[i].at.Equal(h[j].at) {
+		return h[i].at.Before(h[j].at)
+	}
+	return h[i].seq < h[j].seq
+}
+func (h eventHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *eventHeap) Push(x any)   { *h = append(*h, x.(event)) }
+func (h *eventHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+func (s *Sim) schedule(at time.Time, fn func()) {
+	s.seq++
+	heap.Push(&s.events, event{at: at, seq: s.seq, fn: fn})
+}
+
+func (s *Sim) after(d time.Duration, fn func()) { s.schedule(s.now.Add(d), fn) }
+
+func (s *Sim) runUntil(t time.Time) {
+	for s.err == nil && s.events.Len() > 0 && !s.events[0].at.After(t) {
+		ev := heap.Pop(&s.events).(event)
+		s.now = ev.at
+		ev.fn()
+		s.res.Events++
+		if s.cfg.Check && s.err == nil {
+			s.checkAll()
+		}
+	}
+	if s.now.Before(t) {
+		s.now = t
+	}
+}
+
+func (s *Sim) delay() time.Duration {
+	return s.cfg.MinDelay + time.Duration(s.rng.Int64N(int64(s.cfg.MaxDelay-s.cfg.MinDelay)+1))
+}
+
+func (s *Sim) checkAll() {
+	for _, n := range s.nodes {
+		if !n.alive || n.byz || !n.dirty {
+			continue
+		}
+		n.dirty = false
+		if err := n.s.CheckInvariants(); err != nil {
+			s.fail("%s sender: %v", n.id, err)
+			return
+		}
+		if err := n.r.CheckInvariants(); err != nil {
+			s.fail("%s receiver: %v", n.id, err)
+			return
+		}
+	}
+}
+
+// ---- node lifecycle
+
+func (s *Sim) boot(n *node) error {
+	n.alive = true
+	n.inc++
+	n.connSeq = make(map[int]broadcast.ConnID)
+	n.sends = make(map[broadcast.Token]*sendRec)
+	n.fetches = make(map[broadcast.ArtifactID]*fetch)
+	n.delivered = make(map[broadcast.ArtifactID]bool)
+	if n.byz {
+		return nil
+	}
+	var err error
+	if n.s, err = broadcast.NewSender(s.cfg.Sender); err != nil {
+		return err
+	}
+	if n.r, err = broadcast.NewReceiver(s.cfg.Receiver); err != nil {
+		return err
+	}
+	for _, m := range s.nodes {
+		if m != n {
+			n.r.AddPeer(m.id)
+		}
+	}
+	// The application's pool survives the restart: publish again what is
+	// still live.
+	owned := n.owned
+	n.owned = nil
+	for _, id := range owned {
+		r := s.reg[id]
+		if r.aborted {
+			continue
+		}
+		eff, err := n.s.Publish(broadcast.Artifact{ID: id, Payload: r.payload})
+		if err != nil {
+			s.fail("%s republish %s: %v", n.id, id, err)
+			return nil
+		}
+		n.owned = append(n.owned, id)
+		s.exec(n, eff)
+	}
+	return nil
+}
+
+func (s *Sim) linkOf(a, b int) *link {
+	if a > b {
+		a, b = b, a
+	}
+	return s.links[a][b]
+}
+
+func (s *Sim) connect(a, b int) {
+	l := s.linkOf(a, b)
+	na, nb := s.nodes[a], s.nodes[b]
+	if l.cut || l.conn != nil || !na.alive || !nb.alive {
+		return
+	}
+	if a > b {
+		a, b = b, a
+		na, nb = nb, na
+	}
+	na.connSeq[b]++
+	nb.connSeq[a]++
+	c := &conn{a: a, b: b, idA: na.connSeq[b], idB: nb.connSeq[a], alive: true}
+	l.conn = c
+	s.peerUp(na, nb, c.idA)
+	s.peerUp(nb, na, c.idB)
+}
+
+func (s *Sim) peerUp(n, peer *node, id broadcast.ConnID) {
+	if n.byz {
+		return
+	}
+	s.exec(n, n.s.PeerUp(peer.id, id))
+}
+
+func (s *Sim) disconnect(a, b int) {
+	l := s.linkOf(a, b)
+	if l.conn == nil {
+		return
+	}
+	l.conn.alive = false
+	l.conn = nil
+	for _, pair := range [][2]int{{a, b}, {b, a}} {
+		n, peer := s.nodes[pair[0]], s.nodes[pair[1]]
+		if !n.alive || n.byz {
+			continue
+		}
+		for tok, rec := range n.sends {
+			if rec.to == peer.idx {
+				delete(n.sends, tok)
+			}
+		}
+		s.exec(n, n.s.PeerDown(peer.id))
+	}
+}
+
+func (s *Sim) restart(n *node) {
+	s.res.Restarts++
+	for _, m := range s.nodes {
+		if m != n {
+			s.disconnect(n.idx, m.idx)
+		}
+	}
+	n.alive = false
+	inc := n.inc
+	s.after(restartDown, func() {
+		if n.alive || n.inc != inc {
+			return
+		}
+		if err := s.boot(n); err != nil {
+			s.fail("boot %s: %v", n.id, err)
+			return
+		}
+		for _, m := range s.nodes {
+			if m != n {
+				s.connect(n.idx, m.idx)
+			}
+		}
+	})
+}
+
+func (s *Sim) heal() {
+	s.ending = true
+	for _, n := range s.nodes {
+		if !n.alive {
+			if err := s.boot(n); err != nil {
+				s.fail("boot %s: %v", n.id, err)
+			}
+		}
+	}
+	for a := range s.nodes {
+		for b := a + 1; b < len(s.nodes); b++ {
+			s.links[a][b].cut = false
+			s.connect(a, b)
+		}
+	}
+}
+
+// ---- workload
+
+func (s *Sim) honestAlive() []*node {
+	var out []*node
+	for _, n := range s.nodes {
+		if n.alive && !n.byz {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (s *Sim) randomOp() {
+	if s.ending {
+		return
+	}
+	p := s.rng.Float64()
+	switch {
+	case p < 0.50:
+		s.publish()
+	case p < 0.78:
+		s.abort()
+	case !s.cfg.Faults:
+		s.publish()
+	case p < 0.86:
+		a, b := s.randomPair()
+		l := s.linkOf(a, b)
+		if !l.cut {
+			s.res.Cuts++
+			l.cut = true
+			s.after(detectDelay, func() {
+				if l.cut {
+					s.disconnect(a, b)
+				}
+			})
+			// heal later
+			s.after(time.Duration(s.rng.Int64N(int64(8*time.Second))), func() {
+				if !s.ending && l.cut {
+					l.cut = false
+					s.after(reconnectDelay, func() { s.connect(a, b) })
+				}
+			})
+		}
+	case p < 0.94:
+		a, b := s.randomPair()
+		s.res.Flaps++
+		s.disconnect(a, b)
+		s.after(reconnectDelay, func() { s.connect(a, b) })
+	default:
+		nodes := s.honestAlive()
+		if len(nodes) > 1 {
+			s.restart(nodes[s.rng.IntN(len(nodes))])
+		}
+	}
+}
+
+func (s *Sim) randomPair() (int, int) {
+	a := s.rng.IntN(len(s.nodes))
+	b := s.rng.IntN(len(s.nodes) - 1)
+	if b >= a {
+		b++
+	}
+	return a, b
+}
+
+func (s *Sim) publish() {
+	nodes := s.honestAlive()
+	if len(nodes) == 0 {
+		return
+	}
+	n := nodes[s.rng.IntN(len(nodes))]
+	var size int
+	ls := false
+	switch s.rng.IntN(4) {
+	case 0, 1:
+		size = 50 + s.rng.IntN(600) // pushed
+	case 2:
+		size = 2000 + s.rng.IntN(6000) // advertised
+	default:
+		size = 2000 + s.rng.IntN(3000)
+		ls = true // pushed although large
+	}
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(s.rng.Uint32())
+	}
+	s.pubSeq++
+	id := MakeID(fmt.Sprintf("n%d-%d", n.idx, s.pubSeq), payload)
+	eff, err := n.s.Publish(broadcast.Artifact{ID: id, Attribute: []byte{byte(size)}, Payload: payload, LatencySensitive: ls})
+	if errors.Is(err, broadcast.ErrSlotsExhausted) {
+		return
+	}
+	if err != nil {
+		s.fail("%s publish: %v", n.id, err)
+		return
+	}
+	s.reg[id] = &record{owner: n.idx, payload: payload}
+	n.owned = append(n.owned, id)
+	s.exec(n, eff)
+}
+
+func (s *Sim) abort() {
+	var candidates []*node
+	for _, n := range s.honestAlive() {
+		if len(n.owned) > 0 {
+			candidates = append(candidates, n)
+		}
+	}
+	if len(candidates) == 0 {
+		return
+	}
+	n := candidates[s.rng.IntN(len(candidates))]
+	i := s.rng.IntN(len(n.owned))
+	id := n.owned[i]
+	n.owned = slices.Delete(n.owned, i, i+1)
+	s.reg[id].aborted = true
+	eff, err := n.s.Abort(id)
+	if err != nil {
+		s.fail("%s abort %s: %v", n.id, id, err)
+		return
+	}
+	s.exec(n, eff)
+}
+
+// MakeID builds an artifact id that commits to the payload, so that the
+// verifier can tell wrong bytes for an id.
+func MakeID(prefix string, payload []byte) broadcast.ArtifactID {
+	h := fnv.New64a()
+	h.Write(payload)
+	var sum [8]byte
+	binary.BigEndian.PutUint64(sum[:], h.Sum64())
+	return broadcast.ArtifactID(fmt.Sprintf("%s#%x", prefix, sum))
+}
+
+func verifyPayload(a broadcast.Artifact) error {
+	i := strings.LastIndexByte(string(a.ID), '#')
+	if i < 0 {
+		return errors.New("id carries no payload hash")
+	}
+	if MakeID(string(a.ID[:i]), a.Payload) != a.ID {
+		return errors.New("payload does not hash to the id")
+	}
+	return nil
+}
+
+// ---- effects of honest nodes
+
+func (s *Sim) exec(n *node, eff []broadcast.Effect) {
+	n.dirty = true // every call into a core ends here
+	for _, e := range eff {
+		if s.err != nil {
+			return
+		}
+		switch e := e.(type) {
+		case broadcast.SendUpdate:
+			s.sendUpdate(n, e)
+		case broadcast.CancelSend:
+			if rec, ok := n.sends[e.Token]; ok {
+				rec.cancelled = true
+				delete(n.sends, e.Token)
+			}
+		case broadcast.RetryAt:
+			inc := n.inc
+			s.schedule(e.At, func() {
+				if n.alive && n.inc == inc {
+					s.exec(n, n.s.Tick(s.now))
+				}
+			})
+		case broadcast.StartFetch:
+			f := &fetch{id: e.ID, advertisers: e.Advertisers}
+			n.fetches[e.ID] = f
+			s.fetchAttempt(n, f)
+		case broadcast.AdvertisersChanged:
+			if f, ok := n.fetches[e.ID]; ok {
+				f.advertisers = e.Advertisers
+			} else {
+				s.fail("%s: advertisers changed for %s which is not fetching", n.id, e.ID)
+			}
+		case broadcast.CancelFetch:
+			if _, ok := n.fetches[e.ID]; !ok {
+				s.fail("%s: cancel of %s which is not fetching", n.id, e.ID)
+			}
+			delete(n.fetches, e.ID)
+		case broadcast.Deliver:
+			s.deliver(n, e)
+		case broadcast.Withdraw:
+			if !n.delivered[e.ID] {
+				s.fail("%s: withdraw of %s which was not delivered", n.id, e.ID)
+			}
+			delete(n.delivered, e.ID)
+			s.res.Withdrawals++
+		default:
+			s.fail("unknown effect %T", e)
+		}
+	}
+}
+
+func (s *Sim) deliver(n *node, d broadcast.Deliver) {
+	id := d.Artifact.ID
+	if n.delivered[id] {
+		s.fail("G2: %s delivered %s twice while advertised", n.id, id)
+		return
+	}
+	if err := verifyPayload(d.Artifact); err != nil {
+		s.fail("G2: %s delivered %s with a payload not published under it: %v", n.id, id, err)
+		return
+	}
+	if r, ok := s.reg[id]; ok {
+		if string(r.payload) != string(d.Artifact.Payload) {
+			s.fail("G2: %s delivered wrong bytes for %s", n.id, id)
+			return
+		}
+		if r.owner == n.idx {
+			s.fail("%s delivered its own artifact %s", n.id, id)
+			return
+		}
+	}
+	n.delivered[id] = true
+	s.res.Deliveries++
+	inc := n.inc
+	wait := time.Duration(0)
+	if s.cfg.SlowConsumer > 0 {
+		wait = time.Duration(s.rng.Int64N(int64(s.cfg.SlowConsumer)))
+	}
+	s.after(wait, func() {
+		if n.alive && n.inc == inc {
+			s.exec(n, n.r.Consumed())
+		}
+	})
+}
+
+// sendUpdate models one update stream: request, handling, response, with
+// loss, duplication, delay, cancellation races and a caller timeout.
+func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
+	peer := s.nodeByID(e.Peer)
+	l := s.linkOf(n.idx, peer.idx)
+	c := l.conn
+	if c == nil || c.localID(n.idx) != e.Conn {
+		s.fail("%s sent on connection %d to %s which is not current", n.id, e.Conn, e.Peer)
+		return
+	}
+	rec := &sendRec{to: peer.idx, c: c}
+	n.sends[e.Token] = rec
+	inc := n.inc
+	s.after(rpcTimeout, func() {
+		if n.alive && n.inc == inc && n.sends[e.Token] == rec {
+			delete(n.sends, e.Token)
+			s.exec(n, n.s.Failed(peer.id, e.Token, s.now))
+		}
+	})
+	copies := 1
+	if s.rng.Float64() < s.cfg.Duplicate {
+		copies = 2
+	}
+	for range copies {
+		s.res.Messages++
+		if s.rng.Float64() < s.cfg.Loss {
+			s.res.Lost++
+			continue
+		}
+		s.after(s.delay(), func() {
+			if !c.alive || l.cut || !peer.alive {
+				return
+			}
+			// A reset stream may still have delivered its data.
+			if rec.cancelled && s.rng.IntN(2) == 0 {
+				return
+			}
+			ok := s.handleUpdate(peer, n, c, e.Update)
+			s.res.Messages++
+			if s.rng.Float64() < s.cfg.Loss {
+				s.res.Lost++
+				return
+			}
+			s.after(s.delay(), func() {
+				if !c.alive || l.cut || !n.alive || n.inc != inc || n.sends[e.Token] != rec {
+					return
+				}
+				delete(n.sends, e.Token)
+				if ok {
+					s.exec(n, n.s.Acked(peer.id, e.Token))
+				} else {
+					s.exec(n, n.s.Failed(peer.id, e.Token, s.now))
+				}
+			})
+		})
+	}
+}
+
+// handleUpdate runs at the receiving node and says whether the response is
+// a success. Stale updates are acknowledged: a newer state is already there.
+func (s *Sim) handleUpdate(to, from *node, c *conn, u broadcast.SlotUpdate) bool {
+	if to.byz {
+		return true
+	}
+	eff, err := to.r.HandleUpdate(from.id, c.localID(to.idx), u)
+	s.exec(to, eff)
+	if err != nil && !from.byz {
+		switch {
+		case errors.Is(err, broadcast.ErrStale), errors.Is(err, broadcast.ErrMismatch):
+		default:
+			s.fail("%s refused an honest update from %s: %v", to.id, from.id, err)
+		}
+	}
+	return err == nil || errors.Is(err, broadcast.ErrStale)
+}
+
+func (s *Sim) nodeByID(id broadcast.PeerID) *node {
+	for _, n := range s.nodes {
+		if n.id == id {
+			return n
+		}
+	}
+	s.fail("unknown peer %s", id)
+	return s.nodes[0]
+}
+
+// fetchAttempt asks one connected advertiser for the artifact, with a
+// per-attempt timeout that grows, and retries until the fetch is cancelled.
+func (s *Sim) fetchAttempt(n *node, f *fetch) {
+	if n.fetches[f.id] != f {
+		return
+	}
+	f.attempt++
+	s.seq++
+	f.seq = s.seq
+	seq := f.seq
+	inc := n.inc
+	// retry waits a growing, jittered pause and tries again; the pause
+	// replaces this attempt's timeout.
+	retry := func() {
+		s.seq++
+		f.seq = s.seq
+		wait := f.seq
+		backoff := min(50*time.Millisecond<<min(f.attempt, 8), 5*time.Second)
+		s.after(backoff/2+time.Duration(s.rng.Int64N(int64(backoff/2)+1)), func() {
+			if n.alive && n.inc == inc && n.fetches[f.id] == f && f.seq == wait {
+				s.fetchAttempt(n, f)
+			}
+		})
+	}
+	var candidates []*node
+	for _, id := range f.advertisers {
+		p := s.nodeByID(id)
+		if c := s.linkOf(n.idx, p.idx).conn; c != nil {
+			candidates = append(candidates, p)
+		}
+	}
+	if len(candidates) == 0 {
+		retry()
+		return
+	}
+	peer := candidates[s.rng.IntN(len(candidates))]
+	l := s.linkOf(n.idx, peer.idx)
+	c := l.conn
+	timeout := min(time.Second<<min(f.attempt-1, 4), 10*time.Second)
+	s.after(timeout, func() {
+		if n.alive && n.inc == inc && n.fetches[f.id] == f && f.seq == seq {
+			s.fetchAttempt(n, f)
+		}
+	})
+	s.res.Messages++
+	if s.rng.Float64() < s.cfg.Loss {
+		s.res.Lost++
+		return
+	}
+	s.after(s.delay(), func() {
+		if !c.alive || l.cut || !peer.alive {
+			return
+		}
+		art, found := s.serve(peer, f.id)
+		if peer.byz && !found {
+			return // never answers
+		}
+		s.res.Messages++
+		if s.rng.Float64() < s.cfg.Loss {
+			s.res.Lost++
+			return
+		}
+		s.after(s.delay(), func() {
+			if !c.alive || l.cut || !n.alive || n.inc != inc || n.fetches[f.id] != f || f.seq != seq {
+				return
+			}
+			if !found {
+				retry()
+				return
+			}
+			eff, err := n.r.FetchDone(f.id, peer.id, art)
+			if err != nil {
+				if !peer.byz {
+					s.fail("%s: honest %s served bad bytes for %s: %v", n.id, peer.id, f.id, err)
+					return
+				}
+				retry()
+				return
+			}
+			s.exec(n, eff)
+		})
+	})
+}
+
+func (s *Sim) serve(peer *node, id broadcast.ArtifactID) (broadcast.Artifact, bool) {
+	if peer.byz {
+		if s.rng.IntN(2) == 0 {
+			return broadcast.Artifact{}, false
+		}
+		// Wrong bytes for the id.
+		return broadcast.Artifact{ID: id, Payload: []byte("forged")}, true
+	}
+	return peer.s.Lookup(id)
+}
+
+// ---- Byzantine behaviour
+
+func (s *Sim) byzantineOp(b *node) {
+	if s.ending || !b.alive {
+		return
+	}
+	var targets []*node
+	for _, n := range s.honestAlive() {
+		if s.linkOf(b.idx, n.idx).conn != nil {
+			targets = append(targets, n)
+		}
+	}
+	if len(targets) == 0 {
+		return
+	}
+	to := targets[s.rng.IntN(len(targets))]
+	limit := s.cfg.Receiver.SlotLimit
+	var batch []broadcast.SlotUpdate
+	switch s.rng.IntN(5) {
+	case 0: // flood far beyond the slot limit
+		for i := range 2 * limit {
+			b.byzCommit++
+			batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(i), Kind: broadcast.KindAdvert,
+				Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(fmt.Sprintf("junk-%d-%d", b.idx, b.byzCommit))}})
+		}
+	case 1: // replay old updates
+		for i := 0; i < 20 && len(b.byzSent) > 0; i++ {
+			old := b.byzSent[s.rng.IntN(len(b.byzSent))]
+			if old.to == to.idx {
+				batch = append(batch, old.u)
+			}
+		}
+	case 2: // cleared for slots never filled
+		for range 10 {
+			b.byzCommit++
+			batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(s.rng.IntN(10 * limit)), Kind: broadcast.KindCleared})
+		}
+	case 3: // advertise honest ids it will serve wrongly
+		for id, r := range s.sortedRecords() {
+			if s.rng.IntN(3) == 0 && !r.aborted {
+				b.byzCommit++
+				batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(s.rng.IntN(limit)), Kind: broadcast.KindAdvert,
+					Artifact: broadcast.Artifact{ID: id}})
+			}
+		}
+	default: // garbage: invalid kinds and oversized ids
+		b.byzCommit++
+		batch = append(batch,
+			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 1, Kind: broadcast.UpdateKind(77)},
+			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 2, Kind: broadcast.KindPush, Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(strings.Repeat("x", 10_000))}})
+	}
+	c := s.linkOf(b.idx, to.idx).conn
+	for _, u := range batch {
+		b.byzSent = append(b.byzSent, sentUpdate{to: to.idx, u: u})
+		s.res.ByzantineUpdates++
+		s.handleUpdate(to, b, c, u)
+	}
+	if len(b.byzSent) > 1000 {
+		b.byzSent = b.byzSent[len(b.byzSent)-1000:]
+	}
+}
+
+// sortedRecords yields registry entries in id order, for determinism.
+func (s *Sim) sortedRecords() func(func(broadcast.ArtifactID, *record) bool) {
+	ids := make([]broadcast.ArtifactID, 0, len(s.reg))
+	for id := range s.reg {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return func(yield func(broadcast.ArtifactID, *record) bool) {
+		for _, id := range ids {
+			if !yield(id, s.reg[id]) {
+				return
+			}
+		}
+	}
+}
+
+// ---- checks
+
+// converged reports why G1 does not hold yet: every honest node must hold
+// exactly the live artifacts that other honest nodes published.
+func (s *Sim) converged() error {
+	for _, n := range s.nodes {
+		if n.byz || !n.alive {
+			continue
+		}
+		for id, r := range s.sortedRecords() {
+			if r.owner == n.idx {
+				continue
+			}
+			if !r.aborted && !n.delivered[id] {
+				owner := s.nodes[r.owner]
+				return fmt.Errorf("G1: %s has not delivered %s (published by node%02d, live there: %v); receiver: %s; sim fetch: %v",
+					n.id, id, r.owner, owner.s.Live() > 0 && has(owner.s, id), n.r.DescribeID(id), n.fetches[id] != nil)
+			}
+			if r.aborted && n.delivered[id] && !s.byzantineAdvertises(n, id) {
+				return fmt.Errorf("G3: %s still holds aborted %s", n.id, id)
+			}
+		}
+	}
+	return nil
+}
+
+func has(s *broadcast.Sender, id broadcast.ArtifactID) bool {
+	_, ok := s.Lookup(id)
+	return ok
+}
+
+// byzantineAdvertises reports whether a Byzantine peer keeps id advertised
+// at n: nothing can stop a faulty peer from advertising an aborted id.
+func (s *Sim) byzantineAdvertises(n *node, id broadcast.ArtifactID) bool {
+	for _, p := range n.r.Advertisers(id) {
+		if s.nodeByID(p).byz {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Sim) checkBounds() {
+	for _, n := range s.nodes {
+		if n.byz {
+			continue
+		}
+		for _, m := range s.nodes {
+			if m == n {
+				continue
+			}
+			if e := n.r.Entries(m.id); e > s.cfg.Receiver.SlotLimit {
+				s.fail("G4: %s holds %d entries for %s, limit %d", n.id, e, m.id, s.cfg.Receiver.SlotLimit)
+			}
+		}
+		if n.r.Fetching() > s.cfg.Receiver.MaxActiveFetches {
+			s.fail("G4: %s runs %d fetches", n.id, n.r.Fetching())
+		}
+	}
+}
+
+func (s *Sim) collectStats() {
+	for _, n := range s.nodes {
+		if n.byz || n.r == nil {
+			continue
+		}
+		for _, m := range s.nodes {
+			st := n.r.PeerStats(m.id)
+			s.res.RefusedStale += int(st.Stale)
+			s.res.RefusedOver += int(st.OverLimit)
+			s.res.RefusedInvalid += int(st.Invalid)
+			s.res.Mismatch += int(st.Mismatch)
+		}
+	}
+}
