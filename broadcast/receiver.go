@@ -716,3 +716,17 @@ func (st *idState) peerList() []PeerID {
 	sortPeers(out)
 	return out
 }
+
+// RestartFetches returns a StartFetch for every fetch in progress, for a
+// caller that lost its running downloads (for example after the actor that
+// ran them restarted). The fetches keep their charges and credits.
+func (r *Receiver) RestartFetches() []Effect {
+	var eff []Effect
+	for _, id := range sortedIDs(r.ids) {
+		st := r.ids[id]
+		if st.phase == phaseFetching {
+			eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
+		}
+	}
+	return eff
+}

@@ -342,3 +342,12 @@ func TestReceiverPeerThatNeverServesCannotStarveOthers(t *testing.T) {
 	expect(t, apply(t, r, "byz", 1, advert(200, 100, "shared")), "")
 	expect(t, apply(t, r, "honest", 1, advert(2, 1, "shared")), "start(shared:[byz honest]) ")
 }
+
+func TestReceiverRestartFetchesRepeatsRunningOnes(t *testing.T) {
+	r := newTestReceiver(t, nil, "p")
+	apply(t, r, "p", 1, advert(1, 0, "a"))
+	apply(t, r, "p", 1, advert(2, 1, "b"))
+	mustFetch(t, r, "a", "p")
+	expect(t, r.RestartFetches(), "start(b:[p]) ")
+	checkR(t, r)
+}

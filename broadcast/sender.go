@@ -658,3 +658,29 @@ func (h *slotHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
+
+// ResetTransmissions forgets every transmission in flight, as if each had
+// failed without a response, and sends the slots again at once (no
+// backoff). The caller uses it when it lost track of its transmissions, for
+// example after the actor that performed them restarted.
+func (s *Sender) ResetTransmissions() []Effect {
+	var eff []Effect
+	for _, id := range s.sortedPeers() {
+		p := s.peers[id]
+		toks := make([]Token, 0, len(p.inflight))
+		for tok := range p.inflight {
+			toks = append(toks, tok)
+		}
+		slices.Sort(toks)
+		for _, tok := range toks {
+			slot := p.inflight[tok]
+			delete(p.inflight, tok)
+			p.slots[slot].inflight = 0
+			s.enqueue(p, slot)
+		}
+		p.syncToken = 0
+		p.waiting = false
+		eff = s.pump(p, eff)
+	}
+	return eff
+}

@@ -414,3 +414,18 @@ func TestEncodedSizeMatchesProtobufFormula(t *testing.T) {
 		t.Fatalf("EncodedSize = %d", got)
 	}
 }
+
+func TestSenderResetTransmissionsResendsInFlight(t *testing.T) {
+	s := newTestSender(t, nil)
+	ackAll(t, s, s.PeerUp("p", 1))
+	first := sends(mustPublish(t, s, small("a")))
+	eff := s.ResetTransmissions()
+	checkS(t, s)
+	again := sends(eff)
+	if len(again) != 1 || again[0].Token == first[0].Token || again[0].Update.Artifact.ID != "a" {
+		t.Fatalf("reset sent %+v", again)
+	}
+	if got := s.Acked("p", first[0].Token); got != nil {
+		t.Fatalf("ack of forgotten token produced %+v", got)
+	}
+}
