@@ -2,6 +2,7 @@ package broadcast
 
 import (
 	"fmt"
+	"slices"
 )
 
 // ReceiverConfig bounds one channel's receiver.
@@ -730,3 +731,6 @@ func (r *Receiver) RestartFetches() []Effect {
 	}
 	return eff
 }
+
+// Peers returns the peers the receiver accepts updates from, sorted.
+func (r *Receiver) Peers() []PeerID { return slices.Clone(r.order) }

@@ -1,0 +1,111 @@
+package actors
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/wire"
+)
+
+// Config bounds a node's actors. Every field has a default from
+// DefaultConfig; Validate reports the first one out of range.
+type Config struct {
+	// Sender and Receiver are the per-channel core limits used when a
+	// ChannelConfig leaves its own zero.
+	Sender   broadcast.SenderConfig
+	Receiver broadcast.ReceiverConfig
+	// Wire bounds what a peer's message may contain (ids, attributes,
+	// payloads); larger messages are refused and counted.
+	Wire wire.Limits
+	// UpdateTimeout bounds one slot update transmission, plus
+	// UpdateTimeoutPerMiB for every MiB it carries (pushed artifacts can be
+	// large). A timed-out update counts as failed and is retried after the
+	// sender's backoff. Defaults 10 s and 2 s.
+	UpdateTimeout       time.Duration
+	UpdateTimeoutPerMiB time.Duration
+	// FetchTimeoutMin and FetchTimeoutMax bound one fetch attempt; the
+	// timeout doubles with every failed attempt of the same fetch.
+	// Defaults 5 s and 120 s (the reference's values).
+	FetchTimeoutMin, FetchTimeoutMax time.Duration
+	// FetchBackoffMin and FetchBackoffMax bound the pause between fetch
+	// attempts when no advertiser could serve. Defaults 100 ms and 5 s.
+	FetchBackoffMin, FetchBackoffMax time.Duration
+	// HandlerTimeout bounds how long an incoming update waits for the
+	// receiver actor; past it the update is refused and the sender retries.
+	// Default 5 s.
+	HandlerTimeout time.Duration
+	// MailboxCapacity bounds the mailboxes of peer-link, fetch and consumer
+	// actors (their senders never send more than the cores allow, so a
+	// refusal there means a bug or a stuck actor, and is counted).
+	// Default 1024.
+	MailboxCapacity int
+	// UpdateHandlers and FetchHandlers bound concurrent incoming updates
+	// and fetches per peer connection and channel. Defaults 128 and 32.
+	UpdateHandlers, FetchHandlers int
+	// MaxRestarts within RestartWindow before a supervisor gives up on a
+	// child (stops it and escalates). Defaults 10 per 10 s.
+	MaxRestarts   int
+	RestartWindow time.Duration
+	// Hooks are test hooks; leave nil in production.
+	Hooks *Hooks
+}
+
+// Hooks let tests inject faults into the actors.
+type Hooks struct {
+	// BeforeReceive runs at the start of every user message an actor of
+	// kind ("sender", "link", "receiver", "fetch", "consumer") receives on
+	// channel; a panic in it crashes that actor as a bug would.
+	BeforeReceive func(kind, channel string, msg any)
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Sender:              broadcast.DefaultSenderConfig(),
+		Receiver:            broadcast.DefaultReceiverConfig(),
+		Wire:                wire.DefaultLimits(),
+		UpdateTimeout:       10 * time.Second,
+		UpdateTimeoutPerMiB: 2 * time.Second,
+		FetchTimeoutMin:     5 * time.Second,
+		FetchTimeoutMax:     120 * time.Second,
+		FetchBackoffMin:     100 * time.Millisecond,
+		FetchBackoffMax:     5 * time.Second,
+		HandlerTimeout:      5 * time.Second,
+		MailboxCapacity:     1024,
+		UpdateHandlers:      128,
+		FetchHandlers:       32,
+		MaxRestarts:         10,
+		RestartWindow:       10 * time.Second,
+	}
+}
+
+// Validate reports the first field out of range.
+func (c Config) Validate() error {
+	if err := c.Sender.Validate(); err != nil {
+		return err
+	}
+	if err := c.Receiver.Validate(); err != nil {
+		return err
+	}
+	if err := c.Wire.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.UpdateTimeout <= 0 || c.UpdateTimeoutPerMiB < 0:
+		return fmt.Errorf("actors: UpdateTimeout must be positive")
+	case c.FetchTimeoutMin <= 0 || c.FetchTimeoutMax < c.FetchTimeoutMin:
+		return fmt.Errorf("actors: fetch timeouts must satisfy 0 < min <= max")
+	case c.FetchBackoffMin <= 0 || c.FetchBackoffMax < c.FetchBackoffMin:
+		return fmt.Errorf("actors: fetch backoff must satisfy 0 < min <= max")
+	case c.HandlerTimeout <= 0:
+		return fmt.Errorf("actors: HandlerTimeout must be positive")
+	case c.MailboxCapacity < 4*c.Sender.MaxInFlightPerPeer:
+		return fmt.Errorf("actors: MailboxCapacity %d must be at least 4 × Sender.MaxInFlightPerPeer (%d)", c.MailboxCapacity, c.Sender.MaxInFlightPerPeer)
+	case c.UpdateHandlers <= 0 || c.FetchHandlers <= 0:
+		return fmt.Errorf("actors: handler limits must be positive")
+	case c.MaxRestarts <= 0 || c.RestartWindow <= 0:
+		return fmt.Errorf("actors: restart limits must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,372 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/wire"
+	"github.com/abcast/abcast/membership"
+)
+
+// Messages of the receiver side.
+type (
+	updateMsg struct {
+		peer broadcast.PeerID
+		conn broadcast.ConnID
+		u    broadcast.SlotUpdate
+	}
+	fetchResult struct {
+		id   broadcast.ArtifactID
+		from broadcast.PeerID
+		a    broadcast.Artifact
+	}
+	fetchRejected struct{ from broadcast.PeerID }
+	consumedMsg   struct{ total uint64 }
+	reevaluateMsg struct{}
+	deliverMsg    struct{ d broadcast.Deliver }
+	withdrawMsg   struct{ id broadcast.ArtifactID }
+)
+
+// receiverActor owns the channel's receiver core (kept in the Channel) and
+// one fetch actor per running download.
+type receiverActor struct {
+	c       *Channel
+	fetches map[broadcast.ArtifactID]*actor.PID
+}
+
+func (a *receiverActor) Receive(ctx actor.Context) {
+	c := a.c
+	switch ctx.Message().(type) {
+	case *actor.Started:
+		// After a restart the fetch actors are gone: start them again.
+		a.fetches = make(map[broadcast.ArtifactID]*actor.PID)
+		a.exec(ctx, c.receiver.RestartFetches())
+		return
+	case actor.SystemMessage, actor.AutoReceiveMessage:
+		return
+	}
+	c.hook("receiver", ctx.Message())
+	switch m := ctx.Message().(type) {
+	case updateMsg:
+		eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
+		a.exec(ctx, eff)
+		if err != nil && !errors.Is(err, broadcast.ErrStale) {
+			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
+			c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(err).Msg("update refused")
+		}
+		ctx.Respond(err)
+	case membersMsg:
+		keep := make(map[broadcast.PeerID]bool)
+		for _, p := range c.n.peersOf(m.snap) {
+			keep[p] = true
+			c.receiver.AddPeer(p)
+		}
+		for _, p := range c.receiver.Peers() {
+			if !keep[p] {
+				a.exec(ctx, c.receiver.RemovePeer(p))
+			}
+		}
+	case fetchResult:
+		eff, err := c.receiver.FetchDone(m.id, m.from, m.a)
+		if err != nil {
+			c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
+			if pid, ok := a.fetches[m.id]; ok {
+				ctx.Send(pid, fetchRejected{from: m.from})
+			}
+			return
+		}
+		if pid, ok := a.fetches[m.id]; ok && c.receiver.IsDelivered(m.id) {
+			ctx.Stop(pid)
+			delete(a.fetches, m.id)
+		}
+		a.exec(ctx, eff)
+	case consumedMsg:
+		for c.consumedSeen < m.total {
+			c.consumedSeen++
+			a.exec(ctx, c.receiver.Consumed())
+		}
+	case reevaluateMsg:
+		a.exec(ctx, c.receiver.Reevaluate())
+	}
+	a.publishStats()
+}
+
+func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
+	c := a.c
+	for _, e := range eff {
+		switch e := e.(type) {
+		case broadcast.StartFetch:
+			if old, ok := a.fetches[e.ID]; ok {
+				ctx.Stop(old)
+			}
+			start := e
+			props := actor.PropsFromProducer(func() actor.Actor { return &fetchActor{c: c, id: start.ID, advertisers: start.Advertisers} },
+				actor.WithMailbox(BoundedMailbox(c.n.cfg.MailboxCapacity, WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
+			a.fetches[e.ID] = ctx.Spawn(props)
+		case broadcast.AdvertisersChanged:
+			if pid, ok := a.fetches[e.ID]; ok {
+				ctx.Send(pid, e)
+			}
+		case broadcast.CancelFetch:
+			if pid, ok := a.fetches[e.ID]; ok {
+				ctx.Stop(pid)
+				delete(a.fetches, e.ID)
+			}
+		case broadcast.Deliver:
+			c.pushEvent(deliverMsg{e})
+		case broadcast.Withdraw:
+			c.pushEvent(withdrawMsg{e.ID})
+		}
+	}
+}
+
+func (a *receiverActor) publishStats() {
+	c := a.c
+	st, fetching, ids := c.receiver.Stats(), c.receiver.Fetching(), c.receiver.IDs()
+	peers := c.receiver.Peers()
+	ps := make(map[string]broadcast.PeerStats, len(peers))
+	for _, p := range peers {
+		ps[string(p)] = c.receiver.PeerStats(p)
+	}
+	c.updateStats(func(s *ChannelStats) {
+		s.Receiver, s.ActiveFetches, s.AdvertisedIDs, s.PeerStats = st, fetching, ids, ps
+	})
+}
+
+// fetchActor downloads one artifact: it asks one advertiser at a time, with
+// a per-attempt timeout that doubles, and tries the others on failure,
+// until it succeeds or is stopped (no one advertises the id any more).
+type fetchActor struct {
+	c           *Channel
+	id          broadcast.ArtifactID
+	advertisers []broadcast.PeerID
+	attempt     int
+	seq         int
+	cancel      context.CancelFunc
+	timer       *time.Timer
+	avoid       map[broadcast.PeerID]int // attempt number until which a peer is skipped
+	next        int
+}
+
+type attemptDone struct {
+	seq  int
+	from broadcast.PeerID
+	a    *broadcast.Artifact
+	err  error
+}
+type retryMsg struct{ seq int }
+
+func (f *fetchActor) Receive(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Started:
+		f.avoid = make(map[broadcast.PeerID]int)
+		f.next = rand.IntN(len(f.advertisers) + 1)
+		f.try(ctx)
+		return
+	case *actor.Stopping, *actor.Restarting:
+		f.stop()
+		return
+	case actor.SystemMessage, actor.AutoReceiveMessage:
+		return
+	}
+	f.c.hook("fetch", ctx.Message())
+	switch m := ctx.Message().(type) {
+	case broadcast.AdvertisersChanged:
+		f.advertisers = m.Advertisers
+	case attemptDone:
+		if m.seq != f.seq {
+			return
+		}
+		f.stop()
+		if m.err == nil && m.a != nil {
+			f.c.updateStats(func(s *ChannelStats) { s.FetchAttempts++ })
+			ctx.Send(ctx.Parent(), fetchResult{id: f.id, from: m.from, a: *m.a})
+			return // the parent stops us on success, or says fetchRejected
+		}
+		f.c.updateStats(func(s *ChannelStats) { s.FetchAttempts++; s.FetchFailures++ })
+		f.avoid[m.from] = f.attempt + len(f.advertisers)
+		f.backoff(ctx)
+	case fetchRejected:
+		f.avoid[m.from] = f.attempt + 4*len(f.advertisers) // it served wrong bytes
+		f.backoff(ctx)
+	case retryMsg:
+		if m.seq == f.seq {
+			f.try(ctx)
+		}
+	}
+}
+
+func (f *fetchActor) stop() {
+	if f.cancel != nil {
+		f.cancel()
+		f.cancel = nil
+	}
+	if f.timer != nil {
+		f.timer.Stop()
+		f.timer = nil
+	}
+}
+
+// pick chooses the next advertiser that is connected and not avoided,
+// rotating so successive attempts spread over the advertisers.
+func (f *fetchActor) pick() (membership.NodeID, broadcast.PeerID, bool) {
+	up := f.c.n.rpc.Peers()
+	for pass := 0; pass < 2; pass++ {
+		for i := range f.advertisers {
+			p := f.advertisers[(f.next+i)%len(f.advertisers)]
+			if pass == 0 && f.avoid[p] > f.attempt {
+				continue
+			}
+			id, err := membership.ParseNodeID(string(p))
+			if err != nil || !slices.Contains(up, id) {
+				continue
+			}
+			f.next = (f.next + i + 1) % len(f.advertisers)
+			return id, p, true
+		}
+	}
+	return membership.NodeID{}, "", false
+}
+
+func (f *fetchActor) try(ctx actor.Context) {
+	c := f.c
+	f.seq++
+	if len(f.advertisers) == 0 {
+		f.backoff(ctx)
+		return
+	}
+	peer, pid, ok := f.pick()
+	if !ok {
+		f.backoff(ctx)
+		return
+	}
+	f.attempt++
+	timeout := min(c.n.cfg.FetchTimeoutMin<<min(f.attempt/max(len(f.advertisers), 1), 10), c.n.cfg.FetchTimeoutMax)
+	cctx, cancel := context.WithTimeout(c.n.ctx, timeout)
+	f.cancel = cancel
+	seq, self, root, id := f.seq, ctx.Self(), c.n.system.Root, f.id
+	req, err := wire.EncodeFetchRequest(id)
+	if err != nil {
+		cancel()
+		f.backoff(ctx)
+		return
+	}
+	c.n.goTracked(func() {
+		defer cancel()
+		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req)
+		var art *broadcast.Artifact
+		if err == nil {
+			art, err = wire.DecodeFetchResponse(resp, c.limit)
+		}
+		root.Send(self, attemptDone{seq: seq, from: pid, a: art, err: err})
+	})
+}
+
+func (f *fetchActor) backoff(ctx actor.Context) {
+	c := f.c
+	f.seq++
+	d := min(c.n.cfg.FetchBackoffMin<<min(f.attempt, 16), c.n.cfg.FetchBackoffMax)
+	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	seq, self, root := f.seq, ctx.Self(), c.n.system.Root
+	f.timer = time.AfterFunc(d, func() { root.Send(self, retryMsg{seq}) })
+}
+
+// consumerActor hands events to the user's consumer one at a time and
+// returns a delivery credit after each delivery. Events wait in the
+// channel's event queue (not in the mailbox) until handed over, so an event
+// being handled when the actor crashed is handed over after the restart —
+// once, because it leaves the queue only after the hand-over.
+type consumerActor struct{ c *Channel }
+
+type consumerWake struct{}
+
+func (a *consumerActor) Receive(ctx actor.Context) {
+	c := a.c
+	switch ctx.Message().(type) {
+	case *actor.Started:
+		a.drain(ctx)
+		return
+	case actor.SystemMessage, actor.AutoReceiveMessage:
+		return
+	}
+	switch ctx.Message().(type) {
+	case consumerWake:
+		a.drain(ctx)
+	case Consumed, *Consumed:
+		a.credit(ctx)
+	default:
+		c.n.log.Warn().Str("channel", c.name).Type("message", ctx.Message()).Msg("consumer got an unexpected message")
+	}
+}
+
+func (a *consumerActor) drain(ctx actor.Context) {
+	c := a.c
+	for {
+		c.evMu.Lock()
+		if len(c.events) == 0 {
+			c.evMu.Unlock()
+			return
+		}
+		ev := c.events[0]
+		c.evMu.Unlock()
+		c.hook("consumer", ev)
+		a.handOver(ctx, ev)
+		c.evMu.Lock()
+		c.events[0] = nil
+		c.events = c.events[1:]
+		if len(c.events) == 0 {
+			c.events = nil
+		}
+		c.evMu.Unlock()
+	}
+}
+
+func (a *consumerActor) handOver(ctx actor.Context, ev any) {
+	c := a.c
+	switch m := ev.(type) {
+	case deliverMsg:
+		from, _ := membership.ParseNodeID(string(m.d.From))
+		e := &Delivered{Channel: c.name, Artifact: m.d.Artifact, From: from}
+		c.updateStats(func(s *ChannelStats) { s.Delivered++ })
+		if c.cfg.Consume != nil {
+			a.call(e)
+			a.credit(ctx)
+			return
+		}
+		// An actor consumer answers Consumed; until then the credit is out.
+		ctx.RequestWithCustomSender(c.cfg.ConsumerPID, e, ctx.Self())
+	case withdrawMsg:
+		e := &Withdrawn{Channel: c.name, ID: m.id}
+		c.updateStats(func(s *ChannelStats) { s.Withdrawn++ })
+		if c.cfg.Consume != nil {
+			a.call(e)
+			return
+		}
+		ctx.Send(c.cfg.ConsumerPID, e)
+	}
+}
+
+// call runs the user's function; a panic there is the user's bug, counted
+// and logged, and does not crash our actor: the event counts as consumed.
+func (a *consumerActor) call(ev Event) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.c.updateStats(func(s *ChannelStats) { s.ConsumerPanics++ })
+			a.c.n.log.Error().Str("channel", a.c.name).Interface("panic", r).Msg("consumer panicked")
+		}
+	}()
+	a.c.cfg.Consume(ev)
+}
+
+// credit returns one delivery credit. The running total lives in the
+// channel, so it survives restarts and a lost message heals with the next.
+func (a *consumerActor) credit(ctx actor.Context) {
+	a.c.consumedTotal++
+	ctx.Send(a.c.receiverPID, consumedMsg{total: a.c.consumedTotal})
+}

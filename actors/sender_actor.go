@@ -1,0 +1,284 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/wire"
+	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote"
+)
+
+// Messages of the sender side.
+type (
+	wakeMsg   struct{}
+	peerUpMsg struct {
+		peer membership.NodeID
+		conn uint64
+	}
+	sendResult struct {
+		peer broadcast.PeerID
+		tok  broadcast.Token
+		err  error
+	}
+	tickMsg       struct{}
+	linkRestarted struct{}
+)
+
+func connIDOf(ctx context.Context, n *Node, peer membership.NodeID) (uint64, bool) {
+	if id, ok := quicremote.ConnIDFromContext(ctx); ok {
+		return id, true
+	}
+	return n.rpc.ConnID(peer)
+}
+
+func spawnChannel(ctx actor.Context, c *Channel) (sender, receiver, consumer *actor.PID, err error) {
+	strategy := actor.WithSupervisor(c.n.strategy())
+	consumer, err = ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &consumerActor{c: c} }), c.name+"-consumer")
+	if err != nil {
+		return
+	}
+	c.consumerPID = consumer
+	receiver, err = ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &receiverActor{c: c} }, strategy), c.name+"-receiver")
+	if err != nil {
+		return
+	}
+	c.receiverPID = receiver
+	sender, err = ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &senderActor{c: c} }, strategy), c.name+"-sender")
+	return
+}
+
+// senderActor owns the channel's sender core (kept in the Channel, so a
+// restart continues from it) and one link actor per peer.
+type senderActor struct {
+	c         *Channel
+	links     map[broadcast.PeerID]*actor.PID
+	tickAt    time.Time
+	tickTimer *time.Timer
+}
+
+func (a *senderActor) Receive(ctx actor.Context) {
+	c := a.c
+	switch ctx.Message().(type) {
+	case *actor.Started:
+		a.links = make(map[broadcast.PeerID]*actor.PID)
+		// A restart lost the links (children stop with their parent) and
+		// perhaps the message that crashed: take the pending ops, bring the
+		// core in line with the pool, and resend what was in flight.
+		a.exec(ctx, c.sender.ResetTransmissions())
+		a.reconcile(ctx)
+		return
+	case *actor.Stopping, *actor.Restarting:
+		if a.tickTimer != nil {
+			a.tickTimer.Stop()
+		}
+		return
+	case actor.SystemMessage, actor.AutoReceiveMessage:
+		return
+	}
+	c.hook("sender", ctx.Message())
+	switch m := ctx.Message().(type) {
+	case wakeMsg:
+		a.applyOps(ctx, c.takeOps())
+	case peerUpMsg:
+		a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(m.peer.String()), broadcast.ConnID(m.conn)))
+	case quicremote.PeerUp:
+		a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(m.Peer.String()), broadcast.ConnID(m.ConnID)))
+	case quicremote.PeerDown:
+		// A PeerDown for an older connection than the current one is
+		// stale; the transport orders events per peer, so compare ids.
+		if cur, ok := c.n.rpc.ConnID(m.Peer); ok && cur != m.ConnID {
+			return
+		}
+		a.exec(ctx, c.sender.PeerDown(broadcast.PeerID(m.Peer.String())))
+	case membersMsg:
+		keep := make(map[broadcast.PeerID]bool)
+		for _, p := range c.n.peersOf(m.snap) {
+			keep[p] = true
+		}
+		for _, p := range c.sender.Peers() {
+			if !keep[p] {
+				a.exec(ctx, c.sender.RemovePeer(p))
+				if pid, ok := a.links[p]; ok {
+					ctx.Stop(pid)
+					delete(a.links, p)
+				}
+			}
+		}
+	case sendResult:
+		if m.err == nil {
+			a.exec(ctx, c.sender.Acked(m.peer, m.tok))
+		} else {
+			a.exec(ctx, c.sender.Failed(m.peer, m.tok, now()))
+		}
+	case tickMsg:
+		a.tickAt = time.Time{}
+		a.exec(ctx, c.sender.Tick(now()))
+	case linkRestarted:
+		a.exec(ctx, c.sender.ResetTransmissions())
+	}
+	a.publishStats()
+}
+
+func (a *senderActor) applyOps(ctx actor.Context, ops []poolOp) {
+	for _, op := range ops {
+		if op.abort {
+			eff, _ := a.c.sender.Abort(op.a.ID) // unknown: already reconciled
+			a.exec(ctx, eff)
+		} else {
+			eff, _ := a.c.sender.Publish(op.a) // duplicate: already reconciled
+			a.exec(ctx, eff)
+		}
+	}
+}
+
+// reconcile makes the core's live set equal the publisher's pool.
+func (a *senderActor) reconcile(ctx actor.Context) {
+	c := a.c
+	c.takeOps()
+	c.mu.Lock()
+	want := make(map[broadcast.ArtifactID]broadcast.Artifact, len(c.pool))
+	for id, art := range c.pool {
+		want[id] = art
+	}
+	c.mu.Unlock()
+	for _, art := range c.sender.LiveArtifacts() {
+		if _, ok := want[art.ID]; ok {
+			delete(want, art.ID)
+			continue
+		}
+		eff, _ := c.sender.Abort(art.ID)
+		a.exec(ctx, eff)
+	}
+	for _, art := range want {
+		eff, _ := c.sender.Publish(art)
+		a.exec(ctx, eff)
+	}
+}
+
+func (a *senderActor) exec(ctx actor.Context, eff []broadcast.Effect) {
+	for _, e := range eff {
+		switch e := e.(type) {
+		case broadcast.SendUpdate:
+			ctx.Send(a.link(ctx, e.Peer), e)
+		case broadcast.CancelSend:
+			if pid, ok := a.links[e.Peer]; ok {
+				ctx.Send(pid, e)
+			}
+		case broadcast.RetryAt:
+			a.scheduleTick(ctx, e.At)
+		}
+	}
+}
+
+func (a *senderActor) link(ctx actor.Context, peer broadcast.PeerID) *actor.PID {
+	if pid, ok := a.links[peer]; ok {
+		return pid
+	}
+	id, err := membership.ParseNodeID(string(peer))
+	if err != nil {
+		panic(fmt.Sprintf("sender core named a peer that is no NodeID: %q", peer)) // our bug
+	}
+	c := a.c
+	props := actor.PropsFromProducer(func() actor.Actor { return &linkActor{c: c, peer: id, calls: map[broadcast.Token]context.CancelFunc{}} },
+		actor.WithMailbox(BoundedMailbox(c.n.cfg.MailboxCapacity, WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
+	pid := ctx.Spawn(props)
+	a.links[peer] = pid
+	return pid
+}
+
+func (a *senderActor) scheduleTick(ctx actor.Context, at time.Time) {
+	if !a.tickAt.IsZero() && !at.Before(a.tickAt) {
+		return
+	}
+	a.tickAt = at
+	if a.tickTimer != nil {
+		a.tickTimer.Stop()
+	}
+	self, root := ctx.Self(), a.c.n.system.Root
+	a.tickTimer = time.AfterFunc(time.Until(at), func() { root.Send(self, tickMsg{}) })
+}
+
+func (a *senderActor) publishStats() {
+	c := a.c
+	st, live := c.sender.Stats(), c.sender.Live()
+	c.updateStats(func(s *ChannelStats) { s.Sender, s.Live = st, live })
+}
+
+// linkActor transmits one peer's slot updates, each on its own stream, and
+// reports every outcome to the sender actor. The core bounds how many are
+// in flight, so its mailbox stays small.
+type linkActor struct {
+	c     *Channel
+	peer  membership.NodeID
+	calls map[broadcast.Token]context.CancelFunc
+}
+
+type callDone struct{ tok broadcast.Token }
+
+func (l *linkActor) Receive(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Started:
+		return
+	case *actor.Restarting:
+		l.cancelAll()
+		ctx.Send(ctx.Parent(), linkRestarted{})
+		return
+	case *actor.Stopping:
+		l.cancelAll()
+		return
+	case actor.SystemMessage, actor.AutoReceiveMessage:
+		return
+	}
+	l.c.hook("link", ctx.Message())
+	switch m := ctx.Message().(type) {
+	case broadcast.SendUpdate:
+		l.send(ctx, m)
+	case broadcast.CancelSend:
+		if cancel, ok := l.calls[m.Token]; ok {
+			cancel()
+			delete(l.calls, m.Token)
+		}
+	case callDone:
+		if cancel, ok := l.calls[m.tok]; ok {
+			cancel()
+			delete(l.calls, m.tok)
+		}
+	}
+}
+
+func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
+	c := l.c
+	parent, self, root := ctx.Parent(), ctx.Self(), c.n.system.Root
+	data, err := wire.EncodeSlotUpdate(m.Update)
+	if err != nil {
+		// Our own bug; report failure so the core backs off instead of
+		// waiting forever.
+		ctx.Send(parent, sendResult{peer: m.Peer, tok: m.Token, err: err})
+		return
+	}
+	timeout := c.n.cfg.UpdateTimeout + time.Duration(len(data)>>20)*c.n.cfg.UpdateTimeoutPerMiB
+	cctx, cancel := context.WithTimeout(c.n.ctx, timeout)
+	l.calls[m.Token] = cancel
+	peer := l.peer
+	c.n.goTracked(func() {
+		err := c.n.rpc.Push(cctx, peer, c.updateProto, data)
+		if err == nil {
+			c.updateStats(func(s *ChannelStats) { s.UpdateBytesSent += uint64(len(data)) })
+		}
+		// A cancelled call's result is dropped by the core (unknown token).
+		root.Send(parent, sendResult{peer: m.Peer, tok: m.Token, err: err})
+		root.Send(self, callDone{m.Token})
+	})
+}
+
+func (l *linkActor) cancelAll() {
+	for tok, cancel := range l.calls {
+		cancel()
+		delete(l.calls, tok)
+	}
+}
