@@ -144,6 +144,10 @@ func NewWithTransport(cfg Config, self *membership.Identity, source membership.S
 		MaxStreamReceiveWindow:         cfg.MaxStreamWindow,
 		InitialConnectionReceiveWindow: cfg.InitialConnectionWindow,
 		MaxConnectionReceiveWindow:     cfg.MaxConnectionWindow,
+		// Datagrams carry only our heartbeat (see heartbeat); received ones
+		// are never read, and quic-go drops them once its small queue is
+		// full, so they cost at most a few kilobytes per connection.
+		EnableDatagrams: true,
 	}
 	ln, err := qt.Listen(membership.ServerTLSConfig(self, t.members, []string{ALPN}), t.qconf)
 	if err != nil {
@@ -553,6 +557,8 @@ func (t *Transport) unregister(peer membership.NodeID, conn *quic.Conn, connID u
 // only when its goroutine finishes.
 func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID uint64) {
 	defer t.unregister(peer, conn, connID)
+	t.wg.Add(1)
+	go t.heartbeat(conn)
 	ctrs := t.counter(peer)
 	for {
 		str, err := conn.AcceptStream(t.ctx)
@@ -564,6 +570,32 @@ func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID ui
 		}
 		t.wg.Add(1)
 		go t.serveStream(peer, ctrs, str)
+	}
+}
+
+// heartbeatSize is above quic-go's minimum size for answering a packet
+// with a stateless reset (42 bytes); QUIC's own keep-alive PINGs are
+// smaller and would go unanswered by a restarted peer.
+const heartbeatSize = 64
+
+// heartbeat sends a datagram every KeepAlive. Its only purpose is to be big
+// enough that a restarted peer answers it with a stateless reset, so an
+// idle connection to a restarted peer dies within one KeepAlive instead of
+// one IdleTimeout.
+func (t *Transport) heartbeat(conn *quic.Conn) {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.cfg.KeepAlive)
+	defer tick.Stop()
+	beat := make([]byte, heartbeatSize)
+	for {
+		select {
+		case <-conn.Context().Done():
+			return
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+			_ = conn.SendDatagram(beat)
+		}
 	}
 }
 
