@@ -356,3 +356,20 @@ func (c *Channel) hook(kind string, msg any) {
 		h.BeforeReceive(kind, c.name, msg)
 	}
 }
+
+type inspectMsg struct{ id broadcast.ArtifactID }
+
+// Inspect describes, for diagnostics, what this node's channel knows of id:
+// the receiver's view (advertisers, phase, credits) and the sender's
+// per-peer transmission state.
+func (c *Channel) Inspect(id broadcast.ArtifactID) string {
+	r, err := c.n.system.Root.RequestFuture(c.receiverPID, inspectMsg{id}, 5*time.Second).Result()
+	if err != nil {
+		r = err.Error()
+	}
+	s, err := c.n.system.Root.RequestFuture(c.senderPID, inspectMsg{id}, 5*time.Second).Result()
+	if err != nil {
+		s = err.Error()
+	}
+	return fmt.Sprintf("receiver: %v; sender: %v", r, s)
+}

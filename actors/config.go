@@ -21,7 +21,11 @@ type Config struct {
 	// UpdateTimeout bounds one slot update transmission, plus
 	// UpdateTimeoutPerMiB for every MiB it carries (pushed artifacts can be
 	// large). A timed-out update counts as failed and is retried after the
-	// sender's backoff. Defaults 10 s and 2 s.
+	// sender's backoff. Dead connections are detected by the transport's
+	// idle timeout, so this only has to catch a peer that takes a stream and
+	// never answers; it must be generous enough for a large push over a
+	// lossy link (5% loss at 100 ms RTT moves about 60 KB/s). Defaults 30 s
+	// and 20 s.
 	UpdateTimeout       time.Duration
 	UpdateTimeoutPerMiB time.Duration
 	// FetchTimeoutMin and FetchTimeoutMax bound one fetch attempt; the
@@ -65,8 +69,8 @@ func DefaultConfig() Config {
 		Sender:              broadcast.DefaultSenderConfig(),
 		Receiver:            broadcast.DefaultReceiverConfig(),
 		Wire:                wire.DefaultLimits(),
-		UpdateTimeout:       10 * time.Second,
-		UpdateTimeoutPerMiB: 2 * time.Second,
+		UpdateTimeout:       30 * time.Second,
+		UpdateTimeoutPerMiB: 20 * time.Second,
 		FetchTimeoutMin:     5 * time.Second,
 		FetchTimeoutMax:     120 * time.Second,
 		FetchBackoffMin:     100 * time.Millisecond,

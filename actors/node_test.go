@@ -94,3 +94,28 @@ func TestMemClusterPushAdvertAbort(t *testing.T) {
 	delete(owner, "n0-1")
 	waitHeld(t, recs, owner, 10*time.Second)
 }
+
+func TestQUICClusterPushAdvertAbort(t *testing.T) {
+	c := testnet.NewQUIC(t, 4, testConfig())
+	c.StartAll()
+	chans, recs := openAll(t, c, "blocks")
+	owner := map[broadcast.ArtifactID]int{}
+	for i, ch := range chans {
+		for j, size := range []int{200, 5000, 300_000} {
+			a := art(fmt.Sprintf("n%d-%d", i, j), size)
+			if err := ch.Publish(a); err != nil {
+				t.Fatal(err)
+			}
+			owner[a.ID] = i
+		}
+	}
+	waitHeld(t, recs, owner, 20*time.Second)
+	for i := range chans {
+		id := broadcast.ArtifactID(fmt.Sprintf("n%d-1", i))
+		if err := chans[i].Abort(id); err != nil {
+			t.Fatal(err)
+		}
+		delete(owner, id)
+	}
+	waitHeld(t, recs, owner, 20*time.Second)
+}

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -93,6 +94,9 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		}
 	case reevaluateMsg:
 		a.exec(ctx, c.receiver.Reevaluate())
+	case inspectMsg:
+		ctx.Respond(fmt.Sprintf("%s; fetch actor %v", c.receiver.DescribeID(m.id), a.fetches[m.id] != nil))
+		return
 	}
 	a.publishStats()
 }

@@ -113,6 +113,7 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		if m.err == nil {
 			a.exec(ctx, c.sender.Acked(m.peer, m.tok))
 		} else {
+			c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(m.err).Msg("slot update failed")
 			a.exec(ctx, c.sender.Failed(m.peer, m.tok, now()))
 		}
 	case tickMsg:
@@ -120,6 +121,14 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		a.exec(ctx, c.sender.Tick(now()))
 	case linkRestarted:
 		a.exec(ctx, c.sender.ResetTransmissions())
+	case inspectMsg:
+		_, live := c.sender.Lookup(m.id)
+		desc := fmt.Sprintf("live %v;", live)
+		for _, p := range c.sender.Peers() {
+			desc += fmt.Sprintf(" %s: pending %d: %s;", string(p)[:8], c.sender.Pending(p), c.sender.DescribePeer(p))
+		}
+		ctx.Respond(desc)
+		return
 	}
 	a.publishStats()
 }

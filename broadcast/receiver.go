@@ -136,6 +136,11 @@ type peerRx struct {
 	head  int
 	// active counts running fetches charged to this peer.
 	active int
+	// legacy keeps entries from an older connection that an update on a
+	// newer one displaced, until the sender's Sync: a restarted sender
+	// republishes its artifacts in whatever slots it likes, and an id must
+	// not be withdrawn (and delivered again) just because it moved slots.
+	legacy map[Slot]*entry
 }
 
 type advKey struct {
@@ -267,6 +272,7 @@ func (r *Receiver) RemovePeer(peer PeerID) []Effect {
 		eff = r.unlink(p, slot, p.slots[slot], eff)
 		delete(p.slots, slot)
 	}
+	eff = r.dropLegacy(p, eff)
 	delete(r.peers, peer)
 	for i, id := range r.order {
 		if id == peer {
@@ -330,7 +336,25 @@ func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effec
 		e.conn, e.commit = conn, u.Commit
 		return nil, nil
 	}
-	eff = r.unlink(p, u.Slot, e, eff)
+	if lg, ok := p.legacy[u.Slot]; ok && filled && lg.id == newID {
+		// The displaced entry comes back: its pair already advertises the id.
+		delete(p.legacy, u.Slot)
+		eff = r.unlink(p, u.Slot, e, eff)
+		e.conn, e.commit, e.filled, e.id = conn, u.Commit, true, newID
+		return r.pump(eff), nil
+	}
+	if e.filled && e.conn < conn {
+		// Keep the older connection's entry advertising until the Sync.
+		if p.legacy == nil {
+			p.legacy = make(map[Slot]*entry)
+		}
+		if old, ok := p.legacy[u.Slot]; ok {
+			eff = r.unlink(p, u.Slot, old, eff)
+		}
+		p.legacy[u.Slot] = &entry{conn: e.conn, commit: e.commit, id: e.id, filled: true}
+	} else {
+		eff = r.unlink(p, u.Slot, e, eff)
+	}
 	e.conn, e.commit, e.filled, e.id = conn, u.Commit, filled, ""
 	if filled {
 		e.id = newID
@@ -363,6 +387,14 @@ func (r *Receiver) sync(p *peerRx, conn ConnID, eff []Effect) []Effect {
 			delete(p.slots, slot)
 		}
 	}
+	return r.dropLegacy(p, eff)
+}
+
+func (r *Receiver) dropLegacy(p *peerRx, eff []Effect) []Effect {
+	for _, slot := range sortedSlots(p.legacy) {
+		eff = r.unlink(p, slot, p.legacy[slot], eff)
+	}
+	p.legacy = nil
 	return eff
 }
 
@@ -615,6 +647,22 @@ func (r *Receiver) CheckInvariants() error {
 	for pid, p := range r.peers {
 		if len(p.slots) > r.cfg.SlotLimit {
 			return fmt.Errorf("peer %s holds %d slots above limit %d", pid, len(p.slots), r.cfg.SlotLimit)
+		}
+		for slot, e := range p.legacy {
+			if _, ok := p.slots[slot]; !ok || !e.filled {
+				return fmt.Errorf("peer %s legacy entry for slot %d without a current entry", pid, slot)
+			}
+			if cur := p.slots[slot]; cur.filled && cur.id == e.id {
+				return fmt.Errorf("peer %s slot %d holds %x both current and legacy", pid, slot, []byte(e.id))
+			}
+			st, ok := r.ids[e.id]
+			if !ok {
+				return fmt.Errorf("peer %s legacy slot %d holds %x which has no advertiser set", pid, slot, []byte(e.id))
+			}
+			if _, ok := st.adv[advKey{pid, slot}]; !ok {
+				return fmt.Errorf("advertiser set of %x lacks legacy (%s, %d)", []byte(e.id), pid, slot)
+			}
+			count[e.id]++
 		}
 		for slot, e := range p.slots {
 			if !e.filled {

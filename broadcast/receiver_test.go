@@ -92,8 +92,10 @@ func TestReceiverCommitIDOrdering(t *testing.T) {
 	if _, err := r.HandleUpdate("p", 1, advert(7, 0, "b")); !errors.Is(err, ErrStale) {
 		t.Fatalf("replayed commit: %v, want ErrStale", err)
 	}
-	// A newer connection wins even with a lower commit (sender restarted).
-	expect(t, apply(t, r, "p", 2, advert(1, 0, "d")), "cancel(b) start(d:[p]) ")
+	// A newer connection wins even with a lower commit (sender restarted);
+	// the displaced b keeps its advertiser until the sender's Sync.
+	expect(t, apply(t, r, "p", 2, advert(1, 0, "d")), "start(d:[p]) ")
+	expect(t, apply(t, r, "p", 2, SlotUpdate{Kind: KindSync}), "cancel(b) ")
 	// And updates from the old connection are now stale.
 	if _, err := r.HandleUpdate("p", 1, advert(100, 3, "e")); !errors.Is(err, ErrStale) {
 		t.Fatalf("update on old connection: %v, want ErrStale", err)
@@ -350,4 +352,26 @@ func TestReceiverRestartFetchesRepeatsRunningOnes(t *testing.T) {
 	mustFetch(t, r, "a", "p")
 	expect(t, r.RestartFetches(), "start(b:[p]) ")
 	checkR(t, r)
+}
+
+func TestReceiverRestartedSenderMovingSlotsCausesNoRedelivery(t *testing.T) {
+	// A restarted publisher republishes a and b, but in swapped slots. The
+	// ids never stop being advertised, so nothing is withdrawn or delivered
+	// again.
+	r := newTestReceiver(t, nil, "p")
+	expect(t, apply(t, r, "p", 1, push(1, 0, "a")), "deliver(a from p) ")
+	expect(t, apply(t, r, "p", 1, push(2, 1, "b")), "deliver(b from p) ")
+	expect(t, apply(t, r, "p", 1, push(3, 2, "c")), "deliver(c from p) ")
+	// New incarnation on connection 2: b in slot 0, a in slot 1; c is gone.
+	expect(t, apply(t, r, "p", 2, push(1, 0, "b")), "")
+	expect(t, apply(t, r, "p", 2, push(2, 1, "a")), "")
+	expect(t, apply(t, r, "p", 2, SlotUpdate{Kind: KindSync}), "withdraw(c) ")
+	if r.Entries("p") != 2 {
+		t.Fatalf("entries %d, want 2", r.Entries("p"))
+	}
+	// The displaced entry coming back to its slot is adopted, not re-linked.
+	expect(t, apply(t, r, "p", 3, push(1, 0, "x")), "deliver(x from p) ")
+	expect(t, apply(t, r, "p", 3, push(2, 0, "b")), "withdraw(x) ")
+	expect(t, apply(t, r, "p", 3, push(3, 1, "a")), "")
+	expect(t, apply(t, r, "p", 3, SlotUpdate{Kind: KindSync}), "")
 }

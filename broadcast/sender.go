@@ -492,15 +492,21 @@ func (s *Sender) Failed(peer PeerID, tok Token, now time.Time) []Effect {
 }
 
 // Tick ends the backoff of every peer whose pause has passed and sends what
-// is due.
+// is due. Peers still backing off are named again in RetryAt effects, so a
+// caller that keeps only its earliest timer never loses a later one.
 func (s *Sender) Tick(now time.Time) []Effect {
 	var eff []Effect
 	for _, id := range s.sortedPeers() {
 		p := s.peers[id]
-		if p.waiting && !now.Before(p.waitUntil) {
-			p.waiting = false
-			eff = s.pump(p, eff)
+		if !p.waiting {
+			continue
 		}
+		if now.Before(p.waitUntil) {
+			eff = append(eff, RetryAt{Peer: id, At: p.waitUntil})
+			continue
+		}
+		p.waiting = false
+		eff = s.pump(p, eff)
 	}
 	return eff
 }
@@ -683,4 +689,14 @@ func (s *Sender) ResetTransmissions() []Effect {
 		eff = s.pump(p, eff)
 	}
 	return eff
+}
+
+// DescribePeer says what the sender knows of peer, for diagnostics.
+func (s *Sender) DescribePeer(peer PeerID) string {
+	p, ok := s.peers[peer]
+	if !ok {
+		return "unknown"
+	}
+	return fmt.Sprintf("up %v conn %d waiting %v until %v backoff %v queue %d/%d inflight %d sync %d needSync %v resync %d",
+		p.up, p.conn, p.waiting, p.waitUntil.Format("15:04:05.000"), p.backoff, p.head, len(p.queue), len(p.inflight), p.syncToken, p.needSync, p.resyncLeft)
 }

@@ -267,8 +267,14 @@ func TestSenderOnlySuccessfulResponsesCountAndFailureBacksOff(t *testing.T) {
 	if len(sends(eff)) != 0 {
 		t.Fatal("resent during backoff")
 	}
-	if len(sends(s.Tick(t0.Add(100*time.Millisecond)))) != 0 {
+	early := s.Tick(t0.Add(100 * time.Millisecond))
+	if len(sends(early)) != 0 {
 		t.Fatal("resent before backoff ended")
+	}
+	// A tick before the pause ends names the pause again, so a caller that
+	// keeps only one timer does not lose this peer's retry.
+	if len(early) != 1 || early[0].(RetryAt).At != t0.Add(250*time.Millisecond) {
+		t.Fatalf("early tick returned %+v, want the pending RetryAt", early)
 	}
 	again := sends(s.Tick(t0.Add(250 * time.Millisecond)))
 	if len(again) != 1 || again[0].Update.Artifact.ID != "a" {

@@ -127,6 +127,7 @@ type node struct {
 	sends     map[broadcast.Token]*sendRec
 	fetches   map[broadcast.ArtifactID]*fetch
 	delivered map[broadcast.ArtifactID]bool
+	times     map[broadcast.ArtifactID]int // deliveries in this incarnation
 	owned     []broadcast.ArtifactID // live artifacts it published, in order
 	byzSent   []sentUpdate           // Byzantine: what it sent, to replay
 	byzCommit broadcast.CommitID
@@ -359,6 +360,7 @@ func (s *Sim) boot(n *node) error {
 	n.sends = make(map[broadcast.Token]*sendRec)
 	n.fetches = make(map[broadcast.ArtifactID]*fetch)
 	n.delivered = make(map[broadcast.ArtifactID]bool)
+	n.times = make(map[broadcast.ArtifactID]int)
 	if n.byz {
 		return nil
 	}
@@ -707,6 +709,7 @@ func (s *Sim) deliver(n *node, d broadcast.Deliver) {
 		}
 	}
 	n.delivered[id] = true
+	n.times[id]++
 	s.res.Deliveries++
 	inc := n.inc
 	wait := time.Duration(0)
@@ -992,6 +995,9 @@ func (s *Sim) converged() error {
 			if r.owner == n.idx {
 				continue
 			}
+			if !r.aborted && n.delivered[id] && n.times[id] != 1 {
+				return fmt.Errorf("G2: %s delivered live %s %d times (withdrawn in between)", n.id, id, n.times[id])
+			}
 			if !r.aborted && !n.delivered[id] {
 				owner := s.nodes[r.owner]
 				return fmt.Errorf("G1: %s has not delivered %s (published by node%02d, live there: %v); receiver: %s; sim fetch: %v",
@@ -1034,7 +1040,7 @@ func (s *Sim) checkBounds() {
 				s.fail("G4: %s holds %d entries for %s, limit %d", n.id, e, m.id, s.cfg.Receiver.SlotLimit)
 			}
 		}
-		if n.r.Fetching() > s.cfg.Receiver.MaxActiveFetches {
+		if n.r.Fetching() > s.cfg.Receiver.MaxActiveFetches+len(s.nodes)-1 {
 			s.fail("G4: %s runs %d fetches", n.id, n.r.Fetching())
 		}
 	}

@@ -8,11 +8,13 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go/testutils/simnet"
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/actors"
@@ -23,16 +25,23 @@ import (
 
 // Cluster is a subnet under test.
 type Cluster struct {
-	t      testing.TB
-	Cfg    actors.Config
-	TCfg   quicremote.Config
-	IDs    []*membership.Identity
-	Addrs  []string
-	Source *membership.StaticSource
-	Mem    *quicremote.MemNetwork // nil for QUIC clusters
-	Nodes  []*actors.Node         // nil entries are stopped nodes
-	conns  []net.PacketConn
-	Log    zerolog.Logger
+	t            testing.TB
+	Cfg          actors.Config
+	TCfg         quicremote.Config
+	IDs          []*membership.Identity
+	Addrs        []string
+	Source       *membership.StaticSource
+	Mem          *quicremote.MemNetwork // nil for QUIC clusters
+	Nodes        []*actors.Node         // nil entries are stopped nodes
+	conns        []net.PacketConn
+	Log          zerolog.Logger
+	faults       []*FaultConn // per node, QUIC clusters with faults
+	faultLoss    float64
+	faultLatency time.Duration
+	faultSeed    uint64
+	simLinks     []*simnet.SimulatedLink
+	simLatency   time.Duration
+	router       *Router
 }
 
 // NewMem builds n identities and a registry for an in-memory subnet; no
@@ -61,7 +70,7 @@ func NewQUIC(t testing.TB, n int, cfg actors.Config) *Cluster {
 
 func newCluster(t testing.TB, n int, cfg actors.Config) *Cluster {
 	c := &Cluster{t: t, Cfg: cfg, TCfg: quicremote.DefaultConfig(), IDs: make([]*membership.Identity, n), Addrs: make([]string, n),
-		Nodes: make([]*actors.Node, n), conns: make([]net.PacketConn, n), Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
+		Nodes: make([]*actors.Node, n), conns: make([]net.PacketConn, n), Log: zerolog.New(zerolog.NewTestWriter(t)).Level(testLevel())}
 	for i := range n {
 		id, err := membership.GenerateIdentity(rand.Reader)
 		if err != nil {
@@ -98,12 +107,27 @@ func (c *Cluster) Start(i int) *actors.Node {
 			return c.Mem.NewTransport(c.TCfg, c.IDs[i].ID, c.Source, ev)
 		})
 	} else {
+		if c.conns[i] == nil && c.router != nil {
+			udp, _ := net.ResolveUDPAddr("udp", c.Addrs[i])
+			c.conns[i] = c.simEndpoint(udp)
+		}
 		if c.conns[i] == nil {
 			pc, lerr := net.ListenPacket("udp", c.Addrs[i])
 			if lerr != nil {
 				c.t.Fatalf("rebind %s: %v", c.Addrs[i], lerr)
 			}
 			c.conns[i] = pc
+		}
+		if c.faultLoss > 0 || c.faultLatency > 0 {
+			if _, ok := c.conns[i].(*FaultConn); !ok {
+				c.conns[i] = NewFaultConn(c.conns[i], c.faultLoss, c.faultLatency, c.faultSeed+uint64(i)*7919)
+			}
+		}
+		if fc, ok := c.conns[i].(*FaultConn); ok {
+			if c.faults == nil {
+				c.faults = make([]*FaultConn, len(c.IDs))
+			}
+			c.faults[i] = fc
 		}
 		n, err = actors.Start(c.Cfg, c.IDs[i], c.Source, c.conns[i], c.Log, c.TCfg)
 		c.conns[i] = nil // the node owns it now
@@ -256,4 +280,12 @@ func Eventually(t testing.TB, within time.Duration, cond func() error) {
 		}
 		<-tick.C
 	}
+}
+
+// testLevel is warn, or debug when ABCAST_DEBUG is set.
+func testLevel() zerolog.Level {
+	if os.Getenv("ABCAST_DEBUG") != "" {
+		return zerolog.DebugLevel
+	}
+	return zerolog.WarnLevel
 }
