@@ -203,7 +203,7 @@ func TestG1Simulated(t *testing.T) {
 					per = 5
 				}
 				g1(t, c, seed, per, time.Sleep)
-				c.CloseAll()
+				c.CloseInBubble()
 			})
 		})
 	}

@@ -128,8 +128,8 @@ type node struct {
 	fetches   map[broadcast.ArtifactID]*fetch
 	delivered map[broadcast.ArtifactID]bool
 	times     map[broadcast.ArtifactID]int // deliveries in this incarnation
-	owned     []broadcast.ArtifactID // live artifacts it published, in order
-	byzSent   []sentUpdate           // Byzantine: what it sent, to replay
+	owned     []broadcast.ArtifactID       // live artifacts it published, in order
+	byzSent   []sentUpdate                 // Byzantine: what it sent, to replay
 	byzCommit broadcast.CommitID
 	dirty     bool // a core changed since its invariants were checked
 }
