@@ -220,7 +220,13 @@ func (m *MemTransport) Peers() []membership.NodeID {
 
 // Stats returns the counters kept about peer.
 func (m *MemTransport) Stats(peer membership.NodeID) PeerStats {
-	return m.counter(peer).snapshot()
+	m.net.mu.Lock()
+	c := m.counters[peer]
+	m.net.mu.Unlock()
+	if c == nil {
+		return PeerStats{}
+	}
+	return c.snapshot()
 }
 
 func (m *MemTransport) counter(peer membership.NodeID) *peerCounters {

@@ -504,3 +504,40 @@ func TestLoopbackUDP(t *testing.T) {
 		t.Logf("100 MiB call in %v (%.0f MB/s)", d, 100*1.048576/d.Seconds())
 	})
 }
+
+// A member whose address changes in the snapshot is redialled at the new
+// address, on a newer connection id.
+func TestAddressChangeRedials(t *testing.T) {
+	simTest(t, 2, DefaultConfig(), func(t *testing.T, c *cluster) {
+		startAll(c)
+		c.waitMesh(0, 1)
+		a, b := c.nodes[0], c.nodes[1]
+		before, _ := a.rpc.ConnID(b.id.ID)
+		old := b.rpc
+
+		// The same identity comes up on a second socket (the spare endpoint).
+		moved := &tnode{id: b.id, addr: c.spare.addr, pc: c.spare.pc, events: newEventLog()}
+		snap, err := membership.NewSnapshot(2, a.id.Member(a.addr), b.id.Member(moved.addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved.src, _ = membership.NewStaticSource(snap)
+		tr, err := New(c.cfg, moved.id, moved.src, moved.pc, testLogger(t), moved.events.add)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustHandle(t, tr, "echo", echo, 0)
+		b.rpc = tr
+		defer old.Close()
+
+		if err := a.src.Update(snap); err != nil {
+			t.Fatal(err)
+		}
+		after := a.events.waitUp(t, b.id.ID, before, 5*time.Second)
+		moved.events.waitUp(t, a.id.ID, 0, 5*time.Second)
+		if resp, err := a.rpc.Call(t.Context(), b.id.ID, "echo", []byte("moved")); err != nil || string(resp) != "moved" {
+			t.Fatalf("call to moved peer: %q %v", resp, err)
+		}
+		t.Logf("conn id %d -> %d after the move", before, after)
+	})
+}

@@ -217,7 +217,13 @@ func (t *Transport) Peers() []membership.NodeID {
 
 // Stats returns the misbehaviour counters of peer (zero if never seen).
 func (t *Transport) Stats(peer membership.NodeID) PeerStats {
-	return t.counter(peer).snapshot()
+	t.mu.Lock()
+	c := t.counters[peer]
+	t.mu.Unlock()
+	if c == nil {
+		return PeerStats{}
+	}
+	return c.snapshot()
 }
 
 // GarbageDatagrams counts UDP datagrams that were not QUIC at all. Packets
