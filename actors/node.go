@@ -28,6 +28,7 @@ type Node struct {
 	system *actor.ActorSystem
 	root   *actor.PID // our supervisor; every actor of the node lives under it
 	source membership.Source
+	conn   net.PacketConn // owned when the node created the transport
 
 	ctx    context.Context // ends at Close; parents every goroutine's context
 	cancel context.CancelFunc
@@ -49,9 +50,15 @@ type Node struct {
 // the raw *net.UDPConn in production so it can use segmentation offload).
 // The node owns conn from now on.
 func Start(cfg Config, id *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, tcfg quicremote.Config) (*Node, error) {
-	return StartWith(cfg, id.ID, source, log, func(events quicremote.EventFunc) (quicremote.RPC, error) {
+	n, err := StartWith(cfg, id.ID, source, log, func(events quicremote.EventFunc) (quicremote.RPC, error) {
 		return quicremote.New(tcfg, id, source, conn, log, events)
 	})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	n.conn = conn
+	return n, nil
 }
 
 // StartWith creates a node on any transport: newRPC receives the function
@@ -204,6 +211,11 @@ func (n *Node) Close() error {
 	n.cancel()
 	err := n.rpc.Close()
 	n.wg.Wait()
+	if n.conn != nil {
+		if cerr := n.conn.Close(); err == nil {
+			err = cerr
+		}
+	}
 	n.dlSub.close()
 	n.system.Shutdown()
 	return err
