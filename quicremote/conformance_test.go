@@ -37,6 +37,33 @@ var conformanceCases = []conformanceCase{
 	{"PartitionPlusRemovalKeepsNodeOut", 3, nil, testPartitionPlusRemoval},
 	{"GracefulClose", 2, nil, testGracefulClose},
 	{"PushOrderFromOneSender", 2, nil, testPushOrder},
+	{"HandlerKnowsItsConnection", 2, nil, testHandlerConnID},
+}
+
+// testHandlerConnID: a handler learns the local id of the connection its
+// request arrived on, and it matches ConnID for that peer.
+func testHandlerConnID(t *testing.T, c *cluster) {
+	seen := make(chan uint64, 1)
+	for i := range c.nodes {
+		c.start(i)
+		mustHandle(t, c.nodes[i].rpc, "conn", func(ctx context.Context, _ membership.NodeID, _ []byte) ([]byte, error) {
+			id, ok := ConnIDFromContext(ctx)
+			if !ok {
+				return nil, errors.New("no connection id in the handler context")
+			}
+			seen <- id
+			return nil, nil
+		}, 0)
+	}
+	c.waitMesh(0, 1)
+	if err := c.nodes[0].rpc.Push(t.Context(), c.nodes[1].id.ID, "conn", nil); err != nil {
+		t.Fatal(err)
+	}
+	got := <-seen
+	want, up := c.nodes[1].rpc.ConnID(c.nodes[0].id.ID)
+	if !up || got != want {
+		t.Fatalf("handler saw connection %d, node 1's connection to node 0 is %d (up %v)", got, want, up)
+	}
 }
 
 func TestConformance(t *testing.T) {

@@ -329,7 +329,7 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 	// The handler's context ends with the caller's, the link, or the
 	// remote's shutdown; hcancel is only called here, so hctx.Done below
 	// never fires just because the handler finished.
-	hctx, hcancel := context.WithCancel(link.ctx)
+	hctx, hcancel := context.WithCancel(WithConnID(link.ctx, rlink.connID))
 	defer hcancel()
 	stopCaller := context.AfterFunc(ctx, hcancel)
 	defer stopCaller()

@@ -575,7 +575,7 @@ func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID ui
 			return
 		}
 		t.wg.Add(1)
-		go t.serveStream(peer, ctrs, str)
+		go t.serveStream(peer, connID, ctrs, str)
 	}
 }
 
@@ -606,7 +606,7 @@ func (t *Transport) heartbeat(conn *quic.Conn) {
 }
 
 // serveStream reads one request, runs its handler and writes the response.
-func (t *Transport) serveStream(peer membership.NodeID, ctrs *peerCounters, str *quic.Stream) {
+func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream) {
 	defer t.wg.Done()
 	defer str.ReleaseStreamCredit()
 	reset := func(code quic.StreamErrorCode) {
@@ -671,7 +671,7 @@ func (t *Transport) serveStream(peer membership.NodeID, ctrs *peerCounters, str 
 
 	// The stream's context ends when the caller sends STOP_SENDING (its
 	// cancel) or the connection dies; t.ctx covers our own shutdown.
-	ctx, cancel := context.WithCancel(str.Context())
+	ctx, cancel := context.WithCancel(WithConnID(str.Context(), connID))
 	defer cancel()
 	stop := context.AfterFunc(t.ctx, cancel)
 	defer stop()

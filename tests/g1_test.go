@@ -30,8 +30,10 @@ type workload struct {
 	aborts int
 }
 
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 7)) }
+
 func newWorkload(t *testing.T, c *testnet.Cluster, seed uint64) *workload {
-	w := &workload{t: t, c: c, rng: rand.New(rand.NewPCG(seed, 7)), live: map[broadcast.ArtifactID]int{}}
+	w := &workload{t: t, c: c, rng: newRand(seed), live: map[broadcast.ArtifactID]int{}}
 	w.chans = make([]*actors.Channel, len(c.IDs))
 	w.recs = make([]*testnet.Recorder, len(c.IDs))
 	w.pool = make([]map[broadcast.ArtifactID]broadcast.Artifact, len(c.IDs))
