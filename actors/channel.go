@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -93,7 +94,7 @@ type Channel struct {
 	// receiver core; totals (not increments) survive a lost message.
 	consumedSeen uint64
 	// consumedTotal is written only by the consumer actor.
-	consumedTotal uint64
+	consumedTotal atomic.Uint64
 	// events wait here for the consumer actor (see consumerActor).
 	evMu   sync.Mutex
 	events []any

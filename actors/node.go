@@ -158,6 +158,18 @@ func (n *Node) watchMembers() {
 	}
 }
 
+// view returns the current member snapshot and the connected peers with
+// their connection ids.
+func (n *Node) view() (*membership.Snapshot, map[membership.NodeID]uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	up := make(map[membership.NodeID]uint64, len(n.up))
+	for k, v := range n.up {
+		up[k] = v
+	}
+	return n.members, up
+}
+
 // peersOf lists the members other than self, as core peer ids.
 func (n *Node) peersOf(snap *membership.Snapshot) []broadcast.PeerID {
 	var out []broadcast.PeerID

@@ -46,8 +46,13 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
 	case *actor.Started:
 		// After a restart the fetch actors are gone: start them again.
+		// Events sent while it was down may be lost: re-apply the members
+		// and the consumer's running total of consumed deliveries.
 		a.fetches = make(map[broadcast.ArtifactID]*actor.PID)
+		members, _ := c.n.view()
+		a.applyMembers(ctx, members)
 		a.exec(ctx, c.receiver.RestartFetches())
+		a.applyConsumed(ctx, c.consumedTotal.Load())
 		return
 	case actor.SystemMessage, actor.AutoReceiveMessage:
 		return
@@ -63,16 +68,7 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		}
 		ctx.Respond(err)
 	case membersMsg:
-		keep := make(map[broadcast.PeerID]bool)
-		for _, p := range c.n.peersOf(m.snap) {
-			keep[p] = true
-			c.receiver.AddPeer(p)
-		}
-		for _, p := range c.receiver.Peers() {
-			if !keep[p] {
-				a.exec(ctx, c.receiver.RemovePeer(p))
-			}
-		}
+		a.applyMembers(ctx, m.snap)
 	case fetchResult:
 		eff, err := c.receiver.FetchDone(m.id, m.from, m.a)
 		if err != nil {
@@ -88,10 +84,7 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		}
 		a.exec(ctx, eff)
 	case consumedMsg:
-		for c.consumedSeen < m.total {
-			c.consumedSeen++
-			a.exec(ctx, c.receiver.Consumed())
-		}
+		a.applyConsumed(ctx, m.total)
 	case reevaluateMsg:
 		a.exec(ctx, c.receiver.Reevaluate())
 	case inspectMsg:
@@ -99,6 +92,29 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		return
 	}
 	a.publishStats()
+}
+
+func (a *receiverActor) applyMembers(ctx actor.Context, snap *membership.Snapshot) {
+	c := a.c
+	keep := make(map[broadcast.PeerID]bool)
+	for _, p := range c.n.peersOf(snap) {
+		keep[p] = true
+		c.receiver.AddPeer(p)
+	}
+	for _, p := range c.receiver.Peers() {
+		if !keep[p] {
+			a.exec(ctx, c.receiver.RemovePeer(p))
+		}
+	}
+}
+
+// applyConsumed returns the credits of deliveries consumed up to total.
+func (a *receiverActor) applyConsumed(ctx actor.Context, total uint64) {
+	c := a.c
+	for c.consumedSeen < total {
+		c.consumedSeen++
+		a.exec(ctx, c.receiver.Consumed())
+	}
 }
 
 func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
@@ -371,6 +387,6 @@ func (a *consumerActor) call(ev Event) {
 // credit returns one delivery credit. The running total lives in the
 // channel, so it survives restarts and a lost message heals with the next.
 func (a *consumerActor) credit(ctx actor.Context) {
-	a.c.consumedTotal++
-	ctx.Send(a.c.receiverPID, consumedMsg{total: a.c.consumedTotal})
+	total := a.c.consumedTotal.Add(1)
+	ctx.Send(a.c.receiverPID, consumedMsg{total: total})
 }

@@ -71,6 +71,7 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		// core in line with the pool, and resend what was in flight.
 		a.exec(ctx, c.sender.ResetTransmissions())
 		a.reconcile(ctx)
+		a.syncPeers(ctx)
 		return
 	case *actor.Stopping, *actor.Restarting:
 		if a.tickTimer != nil {
@@ -96,19 +97,7 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		}
 		a.exec(ctx, c.sender.PeerDown(broadcast.PeerID(m.Peer.String())))
 	case membersMsg:
-		keep := make(map[broadcast.PeerID]bool)
-		for _, p := range c.n.peersOf(m.snap) {
-			keep[p] = true
-		}
-		for _, p := range c.sender.Peers() {
-			if !keep[p] {
-				a.exec(ctx, c.sender.RemovePeer(p))
-				if pid, ok := a.links[p]; ok {
-					ctx.Stop(pid)
-					delete(a.links, p)
-				}
-			}
-		}
+		a.applyMembers(ctx, m.snap)
 	case sendResult:
 		if m.err == nil {
 			a.exec(ctx, c.sender.Acked(m.peer, m.tok))
@@ -131,6 +120,44 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		return
 	}
 	a.publishStats()
+}
+
+func (a *senderActor) applyMembers(ctx actor.Context, snap *membership.Snapshot) {
+	c := a.c
+	keep := make(map[broadcast.PeerID]bool)
+	for _, p := range c.n.peersOf(snap) {
+		keep[p] = true
+	}
+	for _, p := range c.sender.Peers() {
+		if !keep[p] {
+			a.exec(ctx, c.sender.RemovePeer(p))
+			if pid, ok := a.links[p]; ok {
+				ctx.Stop(pid)
+				delete(a.links, p)
+			}
+		}
+	}
+}
+
+// syncPeers brings the core's view of connections and members in line
+// with the node's, for a restarted actor that may have lost events.
+func (a *senderActor) syncPeers(ctx actor.Context) {
+	c := a.c
+	members, up := c.n.view()
+	a.applyMembers(ctx, members)
+	for _, p := range c.sender.Peers() {
+		id, err := membership.ParseNodeID(string(p))
+		if err == nil {
+			if _, ok := up[id]; !ok {
+				a.exec(ctx, c.sender.PeerDown(p))
+			}
+		}
+	}
+	for id, conn := range up {
+		if members.Contains(id) {
+			a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(id.String()), broadcast.ConnID(conn)))
+		}
+	}
 }
 
 func (a *senderActor) applyOps(ctx actor.Context, ops []poolOp) {
