@@ -316,20 +316,23 @@ func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req 
 	if !ok {
 		return nil, fmt.Errorf("update from %s: no connection", peer.Short())
 	}
-	res, err := c.n.system.Root.RequestFuture(c.receiverPID, updateMsg{peer: broadcast.PeerID(peer.String()), conn: broadcast.ConnID(conn), u: u}, c.n.cfg.HandlerTimeout).Result()
-	if err != nil {
-		return nil, fmt.Errorf("update from %s: receiver busy: %w", peer.Short(), err)
-	}
-	if e, ok := res.(error); ok && e != nil {
-		if errors.Is(e, broadcast.ErrStale) {
-			return nil, nil
+	// A Go channel rather than a protoactor future: no registry entry per
+	// update, and the handler can also give up when its stream is reset.
+	reply := make(chan error, 1)
+	c.n.system.Root.Send(c.receiverPID, updateMsg{peer: broadcast.PeerID(peer.String()), conn: broadcast.ConnID(conn), u: u, reply: reply})
+	timer := time.NewTimer(c.n.cfg.HandlerTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-reply:
+		if err != nil && !errors.Is(err, broadcast.ErrStale) {
+			return nil, err
 		}
-		return nil, e
+		return nil, nil
+	case <-timer.C:
+		return nil, fmt.Errorf("update from %s: receiver busy", peer.Short())
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	if _, ok := res.(*actor.DeadLetterResponse); ok {
-		return nil, fmt.Errorf("update from %s: receiver unavailable", peer.Short())
-	}
-	return nil, nil
 }
 
 // handleFetch serves an artifact from the publisher's pool, which is the

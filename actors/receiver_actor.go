@@ -18,9 +18,10 @@ import (
 // Messages of the receiver side.
 type (
 	updateMsg struct {
-		peer broadcast.PeerID
-		conn broadcast.ConnID
-		u    broadcast.SlotUpdate
+		peer  broadcast.PeerID
+		conn  broadcast.ConnID
+		u     broadcast.SlotUpdate
+		reply chan<- error // buffered; the handler waits on it
 	}
 	fetchResult struct {
 		id   broadcast.ArtifactID
@@ -66,7 +67,7 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
 			c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(err).Msg("update refused")
 		}
-		ctx.Respond(err)
+		m.reply <- err
 	case membersMsg:
 		a.applyMembers(ctx, m.snap)
 	case fetchResult:

@@ -10,7 +10,9 @@ type ReceiverConfig struct {
 	// SlotLimit is the most slot entries kept per peer (cleared slots whose
 	// order still matters included). An update for a new slot beyond it is
 	// refused with ErrSlotLimit. Memory per peer is at most about
-	// SlotLimit × (MaxIDLen + MaxAttributeLen + 100 bytes). Default 50,000.
+	// SlotLimit × (MaxIDLen + MaxAttributeLen + 300 bytes): measured 1,428
+	// bytes per entry with 128-byte ids and 1 KiB attributes, so a peer
+	// flooding the default limit costs about 70 MiB. Default 50,000.
 	SlotLimit int
 	// MaxIDLen and MaxAttributeLen bound what one advert may store.
 	// Defaults 128 and 1024 bytes.
@@ -167,8 +169,7 @@ type idState struct {
 	// the id, so a fetch kept alive only by a peer that never serves it is
 	// charged to that peer.
 	charged PeerID
-	adv     map[advKey]struct{}
-	peers   map[PeerID]int // distinct advertisers with their slot counts
+	adv     advSet
 }
 
 // Receiver is the pure receiver half of one channel: per peer a mirror of
@@ -240,7 +241,7 @@ func (r *Receiver) DescribeID(id ArtifactID) string {
 	}
 	names := [...]string{"idle", "queued", "fetching", "delivered"}
 	return fmt.Sprintf("decision %v, %s, charged to %q, advertisers %v (%d pairs), fetching %d/%d, credits %d/%d",
-		st.decision, names[st.phase], st.charged, st.peerList(), len(st.adv), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits)
+		st.decision, names[st.phase], st.charged, st.peerList(), st.adv.len(), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits)
 }
 
 // IsDelivered reports whether id is currently delivered.
@@ -405,13 +406,8 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 	}
 	st := r.ids[e.id]
 	key := advKey{p.id, slot}
-	delete(st.adv, key)
-	st.peers[p.id]--
-	peerGone := st.peers[p.id] == 0
-	if peerGone {
-		delete(st.peers, p.id)
-	}
-	if len(st.adv) > 0 {
+	peerGone := st.adv.remove(key)
+	if st.adv.len() > 0 {
 		if peerGone && st.phase == phaseFetching {
 			list := st.peerList()
 			if st.charged == p.id {
@@ -448,9 +444,7 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 	id := u.Artifact.ID
 	st, ok := r.ids[id]
 	if ok {
-		st.adv[advKey{p.id, slot}] = struct{}{}
-		st.peers[p.id]++
-		if st.peers[p.id] == 1 {
+		if st.adv.add(advKey{p.id, slot}) {
 			switch st.phase {
 			case phaseFetching:
 				eff = append(eff, AdvertisersChanged{ID: id, Advertisers: st.peerList()})
@@ -462,8 +456,7 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 	}
 	st = &idState{
 		attr:     append([]byte(nil), u.Artifact.Attribute...),
-		adv:      map[advKey]struct{}{{p.id, slot}: {}},
-		peers:    map[PeerID]int{p.id: 1},
+		adv:      advSet{small: []advKey{{p.id, slot}}},
 		decision: r.cfg.Admit(id, u.Artifact.Attribute),
 	}
 	r.ids[id] = st
@@ -491,7 +484,7 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 func (r *Receiver) enqueue(id ArtifactID, st *idState) {
 	st.phase = phaseQueued
 	r.queued++
-	for peer := range st.peers {
+	for _, peer := range st.adv.peerList() {
 		r.pushQ(r.peers[peer], id)
 	}
 }
@@ -507,7 +500,7 @@ func (r *Receiver) pushQ(p *peerRx, id ArtifactID) {
 	live := p.queue[:0]
 	seen := make(map[ArtifactID]bool)
 	for _, q := range p.queue[p.head:] {
-		if st, ok := r.ids[q]; ok && st.phase == phaseQueued && st.peers[p.id] > 0 && !seen[q] {
+		if st, ok := r.ids[q]; ok && st.phase == phaseQueued && st.adv.peerCount(p.id) > 0 && !seen[q] {
 			seen[q] = true
 			live = append(live, q)
 		}
@@ -523,7 +516,7 @@ func (r *Receiver) popQ(p *peerRx) (ArtifactID, *idState, bool) {
 		id := p.queue[p.head]
 		p.queue[p.head] = ""
 		p.head++
-		if st, ok := r.ids[id]; ok && st.phase == phaseQueued && st.peers[p.id] > 0 {
+		if st, ok := r.ids[id]; ok && st.phase == phaseQueued && st.adv.peerCount(p.id) > 0 {
 			return id, st, true
 		}
 	}
@@ -659,7 +652,7 @@ func (r *Receiver) CheckInvariants() error {
 			if !ok {
 				return fmt.Errorf("peer %s legacy slot %d holds %x which has no advertiser set", pid, slot, []byte(e.id))
 			}
-			if _, ok := st.adv[advKey{pid, slot}]; !ok {
+			if !st.adv.has(advKey{pid, slot}) {
 				return fmt.Errorf("advertiser set of %x lacks legacy (%s, %d)", []byte(e.id), pid, slot)
 			}
 			count[e.id]++
@@ -672,7 +665,7 @@ func (r *Receiver) CheckInvariants() error {
 			if !ok {
 				return fmt.Errorf("peer %s slot %d holds %x which has no advertiser set", pid, slot, []byte(e.id))
 			}
-			if _, ok := st.adv[advKey{pid, slot}]; !ok {
+			if !st.adv.has(advKey{pid, slot}) {
 				return fmt.Errorf("advertiser set of %x lacks (%s, %d)", []byte(e.id), pid, slot)
 			}
 			count[e.id]++
@@ -680,18 +673,14 @@ func (r *Receiver) CheckInvariants() error {
 	}
 	fetching, queued := 0, 0
 	for id, st := range r.ids {
-		if len(st.adv) == 0 {
+		if st.adv.len() == 0 {
 			return fmt.Errorf("id %x has an empty advertiser set", []byte(id))
 		}
-		if len(st.adv) != count[id] {
-			return fmt.Errorf("id %x: advertiser set has %d pairs, tables %d", []byte(id), len(st.adv), count[id])
+		if st.adv.len() != count[id] {
+			return fmt.Errorf("id %x: advertiser set has %d pairs, tables %d", []byte(id), st.adv.len(), count[id])
 		}
-		n := 0
-		for _, c := range st.peers {
-			n += c
-		}
-		if n != len(st.adv) {
-			return fmt.Errorf("id %x: per-peer counts %d, pairs %d", []byte(id), n, len(st.adv))
+		if !st.adv.check() {
+			return fmt.Errorf("id %x: advertiser set inconsistent", []byte(id))
 		}
 		switch st.phase {
 		case phaseFetching:
@@ -720,12 +709,12 @@ func (r *Receiver) CheckInvariants() error {
 	for id, st := range r.ids {
 		switch st.phase {
 		case phaseFetching:
-			if st.peers[st.charged] == 0 {
+			if st.adv.peerCount(st.charged) == 0 {
 				return fmt.Errorf("fetch of %x charged to %q which does not advertise it", []byte(id), st.charged)
 			}
 			charged[st.charged]++
 		case phaseQueued:
-			for pid := range st.peers {
+			for _, pid := range st.adv.peerList() {
 				p := r.peers[pid]
 				q, ok := queues[pid]
 				if !ok {
@@ -757,14 +746,7 @@ func (r *Receiver) CheckInvariants() error {
 	return nil
 }
 
-func (st *idState) peerList() []PeerID {
-	out := make([]PeerID, 0, len(st.peers))
-	for p := range st.peers {
-		out = append(out, p)
-	}
-	sortPeers(out)
-	return out
-}
+func (st *idState) peerList() []PeerID { return st.adv.peerList() }
 
 // RestartFetches returns a StartFetch for every fetch in progress, for a
 // caller that lost its running downloads (for example after the actor that

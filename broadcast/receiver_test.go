@@ -375,3 +375,31 @@ func TestReceiverRestartedSenderMovingSlotsCausesNoRedelivery(t *testing.T) {
 	expect(t, apply(t, r, "p", 3, push(3, 1, "a")), "")
 	expect(t, apply(t, r, "p", 3, SlotUpdate{Kind: KindSync}), "")
 }
+
+func TestReceiverLargeAdvertiserSets(t *testing.T) {
+	// One id in many slots of several peers: the set switches from its
+	// small form to maps and back to empty consistently.
+	r := newTestReceiver(t, nil, "p", "q", "s")
+	var commit CommitID
+	for _, peer := range []PeerID{"p", "q", "s"} {
+		for slot := range Slot(12) {
+			commit++
+			apply(t, r, peer, 1, advert(commit, slot, "a"))
+		}
+	}
+	if got := r.Advertisers("a"); len(got) != 3 {
+		t.Fatalf("advertisers %v", got)
+	}
+	mustFetch(t, r, "a", "q")
+	for _, peer := range []PeerID{"p", "q", "s"} {
+		for slot := range Slot(12) {
+			commit++
+			eff := apply(t, r, peer, 1, clearedU(commit, slot))
+			if peer == "s" && slot == 11 {
+				expect(t, eff, "withdraw(a) ")
+			} else if len(eff) > 0 && kindsOf(eff) != fmt.Sprintf("advertisers(a:%v) ", r.Advertisers("a")) {
+				t.Fatalf("unexpected %s", kindsOf(eff))
+			}
+		}
+	}
+}

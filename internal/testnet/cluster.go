@@ -289,3 +289,25 @@ func testLevel() zerolog.Level {
 	}
 	return zerolog.WarnLevel
 }
+
+// Raw starts a bare transport for member i instead of a node, so a test
+// can speak the wire protocol directly (a hostile peer, say).
+func (c *Cluster) Raw(i int) quicremote.RPC {
+	c.t.Helper()
+	var rpc quicremote.RPC
+	var err error
+	if c.Mem != nil {
+		rpc, err = c.Mem.NewTransport(c.TCfg, c.IDs[i].ID, c.Source, nil)
+	} else {
+		if c.conns[i] == nil && c.router != nil {
+			udp, _ := net.ResolveUDPAddr("udp", c.Addrs[i])
+			c.conns[i] = c.simEndpoint(udp)
+		}
+		rpc, err = quicremote.New(c.TCfg, c.IDs[i], c.Source, c.conns[i], c.Log, nil)
+	}
+	if err != nil {
+		c.t.Fatalf("raw transport %d: %v", i, err)
+	}
+	c.t.Cleanup(func() { rpc.Close() })
+	return rpc
+}

@@ -90,8 +90,8 @@ func NewSim(t testing.TB, n int, cfg actors.Config, opt SimOptions) *Cluster {
 func (c *Cluster) simEndpoint(addr *net.UDPAddr) *simnet.SimConn {
 	link := &simnet.SimulatedLink{Latency: c.simLatency, UploadPacket: c.router}
 	conn := simnet.NewBlockingSimConn(addr, link)
+	link.Start() // before the router can hand it packets
 	c.router.AddNode(addr, link)
-	link.Start()
 	c.simLinks = append(c.simLinks, link)
 	return conn
 }
