@@ -2,7 +2,9 @@ package actors_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -118,4 +120,70 @@ func TestQUICClusterPushAdvertAbort(t *testing.T) {
 		delete(owner, id)
 	}
 	waitHeld(t, recs, owner, 20*time.Second)
+}
+
+// Close returns only when every goroutine the nodes started has ended.
+func TestCloseEndsEveryGoroutine(t *testing.T) {
+	base := runtime.NumGoroutine()
+	func() {
+		c := testnet.NewQUIC(t, 3, testConfig())
+		c.StartAll()
+		chans, recs := openAll(t, c, "blocks")
+		owner := map[broadcast.ArtifactID]int{}
+		for i, ch := range chans {
+			a := art(fmt.Sprintf("g%d", i), 20_000)
+			if err := ch.Publish(a); err != nil {
+				t.Fatal(err)
+			}
+			owner[a.ID] = i
+		}
+		waitHeld(t, recs, owner, 20*time.Second)
+		c.CloseAll()
+	}()
+	// protoactor-go's dead-letter throttle keeps a goroutine for up to a
+	// second after a burst; allow for it, then require the baseline.
+	testnet.Eventually(t, 5*time.Second, func() error {
+		if n := runtime.NumGoroutine(); n > base {
+			return fmt.Errorf("%d goroutines, baseline %d", n, base)
+		}
+		return nil
+	})
+}
+
+func TestPublishLimitsAndErrors(t *testing.T) {
+	cfg := testConfig()
+	cfg.Sender.MaxSlots = 2
+	c := testnet.NewMem(t, 2, cfg)
+	c.StartAll()
+	chans, _ := openAll(t, c, "blocks")
+	ch := chans[0]
+	for _, id := range []string{"a", "b"} {
+		if err := ch.Publish(art(id, 10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Publish(art("c", 10)); !errors.Is(err, broadcast.ErrSlotsExhausted) {
+		t.Fatalf("publish beyond the bound: %v", err)
+	}
+	if err := ch.Publish(art("a", 10)); !errors.Is(err, broadcast.ErrDuplicate) {
+		t.Fatalf("duplicate publish: %v", err)
+	}
+	if err := ch.Abort("zzz"); !errors.Is(err, broadcast.ErrUnknownID) {
+		t.Fatalf("abort of unknown id: %v", err)
+	}
+	if err := ch.Publish(broadcast.Artifact{ID: broadcast.ArtifactID(make([]byte, 1000))}); !errors.Is(err, broadcast.ErrInvalid) {
+		t.Fatalf("oversized id: %v", err)
+	}
+	if err := ch.Abort("a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Publish(art("c", 10)); err != nil {
+		t.Fatalf("publish after an abort freed a slot: %v", err)
+	}
+	if _, err := c.Nodes[0].OpenChannel(actors.ChannelConfig{Name: "bad name!", Consume: func(actors.Event) {}}); err == nil {
+		t.Fatal("invalid channel name accepted")
+	}
+	if _, err := c.Nodes[0].OpenChannel(actors.ChannelConfig{Name: "blocks", Consume: func(actors.Event) {}}); err == nil {
+		t.Fatal("channel opened twice")
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/testnet"
 	"github.com/abcast/abcast/internal/wire"
+	"github.com/abcast/abcast/membership"
 )
 
 func heapInUse() uint64 {
@@ -262,4 +263,74 @@ func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A peer that advertises an id and then serves wrong bytes, or never
+// answers, costs the receiver retries, never a wrong delivery: the fetch
+// moves on to the other advertiser (with a growing per-attempt timeout).
+func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
+	for _, mode := range []string{"wrong-bytes", "silent"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := actors.DefaultConfig()
+			cfg.FetchTimeoutMin = 300 * time.Millisecond
+			c := testnet.NewQUIC(t, 3, cfg)
+			c.Start(0)
+			c.Start(1)
+			liar := c.Raw(2)
+			payload := make([]byte, 50_000)
+			payload[7] = 7
+			verify := func(a broadcast.Artifact) error {
+				if len(a.Payload) != len(payload) || a.Payload[7] != 7 {
+					return fmt.Errorf("payload does not match id")
+				}
+				return nil
+			}
+			rec := testnet.NewRecorder()
+			recv, err := c.Nodes[0].OpenChannel(actors.ChannelConfig{Name: "consensus", Consume: rec.Consume, Verify: verify})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub, err := c.Nodes[1].OpenChannel(actors.ChannelConfig{Name: "consensus", Consume: func(actors.Event) {}, Verify: verify})
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan struct{}, 100)
+			if err := liar.Handle("abcast/consensus/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
+				served <- struct{}{}
+				if mode == "silent" {
+					<-ctx.Done()
+					return nil, ctx.Err()
+				}
+				return wire.EncodeFetchResponse(&broadcast.Artifact{ID: "x", Payload: []byte("forged")})
+			}, 0); err != nil {
+				t.Fatal(err)
+			}
+			testnet.Eventually(t, 30*time.Second, func() error {
+				if _, up := liar.ConnID(c.IDs[0].ID); !up {
+					return fmt.Errorf("liar not connected")
+				}
+				return nil
+			})
+			// The liar advertises x first; only later does the honest node.
+			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
+			if err := liar.Push(t.Context(), c.IDs[0].ID, "abcast/consensus/update", msg); err != nil {
+				t.Fatal(err)
+			}
+			<-served // the receiver asked the liar
+			if err := pub.Publish(broadcast.Artifact{ID: "x", Payload: payload}); err != nil {
+				t.Fatal(err)
+			}
+			testnet.Eventually(t, 30*time.Second, func() error {
+				if p, ok := rec.Holds("x"); !ok || p[7] != 7 {
+					return fmt.Errorf("x not delivered (correctly)")
+				}
+				return nil
+			})
+			st := recv.Stats()
+			t.Logf("%s: fetch attempts %d, failures %d, bad responses %d", mode, st.FetchAttempts, st.FetchFailures, st.BadFetchResponses)
+			if mode == "wrong-bytes" && st.PeerStats[c.IDs[2].ID.String()].Mismatch == 0 {
+				t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
+			}
+		})
+	}
 }
