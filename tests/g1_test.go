@@ -26,8 +26,9 @@ type workload struct {
 	recs   []*testnet.Recorder
 	live   map[broadcast.ArtifactID]int // id -> publisher
 	pool   []map[broadcast.ArtifactID]broadcast.Artifact
-	seq    int
-	aborts int
+	seq     int
+	aborts  int
+	aborted []broadcast.ArtifactID
 }
 
 func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 7)) }
@@ -88,6 +89,7 @@ func (w *workload) abortRandom() {
 	delete(w.live, id)
 	delete(w.pool[owner], id)
 	w.aborts++
+	w.aborted = append(w.aborted, id)
 }
 
 // restart stops node i and starts it with fresh state; its application
@@ -133,6 +135,13 @@ func (w *workload) converge(within time.Duration) {
 		for id, owner := range w.live {
 			if owner != i && r.Deliveries(id) != 1 {
 				w.t.Fatalf("G2: node %d delivered %s %d times", i, id, r.Deliveries(id))
+			}
+		}
+		// An aborted artifact is delivered at most once, never again
+		// after its withdrawal.
+		for _, id := range w.aborted {
+			if r.Deliveries(id) > 1 {
+				w.t.Fatalf("G3: node %d delivered aborted %s %d times", i, id, r.Deliveries(id))
 			}
 		}
 	}
@@ -212,11 +221,15 @@ func TestG1Simulated(t *testing.T) {
 }
 
 func TestG1RealQUIC(t *testing.T) {
-	seed := testSeed(t)
-	t.Logf("seed %d (set ABCAST_SEED to replay the workload)", seed)
-	cfg := actors.DefaultConfig()
-	cfg.FetchTimeoutMin = 2 * time.Second
-	c := testnet.NewQUIC(t, 4, cfg)
-	testnet.NewQUICFaulty(t, c, 0.05, 5*time.Millisecond, seed)
-	g1(t, c, seed, 6, time.Sleep)
+	for _, n := range []int{4, 7} {
+		t.Run(fmt.Sprintf("nodes=%d", n), func(t *testing.T) {
+			seed := testSeed(t)
+			t.Logf("seed %d (set ABCAST_SEED to replay the workload)", seed)
+			cfg := actors.DefaultConfig()
+			cfg.FetchTimeoutMin = 2 * time.Second
+			c := testnet.NewQUIC(t, n, cfg)
+			testnet.NewQUICFaulty(t, c, 0.05, 5*time.Millisecond, seed)
+			g1(t, c, seed, 10-n, time.Sleep)
+		})
+	}
 }
