@@ -19,13 +19,13 @@ import (
 
 // workload drives a cluster: publishes, aborts, partitions, a restart.
 type workload struct {
-	t      *testing.T
-	c      *testnet.Cluster
-	rng    *rand.Rand
-	chans  []*actors.Channel
-	recs   []*testnet.Recorder
-	live   map[broadcast.ArtifactID]int // id -> publisher
-	pool   []map[broadcast.ArtifactID]broadcast.Artifact
+	t       *testing.T
+	c       *testnet.Cluster
+	rng     *rand.Rand
+	chans   []*actors.Channel
+	recs    []*testnet.Recorder
+	live    map[broadcast.ArtifactID]int // id -> publisher
+	pool    []map[broadcast.ArtifactID]broadcast.Artifact
 	seq     int
 	aborts  int
 	aborted []broadcast.ArtifactID
