@@ -1,0 +1,963 @@
+package quicremote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/extensions"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/proto/abcastpb"
+)
+
+// Remote makes a protoactor-go actor system reachable from the other members
+// of the subnet over an RPC transport, and routes PIDs of other members'
+// actors over it.
+//
+// # Addresses
+//
+// A node's actor address is its NodeID's String(): 64 lowercase hex digits.
+// Start sets the actor system's address to it, so every PID spawned after
+// Start carries it; a PID whose Address is another member's NodeID resolves
+// to this remote. A PID naming anything else (a non-member, a malformed
+// address) resolves to the system's dead-letter process.
+//
+// # Start-up order
+//
+//  1. Create the actor system (actors.NewActorSystem).
+//  2. NewRemote.
+//  3. Create the transport with the remote's PeerEvent as its EventFunc (or
+//     call PeerEvent from your own EventFunc).
+//  4. Start(rpc), before spawning any actor whose PID will travel: a PID's
+//     address is fixed when it is spawned, and one spawned earlier says
+//     "nonhost", which no other node can reach.
+//
+// Close the remote before the actor system goes away; closing the transport
+// first is fine too (the remote sees every peer go down).
+//
+// # Delivery
+//
+// Every peer has a bounded outbound queue (QueueCapacity) drained by one
+// goroutine that sends whatever is queued as one batch per Call and waits
+// for it before sending the next, so messages between two nodes arrive in
+// the order they were sent, and batches grow with load. A message is
+// serialized on the sender's goroutine; a full queue, an unserializable
+// message, a failed batch or a peer that stays unreachable for ConnectGrace
+// make dead letters, each counted by reason (Stats, OnDeadLetter) and
+// published as an *actor.DeadLetterEvent, so a requester gets a
+// DeadLetterResponse and its future fails with actor.ErrDeadLetter instead
+// of timing out. A failed batch is never resent, so nothing is delivered
+// twice.
+//
+// The receiver hands each message to the local process without waiting: a
+// full bounded mailbox refuses it (its own dead letter), the default mailbox
+// queues it, so a slow actor never holds up messages to other actors. An
+// unknown type name or a payload that does not decode is counted, answered
+// with a DeadLetterResponse to its sender, and skipped; the rest of the
+// batch is delivered and the connection stays up.
+//
+// # Watches and failures
+//
+// Watch, Unwatch, Terminated and Stop travel as system messages, PoisonPill
+// as a user message, so Stop/Poison/StopFuture/PoisonFuture work across
+// nodes. The remote records every watch a local actor (or future) makes on
+// a remote actor. When that peer's connection goes down, the peer restarts,
+// or it stays unreachable, each recorded watch ends exactly once with
+// Terminated{Why: AddressTerminated}; a Terminated the peer sends later for
+// a watch already ended this way is dropped (StaleTerminated). Local futures
+// whose requests went to that peer and are still unanswered are completed
+// at once with a DeadLetterResponse (actor.ErrDeadLetter).
+type Remote struct {
+	system  *actor.ActorSystem
+	self    membership.NodeID
+	addr    string
+	members func() membership.MemberSet
+	cfg     RemoteConfig
+	log     zerolog.Logger
+	sers    []Serializer
+	serByID map[int32]Serializer
+
+	ctx    context.Context // cancelled by Close; parent of every batch Call
+	cancel context.CancelFunc
+	closed atomic.Bool
+
+	mu      sync.Mutex
+	started bool
+	rpc     RPC
+	peers   map[membership.NodeID]*remotePeer
+	wg      sync.WaitGroup
+
+	procs sync.Map // address string -> *remoteProcess
+
+	futMu      sync.Mutex
+	futures    map[string]*pendingFuture
+	futSweepAt int
+
+	ctr remoteCounters
+}
+
+type remoteCounters struct {
+	sent, batches, received          atomic.Uint64
+	dead                             [numDeadLetterReasons]atomic.Uint64
+	unknownTypes, badPayloads        atomic.Uint64
+	badBatches                       atomic.Uint64
+	addressTerminated, failedFutures atomic.Uint64
+	staleTerminated                  atomic.Uint64
+}
+
+var remoteExtensionID = extensions.NextExtensionID()
+
+// protoactor's address for a system without a remote.
+const protoactorLocalAddress = "nonhost"
+
+var errClosedRemote = errors.New("quicremote: remote closed")
+
+// NewRemote prepares a remote for system as node self. members says who is
+// a member right now (membership.LatestMembers(source)); only members get
+// routes. Nothing is sent or received until Start.
+func NewRemote(system *actor.ActorSystem, self membership.NodeID, members func() membership.MemberSet, cfg RemoteConfig, log zerolog.Logger) (*Remote, error) {
+	if system == nil || members == nil {
+		return nil, errors.New("quicremote: NewRemote needs an actor system and a member set")
+	}
+	if self.IsZero() {
+		return nil, errors.New("quicremote: NewRemote needs a node id")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Remote{
+		system:     system,
+		self:       self,
+		addr:       self.String(),
+		members:    members,
+		cfg:        cfg,
+		log:        log.With().Str("node", self.String()).Str("component", "remote").Logger(),
+		serByID:    make(map[int32]Serializer),
+		peers:      make(map[membership.NodeID]*remotePeer),
+		futures:    make(map[string]*pendingFuture),
+		futSweepAt: 1024,
+	}
+	r.sers = append(append(r.sers, cfg.Serializers...), ProtoSerializer{})
+	for _, s := range r.sers {
+		r.serByID[s.ID()] = s
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	return r, nil
+}
+
+// RemoteOf returns the remote started on system, or nil.
+func RemoteOf(system *actor.ActorSystem) *Remote {
+	r, _ := system.Extensions.Get(remoteExtensionID).(*Remote)
+	return r
+}
+
+// ExtensionID makes the remote an actor system extension (see RemoteOf).
+func (r *Remote) ExtensionID() extensions.ExtensionID { return remoteExtensionID }
+
+// Address is this node's actor address, its NodeID's String().
+func (r *Remote) Address() string { return r.addr }
+
+// PID names actor id on node.
+func (r *Remote) PID(node membership.NodeID, id string) *actor.PID {
+	return actor.NewPID(node.String(), id)
+}
+
+// Start sets the actor system's address, installs the route to other
+// members and registers the batch handler on rpc. Call it once, before
+// spawning actors whose PIDs travel and before the system is used from
+// other goroutines (it writes the system's address without a lock).
+func (r *Remote) Start(rpc RPC) error {
+	if rpc == nil {
+		return errors.New("quicremote: Start needs a transport")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started || r.closed.Load() {
+		return errors.New("quicremote: remote already started or closed")
+	}
+	if err := rpc.Handle(r.cfg.Protocol, r.handle, r.cfg.HandlerLimit); err != nil {
+		return fmt.Errorf("quicremote: registering the remote's protocol: %w", err)
+	}
+	r.rpc = rpc
+	r.system.ProcessRegistry.Address = r.addr
+	r.system.ProcessRegistry.RegisterAddressResolver(r.resolve)
+	r.system.Extensions.Register(r)
+	r.started = true
+	r.log.Info().Str("protocol", r.cfg.Protocol).Msg("remote started")
+	return nil
+}
+
+// Close stops every peer's send loop: queued messages become dead letters
+// (DeadLetterClosed), watches of remote actors end with AddressTerminated,
+// waiting futures fail. Incoming batches are refused from now on. It does
+// not close the transport. Close waits for the send loops to end, which
+// takes at most the longest batch in flight (cancelled at once).
+func (r *Remote) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	r.cancel()
+	r.mu.Lock()
+	peers := make([]*remotePeer, 0, len(r.peers))
+	for _, p := range r.peers {
+		peers = append(peers, p)
+	}
+	r.mu.Unlock()
+	for _, p := range peers {
+		p.signal()
+	}
+	r.wg.Wait()
+	r.log.Info().Msg("remote closed")
+	return nil
+}
+
+// Stats returns the counters.
+func (r *Remote) Stats() RemoteStats {
+	s := RemoteStats{
+		Sent:              r.ctr.sent.Load(),
+		Batches:           r.ctr.batches.Load(),
+		Received:          r.ctr.received.Load(),
+		UnknownTypes:      r.ctr.unknownTypes.Load(),
+		BadPayloads:       r.ctr.badPayloads.Load(),
+		BadBatches:        r.ctr.badBatches.Load(),
+		AddressTerminated: r.ctr.addressTerminated.Load(),
+		FailedFutures:     r.ctr.failedFutures.Load(),
+		StaleTerminated:   r.ctr.staleTerminated.Load(),
+	}
+	for i := range s.DeadLetters {
+		s.DeadLetters[i] = r.ctr.dead[i].Load()
+	}
+	r.mu.Lock()
+	for _, p := range r.peers {
+		p.mu.Lock()
+		s.Queued += p.q.n
+		p.mu.Unlock()
+	}
+	r.mu.Unlock()
+	return s
+}
+
+// PeerEvent tells the remote about the transport's peer events; it is an
+// EventFunc. It never blocks: the work a PeerDown causes (dead letters,
+// AddressTerminated, failed futures) runs on that peer's send loop.
+func (r *Remote) PeerEvent(ev PeerEvent) {
+	switch e := ev.(type) {
+	case PeerUp:
+		if p := r.existingPeer(e.Peer); p != nil {
+			p.mu.Lock()
+			p.up = true
+			p.mu.Unlock()
+			p.signal()
+		}
+	case PeerDown:
+		if p := r.existingPeer(e.Peer); p != nil {
+			r.log.Info().Str("peer", e.Peer.Short()).Uint64("conn", e.ConnID).AnErr("cause", e.Err).Msg("peer down")
+			p.markDown(DeadLetterPeerDown)
+		}
+	}
+}
+
+func (r *Remote) existingPeer(id membership.NodeID) *remotePeer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.peers[id]
+}
+
+// peerFor returns id's peer state, creating it (and its send loop) for a
+// member. The state is created under mu together with reading the
+// transport's view of the connection, so no PeerUp/PeerDown can fall
+// between the two.
+func (r *Remote) peerFor(id membership.NodeID) (*remotePeer, DeadLetterReason) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() || !r.started {
+		return nil, DeadLetterClosed
+	}
+	if p := r.peers[id]; p != nil {
+		return p, 0
+	}
+	if id == r.self || !r.members().Contains(id) {
+		return nil, DeadLetterNotMember
+	}
+	_, up := r.rpc.ConnID(id)
+	p := &remotePeer{
+		r:         r,
+		id:        id,
+		addr:      id.String(),
+		wake:      make(chan struct{}, 1),
+		up:        up,
+		downSince: time.Now(),
+		watches:   make(map[watchKey]watchRec),
+	}
+	r.peers[id] = p
+	r.wg.Add(1)
+	go p.run()
+	return p, 0
+}
+
+// retire forgets p (its peer left the member set); its loop ends.
+func (r *Remote) retire(p *remotePeer) {
+	r.mu.Lock()
+	if r.peers[p.id] == p {
+		delete(r.peers, p.id)
+	}
+	r.mu.Unlock()
+	p.retired.Store(true)
+	p.signal()
+}
+
+// resolve is the actor system's address resolver.
+func (r *Remote) resolve(pid *actor.PID) (actor.Process, bool) {
+	if v, ok := r.procs.Load(pid.Address); ok {
+		return v.(*remoteProcess), true
+	}
+	if r.closed.Load() {
+		return nil, false
+	}
+	id, err := membership.ParseNodeID(pid.Address)
+	if err != nil || id == r.self || !r.members().Contains(id) {
+		return nil, false
+	}
+	v, _ := r.procs.LoadOrStore(pid.Address, &remoteProcess{r: r, node: id})
+	return v.(*remoteProcess), true
+}
+
+// remoteProcess stands for every actor of one member node.
+type remoteProcess struct {
+	r      *Remote
+	node   membership.NodeID
+	cached atomic.Pointer[remotePeer]
+}
+
+var _ actor.Process = (*remoteProcess)(nil)
+
+func (rp *remoteProcess) SendUserMessage(pid *actor.PID, message any) {
+	rp.r.send(rp, pid, message, false)
+}
+
+func (rp *remoteProcess) SendSystemMessage(pid *actor.PID, message any) {
+	rp.r.send(rp, pid, message, true)
+}
+
+func (rp *remoteProcess) Stop(pid *actor.PID) {
+	rp.r.send(rp, pid, &actor.Stop{}, true)
+}
+
+func (rp *remoteProcess) peer() (*remotePeer, DeadLetterReason) {
+	if p := rp.cached.Load(); p != nil && !p.retired.Load() {
+		return p, 0
+	}
+	p, reason := rp.r.peerFor(rp.node)
+	if p != nil {
+		rp.cached.Store(p)
+	}
+	return p, reason
+}
+
+// outItem is one message waiting for, or riding in, a batch.
+type outItem struct {
+	target *actor.PID
+	sender *actor.PID
+	msg    any
+	data   []byte // the marshalled ActorEnvelope
+	system bool
+}
+
+var errUnsupportedSystem = errors.New("quicremote: system message not carried by the remote")
+
+func (r *Remote) send(rp *remoteProcess, target *actor.PID, message any, system bool) {
+	header, msg, sender := actor.UnwrapEnvelope(message)
+	it := outItem{target: target, sender: sender, msg: msg, system: system}
+	if system {
+		switch msg.(type) {
+		case *actor.Watch, *actor.Unwatch, *actor.Terminated, *actor.Stop:
+		default:
+			r.deadLetter(nil, rp.node, &it, DeadLetterUnserializable, errUnsupportedSystem)
+			return
+		}
+	}
+	data, err := r.encode(target, header, msg, sender, system)
+	if err != nil {
+		r.deadLetter(nil, rp.node, &it, DeadLetterUnserializable, err)
+		return
+	}
+	it.data = data
+	// A peer whose loop just ended (it left the member set) refuses; the
+	// second look finds its successor or none.
+	for range 2 {
+		p, reason := rp.peer()
+		if p == nil {
+			r.deadLetter(nil, rp.node, &it, reason, nil)
+			return
+		}
+		switch p.enqueue(&it) {
+		case enqOK:
+			if !system && sender != nil {
+				r.trackFuture(sender, p.id)
+			}
+			return
+		case enqFull:
+			r.deadLetter(p, rp.node, &it, DeadLetterQueueFull, nil)
+			return
+		case enqStopped:
+			rp.cached.CompareAndSwap(p, nil)
+		}
+	}
+	r.deadLetter(nil, rp.node, &it, DeadLetterClosed, nil)
+}
+
+func (r *Remote) encode(target *actor.PID, header actor.ReadonlyMessageHeader, msg any, sender *actor.PID, system bool) ([]byte, error) {
+	env := abcastpb.ActorEnvelope{
+		TargetId:        target.Id,
+		TargetRequestId: target.RequestId,
+		System:          system,
+	}
+	var err error
+	env.SerializerId, env.TypeName, env.Payload, err = r.serialize(msg)
+	if err != nil {
+		return nil, err
+	}
+	if sender != nil && sender.Id != "" {
+		if sender.Address != r.addr && sender.Address != protoactorLocalAddress {
+			env.SenderAddress = sender.Address
+		}
+		env.SenderId = sender.Id
+		env.SenderRequestId = sender.RequestId
+	}
+	if header != nil && header.Length() > 0 {
+		env.Header = header.ToMap()
+	}
+	return proto.Marshal(&env)
+}
+
+func (r *Remote) serialize(msg any) (int32, string, []byte, error) {
+	for _, s := range r.sers {
+		name, data, err := s.Serialize(msg)
+		if errors.Is(err, ErrUnsupportedMessage) {
+			continue
+		}
+		return s.ID(), name, data, err
+	}
+	return 0, "", nil, fmt.Errorf("%w: %T", ErrUnsupportedMessage, msg)
+}
+
+// deadLetter gives up on it. A Watch that cannot be sent ends the watch with
+// AddressTerminated (once: only if its record was still there); anything
+// else is published as a dead letter, which answers a waiting requester.
+func (r *Remote) deadLetter(p *remotePeer, node membership.NodeID, it *outItem, reason DeadLetterReason, err error) {
+	r.ctr.dead[reason].Add(1)
+	if e := r.log.Debug(); e.Enabled() {
+		e.Str("peer", node.Short()).Str("target", it.target.Id).Str("reason", reason.String()).
+			Str("type", fmt.Sprintf("%T", it.msg)).AnErr("err", err).Msg("dead letter")
+	}
+	if h := r.cfg.OnDeadLetter; h != nil {
+		h(RemoteDeadLetter{Peer: node, Target: it.target, Sender: it.sender, Message: it.msg, System: it.system, Reason: reason, Err: err})
+	}
+	if w, ok := it.msg.(*actor.Watch); ok && it.system {
+		if p == nil || p.takeWatch(it.target.Id, w.Watcher) {
+			r.addressTerminated(w.Watcher, it.target)
+		}
+		return
+	}
+	r.system.EventStream.Publish(&actor.DeadLetterEvent{PID: it.target, Message: it.msg, Sender: it.sender})
+}
+
+func (r *Remote) addressTerminated(watcher, watchee *actor.PID) {
+	if watcher == nil {
+		return
+	}
+	proc, ok := r.system.ProcessRegistry.GetLocal(watcher.Id)
+	if !ok {
+		return
+	}
+	r.ctr.addressTerminated.Add(1)
+	proc.SendSystemMessage(watcher, &actor.Terminated{Who: watchee, Why: actor.TerminatedReason_AddressTerminated})
+}
+
+// pendingFuture is a local future whose request went to peer and has not
+// been answered yet. failing marks one being failed because the peer went
+// down: a late answer is then dropped, so the future sees one result.
+type pendingFuture struct {
+	pid     *actor.PID
+	peer    membership.NodeID
+	failing bool
+}
+
+func isLocalFuture(r *Remote, pid *actor.PID) bool {
+	return strings.HasPrefix(pid.Id, "future") && (pid.Address == r.addr || pid.Address == protoactorLocalAddress)
+}
+
+func (r *Remote) trackFuture(sender *actor.PID, peer membership.NodeID) {
+	if !isLocalFuture(r, sender) {
+		return
+	}
+	r.futMu.Lock()
+	defer r.futMu.Unlock()
+	if _, ok := r.futures[sender.Id]; ok {
+		return
+	}
+	r.futures[sender.Id] = &pendingFuture{pid: sender, peer: peer}
+	if len(r.futures) < r.futSweepAt {
+		return
+	}
+	// Futures that timed out or were answered another way have left the
+	// registry; forget them so the map stays as small as the live futures.
+	for id, f := range r.futures {
+		if _, live := r.system.ProcessRegistry.GetLocal(id); !live && !f.failing {
+			delete(r.futures, id)
+		}
+	}
+	r.futSweepAt = 2*len(r.futures) + 1024
+}
+
+// claimFuture is called before delivering a message to local future id; it
+// returns false if the future is being failed and the message must be
+// dropped.
+func (r *Remote) claimFuture(id string) bool {
+	r.futMu.Lock()
+	defer r.futMu.Unlock()
+	f := r.futures[id]
+	if f == nil {
+		return true
+	}
+	if f.failing {
+		return false
+	}
+	delete(r.futures, id)
+	return true
+}
+
+// failingFutures marks peer's pending futures as failing and returns them.
+func (r *Remote) failingFutures(peer membership.NodeID) []*pendingFuture {
+	r.futMu.Lock()
+	defer r.futMu.Unlock()
+	var out []*pendingFuture
+	for _, f := range r.futures {
+		if f.peer == peer && !f.failing {
+			f.failing = true
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (r *Remote) failFutures(fs []*pendingFuture) {
+	for _, f := range fs {
+		if proc, ok := r.system.ProcessRegistry.GetLocal(f.pid.Id); ok {
+			r.ctr.failedFutures.Add(1)
+			proc.SendUserMessage(f.pid, &actor.DeadLetterResponse{})
+		}
+	}
+	r.futMu.Lock()
+	for _, f := range fs {
+		delete(r.futures, f.pid.Id)
+	}
+	r.futMu.Unlock()
+}
+
+// handle serves one incoming batch.
+func (r *Remote) handle(_ context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+	if r.closed.Load() {
+		return nil, errClosedRemote
+	}
+	var b abcastpb.ActorBatch
+	if err := proto.Unmarshal(req, &b); err != nil {
+		r.ctr.badBatches.Add(1)
+		r.log.Warn().Str("peer", peer.Short()).Err(err).Int("bytes", len(req)).Msg("undecodable batch")
+		return nil, fmt.Errorf("undecodable batch: %w", err)
+	}
+	peerAddr := peer.String()
+	for _, env := range b.Envelopes {
+		r.deliver(peer, peerAddr, env)
+	}
+	return nil, nil
+}
+
+func (r *Remote) deliver(peer membership.NodeID, peerAddr string, env *abcastpb.ActorEnvelope) {
+	target := &actor.PID{Address: r.addr, Id: env.TargetId, RequestId: env.TargetRequestId}
+	var sender *actor.PID
+	if env.SenderId != "" {
+		addr := env.SenderAddress
+		if addr == "" {
+			addr = peerAddr
+		}
+		sender = &actor.PID{Address: addr, Id: env.SenderId, RequestId: env.SenderRequestId}
+	}
+	msg, err := r.decode(env)
+	if err != nil {
+		if errors.Is(err, ErrUnknownMessageType) {
+			r.ctr.unknownTypes.Add(1)
+		} else {
+			r.ctr.badPayloads.Add(1)
+		}
+		r.ctr.dead[DeadLetterUndecodable].Add(1)
+		r.log.Debug().Str("peer", peer.Short()).Str("type", env.TypeName).Int32("serializer", env.SerializerId).Err(err).Msg("undecodable message")
+		if h := r.cfg.OnDeadLetter; h != nil {
+			h(RemoteDeadLetter{Peer: peer, Target: target, Sender: sender, System: env.System, Reason: DeadLetterUndecodable, Err: err})
+		}
+		if sender != nil && !env.System {
+			r.system.Root.Send(sender, &actor.DeadLetterResponse{})
+		}
+		return
+	}
+	r.ctr.received.Add(1)
+	proc, _ := r.system.ProcessRegistry.GetLocal(target.Id)
+	if env.System {
+		r.deliverSystem(peer, peerAddr, proc, target, msg)
+		return
+	}
+	if strings.HasPrefix(target.Id, "future") && !r.claimFuture(target.Id) {
+		return
+	}
+	if sender != nil || len(env.Header) > 0 {
+		msg = &actor.MessageEnvelope{Header: env.Header, Message: msg, Sender: sender}
+	}
+	proc.SendUserMessage(target, msg)
+}
+
+func (r *Remote) decode(env *abcastpb.ActorEnvelope) (any, error) {
+	s := r.serByID[env.SerializerId]
+	if s == nil {
+		return nil, fmt.Errorf("unknown serializer id %d", env.SerializerId)
+	}
+	msg, err := s.Deserialize(env.TypeName, env.Payload)
+	if err == nil && msg == nil {
+		err = errors.New("serializer returned no message")
+	}
+	return msg, err
+}
+
+// fixAddress gives a PID that a peer sent without a reachable address (its
+// system had no remote when the PID was made) the peer's address.
+func fixAddress(pid *actor.PID, peerAddr string) {
+	if pid != nil && (pid.Address == "" || pid.Address == protoactorLocalAddress) {
+		pid.Address = peerAddr
+	}
+}
+
+func (r *Remote) deliverSystem(peer membership.NodeID, peerAddr string, proc actor.Process, target *actor.PID, msg any) {
+	switch m := msg.(type) {
+	case *actor.Watch:
+		fixAddress(m.Watcher, peerAddr)
+		proc.SendSystemMessage(target, m)
+	case *actor.Unwatch:
+		fixAddress(m.Watcher, peerAddr)
+		proc.SendSystemMessage(target, m)
+	case *actor.Terminated:
+		fixAddress(m.Who, peerAddr)
+		if !r.endWatch(peer, m.Who, target) {
+			r.ctr.staleTerminated.Add(1)
+			return
+		}
+		proc.SendSystemMessage(target, m)
+	case *actor.Stop:
+		proc.Stop(target)
+	default:
+		r.ctr.badPayloads.Add(1)
+		r.log.Debug().Str("peer", peer.Short()).Str("type", fmt.Sprintf("%T", msg)).Msg("unsupported system message dropped")
+	}
+}
+
+// endWatch removes the record of watcher's watch on who, reporting whether
+// there was one.
+func (r *Remote) endWatch(peer membership.NodeID, who, watcher *actor.PID) bool {
+	if who == nil {
+		return false
+	}
+	node := peer
+	if who.Address != peer.String() {
+		id, err := membership.ParseNodeID(who.Address)
+		if err != nil {
+			return false
+		}
+		node = id
+	}
+	p := r.existingPeer(node)
+	return p != nil && p.takeWatch(who.Id, watcher)
+}
+
+// watchKey names one watch: a local watcher on an actor of the peer.
+type watchKey struct{ watchee, watcher string }
+
+type watchRec struct{ watchee, watcher *actor.PID }
+
+// remotePeer is the state kept per member we send to.
+type remotePeer struct {
+	r       *Remote
+	id      membership.NodeID
+	addr    string
+	wake    chan struct{}
+	retired atomic.Bool
+
+	mu        sync.Mutex
+	q         outRing
+	up        bool
+	downSince time.Time
+	stopped   bool // the send loop has ended; enqueue refuses
+	downWork  []downWork
+	watches   map[watchKey]watchRec
+}
+
+// downWork is what a PeerDown leaves for the send loop to settle.
+type downWork struct {
+	items   []outItem
+	watches []watchRec
+	futures []*pendingFuture
+	reason  DeadLetterReason
+}
+
+func (p *remotePeer) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+type enqResult int
+
+const (
+	enqOK enqResult = iota
+	enqFull
+	enqStopped
+)
+
+// enqueue queues it, keeping the watch records in step with the Watch and
+// Unwatch messages that pass (a Watch that finds the queue full is recorded
+// all the same, so that the dead letter that follows ends it).
+func (p *remotePeer) enqueue(it *outItem) enqResult {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		return enqStopped
+	}
+	if it.system {
+		switch m := it.msg.(type) {
+		case *actor.Watch:
+			if m.Watcher != nil {
+				p.watches[watchKey{it.target.Id, m.Watcher.Id}] = watchRec{watchee: it.target, watcher: m.Watcher}
+			}
+		case *actor.Unwatch:
+			if m.Watcher != nil {
+				delete(p.watches, watchKey{it.target.Id, m.Watcher.Id})
+			}
+		}
+	}
+	ok := p.q.push(*it, p.r.cfg.QueueCapacity)
+	wasEmpty := p.q.n == 1
+	p.mu.Unlock()
+	if !ok {
+		return enqFull
+	}
+	if wasEmpty {
+		p.signal()
+	}
+	return enqOK
+}
+
+func (p *remotePeer) takeWatch(watchee string, watcher *actor.PID) bool {
+	if watcher == nil {
+		return false
+	}
+	k := watchKey{watchee, watcher.Id}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.watches[k]; !ok {
+		return false
+	}
+	delete(p.watches, k)
+	return true
+}
+
+// markDown records that the connection went down: everything queued for it
+// and every watch on its actors is handed to the send loop to settle.
+func (p *remotePeer) markDown(reason DeadLetterReason) {
+	futures := p.r.failingFutures(p.id)
+	p.mu.Lock()
+	p.up = false
+	p.downSince = time.Now()
+	p.downWork = append(p.downWork, p.takeAllLocked(reason, futures))
+	p.mu.Unlock()
+	p.signal()
+	if !p.r.members().Contains(p.id) {
+		p.r.retire(p)
+	}
+}
+
+func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*pendingFuture) downWork {
+	w := downWork{reason: reason, futures: futures}
+	for p.q.n > 0 {
+		w.items = append(w.items, p.q.pop())
+	}
+	for k, rec := range p.watches {
+		w.watches = append(w.watches, rec)
+		delete(p.watches, k)
+	}
+	return w
+}
+
+// settle dead-letters w's messages, ends its watches and fails its
+// futures, in that order: a queued request's dead letter already answers
+// its future, which has then left the registry.
+func (p *remotePeer) settle(w downWork) {
+	for i := range w.items {
+		p.r.deadLetter(p, p.id, &w.items[i], w.reason, nil)
+	}
+	for _, rec := range w.watches {
+		p.r.addressTerminated(rec.watcher, rec.watchee)
+	}
+	p.r.failFutures(w.futures)
+}
+
+// run is the peer's send loop: the only goroutine that sends to it.
+func (p *remotePeer) run() {
+	defer p.r.wg.Done()
+	r := p.r
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var batch []outItem
+	for {
+		p.mu.Lock()
+		if len(p.downWork) > 0 {
+			work := p.downWork
+			p.downWork = nil
+			p.mu.Unlock()
+			for _, w := range work {
+				p.settle(w)
+			}
+			continue
+		}
+		if r.closed.Load() || p.retired.Load() {
+			p.stopped = true
+			reason := DeadLetterClosed
+			if !r.closed.Load() {
+				reason = DeadLetterNotMember
+			}
+			w := p.takeAllLocked(reason, nil)
+			p.mu.Unlock()
+			w.futures = r.failingFutures(p.id)
+			p.settle(w)
+			return
+		}
+		if p.q.n == 0 {
+			p.mu.Unlock()
+			p.wait(nil)
+			continue
+		}
+		if !p.up {
+			if d := time.Until(p.downSince.Add(r.cfg.ConnectGrace)); d > 0 {
+				p.mu.Unlock()
+				timer.Reset(d)
+				p.wait(timer.C)
+				timer.Stop()
+				continue
+			}
+			w := p.takeAllLocked(DeadLetterUnreachable, nil)
+			// Watches made while it was down are ended by their own
+			// Watch's dead letter; older ones ended at the PeerDown.
+			w.watches = nil
+			p.mu.Unlock()
+			p.settle(w)
+			if !r.members().Contains(p.id) {
+				r.retire(p)
+			}
+			continue
+		}
+		batch = p.q.takeBatch(batch[:0], r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
+		p.mu.Unlock()
+		p.sendBatch(batch)
+		clear(batch)
+	}
+}
+
+func (p *remotePeer) wait(timeout <-chan time.Time) {
+	select {
+	case <-p.wake:
+	case <-p.r.ctx.Done():
+	case <-timeout:
+	}
+}
+
+func (p *remotePeer) sendBatch(batch []outItem) {
+	r := p.r
+	size := 0
+	for i := range batch {
+		size += batchEntrySize(len(batch[i].data))
+	}
+	// A fresh buffer per batch: the transport may still hold a request whose
+	// Call timed out.
+	buf := make([]byte, 0, size)
+	for i := range batch {
+		buf = appendBatchEntry(buf, batch[i].data)
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
+	_, err := r.rpc.Call(ctx, p.id, r.cfg.Protocol, buf)
+	cancel()
+	if err != nil {
+		r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(batch)).Err(err).Msg("batch failed; its messages are dead letters")
+		for i := range batch {
+			r.deadLetter(p, p.id, &batch[i], DeadLetterSendFailed, err)
+		}
+		return
+	}
+	r.ctr.sent.Add(uint64(len(batch)))
+	r.ctr.batches.Add(1)
+}
+
+// outRing is a FIFO of outItems that grows on demand up to a limit.
+type outRing struct {
+	buf     []outItem
+	head, n int
+}
+
+func (q *outRing) push(it outItem, limit int) bool {
+	if q.n >= limit {
+		return false
+	}
+	if q.n == len(q.buf) {
+		size := min(max(2*len(q.buf), 64), limit)
+		nb := make([]outItem, size)
+		for i := 0; i < q.n; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = it
+	q.n++
+	return true
+}
+
+func (q *outRing) pop() outItem {
+	it := q.buf[q.head]
+	q.buf[q.head] = outItem{}
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	return it
+}
+
+// takeBatch moves queued items to dst, at most maxN of them and, after the
+// first, at most maxBytes of encoded envelopes.
+func (q *outRing) takeBatch(dst []outItem, maxN, maxBytes int) []outItem {
+	bytes := 0
+	for q.n > 0 && len(dst) < maxN {
+		sz := batchEntrySize(len(q.buf[q.head].data))
+		if len(dst) > 0 && bytes+sz > maxBytes {
+			break
+		}
+		bytes += sz
+		dst = append(dst, q.pop())
+	}
+	// Give a ring that grew for a burst back to the collector once empty.
+	if q.n == 0 && len(q.buf) > 1024 {
+		q.buf, q.head = nil, 0
+	}
+	return dst
+}

@@ -1,0 +1,93 @@
+package quicremote
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+)
+
+// Serializer turns actor messages into bytes and back. The remote tries its
+// serializers in order (RemoteConfig.Serializers, then protobuf); ID names
+// the serializer on the wire, so every node must register the same
+// serializers under the same IDs.
+type Serializer interface {
+	// ID identifies the serializer on the wire. 0 is the protobuf serializer.
+	ID() int32
+	// Serialize encodes msg and names its type. It returns
+	// ErrUnsupportedMessage for a message it does not handle, so the next
+	// serializer is tried.
+	Serialize(msg any) (typeName string, data []byte, err error)
+	// Deserialize decodes data as typeName. It returns an error wrapping
+	// ErrUnknownMessageType for a type it does not know, and any other
+	// error for a payload that does not decode. It must not panic on any
+	// input: the bytes come from a peer.
+	Deserialize(typeName string, data []byte) (any, error)
+}
+
+var (
+	// ErrUnsupportedMessage is returned by Serializer.Serialize for a
+	// message it does not handle.
+	ErrUnsupportedMessage = errors.New("quicremote: message not supported by serializer")
+	// ErrUnknownMessageType is wrapped by Serializer.Deserialize for a type
+	// name it does not know.
+	ErrUnknownMessageType = errors.New("quicremote: unknown message type")
+)
+
+const protoSerializerID int32 = 0
+
+// ProtoSerializer encodes protobuf messages under their full name and
+// decodes any message type linked into the program (protobuf's global
+// registry). It is the remote's fallback serializer, ID 0.
+type ProtoSerializer struct{}
+
+// ID is 0.
+func (ProtoSerializer) ID() int32 { return protoSerializerID }
+
+// Serialize marshals msg if it is a proto.Message.
+func (ProtoSerializer) Serialize(msg any) (string, []byte, error) {
+	m, ok := msg.(proto.Message)
+	if !ok {
+		return "", nil, ErrUnsupportedMessage
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return "", nil, err
+	}
+	return string(m.ProtoReflect().Descriptor().FullName()), data, nil
+}
+
+// Deserialize finds typeName in protobuf's global registry and unmarshals
+// data into a new message of that type.
+func (ProtoSerializer) Deserialize(typeName string, data []byte) (any, error) {
+	name := protoreflect.FullName(typeName)
+	if !name.IsValid() {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownMessageType, typeName)
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownMessageType, typeName)
+	}
+	m := mt.New().Interface()
+	if err := proto.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("quicremote: decoding %s: %w", typeName, err)
+	}
+	return m, nil
+}
+
+// appendBatchEntry appends one marshalled ActorEnvelope to an ActorBatch
+// being built: a repeated message field is encoded as the concatenation of
+// its elements, each tagged and length-prefixed, so envelopes marshalled by
+// their senders are framed here without being marshalled again.
+func appendBatchEntry(b, envelope []byte) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendBytes(b, envelope)
+}
+
+// batchEntrySize is what appendBatchEntry adds for an envelope of n bytes.
+func batchEntrySize(n int) int {
+	return protowire.SizeTag(1) + protowire.SizeBytes(n)
+}

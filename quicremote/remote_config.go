@@ -1,0 +1,198 @@
+package quicremote
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/abcast/abcast/membership"
+)
+
+// DefaultRemoteProtocol is the RPC protocol name the remote's batches use.
+const DefaultRemoteProtocol = "actor/1"
+
+// RemoteConfig holds the remote's limits. Start from DefaultRemoteConfig;
+// NewRemote calls Validate.
+type RemoteConfig struct {
+	// Protocol is the RPC protocol name batches are sent on. Both ends must
+	// agree. Default DefaultRemoteProtocol.
+	Protocol string
+
+	// HandlerLimit bounds how many incoming batches are decoded at once
+	// (the RPC Handle limit; <= 0 means the transport's default). Each peer
+	// sends one batch at a time, so this only needs to cover the peers that
+	// send concurrently; a batch that finds the limit reached is refused and
+	// its messages become dead letters at the sender. Default 0.
+	HandlerLimit int
+
+	// QueueCapacity bounds the messages waiting to be sent to one peer. A
+	// message that finds the queue full is refused at once and becomes a
+	// dead letter (DeadLetterQueueFull); senders never block. Memory per
+	// peer is at most about QueueCapacity encoded messages. Default 16,384.
+	QueueCapacity int
+
+	// MaxBatchMessages and MaxBatchBytes bound one batch (one Call). The
+	// sender takes whatever is queued up to these bounds, so batches stay
+	// small when traffic is light (low latency) and grow under load
+	// (amortising the stream per Call). MaxBatchBytes must be below the
+	// transport's MaxFrameSize; a single message larger than it is still
+	// sent, alone. Defaults 4,096 messages and 1 MiB.
+	MaxBatchMessages int
+	MaxBatchBytes    int
+
+	// SendTimeout bounds one batch Call, including waiting for a stream
+	// credit when the peer is slow. A batch that times out is not retried
+	// (it may or may not have been delivered): its messages become dead
+	// letters (DeadLetterSendFailed). Default 10 s.
+	SendTimeout time.Duration
+
+	// ConnectGrace is how long messages to a member that is not connected
+	// wait in its queue for the connection to come up (at start-up, or
+	// between a PeerDown and the redial). After that they, and any later
+	// ones while the peer stays down, become dead letters
+	// (DeadLetterUnreachable) and watches of its actors end with
+	// AddressTerminated. Default 3 s, the transport's redial interval.
+	ConnectGrace time.Duration
+
+	// Serializers are tried in order for every outgoing message; the first
+	// that does not return ErrUnsupportedMessage encodes it, and its ID
+	// travels with the message. The protobuf serializer (ID 0) is always
+	// appended last. IDs must be unique.
+	Serializers []Serializer
+
+	// OnDeadLetter, if set, is told about every message the remote could not
+	// send or deliver, with the reason. It runs on the goroutine that gave
+	// up on the message (a sender inside Send, the peer's send loop, or a
+	// handler); it must be quick and must not block. The standard
+	// *actor.DeadLetterEvent is published as well, so a sender waiting for a
+	// reply gets a DeadLetterResponse.
+	OnDeadLetter func(RemoteDeadLetter)
+}
+
+// DefaultRemoteConfig returns the documented defaults.
+func DefaultRemoteConfig() RemoteConfig {
+	return RemoteConfig{
+		Protocol:         DefaultRemoteProtocol,
+		QueueCapacity:    16384,
+		MaxBatchMessages: 4096,
+		MaxBatchBytes:    1 << 20,
+		SendTimeout:      10 * time.Second,
+		ConnectGrace:     3 * time.Second,
+	}
+}
+
+// Validate reports the fields that are out of range.
+func (c RemoteConfig) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Protocol != "" && len(c.Protocol) <= 255, "Protocol %q must be 1..255 bytes", c.Protocol)
+	check(c.QueueCapacity > 0, "QueueCapacity %d must be positive", c.QueueCapacity)
+	check(c.MaxBatchMessages > 0, "MaxBatchMessages %d must be positive", c.MaxBatchMessages)
+	check(c.MaxBatchBytes > 0, "MaxBatchBytes %d must be positive", c.MaxBatchBytes)
+	check(c.SendTimeout > 0, "SendTimeout %v must be positive", c.SendTimeout)
+	check(c.ConnectGrace >= 0, "ConnectGrace %v must not be negative", c.ConnectGrace)
+	seen := map[int32]bool{protoSerializerID: true}
+	for _, s := range c.Serializers {
+		if s == nil {
+			errs = append(errs, errors.New("nil serializer"))
+			continue
+		}
+		check(!seen[s.ID()], "serializer id %d used twice (0 is the protobuf serializer)", s.ID())
+		seen[s.ID()] = true
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("quicremote: invalid remote config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// DeadLetterReason says why the remote gave up on a message.
+type DeadLetterReason int
+
+const (
+	// DeadLetterQueueFull: the peer's outbound queue was at QueueCapacity.
+	DeadLetterQueueFull DeadLetterReason = iota
+	// DeadLetterPeerDown: the message was queued for a connection that went
+	// down before it was sent.
+	DeadLetterPeerDown
+	// DeadLetterUnreachable: the peer was not connected for ConnectGrace.
+	DeadLetterUnreachable
+	// DeadLetterSendFailed: the batch carrying the message failed (timeout,
+	// connection lost, refused by the peer). It may have been delivered.
+	DeadLetterSendFailed
+	// DeadLetterNotMember: the target's address is not a current member.
+	DeadLetterNotMember
+	// DeadLetterUnserializable: no serializer could encode the message, or
+	// it is a system message the remote does not carry.
+	DeadLetterUnserializable
+	// DeadLetterClosed: the remote was closed.
+	DeadLetterClosed
+	// DeadLetterUndecodable: an incoming message named a type no serializer
+	// knows, or its payload did not decode. The sender, if any, is sent a
+	// DeadLetterResponse.
+	DeadLetterUndecodable
+	numDeadLetterReasons
+)
+
+var deadLetterReasonNames = [...]string{"queue full", "peer down", "unreachable", "send failed", "not a member", "unserializable", "closed", "undecodable"}
+
+func (r DeadLetterReason) String() string {
+	if r >= 0 && int(r) < len(deadLetterReasonNames) {
+		return deadLetterReasonNames[r]
+	}
+	return fmt.Sprintf("DeadLetterReason(%d)", int(r))
+}
+
+// RemoteDeadLetter describes one message the remote gave up on.
+type RemoteDeadLetter struct {
+	Peer    membership.NodeID
+	Target  *actor.PID
+	Sender  *actor.PID // nil if none
+	Message any        // nil when it could not be decoded
+	System  bool
+	Reason  DeadLetterReason
+	Err     error // the underlying error, if any
+}
+
+// RemoteStats counts what the remote did. All counters only grow.
+type RemoteStats struct {
+	// Sent counts messages in batches the peer acknowledged; Batches counts
+	// those batches. Received counts decoded incoming messages handed to
+	// local processes (including the dead-letter process for unknown ids).
+	Sent, Batches, Received uint64
+	// DeadLetters counts messages given up on, by reason.
+	DeadLetters [numDeadLetterReasons]uint64
+	// UnknownTypes and BadPayloads split the undecodable incoming messages:
+	// a type name no serializer knows, and a payload that did not decode
+	// (or an unknown serializer id).
+	UnknownTypes, BadPayloads uint64
+	// BadBatches counts incoming batches that were not a valid ActorBatch.
+	BadBatches uint64
+	// AddressTerminated counts Terminated messages the remote generated
+	// because a watched actor's node went down or became unreachable.
+	AddressTerminated uint64
+	// FailedFutures counts local futures failed early because the peer
+	// holding their request went down.
+	FailedFutures uint64
+	// StaleTerminated counts incoming Terminated messages dropped because no
+	// watch was recorded for them (it had already ended with
+	// AddressTerminated, or was never made from this node).
+	StaleTerminated uint64
+	// Queued is the number of messages waiting in outbound queues right now.
+	Queued int
+}
+
+// TotalDeadLetters sums DeadLetters over all reasons.
+func (s RemoteStats) TotalDeadLetters() uint64 {
+	var n uint64
+	for _, v := range s.DeadLetters {
+		n += v
+	}
+	return n
+}

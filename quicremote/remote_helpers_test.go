@@ -1,0 +1,232 @@
+package quicremote_test
+
+import (
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/rs/zerolog"
+
+	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote"
+)
+
+// Shared set-up for the remote's tests: n actor systems, each with a remote
+// on a real QUIC transport over loopback UDP (or the in-memory transport).
+
+type rnode struct {
+	id     *membership.Identity
+	src    *membership.StaticSource
+	pc     *net.UDPConn
+	rpc    quicremote.RPC
+	sys    *actor.ActorSystem
+	remote *quicremote.Remote
+	dead   bool
+}
+
+type rcluster struct {
+	t       *testing.T
+	nodes   []*rnode
+	phantom []*membership.Identity // members that never run
+	mem     *quicremote.MemNetwork
+}
+
+type rclusterOpts struct {
+	mem      bool // in-memory transport instead of QUIC
+	phantoms int  // extra members with an address nobody answers on
+	remote   func(i int, c *quicremote.RemoteConfig)
+	tcfg     func(c *quicremote.Config)
+}
+
+func remoteLogger(t *testing.T) zerolog.Logger {
+	if os.Getenv("QUICREMOTE_DEBUG") != "" {
+		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	}
+	return zerolog.Nop()
+}
+
+func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
+	t.Helper()
+	c := &rcluster{t: t}
+	var members []membership.Member
+	for i := 0; i < n; i++ {
+		id, err := membership.GenerateIdentity(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd := &rnode{id: id}
+		addr := fmt.Sprintf("10.0.0.%d:4000", i+1)
+		if !o.mem {
+			nd.pc, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr = nd.pc.LocalAddr().String()
+		}
+		members = append(members, id.Member(addr))
+		c.nodes = append(c.nodes, nd)
+	}
+	for i := 0; i < o.phantoms; i++ {
+		id, err := membership.GenerateIdentity(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A bound socket that never answers: dials to it time out.
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		members = append(members, id.Member(pc.LocalAddr().String()))
+		c.phantom = append(c.phantom, id)
+	}
+	snap, err := membership.NewSnapshot(1, members...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.mem {
+		c.mem = quicremote.NewMemNetwork()
+	}
+	for i, nd := range c.nodes {
+		nd.src, err = membership.NewStaticSource(snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log := remoteLogger(t).With().Int("i", i).Logger()
+		nd.sys = actors.NewActorSystem(log, nd.id.ID.String())
+		rcfg := quicremote.DefaultRemoteConfig()
+		if o.remote != nil {
+			o.remote(i, &rcfg)
+		}
+		nd.remote, err = quicremote.NewRemote(nd.sys, nd.id.ID, membership.LatestMembers(nd.src), rcfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcfg := quicremote.DefaultConfig()
+		tcfg.MaxFrameSize = 16 << 20
+		if o.tcfg != nil {
+			o.tcfg(&tcfg)
+		}
+		if o.mem {
+			nd.rpc, err = c.mem.NewTransport(tcfg, nd.id.ID, nd.src, nd.remote.PeerEvent)
+		} else {
+			nd.rpc, err = quicremote.New(tcfg, nd.id, nd.src, nd.pc, log, nd.remote.PeerEvent)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nd.remote.Start(nd.rpc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *rcluster) close() {
+	for _, nd := range c.nodes {
+		c.kill(nd)
+	}
+}
+
+// kill stops a node abruptly (remote, transport, socket); its actors
+// become unreachable.
+func (c *rcluster) kill(nd *rnode) {
+	if nd.dead {
+		return
+	}
+	nd.dead = true
+	nd.remote.Close()
+	nd.rpc.Close()
+	if nd.pc != nil {
+		nd.pc.Close()
+	}
+}
+
+// waitMesh waits until every live node sees every other live node up.
+func (c *rcluster) waitMesh() {
+	c.t.Helper()
+	waitUntil(c.t, 20*time.Second, "mesh", func() bool {
+		for _, a := range c.nodes {
+			for _, b := range c.nodes {
+				if a != b && !a.dead && !b.dead && !slices.Contains(a.rpc.Peers(), b.id.ID) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// waitUntil polls cond until it holds or timeout passes.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// recv waits for one value from ch.
+func recv[T any](t *testing.T, ch <-chan T, timeout time.Duration, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(timeout):
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		panic("unreachable")
+	}
+}
+
+// isLifecycle reports protoactor's lifecycle messages, which test actors
+// ignore.
+func isLifecycle(m any) bool {
+	switch m.(type) {
+	case *actor.Started, *actor.Stopping, *actor.Stopped, *actor.Restarting:
+		return true
+	}
+	return false
+}
+
+// collector is an actor that hands every message it receives to a channel.
+type collector struct {
+	pid *actor.PID
+	ch  chan any
+	mu  sync.Mutex
+}
+
+func spawnCollector(t *testing.T, sys *actor.ActorSystem, name string, buffer int) *collector {
+	t.Helper()
+	col := &collector{ch: make(chan any, buffer)}
+	props := actor.PropsFromFunc(func(c actor.Context) {
+		if !isLifecycle(c.Message()) {
+			col.ch <- c.Message()
+		}
+	})
+	pid, err := sys.Root.SpawnNamed(props, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col.pid = pid
+	return col
+}
+
+func newIdentity(t *testing.T) *membership.Identity {
+	t.Helper()
+	id, err := membership.GenerateIdentity(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
