@@ -1,0 +1,413 @@
+package abcasttest
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/membership"
+)
+
+// ChannelOptions open a channel on every node of a subnet.
+type ChannelOptions struct {
+	// Admit and Verify are passed to actors.ChannelConfig on every node.
+	Admit  broadcast.AdmissionFunc
+	Verify broadcast.VerifyFunc
+	// Consume, if set, returns node i's own consumer (your replica's
+	// code); every event reaches the subnet's Recorder first, then it.
+	// A panic in it is the consumer actor crashing.
+	Consume func(node int) func(actors.Event)
+}
+
+// Channel is one channel opened on every node of a subnet. Publish and
+// Abort through it, so it knows which artifacts should be live, and
+// assert with WaitDelivered.
+type Channel struct {
+	s    *Subnet
+	name string
+	opt  ChannelOptions
+
+	mu      sync.Mutex
+	chans   []*actors.Channel
+	recs    []*Recorder
+	pools   []map[broadcast.ArtifactID]broadcast.Artifact // per node: what its application has live
+	aborted []broadcast.ArtifactID
+}
+
+// OpenChannel opens name on every running node, and on every node started
+// later.
+func (s *Subnet) OpenChannel(name string, opt ChannelOptions) *Channel {
+	s.t.Helper()
+	c := &Channel{s: s, name: name, opt: opt, chans: make([]*actors.Channel, s.N()), recs: make([]*Recorder, s.N()),
+		pools: make([]map[broadcast.ArtifactID]broadcast.Artifact, s.N())}
+	for i := range c.pools {
+		c.pools[i] = map[broadcast.ArtifactID]broadcast.Artifact{}
+		c.recs[i] = NewRecorder()
+	}
+	s.mu.Lock()
+	s.chans = append(s.chans, c)
+	s.mu.Unlock()
+	for i := range s.ids {
+		if s.Node(i) != nil {
+			c.open(i)
+		}
+	}
+	return c
+}
+
+// open opens the channel on (re)started node i and republishes its pool.
+// The recorder survives: a restarted node may deliver again what its
+// previous incarnation delivered (that is not a duplicate).
+func (c *Channel) open(i int) {
+	c.s.t.Helper()
+	rec := c.recs[i]
+	rec.reset()
+	consume := rec.Consume
+	if c.opt.Consume != nil {
+		user := c.opt.Consume(i)
+		consume = func(ev actors.Event) {
+			rec.Consume(ev)
+			user(ev)
+		}
+	}
+	ch, err := c.s.Node(i).OpenChannel(actors.ChannelConfig{Name: c.name, Admit: c.opt.Admit, Verify: c.opt.Verify, Consume: consume})
+	if err != nil {
+		c.s.t.Fatalf("abcasttest: open %s on node %d: %v", c.name, i, err)
+	}
+	c.mu.Lock()
+	c.chans[i] = ch
+	pool := make([]broadcast.Artifact, 0, len(c.pools[i]))
+	for _, a := range c.pools[i] {
+		pool = append(pool, a)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(pool, func(a, b broadcast.Artifact) int { return compare(a.ID, b.ID) })
+	for _, a := range pool {
+		if err := ch.Publish(a); err != nil {
+			c.s.t.Fatalf("abcasttest: republish %x on node %d: %v", []byte(a.ID), i, err)
+		}
+	}
+}
+
+func compare(a, b broadcast.ArtifactID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// On returns the channel as opened on node i (nil if it never ran).
+func (c *Channel) On(i int) *actors.Channel {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.chans[i]
+}
+
+// Recorder returns what node i's consumer saw.
+func (c *Channel) Recorder(i int) *Recorder { return c.recs[i] }
+
+// Publish publishes a on node i and remembers it as live.
+func (c *Channel) Publish(i int, a broadcast.Artifact) error {
+	if err := c.On(i).Publish(a); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.pools[i][a.ID] = a
+	c.mu.Unlock()
+	return nil
+}
+
+// Abort aborts id on node i and remembers it as aborted.
+func (c *Channel) Abort(i int, id broadcast.ArtifactID) error {
+	if err := c.On(i).Abort(id); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.pools[i], id)
+	c.aborted = append(c.aborted, id)
+	c.mu.Unlock()
+	return nil
+}
+
+// Live returns the live artifacts' ids and their publishers.
+func (c *Channel) Live() map[broadcast.ArtifactID]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[broadcast.ArtifactID]int{}
+	for i, p := range c.pools {
+		for id := range p {
+			out[id] = i
+		}
+	}
+	return out
+}
+
+// CheckDelivered reports whether the channel has converged right now:
+// every running node holds every live artifact of every other node
+// (G1), with the published payload (G2), and holds nothing aborted (G3);
+// no node ever delivered an id twice while it stayed advertised, nor
+// withdrew one it did not hold.
+func (c *Channel) CheckDelivered() error {
+	c.mu.Lock()
+	pools := make([]map[broadcast.ArtifactID]broadcast.Artifact, len(c.pools))
+	for i, p := range c.pools {
+		pools[i] = make(map[broadcast.ArtifactID]broadcast.Artifact, len(p))
+		for id, a := range p {
+			pools[i][id] = a
+		}
+	}
+	c.mu.Unlock()
+	var errs []error
+	for i, rec := range c.recs {
+		if p := rec.Problems(); len(p) > 0 {
+			errs = append(errs, fmt.Errorf("G2: node %d: %v", i, p))
+		}
+		if c.s.Node(i) == nil {
+			continue
+		}
+		held := rec.heldSet()
+		missing := 0
+		for owner, pool := range pools {
+			if owner == i {
+				continue
+			}
+			for id, a := range pool {
+				p, ok := held[id]
+				switch {
+				case !ok:
+					if missing++; missing <= 3 {
+						errs = append(errs, fmt.Errorf("G1: node %d lacks %q published by node %d", i, id, owner))
+					}
+				case string(p) != string(a.Payload):
+					errs = append(errs, fmt.Errorf("G2: node %d holds %q with a payload other than the published one", i, id))
+				}
+				delete(held, id)
+			}
+		}
+		if missing > 3 {
+			errs = append(errs, fmt.Errorf("G1: node %d lacks %d artifacts in all", i, missing))
+		}
+		for id := range held {
+			if _, own := pools[i][id]; !own {
+				errs = append(errs, fmt.Errorf("G3: node %d still holds %q, which no node has live", i, id))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WaitDelivered polls CheckDelivered until it passes or within elapses
+// (virtual time inside a bubble) and returns its last error.
+func (c *Channel) WaitDelivered(within time.Duration) error {
+	return Eventually(within, c.CheckDelivered)
+}
+
+// AssertDelivered fails the test unless the channel converges within the
+// given time (see CheckDelivered).
+func (c *Channel) AssertDelivered(t TB, within time.Duration) {
+	t.Helper()
+	if err := c.WaitDelivered(within); err != nil {
+		t.Fatalf("abcasttest: channel %s not delivered everywhere within %v: %v", c.name, within, err)
+	}
+}
+
+// TB is the part of testing.TB the assertions use.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+// Eventually calls cond every 10 ms until it returns nil or within has
+// passed, and returns its last error. Inside a synctest bubble the polling
+// and the deadline are in virtual time.
+func Eventually(within time.Duration, cond func() error) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil || !time.Now().Before(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Bounds are the limits CheckBounds holds a subnet to. Zero fields are not
+// checked.
+type Bounds struct {
+	// HeapInUse bounds the process's heap in use after a GC, in bytes (all
+	// nodes of a subnet share one process).
+	HeapInUse uint64
+	// Goroutines bounds the process's goroutine count.
+	Goroutines int
+}
+
+// CheckBounds checks every running node's channels against their
+// configured bounds (G4: at most SlotLimit advertised ids per peer, no more
+// active fetches than advertised ids, no more live artifacts than
+// MaxSlots) and the process against b.
+func (s *Subnet) CheckBounds(b Bounds) error {
+	var errs []error
+	s.mu.Lock()
+	chans := append([]*Channel(nil), s.chans...)
+	s.mu.Unlock()
+	peers := s.N() - 1
+	for _, c := range chans {
+		for i := range s.ids {
+			ch := c.On(i)
+			if s.Node(i) == nil || ch == nil {
+				continue
+			}
+			st := ch.Stats()
+			if lim := s.cfg.Receiver.SlotLimit * peers; st.AdvertisedIDs > lim {
+				errs = append(errs, fmt.Errorf("G4: node %d channel %s: %d advertised ids, bound %d", i, c.name, st.AdvertisedIDs, lim))
+			}
+			if st.ActiveFetches > st.AdvertisedIDs {
+				errs = append(errs, fmt.Errorf("G4: node %d channel %s: %d active fetches for %d advertised ids", i, c.name, st.ActiveFetches, st.AdvertisedIDs))
+			}
+			if st.Live > s.cfg.Sender.MaxSlots {
+				errs = append(errs, fmt.Errorf("G4: node %d channel %s: %d live artifacts, bound %d", i, c.name, st.Live, s.cfg.Sender.MaxSlots))
+			}
+		}
+	}
+	if b.HeapInUse > 0 {
+		if h := HeapInUse(); h > b.HeapInUse {
+			errs = append(errs, fmt.Errorf("G4: heap in use %d KiB, bound %d KiB", h>>10, b.HeapInUse>>10))
+		}
+	}
+	if b.Goroutines > 0 {
+		if g := runtime.NumGoroutine(); g > b.Goroutines {
+			errs = append(errs, fmt.Errorf("%d goroutines, bound %d", g, b.Goroutines))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// AssertBounds fails the test if CheckBounds reports anything.
+func (s *Subnet) AssertBounds(t TB, b Bounds) {
+	t.Helper()
+	if err := s.CheckBounds(b); err != nil {
+		t.Fatalf("abcasttest: %v", err)
+	}
+}
+
+// HeapInUse collects garbage and returns the heap in use, in bytes.
+func HeapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// Recorder is a consumer that remembers what it saw and flags what G2
+// forbids: a second delivery of an id it still holds, a withdrawal of an
+// id it does not hold.
+type Recorder struct {
+	mu         sync.Mutex
+	held       map[broadcast.ArtifactID][]byte
+	from       map[broadcast.ArtifactID]membership.NodeID
+	deliveries map[broadcast.ArtifactID]int
+	problems   []string
+}
+
+// NewRecorder returns an empty recorder.
+func NewRecorder() *Recorder {
+	r := &Recorder{}
+	r.reset()
+	return r
+}
+
+// reset forgets what is held (a restarted node starts empty) but keeps
+// the delivery counts and problems.
+func (r *Recorder) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.held = map[broadcast.ArtifactID][]byte{}
+	r.from = map[broadcast.ArtifactID]membership.NodeID{}
+	if r.deliveries == nil {
+		r.deliveries = map[broadcast.ArtifactID]int{}
+	}
+}
+
+// Consume is a channel consumer function.
+func (r *Recorder) Consume(ev actors.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch e := ev.(type) {
+	case *actors.Delivered:
+		if _, ok := r.held[e.Artifact.ID]; ok {
+			r.problems = append(r.problems, fmt.Sprintf("%q delivered twice while advertised", e.Artifact.ID))
+		}
+		r.held[e.Artifact.ID] = e.Artifact.Payload
+		r.from[e.Artifact.ID] = e.From
+		r.deliveries[e.Artifact.ID]++
+	case *actors.Withdrawn:
+		if _, ok := r.held[e.ID]; !ok {
+			r.problems = append(r.problems, fmt.Sprintf("%q withdrawn but not held", e.ID))
+		}
+		delete(r.held, e.ID)
+		delete(r.from, e.ID)
+	}
+}
+
+// Held returns the ids currently delivered and not withdrawn, sorted.
+func (r *Recorder) Held() []broadcast.ArtifactID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]broadcast.ArtifactID, 0, len(r.held))
+	for id := range r.held {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (r *Recorder) heldSet() map[broadcast.ArtifactID][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[broadcast.ArtifactID][]byte, len(r.held))
+	for id, p := range r.held {
+		out[id] = p
+	}
+	return out
+}
+
+// Holds returns id's payload if it is currently delivered.
+func (r *Recorder) Holds(id broadcast.ArtifactID) ([]byte, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, ok := r.held[id]
+	return p, ok
+}
+
+// Deliveries counts every delivery of id, across restarts of the node.
+func (r *Recorder) Deliveries(id broadcast.ArtifactID) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.deliveries[id]
+}
+
+// TotalDeliveries counts every delivery of any id.
+func (r *Recorder) TotalDeliveries() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, d := range r.deliveries {
+		n += d
+	}
+	return n
+}
+
+// Problems returns the G2 violations seen.
+func (r *Recorder) Problems() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.problems)
+}

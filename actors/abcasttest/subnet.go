@@ -1,0 +1,355 @@
+package abcasttest
+
+import (
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote"
+)
+
+// Options describe a subnet. The zero value is a valid choice for every
+// field.
+type Options struct {
+	// Config is every node's actor configuration; zero means
+	// actors.DefaultConfig(). Its Hooks, if any, still run: the subnet
+	// chains its crash injection after them.
+	Config actors.Config
+	// Transport is every node's QUIC configuration; zero means
+	// quicremote.DefaultConfig().
+	Transport quicremote.Config
+	// Latency is the one-way delay of every link, Loss the probability a
+	// packet is dropped, Seed the source of the loss decisions (and of
+	// nothing else). All three can change later through Network.
+	Latency time.Duration
+	Loss    float64
+	Seed    uint64
+	// Log receives the nodes' logs; nil means warnings and errors to the
+	// test log (everything when ABCAST_DEBUG is set).
+	Log *zerolog.Logger
+}
+
+// Subnet is an in-process subnet of abcast nodes: real actors, real QUIC
+// and TLS, on a simulated network. Create it inside a testing/synctest
+// bubble (synctest.Test) so timeouts, backoffs and latency run in virtual
+// time; it also works outside one, in real time.
+//
+// Nodes are numbered 0..N-1. Every node is a member of the registry from
+// the start; NewSubnet does not start them (see StartAll). The subnet
+// closes what is still running when the test ends.
+type Subnet struct {
+	t      testing.TB
+	cfg    actors.Config
+	tcfg   quicremote.Config
+	log    zerolog.Logger
+	net    *Network
+	ids    []*membership.Identity
+	addrs  []*net.UDPAddr
+	source *membership.StaticSource
+
+	mu     sync.Mutex
+	nodes  []*actors.Node
+	raws   []*quicremote.Transport
+	chans  []*Channel
+	crash  []crashRule
+	closed bool
+}
+
+// NewSubnet builds identities, addresses and a registry for n nodes.
+func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
+	t.Helper()
+	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport,
+		net:   NewNetwork(opt.Seed, opt.Latency, opt.Loss),
+		nodes: make([]*actors.Node, n), raws: make([]*quicremote.Transport, n)}
+	if s.cfg.MailboxCapacity == 0 {
+		s.cfg = actors.DefaultConfig()
+	}
+	if s.tcfg.MaxFrameSize == 0 {
+		s.tcfg = quicremote.DefaultConfig()
+	}
+	if opt.Log != nil {
+		s.log = *opt.Log
+	} else {
+		lvl := zerolog.WarnLevel
+		if os.Getenv("ABCAST_DEBUG") != "" {
+			lvl = zerolog.DebugLevel
+		}
+		s.log = zerolog.New(zerolog.NewTestWriter(t)).Level(lvl)
+	}
+	var members []membership.Member
+	for i := range n {
+		id, err := membership.GenerateIdentity(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := &net.UDPAddr{IP: net.IPv4(10, 0, byte(i>>8), byte(i+1)), Port: 4000}
+		s.ids = append(s.ids, id)
+		s.addrs = append(s.addrs, addr)
+		members = append(members, id.Member(addr.String()))
+	}
+	snap, err := membership.NewSnapshot(1, members...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.source, err = membership.NewStaticSource(snap); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// N returns the number of nodes.
+func (s *Subnet) N() int { return len(s.ids) }
+
+// Network returns the simulated network, for finer control of faults.
+func (s *Subnet) Network() *Network { return s.net }
+
+// Identity returns node i's identity (its key and NodeID).
+func (s *Subnet) Identity(i int) *membership.Identity { return s.ids[i] }
+
+// ID returns node i's NodeID.
+func (s *Subnet) ID(i int) membership.NodeID { return s.ids[i].ID }
+
+// Addr returns node i's address on the simulated network.
+func (s *Subnet) Addr(i int) string { return s.addrs[i].String() }
+
+// Registry returns the subnet's registry; Update it to change membership.
+func (s *Subnet) Registry() *membership.StaticSource { return s.source }
+
+// Node returns node i, or nil if it is not running.
+func (s *Subnet) Node(i int) *actors.Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodes[i]
+}
+
+// Start starts node i with fresh state (again, after Stop) and opens on it
+// every channel opened with OpenChannel, republishing the artifacts its
+// application had live, as a replica restoring its pool would.
+func (s *Subnet) Start(i int) *actors.Node {
+	s.t.Helper()
+	s.mu.Lock()
+	if s.nodes[i] != nil || s.raws[i] != nil {
+		s.mu.Unlock()
+		s.t.Fatalf("abcasttest: node %d is already running", i)
+	}
+	chans := append([]*Channel(nil), s.chans...)
+	s.mu.Unlock()
+	cfg := s.cfg
+	cfg.Hooks = s.hooks(i)
+	node, err := actors.Start(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log, s.tcfg)
+	if err != nil {
+		s.t.Fatalf("abcasttest: start node %d: %v", i, err)
+	}
+	s.mu.Lock()
+	s.nodes[i] = node
+	s.mu.Unlock()
+	for _, c := range chans {
+		c.open(i)
+	}
+	return node
+}
+
+// StartAll starts every node that is not running.
+func (s *Subnet) StartAll() {
+	s.t.Helper()
+	for i := range s.ids {
+		if s.Node(i) == nil {
+			s.Start(i)
+		}
+	}
+}
+
+// Stop closes node i, as a clean shutdown (use Network cuts to simulate a
+// crash that says no goodbye). Its channels' recorders keep what they saw.
+func (s *Subnet) Stop(i int) {
+	s.t.Helper()
+	s.mu.Lock()
+	node := s.nodes[i]
+	s.nodes[i] = nil
+	s.mu.Unlock()
+	if node == nil {
+		return
+	}
+	if err := node.Close(); err != nil {
+		s.t.Logf("abcasttest: close node %d: %v", i, err)
+	}
+}
+
+// Restart stops node i and starts it again with fresh state (see Start).
+func (s *Subnet) Restart(i int) *actors.Node {
+	s.t.Helper()
+	s.Stop(i)
+	return s.Start(i)
+}
+
+// Cut breaks the link between nodes i and j; Heal restores it.
+func (s *Subnet) Cut(i, j int) { s.net.Cut(s.Addr(i), s.Addr(j)) }
+
+// Heal restores the link between nodes i and j.
+func (s *Subnet) Heal(i, j int) { s.net.Heal(s.Addr(i), s.Addr(j)) }
+
+// Isolate cuts every link between the nodes in group and the others.
+func (s *Subnet) Isolate(group ...int) {
+	in := map[int]bool{}
+	for _, g := range group {
+		in[g] = true
+	}
+	for i := range s.ids {
+		for j := range s.ids {
+			if in[i] && !in[j] {
+				s.Cut(i, j)
+			}
+		}
+	}
+}
+
+// HealAll restores every cut link.
+func (s *Subnet) HealAll() { s.net.HealAll() }
+
+// SetLoss sets the loss probability of every link.
+func (s *Subnet) SetLoss(p float64) { s.net.SetLoss(p) }
+
+// SetLatency sets the one-way delay of every link.
+func (s *Subnet) SetLatency(d time.Duration) { s.net.SetLatency(d) }
+
+// Remove takes node i out of the registry (a new snapshot version): the
+// others disconnect it and drop its state.
+func (s *Subnet) Remove(i int) {
+	s.t.Helper()
+	cur := s.source.Current()
+	var ms []membership.Member
+	for _, id := range cur.IDs() {
+		if id != s.ids[i].ID {
+			m, _ := cur.Member(id)
+			ms = append(ms, m)
+		}
+	}
+	snap, err := membership.NewSnapshot(cur.Version+1, ms...)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.source.Update(snap); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// Raw starts a bare transport as member i instead of a node (i must not be
+// running), so a test can speak the wire protocol directly: a hostile or
+// broken peer. It closes when the test ends or with Close.
+func (s *Subnet) Raw(i int, cfg quicremote.Config) *quicremote.Transport {
+	s.t.Helper()
+	if s.Node(i) != nil {
+		s.t.Fatalf("abcasttest: node %d is running; Stop it before Raw", i)
+	}
+	tr, err := quicremote.New(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log, nil)
+	if err != nil {
+		s.t.Fatalf("abcasttest: raw transport %d: %v", i, err)
+	}
+	s.mu.Lock()
+	s.raws[i] = tr
+	s.mu.Unlock()
+	return tr
+}
+
+// CloseRaw closes the raw transport of member i, so it can Start again.
+func (s *Subnet) CloseRaw(i int) {
+	s.mu.Lock()
+	tr := s.raws[i]
+	s.raws[i] = nil
+	s.mu.Unlock()
+	if tr != nil {
+		tr.Close()
+	}
+}
+
+// Restarts sums the actor restarts counted by every running node.
+func (s *Subnet) Restarts() uint64 {
+	var n uint64
+	for i := range s.ids {
+		if node := s.Node(i); node != nil {
+			n += node.Stats().Restarts
+		}
+	}
+	return n
+}
+
+// Close stops every node and raw transport. Inside a synctest bubble it
+// then lets virtual time pass protoactor-go's dead-letter log throttle (a
+// goroutine with a 1 s timer), so the bubble can end with no goroutine
+// left. The test's cleanup calls it; calling it earlier is fine.
+func (s *Subnet) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.mu.Unlock()
+	for i := range s.ids {
+		s.Stop(i)
+		s.CloseRaw(i)
+	}
+	s.net.close()
+	time.Sleep(2 * time.Second) // virtual inside a bubble; no event to wait for
+}
+
+// crashRule makes matching actors panic.
+type crashRule struct {
+	match func(node int, kind, channel string, msg any) bool
+	left  int // < 0: forever
+}
+
+// PanicWhen makes an actor of node panic (as a bug would) at the start of
+// a message whenever match returns true; its supervisor restarts it. kind
+// is one of "sender", "link", "receiver", "fetch", "consumer" (see
+// actors.Hooks). match runs on actor goroutines.
+func (s *Subnet) PanicWhen(match func(node int, kind, channel string, msg any) bool) {
+	s.mu.Lock()
+	s.crash = append(s.crash, crashRule{match: match, left: -1})
+	s.mu.Unlock()
+}
+
+// Crash makes the next message to an actor of the given kind on node (and
+// channel, or any channel if empty) panic, once.
+func (s *Subnet) Crash(node int, kind, channel string) {
+	s.mu.Lock()
+	s.crash = append(s.crash, crashRule{left: 1, match: func(n int, k, ch string, _ any) bool {
+		return n == node && k == kind && (channel == "" || ch == channel)
+	}})
+	s.mu.Unlock()
+}
+
+// hooks returns node i's test hooks: the user's, then crash injection.
+func (s *Subnet) hooks(i int) *actors.Hooks {
+	user := s.cfg.Hooks
+	return &actors.Hooks{BeforeReceive: func(kind, channel string, msg any) {
+		if user != nil && user.BeforeReceive != nil {
+			user.BeforeReceive(kind, channel, msg)
+		}
+		s.mu.Lock()
+		fire := false
+		for k := range s.crash {
+			r := &s.crash[k]
+			if r.left != 0 && r.match(i, kind, channel, msg) {
+				if r.left > 0 {
+					r.left--
+				}
+				fire = true
+				break
+			}
+		}
+		s.mu.Unlock()
+		if fire {
+			panic(fmt.Sprintf("abcasttest: injected crash of %s on node %d (%T)", kind, i, msg))
+		}
+	}}
+}
