@@ -85,12 +85,12 @@ func (n *Network) close() {
 
 type routerFunc func(simnet.Packet) error
 
-func (f routerFunc) SendPacket(p simnet.Packet) error           { return f(p) }
-func (f routerFunc) AddNode(net.Addr, simnet.PacketReceiver)     {}
-func (n *Network) delay(p simnet.Packet) time.Duration           { return n.Latency(p.From, p.To) }
-func key(a, b net.Addr) [2]string                                { return [2]string{a.String(), b.String()} }
-func pair(a, b string) ([2]string, [2]string)                    { return [2]string{a, b}, [2]string{b, a} }
-func (n *Network) lossOf(k [2]string) float64                    { return max(n.loss, n.linkLoss[k]) }
+func (f routerFunc) SendPacket(p simnet.Packet) error        { return f(p) }
+func (f routerFunc) AddNode(net.Addr, simnet.PacketReceiver) {}
+func (n *Network) delay(p simnet.Packet) time.Duration       { return n.Latency(p.From, p.To) }
+func key(a, b net.Addr) [2]string                            { return [2]string{a.String(), b.String()} }
+func pair(a, b string) ([2]string, [2]string)                { return [2]string{a, b}, [2]string{b, a} }
+func (n *Network) lossOf(k [2]string) float64                { return max(n.loss, n.linkLoss[k]) }
 func (n *Network) setBoth(m map[[2]string]bool, a, b string, v bool) {
 	k1, k2 := pair(a, b)
 	m[k1], m[k2] = v, v
