@@ -700,7 +700,7 @@ type remotePeer struct {
 	mu        sync.Mutex
 	q         outRing
 	up        bool
-	downSince time.Time
+	downSince time.Time // when a not-yet-connected peer started waiting; zero after a PeerDown
 	stopped   bool // the send loop has ended; enqueue refuses
 	downWork  []downWork
 	watches   map[watchKey]watchRec
@@ -782,7 +782,9 @@ func (p *remotePeer) markDown(reason DeadLetterReason) {
 	futures := p.r.failingFutures(p.id)
 	p.mu.Lock()
 	p.up = false
-	p.downSince = time.Now()
+	// Known down: later messages fail at once instead of waiting out the
+	// grace, which only covers a peer not connected yet.
+	p.downSince = time.Time{}
 	p.downWork = append(p.downWork, p.takeAllLocked(reason, futures))
 	p.mu.Unlock()
 	p.signal()
@@ -853,17 +855,20 @@ func (p *remotePeer) run() {
 			continue
 		}
 		if !p.up {
-			if d := time.Until(p.downSince.Add(r.cfg.ConnectGrace)); d > 0 {
+			if d := time.Until(p.downSince.Add(r.cfg.ConnectGrace)); !p.downSince.IsZero() && d > 0 {
 				p.mu.Unlock()
 				timer.Reset(d)
 				p.wait(timer.C)
 				timer.Stop()
 				continue
 			}
-			w := p.takeAllLocked(DeadLetterUnreachable, nil)
-			// Watches made while it was down are ended by their own
-			// Watch's dead letter; older ones ended at the PeerDown.
-			w.watches = nil
+			// Watches made while it was down stay recorded: their own
+			// Watch's dead letter ends them. Older ones ended at the
+			// PeerDown.
+			w := downWork{reason: DeadLetterUnreachable}
+			for p.q.n > 0 {
+				w.items = append(w.items, p.q.pop())
+			}
 			p.mu.Unlock()
 			p.settle(w)
 			if !r.members().Contains(p.id) {

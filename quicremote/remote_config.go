@@ -48,12 +48,14 @@ type RemoteConfig struct {
 	// letters (DeadLetterSendFailed). Default 10 s.
 	SendTimeout time.Duration
 
-	// ConnectGrace is how long messages to a member that is not connected
-	// wait in its queue for the connection to come up (at start-up, or
-	// between a PeerDown and the redial). After that they, and any later
-	// ones while the peer stays down, become dead letters
-	// (DeadLetterUnreachable) and watches of its actors end with
-	// AddressTerminated. Default 3 s, the transport's redial interval.
+	// ConnectGrace is how long messages to a member we have not been
+	// connected to yet wait in its queue for the first connection (at
+	// start-up the dial takes a moment). After that they, and later ones
+	// while it stays down, become dead letters (DeadLetterUnreachable), and
+	// watches of its actors end with AddressTerminated. Once a connection
+	// has gone down (PeerDown), messages to the peer fail at once until it
+	// is up again: requests fail fast instead of waiting for a redial that
+	// may never come. Default 3 s, the transport's redial interval.
 	ConnectGrace time.Duration
 
 	// Serializers are tried in order for every outgoing message; the first

@@ -1,0 +1,530 @@
+package quicremote_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/proto/abcastpb"
+	"github.com/abcast/abcast/quicremote"
+)
+
+// termWatcher spawns an actor that watches every PID it is sent and reports
+// each Terminated it receives.
+func termWatcher(t *testing.T, sys *actor.ActorSystem) (watch func(*actor.PID), terms chan *actor.Terminated) {
+	t.Helper()
+	terms = make(chan *actor.Terminated, 100)
+	type watchCmd struct {
+		pid  *actor.PID
+		done chan struct{}
+	}
+	pid := sys.Root.Spawn(actor.PropsFromFunc(func(ctx actor.Context) {
+		switch m := ctx.Message().(type) {
+		case watchCmd:
+			ctx.Watch(m.pid)
+			close(m.done)
+		case *actor.Terminated:
+			terms <- m
+		}
+	}))
+	return func(p *actor.PID) {
+		done := make(chan struct{})
+		sys.Root.Send(pid, watchCmd{p, done})
+		<-done
+	}, terms
+}
+
+// expectTerms reads n Terminated messages with reason why, then checks
+// that no further one is waiting.
+func expectTerms(t *testing.T, terms chan *actor.Terminated, n int, why actor.TerminatedReason) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		m := recv(t, terms, 10*time.Second, fmt.Sprintf("Terminated %d of %d", i+1, n))
+		if m.Why != why {
+			t.Fatalf("Terminated for %v with %v, want %v", m.Who, m.Why, why)
+		}
+	}
+	select {
+	case m := <-terms:
+		t.Fatalf("extra Terminated %v", m)
+	default:
+	}
+}
+
+// A node killed in the middle of request/response traffic: requests
+// waiting on it fail at once (not at their timeout), watchers of its actors
+// get exactly one Terminated with AddressTerminated each, and traffic
+// between the survivors goes on.
+func TestRemoteNodeKilledMidConversation(t *testing.T) {
+	c := newRCluster(t, 3, rclusterOpts{})
+	a, b, d := c.nodes[0], c.nodes[1], c.nodes[2]
+	c.waitMesh()
+
+	// b's "sink" takes requests and never answers; "echo" answers.
+	var got atomic.Int32
+	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+		if _, ok := ctx.Message().(*wrapperspb.StringValue); ok {
+			got.Add(1)
+		}
+	}), "sink")
+	spawnNamed(t, b.sys, echoProps(nil), "echo")
+	spawnNamed(t, d.sys, echoProps(nil), "echo")
+
+	watch, terms := termWatcher(t, a.sys)
+	watch(a.remote.PID(b.id.ID, "sink"))
+	watch(a.remote.PID(b.id.ID, "echo"))
+	watch(a.remote.PID(d.id.ID, "echo"))
+
+	// A conversation in progress: answered requests, then some that wait.
+	for i := 0; i < 10; i++ {
+		request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("x"))
+	}
+	const waiting = 20
+	futures := make([]*actor.Future, waiting)
+	for i := range futures {
+		futures[i] = a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "sink"), wrapperspb.String("wait"), 30*time.Second)
+	}
+	waitUntil(t, 10*time.Second, "requests to reach b", func() bool { return got.Load() == waiting })
+	// A future watching b's actor via StopFuture-style watch ends too.
+	stopFut := actor.NewFuture(a.sys, 30*time.Second)
+	a.sys.Root.Send(a.remote.PID(b.id.ID, "echo"), &actor.MessageEnvelope{Message: wrapperspb.String("late"), Sender: stopFut.PID()})
+
+	killed := time.Now()
+	c.kill(b)
+	for i, f := range futures {
+		if _, err := f.Result(); !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("future %d: %v, want a dead letter", i, err)
+		}
+	}
+	// The "late" request was either answered before the kill or failed.
+	if res, err := stopFut.Result(); err != nil && !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("late request: %v %v", res, err)
+	}
+	if d := time.Since(killed); d > 5*time.Second {
+		t.Fatalf("futures failed after %v, not at once", d)
+	}
+	expectTerms(t, terms, 2, actor.TerminatedReason_AddressTerminated)
+	if s := a.remote.Stats(); s.AddressTerminated != 2 || s.FailedFutures < waiting {
+		t.Fatalf("stats %+v", s)
+	}
+
+	// Survivors still talk; the watch on d is untouched.
+	request(t, a.sys, a.remote.PID(d.id.ID, "echo"), wrapperspb.String("still here"))
+	d.sys.Root.Stop(d.sys.NewLocalPID("echo"))
+	expectTerms(t, terms, 1, actor.TerminatedReason_Stopped)
+	// Requests to the dead node fail fast from now on too.
+	start := time.Now()
+	if _, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "echo"), wrapperspb.String("?"), 30*time.Second).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("request to dead node: %v", err)
+	}
+	t.Logf("request to a dead node failed after %v", time.Since(start))
+}
+
+// A partition ends every watch across it with AddressTerminated once, fails
+// the requests in flight, and once healed new messages flow; nothing is
+// delivered twice.
+func TestRemotePartitionHealsWithoutDuplicates(t *testing.T) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.RemoteConfig) {
+		rc.ConnectGrace = 100 * time.Millisecond
+	}})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	col := spawnCollector(t, b.sys, "col", 10000)
+	spawnNamed(t, b.sys, echoProps(nil), "echo")
+	watch, terms := termWatcher(t, a.sys)
+	watch(a.remote.PID(b.id.ID, "echo"))
+	watch(a.remote.PID(b.id.ID, "col"))
+
+	target := a.remote.PID(b.id.ID, "col")
+	seq := int64(0)
+	sendSome := func(n int) {
+		for i := 0; i < n; i++ {
+			a.sys.Root.Send(target, wrapperspb.Int64(seq))
+			seq++
+		}
+	}
+	sendSome(500)
+	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("sync"))
+
+	c.mem.Disconnect(a.id.ID, b.id.ID)
+	expectTerms(t, terms, 2, actor.TerminatedReason_AddressTerminated)
+	sendSome(500) // while cut: dead letters once the grace has passed
+	_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "echo"), wrapperspb.String("cut"), 30*time.Second).Result()
+	if !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("request across the cut: %v", err)
+	}
+
+	c.mem.Connect(a.id.ID, b.id.ID)
+	c.waitMesh()
+	sendSome(500)
+	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("healed"))
+	// b still has a as a watcher of echo; its Terminated now is stale.
+	b.sys.Root.Stop(b.sys.NewLocalPID("echo"))
+	waitUntil(t, 10*time.Second, "stale Terminated", func() bool { return a.remote.Stats().StaleTerminated == 1 })
+	select {
+	case m := <-terms:
+		t.Fatalf("second Terminated %v after AddressTerminated", m)
+	default:
+	}
+
+	seen := map[int64]bool{}
+	var last int64 = -1
+	n := len(col.ch)
+	for i := 0; i < n; i++ {
+		v := (<-col.ch).(*wrapperspb.Int64Value).Value
+		if seen[v] {
+			t.Fatalf("message %d delivered twice", v)
+		}
+		if v <= last {
+			t.Fatalf("message %d after %d", v, last)
+		}
+		seen[v], last = true, v
+	}
+	for i := int64(0); i < 500; i++ {
+		if !seen[i] || !seen[1000+i] {
+			t.Fatalf("message %d or %d (sent while connected) missing", i, 1000+i)
+		}
+	}
+	s := a.remote.Stats()
+	t.Logf("delivered %d of %d; dead letters %v", n, seq, s.DeadLetters)
+	if uint64(n)+s.TotalDeadLetters() < uint64(seq) {
+		t.Fatalf("%d delivered + %d dead letters < %d sent", n, s.TotalDeadLetters(), seq)
+	}
+}
+
+// A peer that names a type nobody knows, sends a payload that does not
+// decode, or sends garbage instead of a batch: each is counted, the sender
+// gets a DeadLetterResponse, the rest of the batch is delivered, and the
+// connection stays up.
+func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
+	c := newRCluster(t, 2, rclusterOpts{})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	col := spawnCollector(t, b.sys, "col", 10)
+	replies := spawnCollector(t, a.sys, "replies", 10)
+	connBefore, _ := a.rpc.ConnID(b.id.ID)
+
+	envs := []*abcastpb.ActorEnvelope{
+		{TargetId: "col", SenderId: "replies", TypeName: "nope.Missing", Payload: []byte{1, 2, 3}},
+		{TargetId: "col", SenderId: "replies", TypeName: "google.protobuf.StringValue", Payload: []byte{0xff, 0xff, 0xff}},
+		{TargetId: "col", SenderId: "replies", SerializerId: 99, TypeName: "x", Payload: nil},
+		{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("good"))},
+	}
+	req, err := proto.Marshal(&abcastpb.ActorBatch{Envelopes: envs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, req); err != nil {
+		t.Fatalf("crafted batch: %v", err)
+	}
+	if m := recv(t, col.ch, 10*time.Second, "the good message"); m.(*wrapperspb.StringValue).Value != "good" {
+		t.Fatalf("got %v", m)
+	}
+	for i := 0; i < 3; i++ {
+		if m := recv(t, replies.ch, 10*time.Second, "dead-letter reply"); !isDeadLetterResponse(m) {
+			t.Fatalf("reply %d: %T", i, m)
+		}
+	}
+	_, err = a.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, []byte{0xff, 0x01, 0x02})
+	if !errors.Is(err, quicremote.ErrRemote) {
+		t.Fatalf("garbage batch: %v, want ErrRemote", err)
+	}
+	s := b.remote.Stats()
+	if s.UnknownTypes != 1 || s.BadPayloads != 2 || s.BadBatches != 1 || s.DeadLetters[quicremote.DeadLetterUndecodable] != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+	// Still the same connection, still working.
+	spawnNamed(t, b.sys, echoProps(nil), "echo")
+	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("alive"))
+	if connAfter, _ := a.rpc.ConnID(b.id.ID); connAfter != connBefore {
+		t.Fatalf("connection replaced: %d -> %d", connBefore, connAfter)
+	}
+}
+
+func isDeadLetterResponse(m any) bool {
+	_, ok := m.(*actor.DeadLetterResponse)
+	return ok
+}
+
+func mustMarshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A member that never comes up: its queue holds at most QueueCapacity
+// messages and the rest are refused at once and counted, so memory stays
+// bounded; closing the remote drops what is queued, counted too.
+func TestRemoteBoundedQueueUnreachablePeer(t *testing.T) {
+	const capacity = 1000
+	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.RemoteConfig) {
+		rc.QueueCapacity = capacity
+		rc.ConnectGrace = time.Hour
+	}})
+	a := c.nodes[0]
+	ghost := a.remote.PID(c.phantom[0].ID, "anyone")
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 50000
+	payload := wrapperspb.Bytes(make([]byte, 100))
+	for i := 0; i < n; i++ {
+		a.sys.Root.Send(ghost, payload)
+	}
+	s := a.remote.Stats()
+	if s.Queued != capacity || s.DeadLetters[quicremote.DeadLetterQueueFull] != n-capacity {
+		t.Fatalf("queued %d, queue-full dead letters %d; want %d and %d", s.Queued, s.DeadLetters[quicremote.DeadLetterQueueFull], capacity, n-capacity)
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("heap grew by %d KiB with %d messages queued and %d refused", grew>>10, capacity, n-capacity)
+	if grew > 4<<20 {
+		t.Fatalf("heap grew by %d bytes for a queue of %d", grew, capacity)
+	}
+	// A request finding the queue full fails at once.
+	if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("request to a full queue: %v", err)
+	}
+	a.remote.Close()
+	s = a.remote.Stats()
+	if s.Queued != 0 || s.DeadLetters[quicremote.DeadLetterClosed] != capacity {
+		t.Fatalf("after close: queued %d, closed dead letters %d", s.Queued, s.DeadLetters[quicremote.DeadLetterClosed])
+	}
+}
+
+// A member that does not come up within ConnectGrace: what was queued for
+// it and later messages become dead letters, requests fail and watches end
+// with AddressTerminated.
+func TestRemoteUnreachablePeerAfterGrace(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.RemoteConfig) {
+		rc.ConnectGrace = grace
+	}})
+	a := c.nodes[0]
+	ghost := a.remote.PID(c.phantom[0].ID, "anyone")
+	watch, terms := termWatcher(t, a.sys)
+	watch(ghost)
+	start := time.Now()
+	if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("request to unreachable peer: %v", err)
+	}
+	if d := time.Since(start); d > grace+5*time.Second {
+		t.Fatalf("request failed after %v", d)
+	}
+	expectTerms(t, terms, 1, actor.TerminatedReason_AddressTerminated)
+	// Later messages fail at once.
+	start = time.Now()
+	if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("second request: %v", err)
+	}
+	t.Logf("second request failed after %v", time.Since(start))
+	if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterUnreachable] < 2 || s.Queued != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// A blocked target with a bounded mailbox refuses instead of stalling the
+// peer's other traffic: messages to a second actor keep flowing.
+func TestRemoteSlowTargetDoesNotStallOthers(t *testing.T) {
+	c := newRCluster(t, 2, rclusterOpts{})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	release := make(chan struct{})
+	defer close(release)
+	var metrics actors.MailboxMetrics
+	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+		if _, ok := ctx.Message().(*wrapperspb.Int64Value); ok {
+			<-release
+		}
+	}, actor.WithMailbox(actors.BoundedMailbox(10, actors.WithMailboxMetrics(&metrics)))), "stuck")
+	col := spawnCollector(t, b.sys, "col", 2000)
+	stuck, fast := a.remote.PID(b.id.ID, "stuck"), a.remote.PID(b.id.ID, "col")
+	const n = 1000
+	for i := 0; i < n; i++ {
+		a.sys.Root.Send(stuck, wrapperspb.Int64(int64(i)))
+		a.sys.Root.Send(fast, wrapperspb.Int64(int64(i)))
+	}
+	for i := 0; i < n; i++ {
+		if v := recv(t, col.ch, 10*time.Second, "message to the fast actor").(*wrapperspb.Int64Value).Value; v != int64(i) {
+			t.Fatalf("got %d want %d", v, i)
+		}
+	}
+	ms := metrics.Stats()
+	if ms.Refused < n-11 || ms.Len > 10 {
+		t.Fatalf("stuck mailbox %+v", ms)
+	}
+}
+
+// A member removed from the registry: its connection closes, watches end
+// with AddressTerminated, and its PIDs stop resolving.
+func TestRemoteMemberLeavesRegistry(t *testing.T) {
+	c := newRCluster(t, 3, rclusterOpts{})
+	a, b, d := c.nodes[0], c.nodes[1], c.nodes[2]
+	c.waitMesh()
+	spawnNamed(t, b.sys, echoProps(nil), "echo")
+	spawnNamed(t, d.sys, echoProps(nil), "echo")
+	watch, terms := termWatcher(t, a.sys)
+	watch(a.remote.PID(b.id.ID, "echo"))
+	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("before"))
+
+	// Everyone drops b.
+	var keep []membership.Member
+	for _, m := range a.src.Current().Members {
+		if m.ID != b.id.ID {
+			keep = append(keep, m)
+		}
+	}
+	snap, err := membership.NewSnapshot(2, keep...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nd := range []*rnode{a, d} {
+		if err := nd.src.Update(snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectTerms(t, terms, 1, actor.TerminatedReason_AddressTerminated)
+	_, err = a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "echo"), wrapperspb.String("after"), 30*time.Second).Result()
+	if !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("request to removed member: %v", err)
+	}
+	request(t, a.sys, a.remote.PID(d.id.ID, "echo"), wrapperspb.String("d is fine"))
+}
+
+// jsonSerializer carries plain Go structs of one type, to show that other
+// serializers can be registered.
+type jsonSerializer struct{}
+
+type greeting struct{ Text string }
+
+func (jsonSerializer) ID() int32 { return 7 }
+
+func (jsonSerializer) Serialize(msg any) (string, []byte, error) {
+	g, ok := msg.(*greeting)
+	if !ok {
+		return "", nil, quicremote.ErrUnsupportedMessage
+	}
+	b, err := json.Marshal(g)
+	return "test.greeting", b, err
+}
+
+func (jsonSerializer) Deserialize(name string, data []byte) (any, error) {
+	if name != "test.greeting" {
+		return nil, fmt.Errorf("%w: %s", quicremote.ErrUnknownMessageType, name)
+	}
+	var g greeting
+	err := json.Unmarshal(data, &g)
+	return &g, err
+}
+
+// Registered serializers carry their types; a message no serializer takes
+// is a counted dead letter at the sender.
+func TestRemoteCustomSerializerAndUnserializable(t *testing.T) {
+	var dead []quicremote.RemoteDeadLetter
+	var mu sync.Mutex
+	c := newRCluster(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.RemoteConfig) {
+		rc.Serializers = []quicremote.Serializer{jsonSerializer{}}
+		rc.OnDeadLetter = func(d quicremote.RemoteDeadLetter) {
+			mu.Lock()
+			dead = append(dead, d)
+			mu.Unlock()
+		}
+	}})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	col := spawnCollector(t, b.sys, "col", 10)
+	a.sys.Root.Send(a.remote.PID(b.id.ID, "col"), &greeting{Text: "hi"})
+	if m := recv(t, col.ch, 10*time.Second, "greeting"); m.(*greeting).Text != "hi" {
+		t.Fatalf("got %#v", m)
+	}
+	_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "col"), struct{ X int }{1}, 10*time.Second).Result()
+	if !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("unserializable request: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(dead) != 1 || dead[0].Reason != quicremote.DeadLetterUnserializable || a.remote.Stats().DeadLetters[quicremote.DeadLetterUnserializable] != 1 {
+		t.Fatalf("dead letters %+v", dead)
+	}
+}
+
+// The remote's logs and protoactor's go to zerolog with the node id.
+func TestRemoteLogsCarryNodeID(t *testing.T) {
+	var buf syncBuffer
+	zl := zerolog.New(&buf)
+	id := newIdentity(t)
+	snap, _ := membership.NewSnapshot(1, id.Member("10.0.0.1:1"))
+	src, _ := membership.NewStaticSource(snap)
+	sys := actors.NewActorSystem(zl, id.ID.String())
+	r, err := quicremote.NewRemote(sys, id.ID, membership.LatestMembers(src), quicremote.DefaultRemoteConfig(), zl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := quicremote.NewMemNetwork().NewTransport(quicremote.DefaultConfig(), id.ID, src, r.PeerEvent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := r.Start(tr); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	out := buf.String()
+	if !strings.Contains(out, `"node":"`+id.ID.String()+`"`) || !strings.Contains(out, "remote started") {
+		t.Fatalf("log output %s", out)
+	}
+	if err := r.Start(tr); err == nil {
+		t.Fatal("second Start succeeded")
+	}
+}
+
+func TestRemoteConfigValidate(t *testing.T) {
+	if err := quicremote.DefaultRemoteConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := quicremote.DefaultRemoteConfig()
+	bad.QueueCapacity = 0
+	bad.Protocol = ""
+	bad.Serializers = []quicremote.Serializer{quicremote.ProtoSerializer{}}
+	err := bad.Validate()
+	if err == nil || !strings.Contains(err.Error(), "QueueCapacity") || !strings.Contains(err.Error(), "Protocol") || !strings.Contains(err.Error(), "used twice") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
