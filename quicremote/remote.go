@@ -701,7 +701,7 @@ type remotePeer struct {
 	q         outRing
 	up        bool
 	downSince time.Time // when a not-yet-connected peer started waiting; zero after a PeerDown
-	stopped   bool // the send loop has ended; enqueue refuses
+	stopped   bool      // the send loop has ended; enqueue refuses
 	downWork  []downWork
 	watches   map[watchKey]watchRec
 }
