@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote"
+)
+
+// collector exports the node's counters to Prometheus. Counters the
+// library keeps (ch.Stats(), node.Stats()) are read at scrape time, so
+// they never drift from the library's view; connection counts are polled,
+// since the transport reports only the current connection per peer; the
+// histograms are fed by the consumer as deliveries happen.
+type collector struct {
+	node  *actors.Node
+	chans []*actors.Channel
+	conns *connWatcher
+
+	latency *prometheus.HistogramVec
+	sizes   *prometheus.HistogramVec
+}
+
+var (
+	descSlotUpdates   = prometheus.NewDesc("abcast_slot_updates_total", "Incoming slot updates by result: accepted, stale (an older state than held), over_limit (beyond SlotLimit), invalid, mismatch.", []string{"channel", "peer", "result"}, nil)
+	descUpdatesRef    = prometheus.NewDesc("abcast_updates_refused_total", "Incoming slot updates refused before reaching the core (undecodable, over the wire limits).", []string{"channel"}, nil)
+	descUpdatesOut    = prometheus.NewDesc("abcast_updates_sent_total", "Outgoing slot updates by outcome: sent, acked, failed, cancelled (superseded or aborted while in flight).", []string{"channel", "outcome"}, nil)
+	descFetchStarted  = prometheus.NewDesc("abcast_fetches_started_total", "Downloads of advertised artifacts started.", []string{"channel"}, nil)
+	descFetchOK       = prometheus.NewDesc("abcast_fetches_succeeded_total", "Downloads that delivered their artifact.", []string{"channel"}, nil)
+	descFetchFailed   = prometheus.NewDesc("abcast_fetch_attempts_failed_total", "Fetch attempts that failed (timeout, not found, refused); the download retries.", []string{"channel"}, nil)
+	descFetchAttempts = prometheus.NewDesc("abcast_fetch_attempts_total", "Fetch requests sent.", []string{"channel"}, nil)
+	descFetchCancel   = prometheus.NewDesc("abcast_fetches_cancelled_total", "Downloads cancelled because no peer advertised the artifact any more.", []string{"channel"}, nil)
+	descBadFetch      = prometheus.NewDesc("abcast_bad_fetch_responses_total", "Fetch responses that failed decoding or verification.", []string{"channel"}, nil)
+	descPublished     = prometheus.NewDesc("abcast_published_total", "Artifacts this node published.", []string{"channel"}, nil)
+	descAborted       = prometheus.NewDesc("abcast_aborted_total", "Artifacts this node aborted.", []string{"channel"}, nil)
+	descPubRefused    = prometheus.NewDesc("abcast_publish_refused_total", "Publishes the sender core refused: duplicate id or live-slot limit.", []string{"channel", "reason"}, nil)
+	descDelivered     = prometheus.NewDesc("abcast_deliveries_total", "Artifacts of other nodes delivered to the consumer.", []string{"channel"}, nil)
+	descPushed        = prometheus.NewDesc("abcast_deliveries_pushed_total", "Deliveries whose artifact came whole with its slot update (no fetch).", []string{"channel"}, nil)
+	descWithdrawn     = prometheus.NewDesc("abcast_withdrawals_total", "Delivered artifacts withdrawn because no peer advertises them any more.", []string{"channel"}, nil)
+	descBytes         = prometheus.NewDesc("abcast_sent_bytes_total", "Bytes sent by kind: updates (slot updates, pushed artifacts included) and fetches_served.", []string{"channel", "kind"}, nil)
+	descLive          = prometheus.NewDesc("abcast_live_artifacts", "Artifacts this node publishes that are live.", []string{"channel"}, nil)
+	descActive        = prometheus.NewDesc("abcast_active_fetches", "Downloads running.", []string{"channel"}, nil)
+	descAdvertised    = prometheus.NewDesc("abcast_advertised_ids", "Distinct artifact ids peers advertise to this node.", []string{"channel"}, nil)
+	descPanics        = prometheus.NewDesc("abcast_consumer_panics_total", "Panics of the consumer function (recovered).", []string{"channel"}, nil)
+	descPeerUp        = prometheus.NewDesc("abcast_peer_up", "1 while a connection to the peer is up.", []string{"peer"}, nil)
+	descConnections   = prometheus.NewDesc("abcast_connections_total", "Connections to the peer that came up (polled every 100 ms).", []string{"peer"}, nil)
+	descReconnects    = prometheus.NewDesc("abcast_reconnects_total", "Connections to the peer after the first one.", []string{"peer"}, nil)
+	descStreams       = prometheus.NewDesc("abcast_transport_peer_errors_total", "Transport refusals per peer: garbage and oversized frames, refused streams.", []string{"peer", "kind"}, nil)
+	descRestarts      = prometheus.NewDesc("abcast_actor_restarts_total", "Actor crashes a supervisor restarted.", nil, nil)
+	descDeadLetters   = prometheus.NewDesc("abcast_dead_letters_total", "Messages that reached no actor (mailbox refusals included).", nil, nil)
+	descRefusals      = prometheus.NewDesc("abcast_mailbox_overflows_total", "Messages refused by full bounded mailboxes.", nil, nil)
+)
+
+func newCollector(node *actors.Node, chans []*actors.Channel, conns *connWatcher) *collector {
+	return &collector{
+		node: node, chans: chans, conns: conns,
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "abcast_delivery_latency_seconds",
+			Help:    "Publish-to-delivery time of artifacts whose attribute carries their publish time (those published through this program's HTTP API); clocks of different machines must agree.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5 ms .. 16 s
+		}, []string{"channel"}),
+		sizes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "abcast_delivered_payload_bytes",
+			Help:    "Payload sizes of delivered artifacts.",
+			Buckets: prometheus.ExponentialBuckets(256, 4, 11), // 256 B .. 256 MiB
+		}, []string{"channel"}),
+	}
+}
+
+// Describe sends the descriptors.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSlotUpdates, descUpdatesRef, descUpdatesOut, descFetchStarted, descFetchOK, descFetchFailed,
+		descFetchAttempts, descFetchCancel, descBadFetch, descPublished, descAborted, descPubRefused, descDelivered, descPushed,
+		descWithdrawn, descBytes, descLive, descActive, descAdvertised, descPanics, descPeerUp, descConnections, descReconnects,
+		descStreams, descRestarts, descDeadLetters, descRefusals} {
+		ch <- d
+	}
+	c.latency.Describe(ch)
+	c.sizes.Describe(ch)
+}
+
+// peerStatser is what *quicremote.Transport offers beyond quicremote.RPC.
+type peerStatser interface {
+	Stats(peer membership.NodeID) quicremote.PeerStats
+}
+
+// Collect reads every counter.
+func (c *collector) Collect(out chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		out <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		out <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for _, ch := range c.chans {
+		name := ch.Name()
+		s := ch.Stats()
+		peers := make([]string, 0, len(s.PeerStats))
+		for p := range s.PeerStats {
+			peers = append(peers, p)
+		}
+		sort.Strings(peers)
+		for _, p := range peers {
+			ps, short := s.PeerStats[p], shortPeer(p)
+			counter(descSlotUpdates, ps.Accepted, name, short, "accepted")
+			counter(descSlotUpdates, ps.Stale, name, short, "stale")
+			counter(descSlotUpdates, ps.OverLimit, name, short, "over_limit")
+			counter(descSlotUpdates, ps.Invalid, name, short, "invalid")
+			counter(descSlotUpdates, ps.Mismatch, name, short, "mismatch")
+		}
+		counter(descUpdatesRef, s.UpdatesRefused, name)
+		counter(descUpdatesOut, s.Sender.UpdatesSent, name, "sent")
+		counter(descUpdatesOut, s.Sender.UpdatesAcked, name, "acked")
+		counter(descUpdatesOut, s.Sender.UpdatesFailed, name, "failed")
+		counter(descUpdatesOut, s.Sender.UpdatesCancelled, name, "cancelled")
+		counter(descFetchStarted, s.Receiver.FetchesStarted, name)
+		fetched := uint64(0)
+		if s.Receiver.Delivered > s.Receiver.DeliveredFromPush {
+			fetched = s.Receiver.Delivered - s.Receiver.DeliveredFromPush
+		}
+		counter(descFetchOK, fetched, name)
+		counter(descFetchFailed, s.FetchFailures, name)
+		counter(descFetchAttempts, s.FetchAttempts, name)
+		counter(descFetchCancel, s.Receiver.FetchesCancelled, name)
+		counter(descBadFetch, s.BadFetchResponses, name)
+		counter(descPublished, s.Sender.Published, name)
+		counter(descAborted, s.Sender.Aborted, name)
+		counter(descPubRefused, s.Sender.DuplicatePublish, name, "duplicate")
+		counter(descPubRefused, s.Sender.RefusedFull, name, "full")
+		counter(descDelivered, s.Delivered, name)
+		counter(descPushed, s.Receiver.DeliveredFromPush, name)
+		counter(descWithdrawn, s.Withdrawn, name)
+		counter(descBytes, s.UpdateBytesSent, name, "updates")
+		counter(descBytes, s.FetchBytesServed, name, "fetches_served")
+		counter(descPanics, s.ConsumerPanics, name)
+		gauge(descLive, float64(s.Live), name)
+		gauge(descActive, float64(s.ActiveFetches), name)
+		gauge(descAdvertised, float64(s.AdvertisedIDs), name)
+	}
+	statser, _ := c.node.Transport().(peerStatser)
+	for _, p := range c.conns.snapshot() {
+		short := p.id.Short()
+		up := 0.0
+		if p.up {
+			up = 1
+		}
+		gauge(descPeerUp, up, short)
+		counter(descConnections, p.connections, short)
+		counter(descReconnects, max(p.connections, 1)-1, short)
+		if statser != nil {
+			ts := statser.Stats(p.id)
+			counter(descStreams, ts.GarbageFrames, short, "garbage_frames")
+			counter(descStreams, ts.OversizedFrames, short, "oversized_frames")
+			counter(descStreams, ts.RefusedStreams, short, "refused_streams")
+		}
+	}
+	ns := c.node.Stats()
+	counter(descRestarts, ns.Restarts)
+	counter(descDeadLetters, ns.DeadLetters)
+	counter(descRefusals, c.node.MailboxRefusals())
+	c.latency.Collect(out)
+	c.sizes.Collect(out)
+}
+
+// shortPeer shortens a core peer id (a NodeID in hex) to NodeID.Short's
+// ten hex digits, enough to tell members apart in a dashboard.
+func shortPeer(p string) string {
+	if id, err := membership.ParseNodeID(p); err == nil {
+		return id.Short()
+	}
+	return p
+}
+
+// connWatcher polls the transport for each member's connection id and
+// counts the distinct ids it sees: the transport reports only the current
+// connection, and a new id means a new connection.
+type connWatcher struct {
+	rpc      quicremote.RPC
+	registry membership.Source
+
+	mu    sync.Mutex
+	peers map[membership.NodeID]*peerConns
+}
+
+type peerConns struct {
+	id          membership.NodeID
+	up          bool
+	lastConn    uint64
+	connections uint64
+}
+
+func newConnWatcher(rpc quicremote.RPC, registry membership.Source) *connWatcher {
+	return &connWatcher{rpc: rpc, registry: registry, peers: map[membership.NodeID]*peerConns{}}
+}
+
+func (w *connWatcher) run(ctx context.Context, self membership.NodeID, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		w.poll(self)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *connWatcher) poll(self membership.NodeID) {
+	ids := w.registry.Current().IDs()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, id := range ids {
+		if id == self {
+			continue
+		}
+		p := w.peers[id]
+		if p == nil {
+			p = &peerConns{id: id}
+			w.peers[id] = p
+		}
+		conn, up := w.rpc.ConnID(id)
+		p.up = up
+		if up && conn != p.lastConn {
+			p.lastConn = conn
+			p.connections++
+		}
+	}
+}
+
+func (w *connWatcher) snapshot() []peerConns {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]peerConns, 0, len(w.peers))
+	for _, p := range w.peers {
+		out = append(out, *p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id.Less(out[j].id) })
+	return out
+}
