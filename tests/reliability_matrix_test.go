@@ -1,0 +1,211 @@
+package tests
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/abcast/abcast/actors/abcasttest"
+	"github.com/abcast/abcast/broadcast"
+)
+
+// The fault matrix (issue 9, DESIGN §7.2): whole nodes on the simulated
+// network, in virtual time, for every combination of subnet size, packet
+// loss and one-way latency. Each cell runs the same script: traffic with
+// aborts, a cut link, a node restart, and a minority isolated for 30 s
+// while both sides keep publishing and aborting. After the heal every
+// live artifact must reach every node exactly once (G1, G2) and aborted
+// ones must be gone (G3); the cell reports how long full delivery took
+// after the heal, in virtual time.
+//
+// By default a representative subset runs; ABCAST_FULL_MATRIX=1 runs all
+// 36 cells. ABCAST_MATRIX_OUT=file appends each cell's table row to file.
+
+type matrixCell struct {
+	n       int
+	loss    float64
+	latency time.Duration
+}
+
+func (c matrixCell) String() string {
+	return fmt.Sprintf("n=%d/loss=%g%%/lat=%dms", c.n, c.loss*100, c.latency.Milliseconds())
+}
+
+func matrixCells() []matrixCell {
+	var all []matrixCell
+	for _, n := range []int{4, 7, 13} {
+		for _, loss := range []float64{0, 0.01, 0.05, 0.20} {
+			for _, lat := range []time.Duration{0, 50 * time.Millisecond, 150 * time.Millisecond} {
+				all = append(all, matrixCell{n, loss, lat})
+			}
+		}
+	}
+	if os.Getenv("ABCAST_FULL_MATRIX") != "" {
+		return all
+	}
+	// One cell per size, and the harshest network at the smallest size.
+	return []matrixCell{
+		{4, 0.20, 150 * time.Millisecond},
+		{7, 0.05, 50 * time.Millisecond},
+		{13, 0.01, 0},
+	}
+}
+
+var matrixOut sync.Mutex
+
+func TestReliabilityFaultMatrix(t *testing.T) {
+	seed := testSeed(t)
+	t.Logf("seed %d (set ABCAST_SEED to replay)", seed)
+	for _, cell := range matrixCells() {
+		t.Run(cell.String(), func(t *testing.T) {
+			var row string
+			synctest.Test(t, func(t *testing.T) {
+				row = runMatrixCell(t, cell, seed)
+			})
+			t.Log(row)
+			if f := os.Getenv("ABCAST_MATRIX_OUT"); f != "" && row != "" {
+				matrixOut.Lock()
+				defer matrixOut.Unlock()
+				out, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintln(out, row)
+				out.Close()
+			}
+		})
+	}
+}
+
+// matrixSizes: pushed whole (< 1 KiB), advertised and fetched.
+var matrixSizes = []int{300, 900, 4_000, 40_000, 200_000}
+
+func runMatrixCell(t *testing.T, cell matrixCell, seed uint64) string {
+	rng := rand.New(rand.NewPCG(seed, uint64(cell.n)*1000+uint64(cell.loss*100)*10+uint64(cell.latency.Milliseconds())))
+	s := abcasttest.NewSubnet(t, cell.n, abcasttest.Options{Latency: cell.latency, Loss: cell.loss, Seed: seed})
+	s.StartAll()
+	ch := s.OpenChannel("consensus", abcasttest.ChannelOptions{})
+	seq := 0
+	publish := func(i int) {
+		seq++
+		a := broadcast.Artifact{ID: broadcast.ArtifactID(fmt.Sprintf("n%d-%d", i, seq)), Payload: make([]byte, matrixSizes[rng.IntN(len(matrixSizes))]),
+			LatencySensitive: rng.IntN(6) == 0}
+		for k := 0; k < len(a.Payload); k += 101 {
+			a.Payload[k] = byte(seq)
+		}
+		if err := ch.Publish(i, a); err != nil {
+			t.Fatalf("publish on %d: %v", i, err)
+		}
+	}
+	abortOne := func(among []int) {
+		var ids []broadcast.ArtifactID
+		live := ch.Live()
+		for id, owner := range live {
+			if slices.Contains(among, owner) {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			return
+		}
+		slices.Sort(ids)
+		id := ids[rng.IntN(len(ids))]
+		if err := ch.Abort(live[id], id); err != nil {
+			t.Fatalf("abort %s: %v", id, err)
+		}
+	}
+	everyone := make([]int, cell.n)
+	for i := range everyone {
+		everyone[i] = i
+	}
+	round := func(nodes []int) {
+		for _, i := range nodes {
+			publish(i)
+		}
+		if rng.IntN(2) == 0 {
+			abortOne(nodes)
+		}
+		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+	}
+
+	// 1. Traffic, then a link cut longer than the idle timeout.
+	for range 2 {
+		round(everyone)
+	}
+	a, b := rng.IntN(cell.n), rng.IntN(cell.n-1)
+	if b >= a {
+		b++
+	}
+	s.Cut(a, b)
+	round(everyone)
+	time.Sleep(8 * time.Second)
+	s.Heal(a, b)
+
+	// 2. A node restarts with fresh state (its application republishes).
+	restarted := rng.IntN(cell.n)
+	s.Restart(restarted)
+	round(everyone)
+
+	// 3. A minority (f = (n-1)/3 nodes, at least one) is isolated for 30 s
+	// while both sides publish and abort.
+	f := max(1, (cell.n-1)/3)
+	perm := rng.Perm(cell.n)
+	minority, majority := perm[:f], perm[f:]
+	s.Isolate(minority...)
+	isolated := time.Now()
+	for range 3 {
+		round(majority)
+		round(minority)
+	}
+	time.Sleep(30*time.Second - time.Since(isolated)) // the partition lasts 30 s
+	s.HealAll()
+	healed := time.Now()
+	if os.Getenv("ABCAST_MATRIX_TRACE") != "" {
+		for k := 0; k < 40 && ch.CheckDelivered() != nil; k++ {
+			var up []string
+			for i := range cell.n {
+				up = append(up, fmt.Sprint(len(s.Node(i).Transport().Peers())))
+			}
+			err := ch.CheckDelivered()
+			msg := ""
+			if err != nil {
+				msg = strings.ReplaceAll(err.Error(), "\n", "; ")
+			}
+			t.Logf("+%v peers up %v: %s", time.Since(healed), up, msg)
+			time.Sleep(5 * time.Second)
+		}
+	}
+	if err := ch.WaitDelivered(5 * time.Minute); err != nil {
+		t.Fatalf("seed %d: not delivered 5 min after the heal: %v", seed, err)
+	}
+	after := time.Since(healed)
+
+	// Exactly once: a node that lived throughout delivered each live
+	// artifact once; the restarted one at most once per life.
+	live := ch.Live()
+	for i := range cell.n {
+		limit := 1
+		if i == restarted {
+			limit = 2
+		}
+		for id, owner := range live {
+			if d := ch.Recorder(i).Deliveries(id); owner != i && (d < 1 || d > limit) {
+				t.Fatalf("seed %d: node %d delivered %s %d times", seed, i, id, d)
+			}
+		}
+	}
+	s.AssertBounds(t, abcasttest.Bounds{})
+	delivered, dropped := s.Network().Counts()
+	mins := make([]string, len(minority))
+	for k, m := range minority {
+		mins[k] = fmt.Sprint(m)
+	}
+	return fmt.Sprintf("| %d | %g%% | %d ms | %d | %d | {%s} | %d | %.2f s | %d / %d |", cell.n, cell.loss*100, cell.latency.Milliseconds(),
+		len(live), seq-len(live), strings.Join(mins, ","), restarted, after.Seconds(), dropped, delivered+dropped)
+}
