@@ -4,4 +4,4 @@
 package proto
 
 //go:generate protoc --plugin=protoc-gen-go=../internal/tools/protoc-gen-go.sh --go_out=abcastpb --go_opt=paths=source_relative abcast.proto
-//go:generate protoc --plugin=protoc-gen-go=../internal/tools/protoc-gen-go.sh --go_out=abcastpb --go_opt=paths=source_relative remote.proto
+//go:generate protoc --plugin=protoc-gen-go=../internal/tools/protoc-gen-go.sh --go_out=abcastpb --go_opt=paths=source_relative abcast_remote.proto

@@ -5,7 +5,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: remote.proto
+// source: abcast_remote.proto
 
 package abcastpb
 
@@ -37,7 +37,7 @@ type ActorBatch struct {
 
 func (x *ActorBatch) Reset() {
 	*x = ActorBatch{}
-	mi := &file_remote_proto_msgTypes[0]
+	mi := &file_abcast_remote_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +49,7 @@ func (x *ActorBatch) String() string {
 func (*ActorBatch) ProtoMessage() {}
 
 func (x *ActorBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_remote_proto_msgTypes[0]
+	mi := &file_abcast_remote_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +62,7 @@ func (x *ActorBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActorBatch.ProtoReflect.Descriptor instead.
 func (*ActorBatch) Descriptor() ([]byte, []int) {
-	return file_remote_proto_rawDescGZIP(), []int{0}
+	return file_abcast_remote_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *ActorBatch) GetEnvelopes() []*ActorEnvelope {
@@ -101,7 +101,7 @@ type ActorEnvelope struct {
 
 func (x *ActorEnvelope) Reset() {
 	*x = ActorEnvelope{}
-	mi := &file_remote_proto_msgTypes[1]
+	mi := &file_abcast_remote_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +113,7 @@ func (x *ActorEnvelope) String() string {
 func (*ActorEnvelope) ProtoMessage() {}
 
 func (x *ActorEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_remote_proto_msgTypes[1]
+	mi := &file_abcast_remote_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +126,7 @@ func (x *ActorEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActorEnvelope.ProtoReflect.Descriptor instead.
 func (*ActorEnvelope) Descriptor() ([]byte, []int) {
-	return file_remote_proto_rawDescGZIP(), []int{1}
+	return file_abcast_remote_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *ActorEnvelope) GetTargetId() string {
@@ -199,11 +199,11 @@ func (x *ActorEnvelope) GetHeader() map[string]string {
 	return nil
 }
 
-var File_remote_proto protoreflect.FileDescriptor
+var File_abcast_remote_proto protoreflect.FileDescriptor
 
-const file_remote_proto_rawDesc = "" +
+const file_abcast_remote_proto_rawDesc = "" +
 	"\n" +
-	"\fremote.proto\x12\tabcast.v1\"D\n" +
+	"\x13abcast_remote.proto\x12\tabcast.v1\"D\n" +
 	"\n" +
 	"ActorBatch\x126\n" +
 	"\tenvelopes\x18\x01 \x03(\v2\x18.abcast.v1.ActorEnvelopeR\tenvelopes\"\xb5\x03\n" +
@@ -224,24 +224,24 @@ const file_remote_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B)Z'github.com/abcast/abcast/proto/abcastpbb\x06proto3"
 
 var (
-	file_remote_proto_rawDescOnce sync.Once
-	file_remote_proto_rawDescData []byte
+	file_abcast_remote_proto_rawDescOnce sync.Once
+	file_abcast_remote_proto_rawDescData []byte
 )
 
-func file_remote_proto_rawDescGZIP() []byte {
-	file_remote_proto_rawDescOnce.Do(func() {
-		file_remote_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_remote_proto_rawDesc), len(file_remote_proto_rawDesc)))
+func file_abcast_remote_proto_rawDescGZIP() []byte {
+	file_abcast_remote_proto_rawDescOnce.Do(func() {
+		file_abcast_remote_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_abcast_remote_proto_rawDesc), len(file_abcast_remote_proto_rawDesc)))
 	})
-	return file_remote_proto_rawDescData
+	return file_abcast_remote_proto_rawDescData
 }
 
-var file_remote_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
-var file_remote_proto_goTypes = []any{
+var file_abcast_remote_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_abcast_remote_proto_goTypes = []any{
 	(*ActorBatch)(nil),    // 0: abcast.v1.ActorBatch
 	(*ActorEnvelope)(nil), // 1: abcast.v1.ActorEnvelope
 	nil,                   // 2: abcast.v1.ActorEnvelope.HeaderEntry
 }
-var file_remote_proto_depIdxs = []int32{
+var file_abcast_remote_proto_depIdxs = []int32{
 	1, // 0: abcast.v1.ActorBatch.envelopes:type_name -> abcast.v1.ActorEnvelope
 	2, // 1: abcast.v1.ActorEnvelope.header:type_name -> abcast.v1.ActorEnvelope.HeaderEntry
 	2, // [2:2] is the sub-list for method output_type
@@ -251,26 +251,26 @@ var file_remote_proto_depIdxs = []int32{
 	0, // [0:2] is the sub-list for field type_name
 }
 
-func init() { file_remote_proto_init() }
-func file_remote_proto_init() {
-	if File_remote_proto != nil {
+func init() { file_abcast_remote_proto_init() }
+func file_abcast_remote_proto_init() {
+	if File_abcast_remote_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_remote_proto_rawDesc), len(file_remote_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_abcast_remote_proto_rawDesc), len(file_abcast_remote_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
-		GoTypes:           file_remote_proto_goTypes,
-		DependencyIndexes: file_remote_proto_depIdxs,
-		MessageInfos:      file_remote_proto_msgTypes,
+		GoTypes:           file_abcast_remote_proto_goTypes,
+		DependencyIndexes: file_abcast_remote_proto_depIdxs,
+		MessageInfos:      file_abcast_remote_proto_msgTypes,
 	}.Build()
-	File_remote_proto = out.File
-	file_remote_proto_goTypes = nil
-	file_remote_proto_depIdxs = nil
+	File_abcast_remote_proto = out.File
+	file_abcast_remote_proto_goTypes = nil
+	file_abcast_remote_proto_depIdxs = nil
 }

@@ -1,0 +1,277 @@
+// Command remotebench measures actor messaging between two processes on
+// loopback, for quicremote's remote and for protoactor-go's own gRPC remote,
+// in the same run:
+//
+//   - one-way: 100-byte protobuf messages sent with Send in rounds of
+//     -round messages; each round is closed by a request whose answer (the
+//     receiver's count) arrives after every message of the round, so the
+//     clock stops only when all were delivered;
+//   - round trip: sequential RequestFuture calls, p50 and p99.
+//
+// The server is this program re-executed as a child process.
+//
+//	go run ./examples/remotebench [-n 1000000] [-round 10000] [-rt 5000] [-impl quic,grpc]
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// The messages: payload is a 100-byte BytesValue; the receiver answers a
+// "sync" StringValue with its running count and any other StringValue
+// with itself.
+func payload() *wrapperspb.BytesValue {
+	m := wrapperspb.Bytes(make([]byte, 98))
+	if n := proto.Size(m); n != 100 {
+		panic(fmt.Sprintf("payload is %d bytes", n))
+	}
+	return m
+}
+
+// sinkProps counts payloads and answers requests.
+func sinkProps() *actor.Props {
+	var count int64
+	return actor.PropsFromFunc(func(c actor.Context) {
+		switch m := c.Message().(type) {
+		case *wrapperspb.BytesValue:
+			count++
+		case *wrapperspb.StringValue:
+			if m.Value == "sync" {
+				c.Respond(wrapperspb.Int64(count))
+				return
+			}
+			c.Respond(m)
+		}
+	})
+}
+
+// side is one end of a benchmark pair.
+type side interface {
+	System() *actor.ActorSystem
+	// Describe returns a line of counters worth printing (dead letters...).
+	Describe() string
+	Close()
+}
+
+// server is the child process: it starts the named implementation, prints
+// one line with what the parent needs to reach it, and runs until stdin
+// closes.
+func server(impl string) error {
+	var s side
+	var hello string
+	var err error
+	switch impl {
+	case "quic":
+		s, hello, err = quicServer()
+	case "grpc":
+		s, hello, err = grpcServer()
+	default:
+		err = fmt.Errorf("unknown implementation %q", impl)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.System().Root.SpawnNamed(sinkProps(), "sink"); err != nil {
+		return err
+	}
+	fmt.Println(hello)
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	s.Close()
+	return nil
+}
+
+type result struct {
+	impl        string
+	oneWay      float64 // messages per second
+	sent        int
+	p50, p99    time.Duration
+	rtPerSecond float64
+	notes       string
+}
+
+func run(impl string, n, round, rts int) (result, error) {
+	res := result{impl: impl}
+	args := []string{"-serve", impl}
+	if *cpuProfile != "" {
+		args = append(args, "-cpuprofile", *cpuProfile)
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return res, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	var client side
+	var target *actor.PID
+	switch impl {
+	case "quic":
+		var c *quicClient
+		c, err = newQuicClient(cmd)
+		if err == nil {
+			client = c
+		}
+	case "grpc":
+		client, err = newGRPCClient()
+	default:
+		err = fmt.Errorf("unknown implementation %q", impl)
+	}
+	if err != nil {
+		return res, err
+	}
+	defer client.Close()
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	defer func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		return res, fmt.Errorf("%s server: %w", impl, err)
+	}
+	switch c := client.(type) {
+	case *quicClient:
+		target, err = c.connect(strings.TrimSpace(line))
+	case *grpcClient:
+		target = actor.NewPID(strings.TrimSpace(line), "sink")
+	}
+	if err != nil {
+		return res, err
+	}
+	root := client.System().Root
+
+	// Warm up (connection, JIT-free but caches and windows).
+	msg := payload()
+	for i := 0; i < 1000; i++ {
+		root.Send(target, msg)
+	}
+	if _, err := root.RequestFuture(target, wrapperspb.String("sync"), 30*time.Second).Result(); err != nil {
+		return res, fmt.Errorf("%s warm-up: %w", impl, err)
+	}
+	base := int64(1000)
+
+	// One-way rounds.
+	start := time.Now()
+	sent := 0
+	for sent < n {
+		k := min(round, n-sent)
+		for i := 0; i < k; i++ {
+			root.Send(target, msg)
+		}
+		sent += k
+		r, err := root.RequestFuture(target, wrapperspb.String("sync"), 60*time.Second).Result()
+		if err != nil {
+			return res, fmt.Errorf("%s round: %w", impl, err)
+		}
+		got := r.(*wrapperspb.Int64Value).Value - base
+		if got != int64(sent) {
+			res.notes += fmt.Sprintf("count %d after %d sent; ", got, sent)
+			base += got - int64(sent) // keep going; the lost ones show in notes
+		}
+	}
+	el := time.Since(start)
+	res.sent = sent
+	res.oneWay = float64(sent) / el.Seconds()
+
+	// Sequential round trips.
+	lat := make([]time.Duration, 0, rts)
+	ping := wrapperspb.String("ping")
+	for i := 0; i < 200; i++ { // warm-up
+		if _, err := root.RequestFuture(target, ping, 10*time.Second).Result(); err != nil {
+			return res, err
+		}
+	}
+	t0 := time.Now()
+	for i := 0; i < rts; i++ {
+		s := time.Now()
+		if _, err := root.RequestFuture(target, ping, 10*time.Second).Result(); err != nil {
+			return res, fmt.Errorf("%s round trip: %w", impl, err)
+		}
+		lat = append(lat, time.Since(s))
+	}
+	res.rtPerSecond = float64(rts) / time.Since(t0).Seconds()
+	slices.Sort(lat)
+	res.p50 = lat[len(lat)/2]
+	res.p99 = lat[len(lat)*99/100]
+	res.notes += client.Describe()
+	return res, nil
+}
+
+func main() {
+	serve := flag.String("serve", "", "internal: run as the server child for this implementation")
+	n := flag.Int("n", 1000000, "one-way messages per implementation")
+	round := flag.Int("round", 10000, "messages per round before the closing request (at most the remote's queue capacity)")
+	rts := flag.Int("rt", 5000, "sequential round trips per implementation")
+	impls := flag.String("impl", "quic,grpc", "implementations to measure, comma separated")
+	reps := flag.Int("reps", 1, "repeat each measurement and print every run")
+	cpuProfile = flag.String("cpuprofile", "", "write CPU profiles to this path (the server child adds .server.<impl>)")
+	flag.Parse()
+	if *cpuProfile != "" {
+		path := *cpuProfile
+		if *serve != "" {
+			path += ".server." + *serve
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *serve != "" {
+		if err := server(*serve); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			pprof.StopCPUProfile()
+			os.Exit(1)
+		}
+		return
+	}
+	fmt.Printf("GOMAXPROCS=%d %s/%s %s; %d one-way 100-byte messages in rounds of %d, %d sequential round trips\n",
+		runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version(), *n, *round, *rts)
+	fmt.Printf("%-6s %14s %12s %12s %12s  %s\n", "remote", "one-way msg/s", "rt p50", "rt p99", "rt/s", "notes")
+	var rates = map[string][]float64{}
+	for rep := 0; rep < *reps; rep++ {
+		for _, impl := range strings.Split(*impls, ",") {
+			r, err := run(impl, *n, *round, *rts)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			rates[impl] = append(rates[impl], r.oneWay)
+			fmt.Printf("%-6s %14.0f %12v %12v %12.0f  %s\n", r.impl, r.oneWay, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.rtPerSecond, r.notes)
+		}
+	}
+	if q, g := rates["quic"], rates["grpc"]; len(q) > 0 && len(g) > 0 {
+		fmt.Printf("one-way ratio quic/grpc (medians): %.2f\n", median(q)/median(g))
+	}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+var cpuProfile *string
