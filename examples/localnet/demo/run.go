@@ -156,7 +156,7 @@ workload:
 		r.event("workload over; waiting up to %v for the subnet to converge (cut links stay cut)", o.Settle)
 	} else {
 		r.event("workload over; healing every link and waiting up to %v for the subnet to converge", o.Settle)
-		r.healAll()
+		r.healAll("end of workload")
 	}
 
 	settleStart := time.Now()
@@ -388,7 +388,7 @@ func (r *run) command(line string) bool {
 		return true
 	}
 	if verb == "h" && len(fs) == 1 {
-		r.healAll()
+		r.healAll("command")
 		return false
 	}
 	if (verb == "c" || verb == "h") && len(fs) == 3 {
@@ -440,7 +440,7 @@ func (r *run) setLink(a, b int, cut bool, why string) {
 	}
 }
 
-func (r *run) healAll() {
+func (r *run) healAll(why string) {
 	r.cutMu.Lock()
 	var links [][2]int
 	for l := range r.cuts {
@@ -449,7 +449,7 @@ func (r *run) healAll() {
 	r.cutMu.Unlock()
 	slices.SortFunc(links, func(x, y [2]int) int { return x[0]*1000 + x[1] - y[0]*1000 - y[1] })
 	for _, l := range links {
-		r.setLink(l[0], l[1], false, "end of workload")
+		r.setLink(l[0], l[1], false, why)
 	}
 }
 
