@@ -72,7 +72,16 @@ func startSubnet(o options, w workload, t *tally) (*subnet, error) {
 	}
 	cfg := actors.DefaultConfig()
 	cfg.Sender.PushThreshold = o.pushThreshold
-	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	if o.scaleHandlers {
+		// quicremote bounds a protocol's handlers per transport, across all
+		// peers, while the defaults are sized for one peer: with N-1 peers
+		// each allowed MaxInFlightPerPeer updates (and MaxFetchesPerPeer
+		// fetches) the receiver refuses the excess and the sender backs off
+		// for 250 ms..60 s. Size the limits for every peer at once.
+		cfg.UpdateHandlers = max(cfg.UpdateHandlers, (o.nodes-1)*cfg.Sender.MaxInFlightPerPeer)
+		cfg.FetchHandlers = max(cfg.FetchHandlers, (o.nodes-1)*cfg.Receiver.MaxFetchesPerPeer)
+	}
+	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(logLevel()).With().Timestamp().Logger()
 
 	warm := make(chan struct{}, o.nodes*o.nodes)
 	var warmCh []*actors.Channel
@@ -272,4 +281,12 @@ func wasted(o options, w workload, s *subnet) int64 {
 		total += forAborted * bytes / updates
 	}
 	return total
+}
+
+// logLevel is warn, or what BENCH_LOG names (debug, info, ...).
+func logLevel() zerolog.Level {
+	if l, err := zerolog.ParseLevel(os.Getenv("BENCH_LOG")); err == nil && os.Getenv("BENCH_LOG") != "" {
+		return l
+	}
+	return zerolog.WarnLevel
 }
