@@ -388,3 +388,45 @@ func TestMembershipFileAddressChange(t *testing.T) {
 	})
 	r.checkNoProblems()
 }
+
+// Key rotation through the registry file: the old NodeID leaves (its
+// artifacts are withdrawn) and the node, restarted with its new key at the
+// same address, joins and receives the live artifacts.
+func TestMembershipFileKeyRotation(t *testing.T) {
+	r := newRegNet(t, 2)
+	path := t.TempDir() + "/registry.json"
+	doc := r.registry(path, 0, 1)
+	r.start(0, fileSource(t, path))
+	r.start(1, fileSource(t, path))
+	r.publish(0, artifact("from-0", 100))
+	r.publish(1, artifact("old-key", 100))
+	testnet.Eventually(t, 10*time.Second, func() error {
+		if err := r.holdsAll(1, "from-0"); err != nil {
+			return err
+		}
+		return r.holdsAll(0, "old-key")
+	})
+	oldID := r.ids[1].ID
+	r.stop(1)
+	rotated, err := membership.GenerateIdentity(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ids[1] = rotated
+	if err := doc.Replace(oldID, r.member(1)); err != nil {
+		t.Fatal(err)
+	}
+	writeReg(t, path, doc)
+	r.start(1, fileSource(t, path))
+	r.publish(1, artifact("new-key", 100))
+	testnet.Eventually(t, 15*time.Second, func() error {
+		if _, ok := r.nodes[0].rec.Holds("old-key"); ok {
+			return fmt.Errorf("artifact of the rotated-out key still held")
+		}
+		if err := r.holdsAll(1, "from-0"); err != nil {
+			return err
+		}
+		return r.holdsAll(0, "new-key")
+	})
+	r.checkNoProblems()
+}
