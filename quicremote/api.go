@@ -22,8 +22,10 @@ type Handler func(ctx context.Context, peer membership.NodeID, req []byte) ([]by
 // implement it with the same semantics; the conformance suite checks both.
 type RPC interface {
 	// Handle registers h for protocol, at most limit invocations running at
-	// once (limit <= 0 means Config.DefaultProtocolLimit). A request that
-	// arrives while the protocol is at its limit is refused at once: the
+	// once for each peer (limit <= 0 means Config.DefaultProtocolLimit); the
+	// limit is per peer so that one peer saturating a protocol cannot get
+	// another peer's requests refused. A request that arrives while its
+	// peer is at the protocol's limit is refused at once: the
 	// caller gets ErrRefused and may retry. A protocol can be registered
 	// once; registering before peers connect avoids refusals at startup.
 	Handle(protocol string, h Handler, limit int) error

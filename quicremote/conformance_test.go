@@ -38,6 +38,54 @@ var conformanceCases = []conformanceCase{
 	{"GracefulClose", 2, nil, testGracefulClose},
 	{"PushOrderFromOneSender", 2, nil, testPushOrder},
 	{"HandlerKnowsItsConnection", 2, nil, testHandlerConnID},
+	{"ProtocolLimitIsPerPeer", 3, nil, testProtocolLimitPerPeer},
+}
+
+// testProtocolLimitPerPeer: node 1 fills node 0's limit for a protocol
+// with requests that never finish; node 2's requests on that protocol are
+// still served.
+func testProtocolLimitPerPeer(t *testing.T, c *cluster) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 8)
+	for i := range c.nodes {
+		c.start(i)
+	}
+	mustHandle(t, c.nodes[0].rpc, "slow", func(ctx context.Context, from membership.NodeID, _ []byte) ([]byte, error) {
+		if from == c.nodes[1].id.ID {
+			started <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		return []byte("ok"), nil
+	}, 2)
+	c.waitMesh(0, 1, 2)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 3)
+	for range 2 {
+		go func() {
+			_, err := c.nodes[1].rpc.Call(ctx, c.nodes[0].id.ID, "slow", nil)
+			done <- err
+		}()
+	}
+	<-started
+	<-started
+	// Node 1 is at its limit: a third request of its own is refused...
+	if _, err := c.nodes[1].rpc.Call(ctx, c.nodes[0].id.ID, "slow", nil); !errors.Is(err, ErrRefused) {
+		t.Fatalf("third request from the saturating peer: %v, want ErrRefused", err)
+	}
+	// ...but node 2 is served.
+	if resp, err := c.nodes[2].rpc.Call(ctx, c.nodes[0].id.ID, "slow", nil); err != nil || string(resp) != "ok" {
+		t.Fatalf("other peer refused: %q %v", resp, err)
+	}
+	close(release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // testHandlerConnID: a handler learns the local id of the connection its

@@ -49,8 +49,10 @@
 //     they are all taken, the next Call/Push blocks while opening its stream
 //     and fails with ErrCancelled when its context ends. Nothing is queued
 //     on the receiver beyond that bound.
-//   - Each protocol has its own concurrency limit (Handle's limit). A request
-//     for a protocol at its limit is refused at once (stream reset with a
+//   - Each protocol has its own concurrency limit (Handle's limit), counted
+//     per peer, so a peer that saturates a protocol never gets another
+//     peer's requests refused. A request whose peer is at the protocol's
+//     limit is refused at once (stream reset with a
 //     "busy" code, its data discarded unread): the caller gets ErrRefused and
 //     may back off and retry. The header is read as soon as a stream arrives,
 //     and every admitted request is read completely into memory before its

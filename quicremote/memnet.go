@@ -319,8 +319,7 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		rctr.refused.Add(1)
 		return fail(ErrRefused, errors.New("no handler for protocol"), "")
 	}
-	if he.active.Add(1) > he.limit {
-		he.active.Add(-1)
+	if !he.acquire(m.id) {
 		release()
 		rctr.refused.Add(1)
 		return fail(ErrRefused, errors.New("protocol at its concurrency limit"), "")
@@ -345,7 +344,7 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 	go func() {
 		defer remote.wg.Done()
 		defer release()
-		defer he.active.Add(-1)
+		defer he.release(m.id)
 		resp, err := runMemHandler(hctx, he.h, m.id, reqCopy)
 		done <- result{resp, err}
 	}()

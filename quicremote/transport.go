@@ -64,9 +64,35 @@ type peerState struct {
 }
 
 type handlerEntry struct {
-	h      Handler
-	limit  int64
-	active atomic.Int64
+	h     Handler
+	limit int64
+	mu    sync.Mutex
+	// active counts running invocations per peer: the limit applies to each
+	// peer separately, so one peer saturating a protocol (a slow or hostile
+	// one) never gets another peer's requests refused.
+	active map[membership.NodeID]int64
+}
+
+// acquire takes one of peer's slots for this protocol, or reports false.
+func (he *handlerEntry) acquire(peer membership.NodeID) bool {
+	he.mu.Lock()
+	defer he.mu.Unlock()
+	if he.active[peer] >= he.limit {
+		return false
+	}
+	if he.active == nil {
+		he.active = make(map[membership.NodeID]int64)
+	}
+	he.active[peer]++
+	return true
+}
+
+func (he *handlerEntry) release(peer membership.NodeID) {
+	he.mu.Lock()
+	defer he.mu.Unlock()
+	if he.active[peer]--; he.active[peer] <= 0 {
+		delete(he.active, peer)
+	}
 }
 
 // StatelessResetKey derives the node's QUIC stateless reset key from its
@@ -637,14 +663,13 @@ func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *pee
 		reset(codeNoHandler)
 		return
 	}
-	if he.active.Add(1) > he.limit {
-		he.active.Add(-1)
+	if !he.acquire(peer) {
 		ctrs.refused.Add(1)
 		log.Debug().Msg("protocol busy")
 		reset(codeBusy)
 		return
 	}
-	defer he.active.Add(-1)
+	defer he.release(peer)
 
 	n, err := readFrameLen(str, t.cfg.MaxFrameSize)
 	if errors.Is(err, errTooLarge) {
