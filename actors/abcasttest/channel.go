@@ -151,32 +151,40 @@ func (c *Channel) Live() map[broadcast.ArtifactID]int {
 }
 
 // CheckDelivered reports whether the channel has converged right now:
-// every running node holds every live artifact of every other node
-// (G1), with the published payload (G2), and holds nothing aborted (G3);
-// no node ever delivered an id twice while it stayed advertised, nor
-// withdrew one it did not hold.
+// every running member holds every live artifact of every other running
+// member (G1), with the published payload (G2), and holds nothing that no
+// node has live (G3); no node ever delivered an id twice while it stayed
+// advertised, nor withdrew one it did not hold. Artifacts of a stopped
+// node are neither required nor forbidden until it runs again (receivers
+// keep them until they learn otherwise); removed members are ignored.
 func (c *Channel) CheckDelivered() error {
 	c.mu.Lock()
 	pools := make([]map[broadcast.ArtifactID]broadcast.Artifact, len(c.pools))
+	anywhere := map[broadcast.ArtifactID]bool{}
 	for i, p := range c.pools {
 		pools[i] = make(map[broadcast.ArtifactID]broadcast.Artifact, len(p))
 		for id, a := range p {
 			pools[i][id] = a
+			anywhere[id] = true
 		}
 	}
 	c.mu.Unlock()
+	active := make([]bool, len(pools))
+	for i := range active {
+		active[i] = c.s.active(i)
+	}
 	var errs []error
 	for i, rec := range c.recs {
 		if p := rec.Problems(); len(p) > 0 {
 			errs = append(errs, fmt.Errorf("G2: node %d: %v", i, p))
 		}
-		if c.s.Node(i) == nil {
+		if !active[i] {
 			continue
 		}
 		held := rec.heldSet()
 		missing := 0
 		for owner, pool := range pools {
-			if owner == i {
+			if owner == i || !active[owner] {
 				continue
 			}
 			for id, a := range pool {
@@ -189,14 +197,13 @@ func (c *Channel) CheckDelivered() error {
 				case string(p) != string(a.Payload):
 					errs = append(errs, fmt.Errorf("G2: node %d holds %q with a payload other than the published one", i, id))
 				}
-				delete(held, id)
 			}
 		}
 		if missing > 3 {
 			errs = append(errs, fmt.Errorf("G1: node %d lacks %d artifacts in all", i, missing))
 		}
 		for id := range held {
-			if _, own := pools[i][id]; !own {
+			if !anywhere[id] {
 				errs = append(errs, fmt.Errorf("G3: node %d still holds %q, which no node has live", i, id))
 			}
 		}

@@ -58,8 +58,9 @@ type Subnet struct {
 	mu     sync.Mutex
 	nodes  []*actors.Node
 	raws   []*quicremote.Transport
-	chans  []*Channel
-	crash  []crashRule
+	chans   []*Channel
+	crash   []crashRule
+	removed map[int]bool
 	closed bool
 }
 
@@ -68,7 +69,7 @@ func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 	t.Helper()
 	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport,
 		net:   NewNetwork(opt.Seed, opt.Latency, opt.Loss),
-		nodes: make([]*actors.Node, n), raws: make([]*quicremote.Transport, n)}
+		nodes: make([]*actors.Node, n), raws: make([]*quicremote.Transport, n), removed: map[int]bool{}}
 	if s.cfg.MailboxCapacity == 0 {
 		s.cfg = actors.DefaultConfig()
 	}
@@ -222,9 +223,13 @@ func (s *Subnet) SetLoss(p float64) { s.net.SetLoss(p) }
 func (s *Subnet) SetLatency(d time.Duration) { s.net.SetLatency(d) }
 
 // Remove takes node i out of the registry (a new snapshot version): the
-// others disconnect it and drop its state.
+// others disconnect it and drop its state. From then on the assertions
+// neither expect its artifacts elsewhere nor check what it holds.
 func (s *Subnet) Remove(i int) {
 	s.t.Helper()
+	s.mu.Lock()
+	s.removed[i] = true
+	s.mu.Unlock()
 	cur := s.source.Current()
 	var ms []membership.Member
 	for _, id := range cur.IDs() {
@@ -240,6 +245,13 @@ func (s *Subnet) Remove(i int) {
 	if err := s.source.Update(snap); err != nil {
 		s.t.Fatal(err)
 	}
+}
+
+// active reports whether node i is running and a member.
+func (s *Subnet) active(i int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodes[i] != nil && !s.removed[i]
 }
 
 // Raw starts a bare transport as member i instead of a node (i must not be
