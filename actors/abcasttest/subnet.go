@@ -55,13 +55,13 @@ type Subnet struct {
 	addrs  []*net.UDPAddr
 	source *membership.StaticSource
 
-	mu     sync.Mutex
-	nodes  []*actors.Node
-	raws   []*quicremote.Transport
+	mu      sync.Mutex
+	nodes   []*actors.Node
+	raws    []*quicremote.Transport
 	chans   []*Channel
 	crash   []crashRule
 	removed map[int]bool
-	closed bool
+	closed  bool
 }
 
 // NewSubnet builds identities, addresses and a registry for n nodes.
