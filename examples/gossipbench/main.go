@@ -353,8 +353,7 @@ func getIndex(b []byte) (int, bool) {
 }
 
 // wasteTracer sums the encoded size of aborted messages in every RPC a
-// node queues for a peer (publish, forward, answers to IWANT), minus RPCs
-// dropped from full queues. Control messages (IHAVE/IWANT) naming aborted
+// node wrote to a peer (publish, forward, answers to IWANT). Control messages (IHAVE/IWANT) naming aborted
 // ids are small and not counted.
 type wasteTracer struct {
 	aborted   []bool
@@ -373,32 +372,29 @@ func (w *wasteTracer) abortedBytes(rpc *pubsub.RPC) int64 {
 	return n
 }
 
-func (w *wasteTracer) SendRPC(rpc *pubsub.RPC, _ peer.ID) {
+// SendRPCCompleted runs once an RPC was written to the peer's stream, so
+// RPCs dropped from full queues or thinned by IDONTWANT are not counted.
+func (w *wasteTracer) SendRPCCompleted(rpc *pubsub.RPC, _ peer.ID, _ time.Duration) {
 	if w.measuring.Load() {
 		w.wasted.Add(w.abortedBytes(rpc))
 	}
 }
 
-func (w *wasteTracer) DropRPC(rpc *pubsub.RPC, _ peer.ID) {
-	w.dropped.Add(1)
-	if w.measuring.Load() {
-		w.wasted.Add(-w.abortedBytes(rpc))
-	}
-}
+func (w *wasteTracer) DropRPC(*pubsub.RPC, peer.ID) { w.dropped.Add(1) }
 
-func (*wasteTracer) OnNewOutboundStream(peer.ID, protocol.ID)             {}
-func (*wasteTracer) OnClosedOutboundStream(peer.ID)                       {}
-func (*wasteTracer) AddPeer(peer.ID, protocol.ID)                         {}
-func (*wasteTracer) RemovePeer(peer.ID)                                   {}
-func (*wasteTracer) Join(string)                                          {}
-func (*wasteTracer) Leave(string)                                         {}
-func (*wasteTracer) Graft(peer.ID, string)                                {}
-func (*wasteTracer) Prune(peer.ID, string)                                {}
-func (*wasteTracer) ValidateMessage(*pubsub.Message)                      {}
-func (*wasteTracer) DeliverMessage(*pubsub.Message)                       {}
-func (*wasteTracer) RejectMessage(*pubsub.Message, string)                {}
-func (*wasteTracer) DuplicateMessage(*pubsub.Message)                     {}
-func (*wasteTracer) ThrottlePeer(peer.ID)                                 {}
-func (*wasteTracer) RecvRPC(*pubsub.RPC)                                  {}
-func (*wasteTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
-func (*wasteTracer) UndeliverableMessage(*pubsub.Message)                 {}
+func (*wasteTracer) OnNewOutboundStream(peer.ID, protocol.ID) {}
+func (*wasteTracer) OnClosedOutboundStream(peer.ID)           {}
+func (*wasteTracer) AddPeer(peer.ID, protocol.ID)             {}
+func (*wasteTracer) RemovePeer(peer.ID)                       {}
+func (*wasteTracer) Join(string)                              {}
+func (*wasteTracer) Leave(string)                             {}
+func (*wasteTracer) Graft(peer.ID, string)                    {}
+func (*wasteTracer) Prune(peer.ID, string)                    {}
+func (*wasteTracer) ValidateMessage(*pubsub.Message)          {}
+func (*wasteTracer) DeliverMessage(*pubsub.Message)           {}
+func (*wasteTracer) RejectMessage(*pubsub.Message, string)    {}
+func (*wasteTracer) DuplicateMessage(*pubsub.Message)         {}
+func (*wasteTracer) ThrottlePeer(peer.ID)                     {}
+func (*wasteTracer) RecvRPC(*pubsub.RPC)                      {}
+func (*wasteTracer) SendRPC(*pubsub.RPC, peer.ID)             {}
+func (*wasteTracer) UndeliverableMessage(*pubsub.Message)     {}
