@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +20,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/membership/etcdreg"
+	"github.com/abcast/abcast/membership/etcdreg/etcdtest"
 )
 
 // buildReplica compiles examples/replica into dir, with the race detector
@@ -84,6 +90,13 @@ func freeUDPPorts(t *testing.T, n int) []string {
 // a replica process per node.
 func startSubnet(t *testing.T, bin string, n int) []*replicaProc {
 	t.Helper()
+	return startSubnetWith(t, bin, n, "")
+}
+
+// startSubnetWith is startSubnet, but with etcd set the members go under a
+// prefix in that etcd server instead of a registry file.
+func startSubnetWith(t *testing.T, bin string, n int, etcd string) []*replicaProc {
+	t.Helper()
 	dir := t.TempDir()
 	addrs := freeUDPPorts(t, n)
 	var members []membership.Member
@@ -96,23 +109,43 @@ func startSubnet(t *testing.T, bin string, n int) []*replicaProc {
 		ids = append(ids, id)
 		members = append(members, id.Member(addrs[i]))
 	}
-	reg, err := membership.NewRegistryFile(members...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := membership.WriteRegistryFile(filepath.Join(dir, "registry.json"), reg); err != nil {
-		t.Fatal(err)
+	const prefix = "/abcast/replica-test/members/"
+	if etcd == "" {
+		reg, err := membership.NewRegistryFile(members...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := membership.WriteRegistryFile(filepath.Join(dir, "registry.json"), reg); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		for _, m := range members {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := etcdreg.Put(ctx, cli, prefix, m)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	var procs []*replicaProc
 	for i := range n {
 		cfg := map[string]any{
-			"identity_key":  fmt.Sprintf("node-%d.key", i),
-			"listen":        addrs[i],
-			"registry":      "registry.json",
-			"poll_interval": "100ms",
-			"channels":      []string{"blocks", "signatures"},
-			"log":           map[string]string{"format": "json", "level": "debug"},
-			"limits":        map[string]any{"slot_limit": 10000, "max_slots": 10000, "max_payload": "8MiB"},
+			"identity_key": fmt.Sprintf("node-%d.key", i),
+			"listen":       addrs[i],
+			"channels":     []string{"blocks", "signatures"},
+			"log":          map[string]string{"format": "json", "level": "debug"},
+			"limits":       map[string]any{"slot_limit": 10000, "max_slots": 10000, "max_payload": "8MiB"},
+		}
+		if etcd == "" {
+			cfg["registry"], cfg["poll_interval"] = "registry.json", "100ms"
+		} else {
+			cfg["etcd"] = map[string]any{"endpoints": []string{etcd}, "prefix": prefix}
 		}
 		data, _ := json.MarshalIndent(cfg, "", "  ")
 		cfgPath := filepath.Join(dir, fmt.Sprintf("node-%d.json", i))
@@ -399,6 +432,35 @@ func TestExamplesReplicaProcessesPublishAndMetrics(t *testing.T) {
 		}
 		if !bytes.Contains([]byte(p.log()), []byte(`"message":"stopped"`)) {
 			t.Errorf("replica %s log lacks the clean shutdown line", p.id.Short())
+		}
+	}
+}
+
+// Two replica processes whose registry is an etcd prefix: they find each
+// other there, an artifact published on one is delivered on the other, and
+// both stop cleanly. (Skipped when no etcd binary is installed.)
+func TestExamplesReplicaWithEtcdRegistry(t *testing.T) {
+	srv := etcdtest.Start(t)
+	bin := buildReplica(t, t.TempDir())
+	procs := startSubnetWith(t, bin, 2, srv.Endpoint)
+	a, b := procs[0], procs[1]
+	waitMetric(t, a, 1, "abcast_peer_up")
+	if code, body := post(t, a.url("/publish?channel=blocks&id=via-etcd&size=50KiB")); code != http.StatusOK {
+		t.Fatalf("publish: %d %s", code, body)
+	}
+	waitMetric(t, b, 1, "abcast_deliveries_total", `channel="blocks"`)
+	for _, p := range procs {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range procs {
+		select {
+		case err := <-p.exited:
+			p.exited <- err
+			if err != nil {
+				t.Errorf("replica %s exited with %v", p.id.Short(), err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("replica %s did not stop within 20 s of SIGTERM", p.id.Short())
 		}
 	}
 }

@@ -43,7 +43,8 @@ type Config struct {
 	// PollInterval is how often the registry file is re-read (Go duration,
 	// e.g. "100ms"); default 1 s.
 	PollInterval string `json:"poll_interval,omitempty"`
-	// Etcd names an etcd registry; not supported by this build yet.
+	// Etcd names an etcd registry: one key per member under Prefix, the
+	// etcd revision as the version, followed with a watch.
 	Etcd *EtcdConfig `json:"etcd,omitempty"`
 	// StaticMembers is a fixed registry (version 1), for a subnet without a
 	// registry file.
@@ -177,8 +178,8 @@ func (c *Config) Validate() error {
 		return errors.New("listen is empty")
 	case sources != 1:
 		return errors.New("set exactly one of registry, etcd and static_members")
-	case c.Etcd != nil:
-		return errors.New("etcd registries are not supported by this replica yet; use a registry file (abcastctl subnet writes one)")
+	case c.Etcd != nil && (len(c.Etcd.Endpoints) == 0 || c.Etcd.Prefix == ""):
+		return errors.New("etcd needs endpoints and a prefix")
 	case len(c.Channels) == 0:
 		return errors.New("channels is empty")
 	}

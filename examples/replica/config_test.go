@@ -74,7 +74,7 @@ func TestConfigRejects(t *testing.T) {
 		"typo":            {`{` + base + `, "registyr": "r.json"}`, "unknown field"},
 		"no registry":     {`{` + base + `}`, "exactly one of registry"},
 		"two registries":  {`{` + base + `, "registry": "r.json", "static_members": [{"node_id": "x"}]}`, "exactly one of registry"},
-		"etcd":            {`{` + base + `, "etcd": {"endpoints": ["127.0.0.1:2379"], "prefix": "/abcast"}}`, "etcd"},
+		"etcd no prefix":  {`{` + base + `, "etcd": {"endpoints": ["127.0.0.1:2379"]}}`, "etcd needs"},
 		"bad duration":    {`{` + base + `, "registry": "r.json", "limits": {"idle_timeout": "soon"}}`, "duration"},
 		"bad limits":      {`{` + base + `, "registry": "r.json", "limits": {"keep_alive": "10s", "idle_timeout": "5s"}}`, "IdleTimeout"},
 		"bad log format":  {`{` + base + `, "registry": "r.json", "log": {"format": "xml"}}`, "log.format"},

@@ -33,10 +33,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/membership/etcdreg"
 )
 
 func main() {
@@ -55,7 +58,7 @@ func run(args []string, stderr io.Writer) error {
 usage: replica -config FILE [-http ADDR] [-log-format console|json] [-log-level LEVEL]
 
 The config file names the identity key, the UDP listen address, the registry
-(a registry file, watched for changes, or static_members), the channels and
+(a registry file, watched for changes, an etcd prefix, or static_members), the channels and
 optional limits; `+"`abcastctl subnet`"+` writes one per node. See
 examples/replica/README.md.
 
@@ -183,6 +186,27 @@ func start(cfg *Config, log zerolog.Logger) (*replica, error) {
 	}
 	r := &replica{cfg: cfg, log: log.With().Str("node", ident.ID.Short()).Logger(), ident: ident, chans: map[string]*actors.Channel{}, held: newHeldSet(), done: make(chan struct{})}
 	switch {
+	case cfg.Etcd != nil:
+		cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, fmt.Errorf("etcd: %w", err)
+		}
+		ecfg := etcdreg.DefaultConfig(cli, cfg.Etcd.Prefix)
+		ecfg.Log = r.log.With().Str("etcd_prefix", cfg.Etcd.Prefix).Logger()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		src, err := etcdreg.New(ctx, ecfg)
+		cancel()
+		if err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("etcd registry: %w", err)
+		}
+		r.registry, r.closeReg = src, func() error {
+			err := src.Close()
+			if cerr := cli.Close(); err == nil {
+				err = cerr
+			}
+			return err
+		}
 	case static != nil:
 		src, err := membership.NewStaticSource(static)
 		if err != nil {
