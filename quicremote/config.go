@@ -61,7 +61,10 @@ type Config struct {
 	// ReconnectBackoffMin and ReconnectBackoffMax bound the delay between
 	// dial attempts to a peer: it starts at Min, doubles after each failure
 	// up to Max, and returns to Min once a connection was up. Defaults
-	// 250 ms and 60 s (the reference's sender retry schedule).
+	// 250 ms and 3 s (the reference redials every 3 s). Max stays short
+	// because only one side of a pair dials: when the other side refuses
+	// us because its registry does not list us yet, it cannot call back
+	// once it does, so our next attempt must come soon.
 	ReconnectBackoffMin time.Duration
 	ReconnectBackoffMax time.Duration
 
@@ -94,7 +97,7 @@ func DefaultConfig() Config {
 		WelcomeTimeout:          5 * time.Second,
 		HeaderTimeout:           5 * time.Second,
 		ReconnectBackoffMin:     250 * time.Millisecond,
-		ReconnectBackoffMax:     60 * time.Second,
+		ReconnectBackoffMax:     3 * time.Second,
 		InitialStreamWindow:     512 << 10,
 		MaxStreamWindow:         8 << 20,
 		InitialConnectionWindow: 1536 << 10,
