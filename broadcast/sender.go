@@ -80,7 +80,10 @@ type RetryAt struct {
 	At   time.Time
 }
 
-// SenderStats counts what the sender did and refused.
+// SenderStats counts what the sender did and refused. Updates* count slot
+// updates (advert, push, cleared); Syncs* count the Sync sent once per
+// connection. Every update sent ends exactly once as acked, failed or
+// cancelled, or is forgotten by PeerDown, RemovePeer or ResetTransmissions.
 type SenderStats struct {
 	Published, Aborted uint64
 	DuplicatePublish   uint64
@@ -92,6 +95,7 @@ type SenderStats struct {
 	UpdatesCancelled   uint64
 	UnknownTokens      uint64
 	SyncsSent          uint64
+	SyncsAcked         uint64
 }
 
 type slotState struct {
@@ -435,7 +439,7 @@ func (s *Sender) Acked(peer PeerID, tok Token) []Effect {
 		p.syncToken = 0
 		p.needSync = false
 		p.backoff = s.cfg.RetryBackoffMin
-		s.stats.UpdatesAcked++
+		s.stats.SyncsAcked++
 		return s.pump(p, nil)
 	}
 	slot, ok := p.inflight[tok]
@@ -477,8 +481,8 @@ func (s *Sender) Failed(peer PeerID, tok Token, now time.Time) []Effect {
 		delete(p.inflight, tok)
 		p.slots[slot].inflight = 0
 		s.enqueue(p, slot)
+		s.stats.UpdatesFailed++
 	}
-	s.stats.UpdatesFailed++
 	if !p.up {
 		return nil
 	}
