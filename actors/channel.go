@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,15 +119,20 @@ type poolOp struct {
 
 // ChannelStats counts one channel's activity on this node.
 type ChannelStats struct {
-	Live                 int
-	Sender               broadcast.SenderStats
-	Receiver             broadcast.ReceiverStats
-	FetchAttempts        uint64
-	FetchFailures        uint64
-	BadFetchResponses    uint64
-	UpdatesRefused       uint64 // incoming updates refused (stale, over limit, invalid)
-	UpdateBytesSent      uint64
-	FetchBytesServed     uint64
+	Live              int
+	Sender            broadcast.SenderStats
+	Receiver          broadcast.ReceiverStats
+	FetchAttempts     uint64
+	FetchFailures     uint64
+	BadFetchResponses uint64
+	UpdatesRefused    uint64 // incoming updates refused (stale, over limit, invalid)
+	UpdateBytesSent   uint64
+	FetchBytesServed  uint64
+	FetchesSucceeded  uint64
+	// BytesSentTo and BytesServedTo split the byte counts by peer (full
+	// NodeID string): slot updates sent, fetch responses served.
+	BytesSentTo          map[string]uint64
+	BytesServedTo        map[string]uint64
 	Delivered, Withdrawn uint64
 	ConsumerPanics       uint64
 	ActiveFetches        int
@@ -290,10 +296,9 @@ func (c *Channel) Stats() ChannelStats {
 	c.statsMu.Lock()
 	defer c.statsMu.Unlock()
 	s := c.stats
-	s.PeerStats = make(map[string]broadcast.PeerStats, len(c.stats.PeerStats))
-	for k, v := range c.stats.PeerStats {
-		s.PeerStats[k] = v
-	}
+	s.PeerStats = maps.Clone(c.stats.PeerStats)
+	s.BytesSentTo = maps.Clone(c.stats.BytesSentTo)
+	s.BytesServedTo = maps.Clone(c.stats.BytesServedTo)
 	return s
 }
 
@@ -350,7 +355,13 @@ func (c *Channel) handleFetch(ctx context.Context, peer membership.NodeID, req [
 	}
 	resp, err := wire.EncodeFetchResponse(&a)
 	if err == nil {
-		c.updateStats(func(s *ChannelStats) { s.FetchBytesServed += uint64(len(resp)) })
+		c.updateStats(func(s *ChannelStats) {
+			s.FetchBytesServed += uint64(len(resp))
+			if s.BytesServedTo == nil {
+				s.BytesServedTo = make(map[string]uint64)
+			}
+			s.BytesServedTo[peer.String()] += uint64(len(resp))
+		})
 	}
 	return resp, err
 }

@@ -43,6 +43,8 @@ type Node struct {
 	restarts    atomic.Uint64
 	deadLetters atomic.Uint64
 	refused     atomic.Uint64 // messages refused by bounded mailboxes
+	connUps     atomic.Uint64
+	connDowns   atomic.Uint64
 	dlSub       *eventSub
 }
 
@@ -131,7 +133,9 @@ func (n *Node) onPeerEvent(ev quicremote.PeerEvent) {
 	switch ev := ev.(type) {
 	case quicremote.PeerUp:
 		n.up[ev.Peer] = ev.ConnID
+		n.connUps.Add(1)
 	case quicremote.PeerDown:
+		n.connDowns.Add(1)
 		if n.up[ev.Peer] == ev.ConnID {
 			delete(n.up, ev.Peer)
 		}
@@ -197,11 +201,17 @@ type Stats struct {
 	// DeadLetters counts messages that reached no actor, including those
 	// refused by full bounded mailboxes.
 	DeadLetters uint64
+	// MailboxRefusals counts the messages full bounded mailboxes refused.
+	MailboxRefusals uint64
+	// ConnectionsUp and ConnectionsDown count transport PeerUp and PeerDown
+	// events; ConnectionsUp beyond the number of peers are reconnects.
+	ConnectionsUp, ConnectionsDown uint64
 }
 
 // Stats returns the node-wide counters.
 func (n *Node) Stats() Stats {
-	return Stats{Restarts: n.restarts.Load(), DeadLetters: n.deadLetters.Load()}
+	return Stats{Restarts: n.restarts.Load(), DeadLetters: n.deadLetters.Load(), MailboxRefusals: n.refused.Load(),
+		ConnectionsUp: n.connUps.Load(), ConnectionsDown: n.connDowns.Load()}
 }
 
 // ErrClosed is returned by operations on a closed node or channel.

@@ -79,6 +79,7 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 			}
 			return
 		}
+		c.updateStats(func(s *ChannelStats) { s.FetchesSucceeded++ })
 		if pid, ok := a.fetches[m.id]; ok && c.receiver.IsDelivered(m.id) {
 			ctx.Stop(pid)
 			delete(a.fetches, m.id)

@@ -304,7 +304,13 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 	c.n.goTracked(func() {
 		err := c.n.rpc.Push(cctx, peer, c.updateProto, data)
 		if err == nil {
-			c.updateStats(func(s *ChannelStats) { s.UpdateBytesSent += uint64(len(data)) })
+			c.updateStats(func(s *ChannelStats) {
+				s.UpdateBytesSent += uint64(len(data))
+				if s.BytesSentTo == nil {
+					s.BytesSentTo = make(map[string]uint64)
+				}
+				s.BytesSentTo[peer.String()] += uint64(len(data))
+			})
 		}
 		// A cancelled call's result is dropped by the core (unknown token).
 		root.Send(parent, sendResult{peer: m.Peer, tok: m.Token, err: err})
