@@ -178,6 +178,15 @@ func runMatrixCell(t *testing.T, cell matrixCell, seed uint64) string {
 				msg = strings.ReplaceAll(err.Error(), "\n", "; ")
 			}
 			t.Logf("+%v peers up %v: %s", time.Since(healed), up, msg)
+			if os.Getenv("ABCAST_MATRIX_TRACE") == "inspect" {
+				for id, owner := range ch.Live() {
+					for i := range cell.n {
+						if _, ok := ch.Recorder(i).Holds(id); !ok && i != owner {
+							t.Logf("  %s at %d: %s\n    publisher %d: %s", id, i, ch.On(i).Inspect(id), owner, ch.On(owner).Inspect(id))
+						}
+					}
+				}
+			}
 			time.Sleep(5 * time.Second)
 		}
 	}

@@ -35,8 +35,9 @@ import (
 // return to the baseline once the hostile peer is removed; each
 // misbehaviour shows in the counters kept about that peer.
 //
-// ABCAST_HOSTILE_UPDATES sets the flood size: 10^5 by default (about 20 s),
-// 1000000 for the issue's full 10^6 (about 3 min; see RELIABILITY.md).
+// ABCAST_HOSTILE_UPDATES sets the flood size: 10^5 by default (about 20 s;
+// 2×10^4 under the race detector), 1000000 for the issue's full 10^6
+// (see internal/docs/RELIABILITY.md for that run's figures).
 
 const (
 	hostileChannel  = "consensus"
@@ -65,7 +66,20 @@ func hostileUpdates() int {
 			return n
 		}
 	}
+	if raceBuild {
+		return 20_000 // the race detector makes each update ~5× dearer
+	}
 	return 100_000
+}
+
+// stormSize is the number of concurrent streams of the storm: 10^5, but
+// 5,000 under the race detector, which cannot track more than 8,128 live
+// goroutines; its deadline shrinks with it so some callers still wait.
+func stormSize() (int, time.Duration) {
+	if raceBuild {
+		return 5_000, 300 * time.Millisecond
+	}
+	return 100_000, 2 * time.Second
 }
 
 func advert(commit uint64, slot uint64, id string, attr []byte) []byte {
@@ -241,12 +255,12 @@ func TestSecurityHostileMember(t *testing.T) {
 		growth := int64(retained) - int64(baseHeap)
 
 		// 7. 10^5 streams at once, each willing to wait 2 s for a credit.
-		const storm = 100_000
+		storm, stormWait := stormSize()
 		var done, pushedBack, other atomic.Int64
 		stormStart := time.Now()
 		for i := range storm {
 			wg.Go(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), stormWait)
 				defer cancel()
 				err := hostile.Push(ctx, s.ID(0), hostileUpdate, advert(uint64(i%1000)+1, uint64(i%1000), "f"+strconv.Itoa(i%1000), nil))
 				switch {
@@ -290,7 +304,7 @@ func TestSecurityHostileMember(t *testing.T) {
 			what string
 		}{
 			{ps.OverLimit >= uint64(updates-slotLimit), fmt.Sprintf("flood: %d over limit, want ≥ %d", ps.OverLimit, updates-slotLimit)},
-			{accepted.Load() <= int64(slotLimit)+int64(storm), fmt.Sprintf("flood: %d accepted beyond the slot limit %d", accepted.Load(), slotLimit)},
+			{accepted.Load() <= int64(slotLimit), fmt.Sprintf("flood: %d accepted beyond the slot limit %d", accepted.Load(), slotLimit)},
 			{ps.Stale >= 2000, fmt.Sprintf("stale replays: %d counted, want ≥ 2000", ps.Stale)},
 			{ps.Mismatch >= 1, fmt.Sprintf("wrong bytes: mismatch %d", ps.Mismatch)},
 			{ts.OversizedFrames >= 3, fmt.Sprintf("oversized frames: %d counted", ts.OversizedFrames)},
@@ -336,3 +350,40 @@ func must(t testing.TB, err error) {
 }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
+
+// Known gap (reported with issue 9, not fixed here: the fix spans
+// actors/channel.go and the receiver core): an update that does not
+// decode (garbage protobuf, or an id or attribute over the wire limits) is
+// refused and counted in ChannelStats.UpdatesRefused, but not against the
+// peer that sent it — PeerStats has no entry for it, so an operator cannot
+// tell which member sends garbage. Likewise a fetch that an advertiser
+// never serves counts only in the channel-wide FetchFailures. Set
+// ABCAST_KNOWN_GAPS=1 to run this check.
+func TestSecurityUndecodableUpdateCountedAgainstPeer(t *testing.T) {
+	if os.Getenv("ABCAST_KNOWN_GAPS") == "" {
+		t.Skip("known gap: undecodable updates are not attributed to the peer (set ABCAST_KNOWN_GAPS=1)")
+	}
+	synctest.Test(t, func(t *testing.T) {
+		s := abcasttest.NewSubnet(t, 2, abcasttest.Options{Latency: 5 * time.Millisecond})
+		s.Start(0)
+		ch := s.OpenChannel(hostileChannel, abcasttest.ChannelOptions{})
+		hostile := s.Raw(1, quicremote.DefaultConfig())
+		must(t, abcasttest.Eventually(time.Minute, func() error {
+			if _, up := hostile.ConnID(s.ID(0)); !up {
+				return errors.New("not connected")
+			}
+			return nil
+		}))
+		for range 10 {
+			if hostile.Push(context.Background(), s.ID(0), hostileUpdate, []byte{0xff, 0xff, 0xff}) == nil {
+				t.Fatal("garbage accepted")
+			}
+		}
+		st := ch.On(0).Stats()
+		ps := st.PeerStats[s.ID(1).String()]
+		t.Logf("channel refused %d; peer stats %+v", st.UpdatesRefused, ps)
+		if ps.Invalid < 10 {
+			t.Fatalf("10 undecodable updates, %d counted against the peer", ps.Invalid)
+		}
+	})
+}
