@@ -93,6 +93,7 @@ type Remote struct {
 	started bool
 	rpc     RPC
 	peers   map[membership.NodeID]*remotePeer
+	orders  map[membership.NodeID]*inboundOrder
 	wg      sync.WaitGroup
 
 	procs sync.Map // address string -> *remoteProcess
@@ -108,7 +109,7 @@ type remoteCounters struct {
 	sent, batches, received          atomic.Uint64
 	dead                             [numDeadLetterReasons]atomic.Uint64
 	unknownTypes, badPayloads        atomic.Uint64
-	badBatches                       atomic.Uint64
+	badBatches, staleBatches         atomic.Uint64
 	addressTerminated, failedFutures atomic.Uint64
 	staleTerminated                  atomic.Uint64
 }
@@ -142,6 +143,7 @@ func NewRemote(system *actor.ActorSystem, self membership.NodeID, members func()
 		log:        log.With().Str("node", self.String()).Str("component", "remote").Logger(),
 		serByID:    make(map[int32]Serializer),
 		peers:      make(map[membership.NodeID]*remotePeer),
+		orders:     make(map[membership.NodeID]*inboundOrder),
 		futures:    make(map[string]*pendingFuture),
 		futSweepAt: 1024,
 	}
@@ -228,6 +230,7 @@ func (r *Remote) Stats() RemoteStats {
 		UnknownTypes:      r.ctr.unknownTypes.Load(),
 		BadPayloads:       r.ctr.badPayloads.Load(),
 		BadBatches:        r.ctr.badBatches.Load(),
+		StaleBatches:      r.ctr.staleBatches.Load(),
 		AddressTerminated: r.ctr.addressTerminated.Load(),
 		FailedFutures:     r.ctr.failedFutures.Load(),
 		StaleTerminated:   r.ctr.staleTerminated.Load(),
@@ -254,6 +257,8 @@ func (r *Remote) PeerEvent(ev PeerEvent) {
 		if p := r.existingPeer(e.Peer); p != nil {
 			p.mu.Lock()
 			p.up = true
+			p.epoch++
+			p.seq = 0
 			p.mu.Unlock()
 			p.signal()
 		}
@@ -564,7 +569,7 @@ func (r *Remote) failFutures(fs []*pendingFuture) {
 }
 
 // handle serves one incoming batch.
-func (r *Remote) handle(_ context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+func (r *Remote) handle(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
 	if r.closed.Load() {
 		return nil, errClosedRemote
 	}
@@ -574,11 +579,90 @@ func (r *Remote) handle(_ context.Context, peer membership.NodeID, req []byte) (
 		r.log.Warn().Str("peer", peer.Short()).Err(err).Int("bytes", len(req)).Msg("undecodable batch")
 		return nil, fmt.Errorf("undecodable batch: %w", err)
 	}
+	connID, _ := ConnIDFromContext(ctx)
+	o := r.orderFor(peer)
+	if err := o.waitTurn(ctx, connID, b.Epoch, b.Seq); err != nil {
+		r.ctr.staleBatches.Add(1)
+		return nil, err
+	}
+	// Delivery never blocks, so holding the turn while delivering only
+	// holds up this peer's next batch, which must wait anyway.
 	peerAddr := peer.String()
 	for _, env := range b.Envelopes {
 		r.deliver(peer, peerAddr, env)
 	}
+	o.done()
 	return nil, nil
+}
+
+// orderFor returns the incoming batch order of peer.
+func (r *Remote) orderFor(peer membership.NodeID) *inboundOrder {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := r.orders[peer]
+	if o == nil {
+		o = &inboundOrder{changed: make(chan struct{})}
+		r.orders[peer] = o
+	}
+	return o
+}
+
+var errStaleBatch = errors.New("batch out of date (a newer epoch or connection has started)")
+
+// inboundOrder delivers one peer's batches in (connection, epoch, seq)
+// order. The sender numbers batches from 0 in every epoch and starts a new
+// epoch on every connection change and after every failed batch; a batch
+// from a newer connection or epoch restarts the count at 0. Anything older,
+// or a seq already passed, is refused (the sender makes its messages dead
+// letters), so a batch that never arrives holds up the ones behind it only
+// until the sender's next epoch begins.
+type inboundOrder struct {
+	mu                  sync.Mutex
+	changed             chan struct{} // closed and replaced when the turn moves
+	started             bool
+	connID, epoch, next uint64
+	busy                bool // a batch holds the turn
+}
+
+func (o *inboundOrder) moveLocked() {
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) error {
+	o.mu.Lock()
+	for {
+		if !o.started || connID > o.connID || (connID == o.connID && epoch > o.epoch) {
+			o.started = true
+			o.connID, o.epoch, o.next = connID, epoch, 0
+			o.moveLocked()
+		}
+		if connID < o.connID || epoch < o.epoch || seq < o.next {
+			o.mu.Unlock()
+			return errStaleBatch
+		}
+		if seq == o.next && !o.busy {
+			o.busy = true
+			o.mu.Unlock()
+			return nil
+		}
+		ch := o.changed
+		o.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		o.mu.Lock()
+	}
+}
+
+func (o *inboundOrder) done() {
+	o.mu.Lock()
+	o.busy = false
+	o.next++
+	o.moveLocked()
+	o.mu.Unlock()
 }
 
 func (r *Remote) deliver(peer membership.NodeID, peerAddr string, env *abcastpb.ActorEnvelope) {
@@ -703,7 +787,13 @@ type remotePeer struct {
 	downSince time.Time // when a not-yet-connected peer started waiting; zero after a PeerDown
 	stopped   bool      // the send loop has ended; enqueue refuses
 	downWork  []downWork
-	watches   map[watchKey]watchRec
+	// Batches in flight and their ordering tags (see ActorBatch): a failed
+	// batch starts a new epoch, and needMarker asks for an empty batch of
+	// it so the receiver drops the old epoch's stragglers at once.
+	inflight   int
+	epoch, seq uint64
+	needMarker bool
+	watches    map[watchKey]watchRec
 }
 
 // downWork is what a PeerDown leaves for the send loop to settle.
@@ -782,6 +872,8 @@ func (p *remotePeer) markDown(reason DeadLetterReason) {
 	futures := p.r.failingFutures(p.id)
 	p.mu.Lock()
 	p.up = false
+	p.epoch++
+	p.seq = 0
 	// Known down: later messages fail at once instead of waiting out the
 	// grace, which only covers a peer not connected yet.
 	p.downSince = time.Time{}
@@ -825,7 +917,6 @@ func (p *remotePeer) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	var batch []outItem
 	for {
 		p.mu.Lock()
 		if len(p.downWork) > 0 {
@@ -849,7 +940,7 @@ func (p *remotePeer) run() {
 			p.settle(w)
 			return
 		}
-		if p.q.n == 0 {
+		if p.q.n == 0 && !(p.needMarker && p.up) {
 			p.mu.Unlock()
 			p.wait(nil)
 			continue
@@ -876,10 +967,19 @@ func (p *remotePeer) run() {
 			}
 			continue
 		}
-		batch = p.q.takeBatch(batch[:0], r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
+		if p.inflight >= r.cfg.MaxInflightBatches {
+			p.mu.Unlock()
+			p.wait(nil)
+			continue
+		}
+		batch := p.q.takeBatch(nil, r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
+		epoch, seq := p.epoch, p.seq
+		p.seq++
+		p.needMarker = false
+		p.inflight++
 		p.mu.Unlock()
-		p.sendBatch(batch)
-		clear(batch)
+		r.wg.Add(1)
+		go p.sendBatch(batch, epoch, seq)
 	}
 }
 
@@ -891,9 +991,12 @@ func (p *remotePeer) wait(timeout <-chan time.Time) {
 	}
 }
 
-func (p *remotePeer) sendBatch(batch []outItem) {
+// sendBatch sends one batch and settles it; several run at once, up to
+// MaxInflightBatches, and the receiver puts them back in order.
+func (p *remotePeer) sendBatch(batch []outItem, epoch, seq uint64) {
 	r := p.r
-	size := 0
+	defer r.wg.Done()
+	size := batchTagsSize
 	for i := range batch {
 		size += batchEntrySize(len(batch[i].data))
 	}
@@ -903,11 +1006,25 @@ func (p *remotePeer) sendBatch(batch []outItem) {
 	for i := range batch {
 		buf = appendBatchEntry(buf, batch[i].data)
 	}
+	buf = appendBatchTags(buf, epoch, seq)
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
 	_, err := r.rpc.Call(ctx, p.id, r.cfg.Protocol, buf)
 	cancel()
+
+	p.mu.Lock()
+	p.inflight--
+	if err != nil && epoch == p.epoch {
+		p.epoch++
+		p.seq = 0
+		p.needMarker = p.inflight > 0
+	}
+	p.mu.Unlock()
+	p.signal()
+
 	if err != nil {
-		r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(batch)).Err(err).Msg("batch failed; its messages are dead letters")
+		if len(batch) > 0 {
+			r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(batch)).Err(err).Msg("batch failed; its messages are dead letters")
+		}
 		for i := range batch {
 			r.deadLetter(p, p.id, &batch[i], DeadLetterSendFailed, err)
 		}

@@ -91,3 +91,14 @@ func appendBatchEntry(b, envelope []byte) []byte {
 func batchEntrySize(n int) int {
 	return protowire.SizeTag(1) + protowire.SizeBytes(n)
 }
+
+// batchTagsSize bounds what appendBatchTags adds.
+const batchTagsSize = 2 * (1 + 10)
+
+// appendBatchTags appends ActorBatch's epoch and seq fields.
+func appendBatchTags(b []byte, epoch, seq uint64) []byte {
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, epoch)
+	b = protowire.AppendTag(b, 3, protowire.VarintType)
+	return protowire.AppendVarint(b, seq)
+}

@@ -20,11 +20,13 @@ type RemoteConfig struct {
 	// agree. Default DefaultRemoteProtocol.
 	Protocol string
 
-	// HandlerLimit bounds how many incoming batches are decoded at once
-	// (the RPC Handle limit; <= 0 means the transport's default). Each peer
-	// sends one batch at a time, so this only needs to cover the peers that
-	// send concurrently; a batch that finds the limit reached is refused and
-	// its messages become dead letters at the sender. Default 0.
+	// HandlerLimit bounds how many incoming batches are handled at once,
+	// over all peers (the RPC Handle limit; <= 0 means the transport's
+	// default). Each peer has at most MaxInflightBatches in flight; a batch
+	// that finds the limit reached is refused and its messages become dead
+	// letters at the sender, so keep it at least MaxInflightBatches times
+	// the number of peers. Memory: up to HandlerLimit × MaxBatchBytes.
+	// Default 128.
 	HandlerLimit int
 
 	// QueueCapacity bounds the messages waiting to be sent to one peer. A
@@ -41,6 +43,12 @@ type RemoteConfig struct {
 	// sent, alone. Defaults 4,096 messages and 1 MiB.
 	MaxBatchMessages int
 	MaxBatchBytes    int
+
+	// MaxInflightBatches is how many batches to one peer may be in flight
+	// at once. More than one hides the round trip of each Call (the
+	// receiver restores the order); the incoming side needs HandlerLimit of
+	// at least this many per peer sending at full speed. Default 4.
+	MaxInflightBatches int
 
 	// SendTimeout bounds one batch Call, including waiting for a stream
 	// credit when the peer is slow. A batch that times out is not retried
@@ -76,12 +84,14 @@ type RemoteConfig struct {
 // DefaultRemoteConfig returns the documented defaults.
 func DefaultRemoteConfig() RemoteConfig {
 	return RemoteConfig{
-		Protocol:         DefaultRemoteProtocol,
-		QueueCapacity:    16384,
-		MaxBatchMessages: 4096,
-		MaxBatchBytes:    1 << 20,
-		SendTimeout:      10 * time.Second,
-		ConnectGrace:     3 * time.Second,
+		Protocol:           DefaultRemoteProtocol,
+		QueueCapacity:      16384,
+		MaxBatchMessages:   4096,
+		MaxBatchBytes:      1 << 20,
+		SendTimeout:        10 * time.Second,
+		MaxInflightBatches: 4,
+		HandlerLimit:       128,
+		ConnectGrace:       3 * time.Second,
 	}
 }
 
@@ -97,6 +107,7 @@ func (c RemoteConfig) Validate() error {
 	check(c.QueueCapacity > 0, "QueueCapacity %d must be positive", c.QueueCapacity)
 	check(c.MaxBatchMessages > 0, "MaxBatchMessages %d must be positive", c.MaxBatchMessages)
 	check(c.MaxBatchBytes > 0, "MaxBatchBytes %d must be positive", c.MaxBatchBytes)
+	check(c.MaxInflightBatches > 0, "MaxInflightBatches %d must be positive", c.MaxInflightBatches)
 	check(c.SendTimeout > 0, "SendTimeout %v must be positive", c.SendTimeout)
 	check(c.ConnectGrace >= 0, "ConnectGrace %v must not be negative", c.ConnectGrace)
 	seen := map[int32]bool{protoSerializerID: true}
@@ -176,6 +187,10 @@ type RemoteStats struct {
 	UnknownTypes, BadPayloads uint64
 	// BadBatches counts incoming batches that were not a valid ActorBatch.
 	BadBatches uint64
+	// StaleBatches counts incoming batches refused because a newer epoch or
+	// connection of the same peer had started (their messages become dead
+	// letters at the sender).
+	StaleBatches uint64
 	// AddressTerminated counts Terminated messages the remote generated
 	// because a watched actor's node went down or became unreachable.
 	AddressTerminated uint64

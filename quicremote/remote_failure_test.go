@@ -211,12 +211,13 @@ func TestRemotePartitionHealsWithoutDuplicates(t *testing.T) {
 // gets a DeadLetterResponse, the rest of the batch is delivered, and the
 // connection stays up.
 func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{})
-	a, b := c.nodes[0], c.nodes[1]
+	// x speaks raw protocol to b; a uses its remote normally.
+	c := newRCluster(t, 3, rclusterOpts{})
+	a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
 	c.waitMesh()
 	col := spawnCollector(t, b.sys, "col", 10)
-	replies := spawnCollector(t, a.sys, "replies", 10)
-	connBefore, _ := a.rpc.ConnID(b.id.ID)
+	replies := spawnCollector(t, x.sys, "replies", 10)
+	connBefore, _ := x.rpc.ConnID(b.id.ID)
 
 	envs := []*abcastpb.ActorEnvelope{
 		{TargetId: "col", SenderId: "replies", TypeName: "nope.Missing", Payload: []byte{1, 2, 3}},
@@ -224,11 +225,11 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 		{TargetId: "col", SenderId: "replies", SerializerId: 99, TypeName: "x", Payload: nil},
 		{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("good"))},
 	}
-	req, err := proto.Marshal(&abcastpb.ActorBatch{Envelopes: envs})
+	req, err := proto.Marshal(&abcastpb.ActorBatch{Envelopes: envs, Epoch: 1, Seq: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, req); err != nil {
+	if _, err := x.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, req); err != nil {
 		t.Fatalf("crafted batch: %v", err)
 	}
 	if m := recv(t, col.ch, 10*time.Second, "the good message"); m.(*wrapperspb.StringValue).Value != "good" {
@@ -239,7 +240,7 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 			t.Fatalf("reply %d: %T", i, m)
 		}
 	}
-	_, err = a.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, []byte{0xff, 0x01, 0x02})
+	_, err = x.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, []byte{0xff, 0x01, 0x02})
 	if !errors.Is(err, quicremote.ErrRemote) {
 		t.Fatalf("garbage batch: %v, want ErrRemote", err)
 	}
@@ -250,7 +251,15 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 	// Still the same connection, still working.
 	spawnNamed(t, b.sys, echoProps(nil), "echo")
 	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("alive"))
-	if connAfter, _ := a.rpc.ConnID(b.id.ID); connAfter != connBefore {
+	// A stale batch (older epoch than the last) is refused, not delivered.
+	req, _ = proto.Marshal(&abcastpb.ActorBatch{Envelopes: envs[3:], Epoch: 0, Seq: 99})
+	if _, err := x.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, req); !errors.Is(err, quicremote.ErrRemote) {
+		t.Fatalf("stale batch: %v", err)
+	}
+	if b.remote.Stats().StaleBatches != 1 || len(col.ch) != 0 {
+		t.Fatalf("stale batch delivered or not counted: %+v", b.remote.Stats())
+	}
+	if connAfter, _ := x.rpc.ConnID(b.id.ID); connAfter != connBefore {
 		t.Fatalf("connection replaced: %d -> %d", connBefore, connAfter)
 	}
 }

@@ -24,13 +24,18 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// ActorBatch carries every envelope the sending node had queued for the
-// receiving node when the batch was cut, in the order they were sent. Batches
-// to one node are sent one at a time, so envelopes between two nodes keep
-// their order.
+// ActorBatch carries envelopes the sending node had queued for the
+// receiving node, in the order they were sent.
 type ActorBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Envelopes     []*ActorEnvelope       `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Envelopes []*ActorEnvelope       `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	// Several batches to one node may be in flight; the receiver delivers
+	// them in (epoch, seq) order. seq counts from 0 within an epoch; the
+	// sender starts a new epoch after a batch failed, and the receiver then
+	// refuses what is left of older epochs, so a gap never stalls delivery.
+	// Both restart with every new connection.
+	Epoch         uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -70,6 +75,20 @@ func (x *ActorBatch) GetEnvelopes() []*ActorEnvelope {
 		return x.Envelopes
 	}
 	return nil
+}
+
+func (x *ActorBatch) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ActorBatch) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 // ActorEnvelope is one actor message. The target lives on the receiving
@@ -203,10 +222,12 @@ var File_abcast_remote_proto protoreflect.FileDescriptor
 
 const file_abcast_remote_proto_rawDesc = "" +
 	"\n" +
-	"\x13abcast_remote.proto\x12\tabcast.v1\"D\n" +
+	"\x13abcast_remote.proto\x12\tabcast.v1\"l\n" +
 	"\n" +
 	"ActorBatch\x126\n" +
-	"\tenvelopes\x18\x01 \x03(\v2\x18.abcast.v1.ActorEnvelopeR\tenvelopes\"\xb5\x03\n" +
+	"\tenvelopes\x18\x01 \x03(\v2\x18.abcast.v1.ActorEnvelopeR\tenvelopes\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xb5\x03\n" +
 	"\rActorEnvelope\x12\x1b\n" +
 	"\ttarget_id\x18\x01 \x01(\tR\btargetId\x12*\n" +
 	"\x11target_request_id\x18\x02 \x01(\rR\x0ftargetRequestId\x12%\n" +
