@@ -49,6 +49,8 @@ var (
 	descAdvertised    = prometheus.NewDesc("abcast_advertised_ids", "Distinct artifact ids peers advertise to this node.", []string{"channel"}, nil)
 	descPanics        = prometheus.NewDesc("abcast_consumer_panics_total", "Panics of the consumer function (recovered).", []string{"channel"}, nil)
 	descPeerUp        = prometheus.NewDesc("abcast_peer_up", "1 while a connection to the peer is up.", []string{"peer"}, nil)
+	descPeerBytes     = prometheus.NewDesc("abcast_peer_sent_bytes_total", "Bytes sent to one peer by kind: updates and fetches_served.", []string{"channel", "peer", "kind"}, nil)
+	descConnEvents    = prometheus.NewDesc("abcast_connection_events_total", "Transport connection events (up, down) seen by the node, all peers together.", []string{"event"}, nil)
 	descConnections   = prometheus.NewDesc("abcast_connections_total", "Connections to the peer that came up (polled every 100 ms).", []string{"peer"}, nil)
 	descReconnects    = prometheus.NewDesc("abcast_reconnects_total", "Connections to the peer after the first one.", []string{"peer"}, nil)
 	descStreams       = prometheus.NewDesc("abcast_transport_peer_errors_total", "Transport refusals per peer: garbage and oversized frames, refused streams.", []string{"peer", "kind"}, nil)
@@ -78,7 +80,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSlotUpdates, descUpdatesRef, descUpdatesOut, descFetchStarted, descFetchOK, descFetchFailed,
 		descFetchAttempts, descFetchCancel, descBadFetch, descPublished, descAborted, descPubRefused, descDelivered, descPushed,
 		descWithdrawn, descBytes, descLive, descActive, descAdvertised, descPanics, descPeerUp, descConnections, descReconnects,
-		descStreams, descRestarts, descDeadLetters, descRefusals} {
+		descStreams, descRestarts, descDeadLetters, descRefusals, descPeerBytes, descConnEvents} {
 		ch <- d
 	}
 	c.latency.Describe(ch)
@@ -120,11 +122,7 @@ func (c *collector) Collect(out chan<- prometheus.Metric) {
 		counter(descUpdatesOut, s.Sender.UpdatesFailed, name, "failed")
 		counter(descUpdatesOut, s.Sender.UpdatesCancelled, name, "cancelled")
 		counter(descFetchStarted, s.Receiver.FetchesStarted, name)
-		fetched := uint64(0)
-		if s.Receiver.Delivered > s.Receiver.DeliveredFromPush {
-			fetched = s.Receiver.Delivered - s.Receiver.DeliveredFromPush
-		}
-		counter(descFetchOK, fetched, name)
+		counter(descFetchOK, s.FetchesSucceeded, name)
 		counter(descFetchFailed, s.FetchFailures, name)
 		counter(descFetchAttempts, s.FetchAttempts, name)
 		counter(descFetchCancel, s.Receiver.FetchesCancelled, name)
@@ -138,6 +136,12 @@ func (c *collector) Collect(out chan<- prometheus.Metric) {
 		counter(descWithdrawn, s.Withdrawn, name)
 		counter(descBytes, s.UpdateBytesSent, name, "updates")
 		counter(descBytes, s.FetchBytesServed, name, "fetches_served")
+		for _, p := range sortedKeys(s.BytesSentTo) {
+			counter(descPeerBytes, s.BytesSentTo[p], name, shortPeer(p), "updates")
+		}
+		for _, p := range sortedKeys(s.BytesServedTo) {
+			counter(descPeerBytes, s.BytesServedTo[p], name, shortPeer(p), "fetches_served")
+		}
 		counter(descPanics, s.ConsumerPanics, name)
 		gauge(descLive, float64(s.Live), name)
 		gauge(descActive, float64(s.ActiveFetches), name)
@@ -163,7 +167,9 @@ func (c *collector) Collect(out chan<- prometheus.Metric) {
 	ns := c.node.Stats()
 	counter(descRestarts, ns.Restarts)
 	counter(descDeadLetters, ns.DeadLetters)
-	counter(descRefusals, c.node.MailboxRefusals())
+	counter(descRefusals, ns.MailboxRefusals)
+	counter(descConnEvents, ns.ConnectionsUp, "up")
+	counter(descConnEvents, ns.ConnectionsDown, "down")
 	c.latency.Collect(out)
 	c.sizes.Collect(out)
 }
@@ -242,5 +248,14 @@ func (w *connWatcher) snapshot() []peerConns {
 		out = append(out, *p)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].id.Less(out[j].id) })
+	return out
+}
+
+func sortedKeys(m map[string]uint64) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
 	return out
 }
