@@ -312,19 +312,20 @@ func (c *Channel) updateStats(fn func(*ChannelStats)) {
 // it, and only then is it acknowledged. Stale updates are acknowledged too
 // (a newer state is already held); refused ones return an error.
 func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
-	u, err := wire.DecodeSlotUpdate(req, c.limit)
-	if err != nil {
-		c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
-		return nil, fmt.Errorf("update from %s: %w", peer.Short(), err)
+	u, decodeErr := wire.DecodeSlotUpdate(req, c.limit)
+	if decodeErr != nil {
+		decodeErr = fmt.Errorf("update from %s: %w", peer.Short(), decodeErr)
 	}
 	conn, ok := connIDOf(ctx, c.n, peer)
 	if !ok {
 		return nil, fmt.Errorf("update from %s: no connection", peer.Short())
 	}
 	// A Go channel rather than a protoactor future: no registry entry per
-	// update, and the handler can also give up when its stream is reset.
+	// update, and the handler can also give up when its stream is reset. An
+	// update that did not decode still goes to the receiver actor, which
+	// counts it against the peer before the refusal is answered.
 	reply := make(chan error, 1)
-	c.n.system.Root.Send(c.receiverPID, updateMsg{peer: broadcast.PeerID(peer.String()), conn: broadcast.ConnID(conn), u: u, reply: reply})
+	c.n.system.Root.Send(c.receiverPID, updateMsg{peer: broadcast.PeerID(peer.String()), conn: broadcast.ConnID(conn), u: u, decodeErr: decodeErr, reply: reply})
 	timer := time.NewTimer(c.n.cfg.HandlerTimeout)
 	defer timer.Stop()
 	select {

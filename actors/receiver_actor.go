@@ -18,11 +18,14 @@ import (
 // Messages of the receiver side.
 type (
 	updateMsg struct {
-		peer  broadcast.PeerID
-		conn  broadcast.ConnID
-		u     broadcast.SlotUpdate
-		reply chan<- error // buffered; the handler waits on it
+		peer broadcast.PeerID
+		conn broadcast.ConnID
+		u    broadcast.SlotUpdate
+		// decodeErr: the update did not decode; it is only counted.
+		decodeErr error
+		reply     chan<- error // buffered; the handler waits on it
 	}
+	fetchFailed struct{ from broadcast.PeerID }
 	fetchResult struct {
 		id   broadcast.ArtifactID
 		from broadcast.PeerID
@@ -61,6 +64,12 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 	c.hook("receiver", ctx.Message())
 	switch m := ctx.Message().(type) {
 	case updateMsg:
+		if m.decodeErr != nil {
+			c.receiver.RecordInvalid(m.peer)
+			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
+			m.reply <- m.decodeErr
+			break
+		}
 		eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
 		a.exec(ctx, eff)
 		if err != nil && !errors.Is(err, broadcast.ErrStale) {
@@ -87,6 +96,8 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		a.exec(ctx, eff)
 	case consumedMsg:
 		a.applyConsumed(ctx, m.total)
+	case fetchFailed:
+		c.receiver.RecordFetchFailure(m.from)
 	case reevaluateMsg:
 		a.exec(ctx, c.receiver.Reevaluate())
 	case inspectMsg:
@@ -212,6 +223,9 @@ func (f *fetchActor) Receive(ctx actor.Context) {
 			return // the parent stops us on success, or says fetchRejected
 		}
 		f.c.updateStats(func(s *ChannelStats) { s.FetchAttempts++; s.FetchFailures++ })
+		if m.from != "" {
+			ctx.Send(ctx.Parent(), fetchFailed{from: m.from})
+		}
 		f.avoid[m.from] = f.attempt + len(f.advertisers)
 		f.backoff(ctx)
 	case fetchRejected:

@@ -109,6 +109,9 @@ type PeerStats struct {
 	Invalid   uint64
 	Mismatch  uint64
 	Syncs     uint64
+	// FetchFailures counts fetches from this peer that failed or timed
+	// out (reported by the caller with RecordFetchFailure).
+	FetchFailures uint64
 }
 
 // ReceiverStats counts what the receiver did.
@@ -764,3 +767,18 @@ func (r *Receiver) RestartFetches() []Effect {
 
 // Peers returns the peers the receiver accepts updates from, sorted.
 func (r *Receiver) Peers() []PeerID { return slices.Clone(r.order) }
+
+// RecordInvalid counts against peer an update that never reached the core
+// because it did not decode (the caller refused it at the edge).
+func (r *Receiver) RecordInvalid(peer PeerID) {
+	if p, ok := r.peers[peer]; ok {
+		p.stats.Invalid++
+	}
+}
+
+// RecordFetchFailure counts against peer a fetch it did not serve.
+func (r *Receiver) RecordFetchFailure(peer PeerID) {
+	if p, ok := r.peers[peer]; ok {
+		p.stats.FetchFailures++
+	}
+}
