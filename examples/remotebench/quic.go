@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,7 +60,14 @@ func startQuicSide(id *membership.Identity, pc *net.UDPConn, peer membership.Mem
 	}
 	log := zerolog.Nop()
 	s := &quicSide{pc: pc, sys: actors.NewActorSystem(log, id.ID.String())}
-	s.remote, err = quicremote.NewRemote(s.sys, id.ID, membership.LatestMembers(src), quicremote.DefaultRemoteConfig(), log)
+	rcfg := quicremote.DefaultRemoteConfig()
+	if v, err := strconv.Atoi(os.Getenv("REMOTEBENCH_INFLIGHT")); err == nil && v > 0 {
+		rcfg.MaxInflightBatches = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("REMOTEBENCH_BATCH_BYTES")); err == nil && v > 0 {
+		rcfg.MaxBatchBytes = v
+	}
+	s.remote, err = quicremote.NewRemote(s.sys, id.ID, membership.LatestMembers(src), rcfg, log)
 	if err != nil {
 		return nil, err
 	}
