@@ -160,16 +160,21 @@ func (a *senderActor) syncPeers(ctx actor.Context) {
 	}
 }
 
+// applyOps applies a burst of publishes and aborts to the core, then
+// performs the effects once, so an artifact published and aborted within
+// the burst never leaves (broadcast.Coalesce).
 func (a *senderActor) applyOps(ctx actor.Context, ops []poolOp) {
+	var all []broadcast.Effect
 	for _, op := range ops {
+		var eff []broadcast.Effect
 		if op.abort {
-			eff, _ := a.c.sender.Abort(op.a.ID) // unknown: already reconciled
-			a.exec(ctx, eff)
+			eff, _ = a.c.sender.Abort(op.a.ID) // unknown: already reconciled
 		} else {
-			eff, _ := a.c.sender.Publish(op.a) // duplicate: already reconciled
-			a.exec(ctx, eff)
+			eff, _ = a.c.sender.Publish(op.a) // duplicate: already reconciled
 		}
+		all = append(all, eff...)
 	}
+	a.exec(ctx, broadcast.Coalesce(all))
 }
 
 // reconcile makes the core's live set equal the publisher's pool.

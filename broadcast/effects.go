@@ -55,3 +55,42 @@ func sortedIDs(m map[ArtifactID]*idState) []ArtifactID {
 	slices.Sort(out)
 	return out
 }
+
+// Coalesce removes from a batch of effects every SendUpdate that a later
+// CancelSend in the same batch cancels, together with that CancelSend: the
+// update was superseded before it left, so performing both would only
+// spend bandwidth on a state no peer needs. Callers that apply several
+// events before performing their effects (a burst of publishes and aborts,
+// say) pass the concatenated effects through it. Order is kept otherwise.
+func Coalesce(eff []Effect) []Effect {
+	sent := make(map[Token]bool)
+	dropped := make(map[Token]bool)
+	for _, e := range eff {
+		switch e := e.(type) {
+		case SendUpdate:
+			sent[e.Token] = true
+		case CancelSend:
+			if sent[e.Token] {
+				dropped[e.Token] = true
+			}
+		}
+	}
+	if len(dropped) == 0 {
+		return eff
+	}
+	out := eff[:0:0]
+	for _, e := range eff {
+		switch x := e.(type) {
+		case SendUpdate:
+			if dropped[x.Token] {
+				continue
+			}
+		case CancelSend:
+			if dropped[x.Token] {
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}

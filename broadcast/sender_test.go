@@ -435,3 +435,41 @@ func TestSenderResetTransmissionsResendsInFlight(t *testing.T) {
 		t.Fatalf("ack of forgotten token produced %+v", got)
 	}
 }
+
+func TestCoalesceDropsUpdatesCancelledInTheSameBatch(t *testing.T) {
+	s := newTestSender(t, nil)
+	ackAll(t, s, s.PeerUp("p", 1))
+	var eff []Effect
+	e1, _ := s.Publish(large("a"))
+	eff = append(eff, e1...)
+	e2, _ := s.Publish(small("b"))
+	eff = append(eff, e2...)
+	e3, _ := s.Abort("a")
+	eff = append(eff, e3...)
+	checkS(t, s)
+	out := Coalesce(eff)
+	got := sends(out)
+	// a's advert and its cancel vanish; b remains, and so does the small
+	// cleared update for a's slot: the core counted a as possibly held when
+	// it emitted the advert, and a cleared slot the peer never filled is
+	// harmless to it.
+	if len(cancels(out)) != 0 {
+		t.Fatalf("cancels survived: %+v", out)
+	}
+	for _, su := range got {
+		if su.Update.Artifact.ID == "a" {
+			t.Fatalf("superseded advert of a still sent: %+v", got)
+		}
+	}
+	if len(got) != 2 || got[0].Update.Artifact.ID != "b" || got[1].Update.Kind != KindCleared {
+		t.Fatalf("coalesced sends %+v, want b then cleared", got)
+	}
+	// The acks of what was sent leave the sender consistent.
+	for _, su := range got {
+		s.Acked(su.Peer, su.Token)
+		checkS(t, s)
+	}
+	if s.Pending("p") != 0 || s.InFlight("p") != 0 {
+		t.Fatalf("pending %d in flight %d", s.Pending("p"), s.InFlight("p"))
+	}
+}
