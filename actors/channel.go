@@ -129,6 +129,10 @@ type ChannelStats struct {
 	UpdateBytesSent   uint64
 	FetchBytesServed  uint64
 	FetchesSucceeded  uint64
+	// UpdatesTransmitted counts slot updates and syncs the links actually
+	// put on the wire (the core's Sender.UpdatesSent also counts updates
+	// that broadcast.Coalesce dropped before they left).
+	UpdatesTransmitted uint64
 	// BytesSentTo and BytesServedTo split the byte counts by peer (full
 	// NodeID string): slot updates sent, fetch responses served.
 	BytesSentTo          map[string]uint64

@@ -302,6 +302,7 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 		ctx.Send(parent, sendResult{peer: m.Peer, tok: m.Token, err: err})
 		return
 	}
+	c.updateStats(func(s *ChannelStats) { s.UpdatesTransmitted++ })
 	timeout := c.n.cfg.UpdateTimeout + time.Duration(len(data)>>20)*c.n.cfg.UpdateTimeoutPerMiB
 	cctx, cancel := context.WithTimeout(c.n.ctx, timeout)
 	l.calls[m.Token] = cancel

@@ -246,8 +246,8 @@ func runAbcast(o options) (Result, error) {
 	if os.Getenv("BENCH_STATS") != "" {
 		for i, ch := range s.bench {
 			st := ch.Stats()
-			fmt.Fprintf(os.Stderr, "node %d: sender %+v receiver %+v updateBytes %d fetchBytes %d fetchAttempts %d dead %d\n",
-				i, st.Sender, st.Receiver, st.UpdateBytesSent, st.FetchBytesServed, st.FetchAttempts, s.nodes[i].Stats().DeadLetters)
+			fmt.Fprintf(os.Stderr, "node %d: sender %+v receiver %+v transmitted %d updateBytes %d fetchBytes %d fetchAttempts %d dead %d\n",
+				i, st.Sender, st.Receiver, st.UpdatesTransmitted, st.UpdateBytesSent, st.FetchBytesServed, st.FetchAttempts, s.nodes[i].Stats().DeadLetters)
 		}
 	}
 	return r, nil
@@ -272,7 +272,9 @@ func wasted(o options, w workload, s *subnet) int64 {
 	var updates, bytes, syncs int64
 	for _, ch := range s.bench {
 		st := ch.Stats()
-		updates += int64(st.Sender.UpdatesSent)
+		// Only what the links put on the wire: updates that a publish
+		// and abort in the same burst cancelled never left.
+		updates += int64(st.UpdatesTransmitted)
 		syncs += int64(st.Sender.SyncsSent)
 		bytes += int64(st.UpdateBytesSent)
 	}
