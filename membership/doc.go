@@ -46,6 +46,20 @@
 //
 // The configs only guard new handshakes. A member removed from the snapshot
 // keeps any connection it already has until the transport closes it; the
-// transport should Watch the source and do so. PeerID recovers the
-// authenticated NodeID from a finished handshake's ConnectionState.
+// transport should Watch the source and do so (quicremote does, within one
+// snapshot). PeerID recovers the authenticated NodeID from a finished
+// handshake's ConnectionState.
+//
+// # Registries users run
+//
+// StaticSource is for tests and fixed deployments. FileSource (the embedded
+// default) watches one versioned JSON registry file, applies joins, leaves,
+// address changes and key rotations live, keeps as members the union of the
+// versions from the oldest still in use to the newest (advance it with
+// RegistryFile.AdvanceOldest), and on bad input keeps the last good snapshot
+// and reports why (LastError). For subnets spanning machines, package
+// membership/etcdreg keeps members under an etcd key prefix with the etcd
+// revision as the version; it lives in its own package so that users of the
+// file registry do not link etcd's client. The tool examples/abcastctl
+// creates keys and subnet directories and edits registry files.
 package membership
