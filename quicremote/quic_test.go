@@ -240,9 +240,9 @@ func rawMember(t *testing.T, c *cluster) (*quic.Conn, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	str.Write(welcomeMsg)
+	str.Write(welcomeFor(a.id.ID))
 	str.Close()
-	if err := readWelcome(str); err != nil {
+	if err := readWelcome(str, b.id.ID); err != nil {
 		t.Fatal(err)
 	}
 	return conn, func() { conn.CloseWithError(0, ""); qt.Close() }

@@ -440,14 +440,14 @@ func (t *Transport) dial(ctx context.Context, peer membership.NodeID, addr strin
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s: %w", peer.Short(), err)
 	}
-	if err := t.welcomeAsDialler(dctx, conn); err != nil {
+	if err := t.welcomeAsDialler(dctx, conn, peer); err != nil {
 		_ = conn.CloseWithError(connWelcomeFailed, "welcome failed")
 		return nil, fmt.Errorf("welcome peer %s: %w", peer.Short(), err)
 	}
 	return conn, nil
 }
 
-func (t *Transport) welcomeAsDialler(ctx context.Context, conn *quic.Conn) error {
+func (t *Transport) welcomeAsDialler(ctx context.Context, conn *quic.Conn, peer membership.NodeID) error {
 	wctx, cancel := context.WithTimeout(ctx, t.cfg.WelcomeTimeout)
 	defer cancel()
 	str, err := conn.OpenStreamSync(wctx)
@@ -456,22 +456,27 @@ func (t *Transport) welcomeAsDialler(ctx context.Context, conn *quic.Conn) error
 	}
 	stop := context.AfterFunc(wctx, func() { str.CancelRead(codeCancelled); str.CancelWrite(codeCancelled) })
 	defer stop()
-	if _, err := str.Write(welcomeMsg); err != nil {
+	if _, err := str.Write(welcomeFor(t.self.ID)); err != nil {
 		return err
 	}
 	if err := str.Close(); err != nil {
 		return err
 	}
-	return readWelcome(str)
+	return readWelcome(str, peer)
 }
 
-func readWelcome(str *quic.Stream) error {
-	got, err := readPayload(str, len(welcomeMsg))
+// readWelcome reads the other side's welcome and checks that it claims the
+// NodeID its certificate proved (want).
+func readWelcome(str *quic.Stream, want membership.NodeID) error {
+	got, err := readPayload(str, welcomeLen)
 	if err != nil {
 		return err
 	}
-	if string(got) != string(welcomeMsg) {
+	if len(got) != welcomeLen || string(got[:len(welcomeMagic)]) != string(welcomeMagic) {
 		return fmt.Errorf("%w: bad welcome", ErrProtocol)
+	}
+	if claimed := membership.NodeID(got[len(welcomeMagic):]); claimed != want {
+		return fmt.Errorf("%w: peer claims to be %s but its certificate is %s's", ErrProtocol, claimed.Short(), want.Short())
 	}
 	return expectEOF(str)
 }
@@ -506,7 +511,7 @@ func (t *Transport) handleIncoming(conn *quic.Conn) {
 	// The TLS check used the source's latest snapshot; make sure our peer
 	// table has caught up with it before looking the peer up.
 	t.applySnapshot(t.source.Current())
-	if err := t.welcomeAsAcceptor(conn); err != nil {
+	if err := t.welcomeAsAcceptor(conn, peer); err != nil {
 		log.Debug().Err(err).Msg("welcome failed")
 		_ = conn.CloseWithError(connWelcomeFailed, "welcome failed")
 		return
@@ -519,7 +524,7 @@ func (t *Transport) handleIncoming(conn *quic.Conn) {
 	t.serveConn(peer, conn, connID)
 }
 
-func (t *Transport) welcomeAsAcceptor(conn *quic.Conn) error {
+func (t *Transport) welcomeAsAcceptor(conn *quic.Conn, peer membership.NodeID) error {
 	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.WelcomeTimeout)
 	defer cancel()
 	str, err := conn.AcceptStream(ctx)
@@ -529,10 +534,10 @@ func (t *Transport) welcomeAsAcceptor(conn *quic.Conn) error {
 	defer str.ReleaseStreamCredit()
 	stop := context.AfterFunc(ctx, func() { str.CancelRead(codeCancelled); str.CancelWrite(codeCancelled) })
 	defer stop()
-	if err := readWelcome(str); err != nil {
+	if err := readWelcome(str, peer); err != nil {
 		return err
 	}
-	if _, err := str.Write(welcomeMsg); err != nil {
+	if _, err := str.Write(welcomeFor(t.self.ID)); err != nil {
 		return err
 	}
 	return str.Close()

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/abcast/abcast/membership"
 	"io"
 
 	"github.com/quic-go/quic-go"
@@ -55,11 +56,21 @@ const (
 	connAddrChanged                                            // the peer's address changed; redialling
 )
 
-// welcomeMsg is exchanged on the first stream of every connection: the
-// dialler sends it, the acceptor echoes it. A dial into a node that rejects
-// our certificate "succeeds" in QUIC before the rejection arrives; only the
-// echo proves the peer let us in.
-var welcomeMsg = []byte("abcast/1 welcome")
+// welcomeMagic starts the welcome exchanged on the first stream of every
+// connection: the dialler sends magic+its NodeID, the acceptor answers with
+// magic+its own. A dial into a node that rejects our certificate "succeeds"
+// in QUIC before the rejection arrives; only the answer proves the peer let
+// us in. Each side also checks that the NodeID the other claims is the one
+// its certificate proves: a node run with another member's key (a mix-up of
+// key files, or a stolen key used under a different identity) is refused
+// instead of being taken for the member whose key it holds.
+var welcomeMagic = []byte("abcast/1 welcome")
+
+func welcomeFor(id membership.NodeID) []byte {
+	return append(append([]byte(nil), welcomeMagic...), id[:]...)
+}
+
+var welcomeLen = len(welcomeMagic) + len(membership.NodeID{})
 
 var (
 	errBadVersion = errors.New("unknown wire version")
