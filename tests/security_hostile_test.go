@@ -97,6 +97,11 @@ func TestSecurityHostileMember(t *testing.T) {
 	defer func() { t.Logf("real time %.1f s", time.Since(realStart).Seconds()) }()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := actors.DefaultConfig()
+		if updates < 2*cfg.Receiver.SlotLimit {
+			// A short flood (race detector) must still overrun the limit.
+			cfg.Receiver.SlotLimit = updates / 2
+			cfg.Sender.MaxSlots = min(cfg.Sender.MaxSlots, updates/2)
+		}
 		cfg.FetchTimeoutMin = time.Second
 		cfg.FetchTimeoutMax = 4 * time.Second
 		tcfg := quicremote.DefaultConfig()
