@@ -303,7 +303,12 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 		return
 	}
 	c.updateStats(func(s *ChannelStats) { s.UpdatesTransmitted++ })
-	timeout := c.n.cfg.UpdateTimeout + time.Duration(len(data)>>20)*c.n.cfg.UpdateTimeoutPerMiB
+	// The per-attempt timeout grows with the size (pro rata, not per whole
+	// MiB) and doubles with every failed attempt of this same state, up to
+	// 16×: over a slow, lossy link a large push otherwise times out and
+	// restarts from zero forever.
+	timeout := c.n.cfg.UpdateTimeout + time.Duration(int64(c.n.cfg.UpdateTimeoutPerMiB)*int64(len(data))>>20)
+	timeout <<= min(m.Attempt, 4)
 	cctx, cancel := context.WithTimeout(c.n.ctx, timeout)
 	l.calls[m.Token] = cancel
 	peer := l.peer

@@ -64,6 +64,12 @@ type SendUpdate struct {
 	Conn   ConnID
 	Token  Token
 	Update SlotUpdate
+	// Attempt counts earlier transmissions of this same state to this peer
+	// that failed (0 on the first). A caller with a per-attempt timeout
+	// grows it with Attempt, so a large update over a slow, lossy link
+	// eventually gets the time it needs instead of restarting from zero on
+	// the same deadline forever.
+	Attempt int
 }
 
 // CancelSend asks the caller to abandon the transmission Token (reset its
@@ -113,6 +119,8 @@ type peerSlot struct {
 	resync   bool     // must be acknowledged on the current connection before Sync
 	inflight Token    // 0 when nothing is in flight
 	sentAt   CommitID // commit of the in-flight state
+	failures uint16   // failed transmissions of the state at failedAt
+	failedAt CommitID
 }
 
 type peerTx struct {
@@ -313,7 +321,11 @@ func (s *Sender) pump(p *peerTx, eff []Effect) []Effect {
 		}
 		p.inflight[s.nextToken] = slot
 		s.stats.UpdatesSent++
-		eff = append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: s.nextToken, Update: st.update})
+		attempt := 0
+		if ps.failedAt == st.commit {
+			attempt = int(ps.failures)
+		}
+		eff = append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: s.nextToken, Update: st.update, Attempt: attempt})
 	}
 	p.compact()
 	return s.maybeSync(p, eff)
@@ -479,7 +491,14 @@ func (s *Sender) Failed(peer PeerID, tok Token, now time.Time) []Effect {
 			return nil
 		}
 		delete(p.inflight, tok)
-		p.slots[slot].inflight = 0
+		ps := &p.slots[slot]
+		ps.inflight = 0
+		if ps.failedAt != ps.sentAt {
+			ps.failedAt, ps.failures = ps.sentAt, 0
+		}
+		if ps.failures < 1<<15 {
+			ps.failures++
+		}
 		s.enqueue(p, slot)
 		s.stats.UpdatesFailed++
 	}

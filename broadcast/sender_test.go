@@ -473,3 +473,31 @@ func TestCoalesceDropsUpdatesCancelledInTheSameBatch(t *testing.T) {
 		t.Fatalf("pending %d in flight %d", s.Pending("p"), s.InFlight("p"))
 	}
 }
+
+func TestSenderCountsAttemptsOfTheSameState(t *testing.T) {
+	s := newTestSender(t, func(c *SenderConfig) { c.RetryBackoffMax = time.Second })
+	ackAll(t, s, s.PeerUp("p", 1))
+	su := sends(mustPublish(t, s, large("a")))[0]
+	now := t0
+	for want := 0; want < 4; want++ {
+		if su.Attempt != want {
+			t.Fatalf("attempt %d, want %d", su.Attempt, want)
+		}
+		r := s.Failed("p", su.Token, now)[0].(RetryAt)
+		now = r.At
+		su = sends(s.Tick(now))[0]
+	}
+	// A new state of the slot starts again from zero.
+	eff, _ := s.Abort("a")
+	eff = append(eff, mustPublish(t, s, large("b"))...)
+	checkS(t, s)
+	got := sends(eff)
+	if len(got) == 0 {
+		t.Fatal("nothing sent for the new states")
+	}
+	for _, e := range got {
+		if e.Attempt != 0 {
+			t.Fatalf("new state %v sent as attempt %d", e.Update.Kind, e.Attempt)
+		}
+	}
+}
