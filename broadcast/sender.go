@@ -407,17 +407,7 @@ func (s *Sender) PeerDown(peer PeerID) []Effect {
 		return nil
 	}
 	p.up = false
-	toks := make([]Token, 0, len(p.inflight))
-	for tok := range p.inflight {
-		toks = append(toks, tok)
-	}
-	slices.Sort(toks) // keep the queue order deterministic
-	for _, tok := range toks {
-		slot := p.inflight[tok]
-		p.slots[slot].inflight = 0
-		delete(p.inflight, tok)
-		s.enqueue(p, slot)
-	}
+	s.forgetInflight(p)
 	p.syncToken = 0
 	return nil
 }
@@ -696,22 +686,29 @@ func (s *Sender) ResetTransmissions() []Effect {
 	var eff []Effect
 	for _, id := range s.sortedPeers() {
 		p := s.peers[id]
-		toks := make([]Token, 0, len(p.inflight))
-		for tok := range p.inflight {
-			toks = append(toks, tok)
-		}
-		slices.Sort(toks)
-		for _, tok := range toks {
-			slot := p.inflight[tok]
-			delete(p.inflight, tok)
-			p.slots[slot].inflight = 0
-			s.enqueue(p, slot)
-		}
+		s.forgetInflight(p)
 		p.syncToken = 0
 		p.waiting = false
 		eff = s.pump(p, eff)
 	}
 	return eff
+}
+
+// forgetInflight drops p's transmissions in flight (no CancelSend: the
+// caller knows they are gone) and queues their slots again, in token order
+// so that the queue stays deterministic.
+func (s *Sender) forgetInflight(p *peerTx) {
+	toks := make([]Token, 0, len(p.inflight))
+	for tok := range p.inflight {
+		toks = append(toks, tok)
+	}
+	slices.Sort(toks)
+	for _, tok := range toks {
+		slot := p.inflight[tok]
+		delete(p.inflight, tok)
+		p.slots[slot].inflight = 0
+		s.enqueue(p, slot)
+	}
 }
 
 // DescribePeer says what the sender knows of peer, for diagnostics.
