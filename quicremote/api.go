@@ -94,7 +94,21 @@ type PeerStats struct {
 
 type peerCounters struct {
 	garbage, oversized, refused atomic.Uint64
+	// held is the request bytes of this peer in memory now (read, handler
+	// not yet returned), bounded by Config.MaxRequestBytesPerPeer.
+	held atomic.Int64
 }
+
+// hold reserves n bytes of the peer's request budget, or reports false.
+func (c *peerCounters) hold(n, limit int) bool {
+	if c.held.Add(int64(n)) > int64(limit) {
+		c.held.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+func (c *peerCounters) unhold(n int) { c.held.Add(-int64(n)) }
 
 func (c *peerCounters) snapshot() PeerStats {
 	return PeerStats{GarbageFrames: c.garbage.Load(), OversizedFrames: c.oversized.Load(), RefusedStreams: c.refused.Load()}

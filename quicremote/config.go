@@ -15,10 +15,18 @@ const ALPN = "abcast/1"
 type Config struct {
 	// MaxFrameSize is the largest request or response payload, in bytes.
 	// Default 128 MiB, the reference's maximum artifact size. A frame is
-	// held in memory whole, so the worst-case memory per connection is
-	// about MaxIncomingStreams × MaxFrameSize; lower it for small messages.
+	// held in memory whole; MaxRequestBytesPerPeer bounds how many a peer
+	// may have us hold at once.
 	// Must be in 1..2^32-1 (the length prefix is 32 bits).
 	MaxFrameSize int
+
+	// MaxRequestBytesPerPeer bounds the request bytes one peer may have
+	// in our memory at once (read and not yet answered by their handlers).
+	// A request that would exceed it is refused before its payload is read
+	// (ErrRefused at the caller, who may retry). Without it a peer could make
+	// us hold MaxIncomingStreams × MaxFrameSize (12.8 GiB with the
+	// defaults). Must be at least MaxFrameSize. Default 256 MiB.
+	MaxRequestBytesPerPeer int
 
 	// MaxIncomingStreams bounds the streams a peer may have open towards us
 	// at once on one connection, counting streams whose handler is still
@@ -89,6 +97,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxFrameSize:            128 << 20,
+		MaxRequestBytesPerPeer:  256 << 20,
 		MaxIncomingStreams:      100,
 		DefaultProtocolLimit:    32,
 		KeepAlive:               time.Second,
@@ -115,6 +124,7 @@ func (c Config) Validate() error {
 		}
 	}
 	check(c.MaxFrameSize > 0 && uint64(c.MaxFrameSize) <= 1<<32-1, "MaxFrameSize %d out of 1..2^32-1", c.MaxFrameSize)
+	check(c.MaxRequestBytesPerPeer >= c.MaxFrameSize, "MaxRequestBytesPerPeer %d below MaxFrameSize %d", c.MaxRequestBytesPerPeer, c.MaxFrameSize)
 	check(c.MaxIncomingStreams > 0, "MaxIncomingStreams %d must be positive", c.MaxIncomingStreams)
 	check(c.DefaultProtocolLimit > 0 && c.DefaultProtocolLimit <= c.MaxIncomingStreams,
 		"DefaultProtocolLimit %d out of 1..MaxIncomingStreams", c.DefaultProtocolLimit)

@@ -39,6 +39,57 @@ var conformanceCases = []conformanceCase{
 	{"PushOrderFromOneSender", 2, nil, testPushOrder},
 	{"HandlerKnowsItsConnection", 2, nil, testHandlerConnID},
 	{"ProtocolLimitIsPerPeer", 3, nil, testProtocolLimitPerPeer},
+	{"RequestBytesBudgetPerPeer", 3, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxRequestBytesPerPeer = 128 << 10 }, testRequestBudget},
+}
+
+// testRequestBudget: node 1 has two 64 KiB requests held by a handler that
+// does not return; a third large request from it is refused before its
+// payload is read (the peer's byte budget is spent), node 2 is unaffected,
+// and node 1 is served again once its handlers returned.
+func testRequestBudget(t *testing.T, c *cluster) {
+	release := make(chan struct{})
+	held := make(chan struct{}, 4)
+	for i := range c.nodes {
+		c.start(i)
+	}
+	mustHandle(t, c.nodes[0].rpc, "hold", func(ctx context.Context, from membership.NodeID, req []byte) ([]byte, error) {
+		if from == c.nodes[1].id.ID && len(req) > 1000 {
+			held <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		return []byte("ok"), nil
+	}, 0)
+	c.waitMesh(0, 1, 2)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	big := make([]byte, 64<<10)
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := c.nodes[1].rpc.Call(ctx, c.nodes[0].id.ID, "hold", big)
+			done <- err
+		}()
+	}
+	<-held
+	<-held
+	if _, err := c.nodes[1].rpc.Call(ctx, c.nodes[0].id.ID, "hold", big); !errors.Is(err, ErrRefused) {
+		t.Fatalf("request beyond the peer's byte budget: %v, want ErrRefused", err)
+	}
+	if resp, err := c.nodes[2].rpc.Call(ctx, c.nodes[0].id.ID, "hold", big); err != nil || string(resp) != "ok" {
+		t.Fatalf("other peer's large request: %q %v", resp, err)
+	}
+	close(release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp, err := c.nodes[1].rpc.Call(ctx, c.nodes[0].id.ID, "hold", big); err != nil || string(resp) != "ok" {
+		t.Fatalf("after the handlers returned: %q %v", resp, err)
+	}
 }
 
 // testProtocolLimitPerPeer: node 1 fills node 0's limit for a protocol

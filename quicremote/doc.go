@@ -60,8 +60,10 @@
 //     connection and never stalls another protocol. Keep each protocol's
 //     limit below MaxIncomingStreams (and their sum, for protocols that may
 //     stall together) so that stuck handlers cannot take every credit.
-//   - Memory per connection is bounded by about MaxIncomingStreams ×
-//     MaxFrameSize for admitted requests plus the flow-control windows.
+//   - Memory per peer is bounded by MaxRequestBytesPerPeer for requests
+//     read and not yet answered (a request that would exceed it is refused
+//     before its payload is read, so the caller sees ErrRefused), plus the
+//     connection's flow-control windows.
 //
 // # Errors and counters
 //

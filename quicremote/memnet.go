@@ -324,6 +324,12 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		rctr.refused.Add(1)
 		return fail(ErrRefused, errors.New("protocol at its concurrency limit"), "")
 	}
+	if !rctr.hold(len(req), remote.cfg.MaxRequestBytesPerPeer) {
+		he.release(m.id)
+		release()
+		rctr.refused.Add(1)
+		return fail(ErrRefused, errors.New("request budget for this peer exhausted"), "")
+	}
 
 	// The handler's context ends with the caller's, the link, or the
 	// remote's shutdown; hcancel is only called here, so hctx.Done below
@@ -345,6 +351,7 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		defer remote.wg.Done()
 		defer release()
 		defer he.release(m.id)
+		defer rctr.unhold(len(reqCopy))
 		resp, err := runMemHandler(hctx, he.h, m.id, reqCopy)
 		done <- result{resp, err}
 	}()

@@ -683,6 +683,15 @@ func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *pee
 		reset(codeTooLarge)
 		return
 	}
+	if err == nil {
+		if !ctrs.hold(n, t.cfg.MaxRequestBytesPerPeer) {
+			ctrs.refused.Add(1)
+			log.Debug().Int("bytes", n).Msg("peer's request budget exhausted")
+			reset(codeBusy)
+			return
+		}
+		defer ctrs.unhold(n)
+	}
 	var req []byte
 	if err == nil {
 		req, err = readPayload(str, n)
