@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"math"
 )
 
@@ -100,14 +101,5 @@ func (l Limits) fetchResponseLen() int64 {
 // bytesFieldLen is the length of a length-delimited field with a one-byte tag
 // and n bytes of content.
 func bytesFieldLen(n int64) int64 {
-	return 1 + int64(varintLen(uint64(n))) + n
-}
-
-func varintLen(v uint64) int {
-	n := 1
-	for v >= 0x80 {
-		v >>= 7
-		n++
-	}
-	return n
+	return 1 + int64(protowire.SizeVarint(uint64(n))) + n
 }
