@@ -45,6 +45,21 @@ type RPC interface {
 	// and keeps sequential pushes from one goroutine in order.
 	Push(ctx context.Context, peer membership.NodeID, protocol string, msg []byte) error
 
+	// HandleStream registers h for protocol's long-lived streams, at most
+	// limit of them open at once for each peer (limit <= 0 means
+	// Config.DefaultProtocolLimit). Protocol names are shared with Handle:
+	// a name is either a request protocol or a stream protocol, and opening
+	// a stream on a request protocol (or calling a stream protocol) is
+	// refused with ErrRefused.
+	HandleStream(protocol string, h StreamHandler, limit int) error
+
+	// OpenStream opens a stream to peer's handler for protocol and returns
+	// once the peer admitted it. Like Call it waits for a stream credit
+	// while the peer is slow and fails with ErrCancelled when ctx ends
+	// first, and with ErrRefused when the peer has no such stream protocol
+	// or the protocol is at its limit for us. ctx only bounds the opening.
+	OpenStream(ctx context.Context, peer membership.NodeID, protocol string) (Stream, error)
+
 	// ConnID returns the local id of the current connection to peer and
 	// whether the peer is up. Ids grow strictly with every new connection,
 	// so (ConnID, per-connection sequence) orders everything a peer sent.
@@ -57,6 +72,56 @@ type RPC interface {
 	// cancelled, and Close returns once every goroutine it started ended.
 	Close() error
 }
+
+// Stream is one long-lived, ordered, flow-controlled exchange of frames
+// with a peer, in both directions, riding on the current connection: it
+// ends with that connection. It suits traffic that would otherwise be a
+// stream per message (the actor remote's batches): no stream set-up, no
+// handler start and no response per frame.
+//
+// Send and CloseSend must not be called concurrently with each other, nor
+// Recv with Recv; Send and Recv may run at the same time on two
+// goroutines, and Close may be called at any time from any goroutine.
+type Stream interface {
+	// Send writes frame as one message. Frames arrive in the order sent.
+	// Send blocks while the peer's receive window is full (the peer reads
+	// slower than we write): that is the stream's pushback. When ctx ends
+	// first it fails with ErrCancelled and the stream is reset, because a
+	// frame may have been written in part. A frame above MaxFrameSize fails
+	// with ErrTooLarge and leaves the stream usable. Any other error means
+	// the stream is gone (*Error, ErrNotConnected, ErrRemote when the
+	// peer's handler failed, ErrClosed). frame may be reused once Send
+	// returns.
+	Send(ctx context.Context, frame []byte) error
+
+	// Recv returns the next frame, or io.EOF once the peer has closed its
+	// sending side and every frame before that was returned. A frame
+	// returned by Recv counts against the peer's MaxRequestBytesPerPeer
+	// until the next Recv or Close; one that would exceed it, or exceeds
+	// MaxFrameSize, resets the stream (ErrRefused, ErrTooLarge). Errors
+	// other than io.EOF are *Error. Close unblocks a waiting Recv.
+	Recv() ([]byte, error)
+
+	// CloseSend ends our direction after the frames already sent; the peer
+	// sees io.EOF once it has read them. Recv keeps working.
+	CloseSend() error
+
+	// Close abandons the stream in both directions at once: unsent data is
+	// discarded and the peer's Send and Recv fail. It is idempotent.
+	Close()
+
+	// ConnID is the local id of the connection the stream rides on.
+	ConnID() uint64
+}
+
+// StreamHandler serves one incoming stream for as long as it lives; ctx
+// ends when the peer abandons the stream (Close), the connection dies or
+// the transport closes. When the handler returns nil the stream's sending
+// side is closed cleanly (the peer's Recv sees io.EOF) and anything the
+// peer still sends is refused; a non-nil error resets the stream and the
+// peer's Send and Recv fail with ErrRemote. The handler must not keep using
+// s after it returns.
+type StreamHandler func(ctx context.Context, peer membership.NodeID, s Stream) error
 
 // PeerEvent is PeerUp or PeerDown.
 type PeerEvent interface{ peerEvent() }

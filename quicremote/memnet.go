@@ -178,22 +178,12 @@ func (m *MemTransport) ID() membership.NodeID { return m.id }
 
 // Handle implements RPC.
 func (m *MemTransport) Handle(protocol string, h Handler, limit int) error {
-	if err := validProtocol(protocol); err != nil {
-		return fmt.Errorf("quicremote: Handle %q: %w", protocol, err)
-	}
-	if h == nil {
-		return fmt.Errorf("quicremote: Handle %q: nil handler", protocol)
-	}
-	if limit <= 0 {
-		limit = m.cfg.DefaultProtocolLimit
-	}
-	m.hmu.Lock()
-	defer m.hmu.Unlock()
-	if _, dup := m.handlers[protocol]; dup {
-		return fmt.Errorf("quicremote: Handle %q: already registered", protocol)
-	}
-	m.handlers[protocol] = &handlerEntry{h: h, limit: int64(limit)}
-	return nil
+	return registerHandler(&m.hmu, m.handlers, protocol, h, nil, limit, m.cfg.DefaultProtocolLimit)
+}
+
+// HandleStream implements RPC.
+func (m *MemTransport) HandleStream(protocol string, h StreamHandler, limit int) error {
+	return registerHandler(&m.hmu, m.handlers, protocol, nil, h, limit, m.cfg.DefaultProtocolLimit)
 }
 
 // ConnID implements RPC.
@@ -314,7 +304,7 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 	remote.hmu.RLock()
 	he := remote.handlers[protocol]
 	remote.hmu.RUnlock()
-	if he == nil {
+	if he == nil || he.h == nil {
 		release()
 		rctr.refused.Add(1)
 		return fail(ErrRefused, errors.New("no handler for protocol"), "")

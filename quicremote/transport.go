@@ -64,7 +64,8 @@ type peerState struct {
 }
 
 type handlerEntry struct {
-	h     Handler
+	h     Handler       // request protocol, or
+	sh    StreamHandler // stream protocol
 	limit int64
 	mu    sync.Mutex
 	// active counts running invocations per peer: the limit applies to each
@@ -199,22 +200,12 @@ func (t *Transport) ID() membership.NodeID { return t.self.ID }
 
 // Handle implements RPC.
 func (t *Transport) Handle(protocol string, h Handler, limit int) error {
-	if err := validProtocol(protocol); err != nil {
-		return fmt.Errorf("quicremote: Handle %q: %w", protocol, err)
-	}
-	if h == nil {
-		return fmt.Errorf("quicremote: Handle %q: nil handler", protocol)
-	}
-	if limit <= 0 {
-		limit = t.cfg.DefaultProtocolLimit
-	}
-	t.hmu.Lock()
-	defer t.hmu.Unlock()
-	if _, dup := t.handlers[protocol]; dup {
-		return fmt.Errorf("quicremote: Handle %q: already registered", protocol)
-	}
-	t.handlers[protocol] = &handlerEntry{h: h, limit: int64(limit)}
-	return nil
+	return registerHandler(&t.hmu, t.handlers, protocol, h, nil, limit, t.cfg.DefaultProtocolLimit)
+}
+
+// HandleStream implements RPC.
+func (t *Transport) HandleStream(protocol string, h StreamHandler, limit int) error {
+	return registerHandler(&t.hmu, t.handlers, protocol, nil, h, limit, t.cfg.DefaultProtocolLimit)
 }
 
 // ConnID implements RPC.
@@ -662,7 +653,7 @@ func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *pee
 	t.hmu.RLock()
 	he := t.handlers[protocol]
 	t.hmu.RUnlock()
-	if he == nil {
+	if he == nil || (kind == kindStream) != (he.sh != nil) {
 		ctrs.refused.Add(1)
 		log.Debug().Msg("no handler")
 		reset(codeNoHandler)
@@ -675,6 +666,10 @@ func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *pee
 		return
 	}
 	defer he.release(peer)
+	if kind == kindStream {
+		t.serveLongStream(peer, connID, ctrs, str, protocol, he.sh, log)
+		return
+	}
 
 	n, err := readFrameLen(str, t.cfg.MaxFrameSize)
 	if errors.Is(err, errTooLarge) {

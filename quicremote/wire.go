@@ -21,11 +21,17 @@ import (
 // response) or statusError (payload is the handler's error text). The
 // receiver refuses a stream by resetting it with one of the stream codes
 // below, which the caller maps to a typed error.
+//
+// A long-lived stream (kind kindStream) sends the same header without a
+// frame; the receiver answers statusOK once it admitted the stream, and
+// from then on each side writes any number of frames and ends its side
+// with FIN.
 const (
 	wireVersion byte = 1
 
-	kindCall byte = 1
-	kindPush byte = 2
+	kindCall   byte = 1
+	kindPush   byte = 2
+	kindStream byte = 3
 
 	statusOK    byte = 0
 	statusError byte = 1
@@ -44,6 +50,7 @@ const (
 	codeTooLarge                                     // frame above MaxFrameSize
 	codeGarbage                                      // undecodable header or frame
 	codeShutdown                                     // receiver is closing
+	codeHandlerError                                 // a stream handler returned an error
 )
 
 // Connection close codes.
@@ -110,7 +117,7 @@ func readRequestHeader(r io.Reader) (kind byte, protocol string, err error) {
 	if h[0] != wireVersion {
 		return 0, "", fmt.Errorf("%w %d", errBadVersion, h[0])
 	}
-	if h[1] != kindCall && h[1] != kindPush {
+	if h[1] != kindCall && h[1] != kindPush && h[1] != kindStream {
 		return 0, "", fmt.Errorf("%w %d", errBadKind, h[1])
 	}
 	n := int(h[2])

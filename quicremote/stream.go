@@ -1,0 +1,298 @@
+package quicremote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+
+	"github.com/abcast/abcast/membership"
+)
+
+// registerHandler adds a request handler (h) or a stream handler (sh) for
+// protocol; the two kinds share one name space.
+func registerHandler(mu *sync.RWMutex, handlers map[string]*handlerEntry, protocol string, h Handler, sh StreamHandler, limit, defaultLimit int) error {
+	if err := validProtocol(protocol); err != nil {
+		return fmt.Errorf("quicremote: Handle %q: %w", protocol, err)
+	}
+	if h == nil && sh == nil {
+		return fmt.Errorf("quicremote: Handle %q: nil handler", protocol)
+	}
+	if limit <= 0 {
+		limit = defaultLimit
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := handlers[protocol]; dup {
+		return fmt.Errorf("quicremote: Handle %q: already registered", protocol)
+	}
+	handlers[protocol] = &handlerEntry{h: h, sh: sh, limit: int64(limit)}
+	return nil
+}
+
+// quicStream is one end of a long-lived stream over QUIC.
+type quicStream struct {
+	t        *Transport
+	str      *quic.Stream
+	peer     membership.NodeID
+	protocol string
+	connID   uint64
+	ctrs     *peerCounters
+	hdr      []byte // Send's scratch header
+
+	mu   sync.Mutex // guards held against Recv racing Close
+	held int        // bytes of the last frame Recv returned, charged to the peer
+}
+
+var _ Stream = (*quicStream)(nil)
+
+func (s *quicStream) fail(kind, cause error, detail string) *Error {
+	return newErr(s.peer, s.protocol, kind, cause, detail)
+}
+
+func (s *quicStream) ConnID() uint64 { return s.connID }
+
+// Send implements Stream.
+func (s *quicStream) Send(ctx context.Context, frame []byte) error {
+	max := s.t.cfg.MaxFrameSize
+	if len(frame) > max {
+		return s.fail(ErrTooLarge, nil, fmt.Sprintf("frame of %d bytes exceeds %d", len(frame), max))
+	}
+	if err := ctx.Err(); err != nil {
+		s.abort(codeCancelled)
+		return s.fail(ErrCancelled, err, "")
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.str.SetWriteDeadline(dl)
+	} else {
+		_ = s.str.SetWriteDeadline(time.Time{})
+	}
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { s.str.CancelWrite(codeCancelled) })
+	}
+	s.hdr = appendFrameLen(s.hdr[:0], len(frame))
+	err := writeFrame(s.str, s.hdr, frame)
+	if stop != nil {
+		stop()
+	}
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil || isTimeout(err) {
+		s.abort(codeCancelled)
+		cause := ctx.Err()
+		if cause == nil {
+			cause = context.DeadlineExceeded
+		}
+		return s.fail(ErrCancelled, cause, "")
+	}
+	s.abort(codeCancelled)
+	k, c := s.t.classifyStream(err)
+	return s.fail(k, c, "")
+}
+
+// Recv implements Stream.
+func (s *quicStream) Recv() ([]byte, error) {
+	s.release()
+	n, err := readFrameLen(s.str, s.t.cfg.MaxFrameSize)
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if errors.Is(err, errTooLarge) {
+		s.ctrs.oversized.Add(1)
+		s.abort(codeTooLarge)
+		return nil, s.fail(ErrTooLarge, err, "incoming frame")
+	}
+	if err == nil {
+		if !s.ctrs.hold(n, s.t.cfg.MaxRequestBytesPerPeer) {
+			s.ctrs.refused.Add(1)
+			s.abort(codeBusy)
+			return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", n))
+		}
+		s.mu.Lock()
+		s.held = n
+		s.mu.Unlock()
+	}
+	var frame []byte
+	if err == nil {
+		frame, err = readPayload(s.str, n)
+	}
+	if err != nil {
+		s.release()
+		if isStreamOrConnErr(err) {
+			k, c := s.t.classifyStream(err)
+			return nil, s.fail(k, c, "")
+		}
+		s.ctrs.garbage.Add(1)
+		s.abort(codeGarbage)
+		return nil, s.fail(ErrProtocol, err, "truncated frame")
+	}
+	return frame, nil
+}
+
+// release hands the last frame's bytes back to the peer's budget.
+func (s *quicStream) release() {
+	s.mu.Lock()
+	n := s.held
+	s.held = 0
+	s.mu.Unlock()
+	if n > 0 {
+		s.ctrs.unhold(n)
+	}
+}
+
+// CloseSend implements Stream.
+func (s *quicStream) CloseSend() error {
+	if err := s.str.Close(); err != nil {
+		k, c := s.t.classifyStream(err)
+		return s.fail(k, c, "")
+	}
+	return nil
+}
+
+// Close implements Stream.
+func (s *quicStream) Close() {
+	s.abort(codeCancelled)
+	s.release()
+}
+
+func (s *quicStream) abort(code quic.StreamErrorCode) {
+	s.str.CancelWrite(code)
+	s.str.CancelRead(code)
+}
+
+// classifyStream maps errors of a long-lived stream: a local cancellation
+// after Close reads as ErrClosed-like "not connected"; a handler error
+// code as ErrRemote.
+func (t *Transport) classifyStream(err error) (kind, cause error) {
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote && se.ErrorCode == codeHandlerError {
+		return ErrRemote, errors.New("peer's stream handler failed")
+	}
+	if t.ctx.Err() != nil {
+		return ErrClosed, err
+	}
+	return classify(err)
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func appendFrameLen(b []byte, n int) []byte {
+	return append(b, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+// serveLongStream runs h on an admitted incoming stream (its protocol slot
+// is held by the caller).
+func (t *Transport) serveLongStream(peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream, protocol string, h StreamHandler, log zerolog.Logger) {
+	if _, err := str.Write([]byte{statusOK}); err != nil {
+		str.CancelRead(codeCancelled)
+		str.CancelWrite(codeCancelled)
+		return
+	}
+	ctx, cancel := context.WithCancel(WithConnID(str.Context(), connID))
+	defer cancel()
+	stop := context.AfterFunc(t.ctx, cancel)
+	defer stop()
+	s := &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs}
+	// The transport's shutdown must unblock a handler sitting in Recv.
+	stopRead := context.AfterFunc(t.ctx, func() { s.abort(codeShutdown) })
+	defer stopRead()
+	err := t.runStreamHandler(ctx, h, peer, s)
+	s.release()
+	if err != nil {
+		log.Debug().Err(err).Msg("stream handler failed")
+		s.abort(codeHandlerError)
+		return
+	}
+	_ = str.Close()
+	str.CancelRead(codeCancelled)
+}
+
+func (t *Transport) runStreamHandler(ctx context.Context, h StreamHandler, peer membership.NodeID, s Stream) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error().Interface("panic", r).Str("peer", peer.Short()).Msg("stream handler panicked")
+			err = fmt.Errorf("stream handler panicked: %v", r)
+		}
+	}()
+	return h(ctx, peer, s)
+}
+
+// OpenStream implements RPC.
+func (t *Transport) OpenStream(ctx context.Context, peer membership.NodeID, protocol string) (Stream, error) {
+	fail := func(k error, cause error, detail string) (Stream, error) {
+		return nil, newErr(peer, protocol, k, cause, detail)
+	}
+	if err := validProtocol(protocol); err != nil {
+		return fail(ErrRefused, err, "")
+	}
+	t.mu.Lock()
+	closed := t.closed
+	p := t.peers[peer]
+	var conn *quic.Conn
+	var connID uint64
+	if p != nil {
+		conn, connID = p.conn, p.connID
+	}
+	t.mu.Unlock()
+	switch {
+	case closed:
+		return fail(ErrClosed, nil, "")
+	case p == nil:
+		return fail(ErrUnknownPeer, nil, "")
+	case conn == nil:
+		return fail(ErrNotConnected, nil, "")
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(ErrCancelled, err, "")
+	}
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fail(ErrCancelled, ctx.Err(), "waiting for a stream credit")
+		}
+		return fail(ErrNotConnected, err, "")
+	}
+	stop := context.AfterFunc(ctx, func() {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+	})
+	hdr := append([]byte{wireVersion, kindStream, byte(len(protocol))}, protocol...)
+	_, err = str.Write(hdr)
+	if err == nil {
+		var st byte
+		if st, err = readStatus(str); err == nil && st != statusOK {
+			err = fmt.Errorf("%w %d for a stream", errBadStatus, st)
+		}
+	}
+	if !stop() || ctx.Err() != nil {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+		return fail(ErrCancelled, ctx.Err(), "")
+	}
+	if err != nil {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+		if isStreamOrConnErr(err) {
+			k, c := classify(err)
+			return fail(k, c, "")
+		}
+		t.counter(peer).garbage.Add(1)
+		return fail(ErrProtocol, err, "bad stream admission")
+	}
+	return &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: t.counter(peer)}, nil
+}
+
+var (
+	_ RPC = (*Transport)(nil)
+	_ RPC = (*MemTransport)(nil)
+)
