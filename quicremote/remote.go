@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/extensions"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/abcast/abcast/membership"
@@ -185,7 +187,7 @@ func (r *Remote) Start(rpc RPC) error {
 	if r.started || r.closed.Load() {
 		return errors.New("quicremote: remote already started or closed")
 	}
-	if err := rpc.Handle(r.cfg.Protocol, r.handle, r.cfg.HandlerLimit); err != nil {
+	if err := rpc.HandleStream(r.cfg.Protocol, r.serveStream, r.cfg.HandlerLimit); err != nil {
 		return fmt.Errorf("quicremote: registering the remote's protocol: %w", err)
 	}
 	r.rpc = rpc
@@ -257,8 +259,7 @@ func (r *Remote) PeerEvent(ev PeerEvent) {
 		if p := r.existingPeer(e.Peer); p != nil {
 			p.mu.Lock()
 			p.up = true
-			p.epoch++
-			p.seq = 0
+			p.connID = e.ConnID
 			p.mu.Unlock()
 			p.signal()
 		}
@@ -292,13 +293,14 @@ func (r *Remote) peerFor(id membership.NodeID) (*remotePeer, DeadLetterReason) {
 	if id == r.self || !r.members().Contains(id) {
 		return nil, DeadLetterNotMember
 	}
-	_, up := r.rpc.ConnID(id)
+	connID, up := r.rpc.ConnID(id)
 	p := &remotePeer{
 		r:         r,
 		id:        id,
 		addr:      id.String(),
 		wake:      make(chan struct{}, 1),
 		up:        up,
+		connID:    connID,
 		downSince: time.Now(),
 		watches:   make(map[watchKey]watchRec),
 	}
@@ -568,31 +570,93 @@ func (r *Remote) failFutures(fs []*pendingFuture) {
 	r.futMu.Unlock()
 }
 
-// handle serves one incoming batch.
-func (r *Remote) handle(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+// serveStream serves one peer's stream of batches (one per connection,
+// normally): each frame is one ActorBatch, delivered in order, and after it
+// the count of frames handled so far is sent back as the acknowledgement
+// (a varint; acknowledgements are coalesced, the latest count wins). An
+// undecodable batch ends the stream with an error: the sender makes the
+// messages it has not seen acknowledged dead letters and opens a new one.
+func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s Stream) error {
 	if r.closed.Load() {
-		return nil, errClosedRemote
+		return errClosedRemote
 	}
+	// Closing the remote ends its incoming streams.
+	stopOnClose := context.AfterFunc(r.ctx, s.Close)
+	defer stopOnClose()
+	ackCtx, cancelAcks := context.WithCancel(ctx)
+	acks := make(chan uint64, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var buf []byte
+		for {
+			select {
+			case n := <-acks:
+				buf = protowire.AppendVarint(buf[:0], n)
+				if s.Send(ackCtx, buf) != nil {
+					return
+				}
+			case <-ackCtx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancelAcks()
+		wg.Wait()
+	}()
+	connID := s.ConnID()
+	o := r.orderFor(peer)
+	peerAddr := peer.String()
+	var handled uint64
+	for {
+		frame, err := s.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return nil // the stream is gone; nothing to answer
+		}
+		if r.closed.Load() {
+			return errClosedRemote
+		}
+		if err := r.handleBatch(ctx, peer, peerAddr, connID, o, frame); err != nil {
+			return err
+		}
+		handled++
+		select { // only this goroutine sends: replace a pending count
+		case <-acks:
+		default:
+		}
+		acks <- handled
+	}
+}
+
+// handleBatch decodes and delivers one incoming batch. A stale batch (its
+// connection or epoch superseded) is counted and dropped; an undecodable
+// one is an error.
+func (r *Remote) handleBatch(ctx context.Context, peer membership.NodeID, peerAddr string, connID uint64, o *inboundOrder, req []byte) error {
 	var b abcastpb.ActorBatch
 	if err := proto.Unmarshal(req, &b); err != nil {
 		r.ctr.badBatches.Add(1)
 		r.log.Warn().Str("peer", peer.Short()).Err(err).Int("bytes", len(req)).Msg("undecodable batch")
-		return nil, fmt.Errorf("undecodable batch: %w", err)
+		return fmt.Errorf("undecodable batch from %s: %w", peer.Short(), err)
 	}
-	connID, _ := ConnIDFromContext(ctx)
-	o := r.orderFor(peer)
 	if err := o.waitTurn(ctx, connID, b.Epoch, b.Seq); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
 		r.ctr.staleBatches.Add(1)
-		return nil, err
+		return nil
 	}
 	// Delivery never blocks, so holding the turn while delivering only
 	// holds up this peer's next batch, which must wait anyway.
-	peerAddr := peer.String()
 	for _, env := range b.Envelopes {
 		r.deliver(peer, peerAddr, env)
 	}
 	o.done()
-	return nil, nil
+	return nil
 }
 
 // orderFor returns the incoming batch order of peer.
@@ -787,12 +851,14 @@ type remotePeer struct {
 	downSince time.Time // when a not-yet-connected peer started waiting; zero after a PeerDown
 	stopped   bool      // the send loop has ended; enqueue refuses
 	downWork  []downWork
-	// Batches in flight and their ordering tags (see ActorBatch): a failed
-	// batch starts a new epoch, and needMarker asks for an empty batch of
-	// it so the receiver drops the old epoch's stragglers at once.
-	inflight   int
+	connID    uint64 // the transport's current connection to the peer
+	// The stream batches go out on, the connection it rides on, and the
+	// batches written to it and not yet acknowledged, oldest first. Every
+	// stream gets a new epoch; seq numbers its batches (see ActorBatch).
+	stream     Stream
+	streamConn uint64
+	unacked    [][]outItem
 	epoch, seq uint64
-	needMarker bool
 	watches    map[watchKey]watchRec
 }
 
@@ -872,21 +938,37 @@ func (p *remotePeer) markDown(reason DeadLetterReason) {
 	futures := p.r.failingFutures(p.id)
 	p.mu.Lock()
 	p.up = false
-	p.epoch++
-	p.seq = 0
 	// Known down: later messages fail at once instead of waiting out the
 	// grace, which only covers a peer not connected yet.
 	p.downSince = time.Time{}
+	st := p.dropStreamLocked()
 	p.downWork = append(p.downWork, p.takeAllLocked(reason, futures))
 	p.mu.Unlock()
+	if st != nil {
+		st.Close()
+	}
 	p.signal()
 	if !p.r.members().Contains(p.id) {
 		p.r.retire(p)
 	}
 }
 
+// dropStreamLocked forgets the current stream, returning it for the
+// caller to Close outside the lock.
+func (p *remotePeer) dropStreamLocked() Stream {
+	st := p.stream
+	p.stream = nil
+	return st
+}
+
+// takeAllLocked takes the unacknowledged batches, the queue and the
+// watches, in that order (which is the order the messages were sent).
 func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*pendingFuture) downWork {
 	w := downWork{reason: reason, futures: futures}
+	for _, b := range p.unacked {
+		w.items = append(w.items, b...)
+	}
+	p.unacked = nil
 	for p.q.n > 0 {
 		w.items = append(w.items, p.q.pop())
 	}
@@ -917,6 +999,7 @@ func (p *remotePeer) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var buf []byte
 	for {
 		p.mu.Lock()
 		if len(p.downWork) > 0 {
@@ -934,13 +1017,17 @@ func (p *remotePeer) run() {
 			if !r.closed.Load() {
 				reason = DeadLetterNotMember
 			}
+			st := p.dropStreamLocked()
 			w := p.takeAllLocked(reason, nil)
 			p.mu.Unlock()
+			if st != nil {
+				st.Close()
+			}
 			w.futures = r.failingFutures(p.id)
 			p.settle(w)
 			return
 		}
-		if p.q.n == 0 && !(p.needMarker && p.up) {
+		if p.q.n == 0 {
 			p.mu.Unlock()
 			p.wait(nil)
 			continue
@@ -967,19 +1054,161 @@ func (p *remotePeer) run() {
 			}
 			continue
 		}
-		if p.inflight >= r.cfg.MaxInflightBatches {
+		if p.stream == nil || p.streamConn != p.connID {
+			old := p.dropStreamLocked()
+			var stale []outItem
+			for _, b := range p.unacked {
+				stale = append(stale, b...)
+			}
+			p.unacked = nil
+			p.mu.Unlock()
+			if old != nil {
+				old.Close()
+			}
+			p.failItems(stale, errors.New("connection replaced"))
+			p.openStream()
+			continue
+		}
+		if len(p.unacked) >= r.cfg.MaxInflightBatches {
 			p.mu.Unlock()
 			p.wait(nil)
 			continue
 		}
 		batch := p.q.takeBatch(nil, r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
-		epoch, seq := p.epoch, p.seq
+		st, epoch, seq := p.stream, p.epoch, p.seq
 		p.seq++
-		p.needMarker = false
-		p.inflight++
+		// Recorded before it is written: its acknowledgement may arrive
+		// before Send returns.
+		p.unacked = append(p.unacked, batch)
 		p.mu.Unlock()
-		r.wg.Add(1)
-		go p.sendBatch(batch, epoch, seq)
+
+		buf = buf[:0]
+		for i := range batch {
+			buf = appendBatchEntry(buf, batch[i].data)
+		}
+		buf = appendBatchTags(buf, epoch, seq)
+		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
+		err := st.Send(ctx, buf)
+		cancel()
+		if err != nil {
+			p.streamFailed(st, err)
+		}
+		// A batch can outgrow MaxBatchBytes by one message; do not keep
+		// such a buffer around.
+		if cap(buf) > 2*r.cfg.MaxBatchBytes {
+			buf = nil
+		}
+	}
+}
+
+// openStream opens a stream on the current connection. If that fails, the
+// batch at the head of the queue becomes dead letters (so a peer that keeps
+// refusing cannot hold messages forever) and the loop tries again.
+func (p *remotePeer) openStream() {
+	r := p.r
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
+	st, err := r.rpc.OpenStream(ctx, p.id, r.cfg.Protocol)
+	cancel()
+	if err != nil {
+		if r.ctx.Err() != nil {
+			return
+		}
+		p.mu.Lock()
+		batch := p.q.takeBatch(nil, r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
+		p.mu.Unlock()
+		p.failItems(batch, err)
+		return
+	}
+	p.mu.Lock()
+	if p.stopped || !p.up || st.ConnID() != p.connID {
+		// The connection changed while we opened it; the loop retries.
+		p.mu.Unlock()
+		st.Close()
+		return
+	}
+	p.stream, p.streamConn = st, st.ConnID()
+	p.epoch++
+	p.seq = 0
+	p.mu.Unlock()
+	r.wg.Add(1)
+	go p.readAcks(st)
+}
+
+// readAcks reads st's acknowledgements (the count of batches the peer
+// handled on it) and releases the batches they cover.
+func (p *remotePeer) readAcks(st Stream) {
+	r := p.r
+	defer r.wg.Done()
+	var acked uint64
+	for {
+		frame, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("peer ended the stream")
+			}
+			p.streamFailed(st, err)
+			return
+		}
+		n, k := protowire.ConsumeVarint(frame)
+		p.mu.Lock()
+		if p.stream != st {
+			p.mu.Unlock()
+			return
+		}
+		if k != len(frame) || n < acked || n-acked > uint64(len(p.unacked)) {
+			p.mu.Unlock()
+			p.streamFailed(st, fmt.Errorf("bad acknowledgement %x from %s", frame, p.id.Short()))
+			return
+		}
+		done := int(n - acked)
+		msgs := 0
+		for _, b := range p.unacked[:done] {
+			msgs += len(b)
+		}
+		clear(p.unacked[:done])
+		p.unacked = p.unacked[done:]
+		acked = n
+		p.mu.Unlock()
+		if done > 0 {
+			r.ctr.sent.Add(uint64(msgs))
+			r.ctr.batches.Add(uint64(done))
+			p.signal()
+		}
+	}
+}
+
+// streamFailed gives up on st if it is still the current stream: its
+// unacknowledged batches become dead letters (they may or may not have been
+// delivered; they are never resent) and the loop opens a new stream.
+func (p *remotePeer) streamFailed(st Stream, err error) {
+	p.mu.Lock()
+	if p.stream != st {
+		p.mu.Unlock()
+		st.Close()
+		return
+	}
+	p.stream = nil
+	var items []outItem
+	for _, b := range p.unacked {
+		items = append(items, b...)
+	}
+	p.unacked = nil
+	p.mu.Unlock()
+	st.Close()
+	p.failItems(items, err)
+	p.signal()
+}
+
+func (p *remotePeer) failItems(items []outItem, err error) {
+	if len(items) == 0 {
+		return
+	}
+	r := p.r
+	if r.ctx.Err() == nil {
+		r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(items)).Err(err).Msg("batches failed; their messages are dead letters")
+	}
+	for i := range items {
+		r.deadLetter(p, p.id, &items[i], DeadLetterSendFailed, err)
 	}
 }
 
@@ -989,49 +1218,6 @@ func (p *remotePeer) wait(timeout <-chan time.Time) {
 	case <-p.r.ctx.Done():
 	case <-timeout:
 	}
-}
-
-// sendBatch sends one batch and settles it; several run at once, up to
-// MaxInflightBatches, and the receiver puts them back in order.
-func (p *remotePeer) sendBatch(batch []outItem, epoch, seq uint64) {
-	r := p.r
-	defer r.wg.Done()
-	size := batchTagsSize
-	for i := range batch {
-		size += batchEntrySize(len(batch[i].data))
-	}
-	// A fresh buffer per batch: the transport may still hold a request whose
-	// Call timed out.
-	buf := make([]byte, 0, size)
-	for i := range batch {
-		buf = appendBatchEntry(buf, batch[i].data)
-	}
-	buf = appendBatchTags(buf, epoch, seq)
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
-	_, err := r.rpc.Call(ctx, p.id, r.cfg.Protocol, buf)
-	cancel()
-
-	p.mu.Lock()
-	p.inflight--
-	if err != nil && epoch == p.epoch {
-		p.epoch++
-		p.seq = 0
-		p.needMarker = p.inflight > 0
-	}
-	p.mu.Unlock()
-	p.signal()
-
-	if err != nil {
-		if len(batch) > 0 {
-			r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(batch)).Err(err).Msg("batch failed; its messages are dead letters")
-		}
-		for i := range batch {
-			r.deadLetter(p, p.id, &batch[i], DeadLetterSendFailed, err)
-		}
-		return
-	}
-	r.ctr.sent.Add(uint64(len(batch)))
-	r.ctr.batches.Add(1)
 }
 
 // outRing is a FIFO of outItems that grows on demand up to a limit.

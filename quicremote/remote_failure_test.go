@@ -14,6 +14,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -225,13 +226,23 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 		{TargetId: "col", SenderId: "replies", SerializerId: 99, TypeName: "x", Payload: nil},
 		{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("good"))},
 	}
-	req, err := proto.Marshal(&abcastpb.ActorBatch{Envelopes: envs, Epoch: 1, Seq: 0})
+	// x speaks the remote's stream protocol by hand.
+	st, err := x.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := x.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, req); err != nil {
-		t.Fatalf("crafted batch: %v", err)
+	defer st.Close()
+	sendBatch := func(batch *abcastpb.ActorBatch, wantAck uint64) {
+		t.Helper()
+		if err := st.Send(t.Context(), mustMarshal(t, batch)); err != nil {
+			t.Fatalf("crafted batch: %v", err)
+		}
+		ack, err := st.Recv()
+		if n, k := protowire.ConsumeVarint(ack); err != nil || k != len(ack) || n != wantAck {
+			t.Fatalf("acknowledgement %x %v, want %d", ack, err, wantAck)
+		}
 	}
+	sendBatch(&abcastpb.ActorBatch{Envelopes: envs, Epoch: 1, Seq: 0}, 1)
 	if m := recv(t, col.ch, 10*time.Second, "the good message"); m.(*wrapperspb.StringValue).Value != "good" {
 		t.Fatalf("got %v", m)
 	}
@@ -240,8 +251,17 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 			t.Fatalf("reply %d: %T", i, m)
 		}
 	}
-	_, err = x.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, []byte{0xff, 0x01, 0x02})
-	if !errors.Is(err, quicremote.ErrRemote) {
+	// A stale batch (older epoch than the last) is counted and dropped; the
+	// stream goes on.
+	sendBatch(&abcastpb.ActorBatch{Envelopes: envs[3:], Epoch: 0, Seq: 99}, 2)
+	if b.remote.Stats().StaleBatches != 1 || len(col.ch) != 0 {
+		t.Fatalf("stale batch delivered or not counted: %+v", b.remote.Stats())
+	}
+	// Garbage instead of a batch ends the stream with an error.
+	if err := st.Send(t.Context(), []byte{0xff, 0x01, 0x02}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); !errors.Is(err, quicremote.ErrRemote) {
 		t.Fatalf("garbage batch: %v, want ErrRemote", err)
 	}
 	s := b.remote.Stats()
@@ -251,14 +271,6 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 	// Still the same connection, still working.
 	spawnNamed(t, b.sys, echoProps(nil), "echo")
 	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("alive"))
-	// A stale batch (older epoch than the last) is refused, not delivered.
-	req, _ = proto.Marshal(&abcastpb.ActorBatch{Envelopes: envs[3:], Epoch: 0, Seq: 99})
-	if _, err := x.rpc.Call(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol, req); !errors.Is(err, quicremote.ErrRemote) {
-		t.Fatalf("stale batch: %v", err)
-	}
-	if b.remote.Stats().StaleBatches != 1 || len(col.ch) != 0 {
-		t.Fatalf("stale batch delivered or not counted: %+v", b.remote.Stats())
-	}
 	if connAfter, _ := x.rpc.ConnID(b.id.ID); connAfter != connBefore {
 		t.Fatalf("connection replaced: %d -> %d", connBefore, connAfter)
 	}
