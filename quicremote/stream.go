@@ -192,16 +192,27 @@ func appendFrameLen(b []byte, n int) []byte {
 
 // serveLongStream runs h on an admitted incoming stream (its protocol slot
 // is held by the caller).
-func (t *Transport) serveLongStream(peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream, protocol string, h StreamHandler, log zerolog.Logger) {
+func (t *Transport) serveLongStream(connCtx context.Context, peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream, protocol string, h StreamHandler, log zerolog.Logger) {
 	if _, err := str.Write([]byte{statusOK}); err != nil {
 		str.CancelRead(codeCancelled)
 		str.CancelWrite(codeCancelled)
 		return
 	}
-	ctx, cancel := context.WithCancel(WithConnID(str.Context(), connID))
+	// The handler's context ends with the connection, the transport, or
+	// the peer abandoning the stream. quic-go's stream context also ends
+	// when we close our own sending side (cause ErrStreamClosed), which a
+	// handler that is done sending but still reading must survive.
+	ctx, cancel := context.WithCancel(WithConnID(connCtx, connID))
 	defer cancel()
 	stop := context.AfterFunc(t.ctx, cancel)
 	defer stop()
+	strCtx := str.Context()
+	stopStr := context.AfterFunc(strCtx, func() {
+		if !errors.Is(context.Cause(strCtx), quic.ErrStreamClosed) {
+			cancel()
+		}
+	})
+	defer stopStr()
 	s := &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs}
 	// The transport's shutdown must unblock a handler sitting in Recv.
 	stopRead := context.AfterFunc(t.ctx, func() { s.abort(codeShutdown) })

@@ -597,7 +597,7 @@ func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID ui
 			return
 		}
 		t.wg.Add(1)
-		go t.serveStream(peer, connID, ctrs, str)
+		go t.serveStream(conn.Context(), peer, connID, ctrs, str)
 	}
 }
 
@@ -628,7 +628,7 @@ func (t *Transport) heartbeat(conn *quic.Conn) {
 }
 
 // serveStream reads one request, runs its handler and writes the response.
-func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream) {
+func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream) {
 	defer t.wg.Done()
 	defer str.ReleaseStreamCredit()
 	reset := func(code quic.StreamErrorCode) {
@@ -667,7 +667,7 @@ func (t *Transport) serveStream(peer membership.NodeID, connID uint64, ctrs *pee
 	}
 	defer he.release(peer)
 	if kind == kindStream {
-		t.serveLongStream(peer, connID, ctrs, str, protocol, he.sh, log)
+		t.serveLongStream(connCtx, peer, connID, ctrs, str, protocol, he.sh, log)
 		return
 	}
 

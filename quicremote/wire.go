@@ -44,13 +44,13 @@ const (
 
 // Stream reset codes (both directions).
 const (
-	codeCancelled quic.StreamErrorCode = 0x10 + iota // caller gave up
-	codeNoHandler                                    // no handler for the protocol
-	codeBusy                                         // protocol at its concurrency limit
-	codeTooLarge                                     // frame above MaxFrameSize
-	codeGarbage                                      // undecodable header or frame
-	codeShutdown                                     // receiver is closing
-	codeHandlerError                                 // a stream handler returned an error
+	codeCancelled    quic.StreamErrorCode = 0x10 + iota // caller gave up
+	codeNoHandler                                       // no handler for the protocol
+	codeBusy                                            // protocol at its concurrency limit
+	codeTooLarge                                        // frame above MaxFrameSize
+	codeGarbage                                         // undecodable header or frame
+	codeShutdown                                        // receiver is closing
+	codeHandlerError                                    // a stream handler returned an error
 )
 
 // Connection close codes.
