@@ -117,8 +117,8 @@ type Stream interface {
 // StreamHandler serves one incoming stream for as long as it lives; ctx
 // ends when the peer abandons the stream (Close), the connection dies or
 // the transport closes. When the handler returns nil the stream's sending
-// side is closed cleanly (the peer's Recv sees io.EOF) and anything the
-// peer still sends is refused; a non-nil error resets the stream and the
+// side is closed cleanly (the peer's Recv sees io.EOF) and the peer's
+// further Sends fail with ErrNotConnected; a non-nil error resets the stream and the
 // peer's Send and Recv fail with ErrRemote. The handler must not keep using
 // s after it returns.
 type StreamHandler func(ctx context.Context, peer membership.NodeID, s Stream) error

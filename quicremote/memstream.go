@@ -11,38 +11,109 @@ import (
 	"github.com/abcast/abcast/membership"
 )
 
-// memStreamWindow is how many frames one direction of an in-memory stream
-// buffers before Send blocks: the twin of QUIC's stream flow control.
-const memStreamWindow = 16
+// memStreamWindow is how many bytes one direction of an in-memory stream
+// buffers before Send blocks: the twin of QUIC's stream flow control
+// (quic-go starts a stream's window at 512 KiB). A frame larger than the
+// window is accepted when the direction is empty.
+const memStreamWindow = 512 << 10
 
-// memDir is one direction of an in-memory stream. ctx ends when the
-// direction is reset (by either side, or because the link went down); kind
-// is the error kind both ends see from then on.
+// memDir is one direction of an in-memory stream: a byte-bounded queue of
+// frames with one writer and one reader. ctx ends when the direction is
+// reset (by either side, or because the link went down); kind and cause
+// are the error both ends see from then on.
 type memDir struct {
-	frames  chan []byte
-	finOnce sync.Once
-	ctx     context.Context
-	cancel  context.CancelFunc
-	once    sync.Once
-	kind    error
+	mu     sync.Mutex
+	frames [][]byte
+	bytes  int
+	fin    bool
+	data   chan struct{} // a frame or the fin arrived (cap 1)
+	space  chan struct{} // a frame was taken (cap 1)
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
+	kind   error
+	cause  error
 }
 
 func newMemDir() *memDir {
-	d := &memDir{frames: make(chan []byte, memStreamWindow)}
+	d := &memDir{data: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d
 }
 
-func (d *memDir) reset(kind error) {
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (d *memDir) reset(kind, cause error) {
 	d.once.Do(func() {
-		d.kind = kind
+		d.kind, d.cause = kind, cause
 		d.cancel()
 	})
 }
 
-// fin ends the direction cleanly; only its writer calls it, never
-// concurrently with its own Send.
-func (d *memDir) fin() { d.finOnce.Do(func() { close(d.frames) }) }
+// finish ends the direction cleanly; only its writer calls it.
+func (d *memDir) finish() {
+	d.mu.Lock()
+	d.fin = true
+	d.mu.Unlock()
+	notify(d.data)
+}
+
+// put queues f, waiting for room until ctx ends or the direction is reset.
+func (d *memDir) put(ctx context.Context, f []byte) error {
+	for {
+		if d.ctx.Err() != nil {
+			return d.ctx.Err()
+		}
+		d.mu.Lock()
+		if d.bytes == 0 || d.bytes+len(f) <= memStreamWindow {
+			d.frames = append(d.frames, f)
+			d.bytes += len(f)
+			d.mu.Unlock()
+			notify(d.data)
+			return nil
+		}
+		d.mu.Unlock()
+		select {
+		case <-d.space:
+		case <-d.ctx.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// get takes the next frame; ok is false at the clean end.
+func (d *memDir) get() (f []byte, ok bool, reset bool) {
+	for {
+		if d.ctx.Err() != nil {
+			return nil, false, true
+		}
+		d.mu.Lock()
+		if len(d.frames) > 0 {
+			f = d.frames[0]
+			d.frames[0] = nil
+			d.frames = d.frames[1:]
+			d.bytes -= len(f)
+			d.mu.Unlock()
+			notify(d.space)
+			return f, true, false
+		}
+		fin := d.fin
+		d.mu.Unlock()
+		if fin {
+			return nil, false, false
+		}
+		select {
+		case <-d.data:
+		case <-d.ctx.Done():
+		}
+	}
+}
 
 // memStream is one end of an in-memory stream.
 type memStream struct {
@@ -52,7 +123,8 @@ type memStream struct {
 	connID   uint64
 	in, out  *memDir
 	ctrs     *peerCounters
-	finished bool // CloseSend was called (writer-side only)
+	finished bool   // CloseSend was called (writer-side only)
+	gone     func() // on a handler's end: ends its context when the stream is reset
 
 	mu   sync.Mutex
 	held int
@@ -66,10 +138,18 @@ func (s *memStream) fail(kind, cause error, detail string) *Error {
 
 func (s *memStream) ConnID() uint64 { return s.connID }
 
-func (s *memStream) resetBoth(kind error) {
-	s.in.reset(kind)
-	s.out.reset(kind)
+func (s *memStream) resetBoth(kind, cause error) {
+	s.in.reset(kind, cause)
+	s.out.reset(kind, cause)
 }
+
+var (
+	errMemAbandoned  = errors.New("stream abandoned")
+	errMemHandler    = errors.New("peer's stream handler failed")
+	errMemOverBudget = errors.New("request budget for this peer exhausted")
+	errMemTooLarge   = errors.New("peer refused the frame size")
+	errMemFinished   = errors.New("peer's handler finished")
+)
 
 // Send implements Stream.
 func (s *memStream) Send(ctx context.Context, frame []byte) error {
@@ -80,51 +160,43 @@ func (s *memStream) Send(ctx context.Context, frame []byte) error {
 		return s.fail(ErrProtocol, errors.New("Send after CloseSend"), "")
 	}
 	if s.out.ctx.Err() != nil {
-		return s.fail(s.out.kind, errMemLinkDown, "")
+		return s.fail(s.out.kind, s.out.cause, "")
 	}
 	if err := ctx.Err(); err != nil {
-		s.resetBoth(ErrNotConnected)
+		s.resetBoth(ErrNotConnected, errMemAbandoned)
 		return s.fail(ErrCancelled, err, "")
 	}
-	f := slices.Clone(frame)
-	select {
-	case s.out.frames <- f:
-		return nil
-	case <-s.out.ctx.Done():
-		return s.fail(s.out.kind, errMemLinkDown, "")
-	case <-ctx.Done():
-		s.resetBoth(ErrNotConnected)
-		return s.fail(ErrCancelled, ctx.Err(), "")
+	if err := s.out.put(ctx, slices.Clone(frame)); err != nil {
+		if s.out.ctx.Err() != nil {
+			return s.fail(s.out.kind, s.out.cause, "")
+		}
+		s.resetBoth(ErrNotConnected, errMemAbandoned)
+		return s.fail(ErrCancelled, err, "")
 	}
+	return nil
 }
 
 // Recv implements Stream.
 func (s *memStream) Recv() ([]byte, error) {
 	s.release()
-	if s.in.ctx.Err() != nil {
-		return nil, s.fail(s.in.kind, errMemLinkDown, "")
-	}
-	var f []byte
-	var ok bool
-	select {
-	case f, ok = <-s.in.frames:
-	case <-s.in.ctx.Done():
-		return nil, s.fail(s.in.kind, errMemLinkDown, "")
-	}
-	if s.in.ctx.Err() != nil {
-		return nil, s.fail(s.in.kind, errMemLinkDown, "")
+	f, ok, reset := s.in.get()
+	if reset {
+		if s.gone != nil {
+			s.gone()
+		}
+		return nil, s.fail(s.in.kind, s.in.cause, "")
 	}
 	if !ok {
 		return nil, io.EOF
 	}
 	if len(f) > s.cfg.MaxFrameSize {
 		s.ctrs.oversized.Add(1)
-		s.resetBoth(ErrTooLarge)
+		s.resetBoth(ErrTooLarge, errMemTooLarge)
 		return nil, s.fail(ErrTooLarge, nil, "incoming frame")
 	}
 	if !s.ctrs.hold(len(f), s.cfg.MaxRequestBytesPerPeer) {
 		s.ctrs.refused.Add(1)
-		s.resetBoth(ErrRefused)
+		s.resetBoth(ErrRefused, errMemOverBudget)
 		return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", len(f)))
 	}
 	s.mu.Lock()
@@ -146,16 +218,16 @@ func (s *memStream) release() {
 // CloseSend implements Stream.
 func (s *memStream) CloseSend() error {
 	if s.out.ctx.Err() != nil {
-		return s.fail(s.out.kind, errMemLinkDown, "")
+		return s.fail(s.out.kind, s.out.cause, "")
 	}
 	s.finished = true
-	s.out.fin()
+	s.out.finish()
 	return nil
 }
 
 // Close implements Stream.
 func (s *memStream) Close() {
-	s.resetBoth(ErrNotConnected)
+	s.resetBoth(ErrNotConnected, errMemAbandoned)
 	s.release()
 }
 
@@ -214,7 +286,7 @@ func (m *MemTransport) OpenStream(ctx context.Context, peer membership.NodeID, p
 	toH, fromH := newMemDir(), newMemDir()
 	opener := &memStream{cfg: m.cfg, peer: peer, protocol: protocol, connID: link.connID, in: fromH, out: toH, ctrs: m.counter(peer)}
 	served := &memStream{cfg: remote.cfg, peer: m.id, protocol: protocol, connID: rlink.connID, in: toH, out: fromH, ctrs: rctr}
-	down := func() { served.resetBoth(ErrNotConnected) }
+	down := func() { served.resetBoth(ErrNotConnected, errMemLinkDown) }
 	stops := []func() bool{
 		context.AfterFunc(link.ctx, down),
 		context.AfterFunc(m.ctx, down),
@@ -224,6 +296,7 @@ func (m *MemTransport) OpenStream(ctx context.Context, peer membership.NodeID, p
 	// Close resets the handler's sending side), the link goes down or the
 	// remote transport closes.
 	hctx, hcancel := context.WithCancel(WithConnID(link.ctx, rlink.connID))
+	served.gone = hcancel
 	stops = append(stops, context.AfterFunc(fromH.ctx, hcancel), context.AfterFunc(remote.ctx, hcancel))
 	remote.wg.Add(1)
 	go func() {
@@ -234,12 +307,12 @@ func (m *MemTransport) OpenStream(ctx context.Context, peer membership.NodeID, p
 		err := runMemStreamHandler(hctx, he.sh, m.id, served)
 		served.release()
 		if err != nil {
-			served.resetBoth(ErrRemote)
+			served.resetBoth(ErrRemote, errMemHandler)
 		} else {
 			if !served.finished {
-				fromH.fin()
+				fromH.finish()
 			}
-			toH.reset(ErrNotConnected)
+			toH.reset(ErrNotConnected, errMemFinished)
 		}
 		for _, stop := range stops {
 			stop()

@@ -14,10 +14,8 @@ import (
 	"github.com/asynkron/protoactor-go/extensions"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/proto/abcastpb"
 )
 
 // Remote makes a protoactor-go actor system reachable from the other members
@@ -243,7 +241,7 @@ func (r *Remote) Stats() RemoteStats {
 	r.mu.Lock()
 	for _, p := range r.peers {
 		p.mu.Lock()
-		s.Queued += p.q.n
+		s.Queued += p.q.n + len(p.pending)
 		p.mu.Unlock()
 	}
 	r.mu.Unlock()
@@ -374,7 +372,7 @@ type outItem struct {
 	target *actor.PID
 	sender *actor.PID
 	msg    any
-	data   []byte // the marshalled ActorEnvelope
+	header actor.ReadonlyMessageHeader
 	system bool
 }
 
@@ -382,7 +380,7 @@ var errUnsupportedSystem = errors.New("quicremote: system message not carried by
 
 func (r *Remote) send(rp *remoteProcess, target *actor.PID, message any, system bool) {
 	header, msg, sender := actor.UnwrapEnvelope(message)
-	it := outItem{target: target, sender: sender, msg: msg, system: system}
+	it := outItem{target: target, sender: sender, msg: msg, header: header, system: system}
 	if system {
 		switch msg.(type) {
 		case *actor.Watch, *actor.Unwatch, *actor.Terminated, *actor.Stop:
@@ -391,12 +389,6 @@ func (r *Remote) send(rp *remoteProcess, target *actor.PID, message any, system 
 			return
 		}
 	}
-	data, err := r.encode(target, header, msg, sender, system)
-	if err != nil {
-		r.deadLetter(nil, rp.node, &it, DeadLetterUnserializable, err)
-		return
-	}
-	it.data = data
 	// A peer whose loop just ended (it left the member set) refuses; the
 	// second look finds its successor or none.
 	for range 2 {
@@ -419,41 +411,6 @@ func (r *Remote) send(rp *remoteProcess, target *actor.PID, message any, system 
 		}
 	}
 	r.deadLetter(nil, rp.node, &it, DeadLetterClosed, nil)
-}
-
-func (r *Remote) encode(target *actor.PID, header actor.ReadonlyMessageHeader, msg any, sender *actor.PID, system bool) ([]byte, error) {
-	env := abcastpb.ActorEnvelope{
-		TargetId:        target.Id,
-		TargetRequestId: target.RequestId,
-		System:          system,
-	}
-	var err error
-	env.SerializerId, env.TypeName, env.Payload, err = r.serialize(msg)
-	if err != nil {
-		return nil, err
-	}
-	if sender != nil && sender.Id != "" {
-		if sender.Address != r.addr && sender.Address != protoactorLocalAddress {
-			env.SenderAddress = sender.Address
-		}
-		env.SenderId = sender.Id
-		env.SenderRequestId = sender.RequestId
-	}
-	if header != nil && header.Length() > 0 {
-		env.Header = header.ToMap()
-	}
-	return proto.Marshal(&env)
-}
-
-func (r *Remote) serialize(msg any) (int32, string, []byte, error) {
-	for _, s := range r.sers {
-		name, data, err := s.Serialize(msg)
-		if errors.Is(err, ErrUnsupportedMessage) {
-			continue
-		}
-		return s.ID(), name, data, err
-	}
-	return 0, "", nil, fmt.Errorf("%w: %T", ErrUnsupportedMessage, msg)
 }
 
 // deadLetter gives up on it. A Watch that cannot be sent ends the watch with
@@ -584,23 +541,12 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s Stre
 	stopOnClose := context.AfterFunc(r.ctx, s.Close)
 	defer stopOnClose()
 	ackCtx, cancelAcks := context.WithCancel(ctx)
-	acks := make(chan uint64, 1)
+	acks := make(chan ackNote, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		var buf []byte
-		for {
-			select {
-			case n := <-acks:
-				buf = protowire.AppendVarint(buf[:0], n)
-				if s.Send(ackCtx, buf) != nil {
-					return
-				}
-			case <-ackCtx.Done():
-				return
-			}
-		}
+		sendAcks(ackCtx, s, acks)
 	}()
 	defer func() {
 		cancelAcks()
@@ -609,7 +555,8 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s Stre
 	connID := s.ConnID()
 	o := r.orderFor(peer)
 	peerAddr := peer.String()
-	var handled uint64
+	dec := &batchDecoder{r: r}
+	var handled, lastNow uint64
 	for {
 		frame, err := s.Recv()
 		if err != nil {
@@ -621,29 +568,96 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s Stre
 		if r.closed.Load() {
 			return errClosedRemote
 		}
-		if err := r.handleBatch(ctx, peer, peerAddr, connID, o, frame); err != nil {
+		if err := r.handleBatch(ctx, peer, peerAddr, connID, o, dec, frame); err != nil {
 			return err
 		}
 		handled++
-		select { // only this goroutine sends: replace a pending count
-		case <-acks:
+		now := handled-lastNow >= ackEvery
+		if now {
+			lastNow = handled
+		}
+		select { // only this goroutine sends: replace a pending note
+		case old := <-acks:
+			now = now || old.now
 		default:
 		}
-		acks <- handled
+		acks <- ackNote{handled, now}
+	}
+}
+
+// Acknowledgements are delayed so that light traffic (a request here, an
+// answer there) does not cost a packet per batch: the receiver answers
+// after every ackEvery batches at once, otherwise ackDelay after the first
+// batch it has not acknowledged.
+const (
+	ackEvery = 8
+	ackDelay = 2 * time.Millisecond
+)
+
+// ackNote tells sendAcks how many batches were handled and whether to
+// acknowledge them at once.
+type ackNote struct {
+	n   uint64
+	now bool
+}
+
+// sendAcks writes the acknowledgements of one incoming stream until ctx
+// ends or the stream fails.
+func sendAcks(ctx context.Context, s Stream, notes <-chan ackNote) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var buf []byte
+	var pending uint64
+	waiting := false
+	send := func() bool {
+		waiting = false
+		timer.Stop()
+		buf = protowire.AppendVarint(buf[:0], pending)
+		return s.Send(ctx, buf) == nil
+	}
+	for {
+		select {
+		case a := <-notes:
+			pending = a.n
+			if a.now {
+				if !send() {
+					return
+				}
+			} else if !waiting {
+				waiting = true
+				timer.Reset(ackDelay)
+			}
+		case <-timer.C:
+			if waiting && !send() {
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
 // handleBatch decodes and delivers one incoming batch. A stale batch (its
-// connection or epoch superseded) is counted and dropped; an undecodable
-// one is an error.
-func (r *Remote) handleBatch(ctx context.Context, peer membership.NodeID, peerAddr string, connID uint64, o *inboundOrder, req []byte) error {
-	var b abcastpb.ActorBatch
-	if err := proto.Unmarshal(req, &b); err != nil {
+// connection or epoch superseded) is counted and dropped; a malformed one
+// is an error and nothing of it is delivered.
+func (r *Remote) handleBatch(ctx context.Context, peer membership.NodeID, peerAddr string, connID uint64, o *inboundOrder, d *batchDecoder, frame []byte) error {
+	b := &d.batch
+	err := parseBatch(frame, b)
+	// Every envelope is parsed before anything is delivered.
+	if cap(d.envs) < len(b.envelopes) {
+		d.envs = make([]rawEnvelope, len(b.envelopes))
+	}
+	d.envs = d.envs[:len(b.envelopes)]
+	for i := 0; err == nil && i < len(b.envelopes); i++ {
+		err = parseEnvelope(b.envelopes[i], &d.envs[i])
+	}
+	if err != nil {
 		r.ctr.badBatches.Add(1)
-		r.log.Warn().Str("peer", peer.Short()).Err(err).Int("bytes", len(req)).Msg("undecodable batch")
+		r.log.Warn().Str("peer", peer.Short()).Err(err).Int("bytes", len(frame)).Msg("undecodable batch")
 		return fmt.Errorf("undecodable batch from %s: %w", peer.Short(), err)
 	}
-	if err := o.waitTurn(ctx, connID, b.Epoch, b.Seq); err != nil {
+	if err := o.waitTurn(ctx, connID, b.epoch, b.seq); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
@@ -652,9 +666,10 @@ func (r *Remote) handleBatch(ctx context.Context, peer membership.NodeID, peerAd
 	}
 	// Delivery never blocks, so holding the turn while delivering only
 	// holds up this peer's next batch, which must wait anyway.
-	for _, env := range b.Envelopes {
-		r.deliver(peer, peerAddr, env)
+	for i := range d.envs {
+		r.deliver(peer, peerAddr, d, &d.envs[i])
 	}
+	clear(d.envs) // do not pin the frame
 	o.done()
 	return nil
 }
@@ -729,17 +744,17 @@ func (o *inboundOrder) done() {
 	o.mu.Unlock()
 }
 
-func (r *Remote) deliver(peer membership.NodeID, peerAddr string, env *abcastpb.ActorEnvelope) {
-	target := &actor.PID{Address: r.addr, Id: env.TargetId, RequestId: env.TargetRequestId}
+func (r *Remote) deliver(peer membership.NodeID, peerAddr string, d *batchDecoder, env *rawEnvelope) {
+	target := d.targetOf(env)
 	var sender *actor.PID
-	if env.SenderId != "" {
-		addr := env.SenderAddress
-		if addr == "" {
-			addr = peerAddr
+	if len(env.senderID) > 0 {
+		addr := peerAddr
+		if len(env.senderAddr) > 0 {
+			addr = string(env.senderAddr)
 		}
-		sender = &actor.PID{Address: addr, Id: env.SenderId, RequestId: env.SenderRequestId}
+		sender = &actor.PID{Address: addr, Id: string(env.senderID), RequestId: env.senderReq}
 	}
-	msg, err := r.decode(env)
+	msg, typeName, err := d.decode(env)
 	if err != nil {
 		if errors.Is(err, ErrUnknownMessageType) {
 			r.ctr.unknownTypes.Add(1)
@@ -747,40 +762,28 @@ func (r *Remote) deliver(peer membership.NodeID, peerAddr string, env *abcastpb.
 			r.ctr.badPayloads.Add(1)
 		}
 		r.ctr.dead[DeadLetterUndecodable].Add(1)
-		r.log.Debug().Str("peer", peer.Short()).Str("type", env.TypeName).Int32("serializer", env.SerializerId).Err(err).Msg("undecodable message")
+		r.log.Debug().Str("peer", peer.Short()).Str("type", typeName).Int32("serializer", env.serializer).Err(err).Msg("undecodable message")
 		if h := r.cfg.OnDeadLetter; h != nil {
-			h(RemoteDeadLetter{Peer: peer, Target: target, Sender: sender, System: env.System, Reason: DeadLetterUndecodable, Err: err})
+			h(RemoteDeadLetter{Peer: peer, Target: target, Sender: sender, System: env.system, Reason: DeadLetterUndecodable, Err: err})
 		}
-		if sender != nil && !env.System {
+		if sender != nil && !env.system {
 			r.system.Root.Send(sender, &actor.DeadLetterResponse{})
 		}
 		return
 	}
 	r.ctr.received.Add(1)
-	proc, _ := r.system.ProcessRegistry.GetLocal(target.Id)
-	if env.System {
+	if env.system {
+		proc, _ := r.system.ProcessRegistry.GetLocal(target.Id)
 		r.deliverSystem(peer, peerAddr, proc, target, msg)
 		return
 	}
 	if strings.HasPrefix(target.Id, "future") && !r.claimFuture(target.Id) {
 		return
 	}
-	if sender != nil || len(env.Header) > 0 {
-		msg = &actor.MessageEnvelope{Header: env.Header, Message: msg, Sender: sender}
+	if sender != nil || len(env.header) > 0 {
+		msg = &actor.MessageEnvelope{Header: env.header, Message: msg, Sender: sender}
 	}
-	proc.SendUserMessage(target, msg)
-}
-
-func (r *Remote) decode(env *abcastpb.ActorEnvelope) (any, error) {
-	s := r.serByID[env.SerializerId]
-	if s == nil {
-		return nil, fmt.Errorf("unknown serializer id %d", env.SerializerId)
-	}
-	msg, err := s.Deserialize(env.TypeName, env.Payload)
-	if err == nil && msg == nil {
-		err = errors.New("serializer returned no message")
-	}
-	return msg, err
+	r.system.Root.Send(target, msg)
 }
 
 // fixAddress gives a PID that a peer sent without a reachable address (its
@@ -858,6 +861,7 @@ type remotePeer struct {
 	stream     Stream
 	streamConn uint64
 	unacked    [][]outItem
+	pending    []outItem // taken from the queue by the loop, not sent yet
 	epoch, seq uint64
 	watches    map[watchKey]watchRec
 }
@@ -969,6 +973,8 @@ func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*pendingFu
 		w.items = append(w.items, b...)
 	}
 	p.unacked = nil
+	w.items = append(w.items, p.pending...)
+	p.pending = nil
 	for p.q.n > 0 {
 		w.items = append(w.items, p.q.pop())
 	}
@@ -999,7 +1005,7 @@ func (p *remotePeer) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	var buf []byte
+	enc := batchEncoder{r: r}
 	for {
 		p.mu.Lock()
 		if len(p.downWork) > 0 {
@@ -1027,7 +1033,7 @@ func (p *remotePeer) run() {
 			p.settle(w)
 			return
 		}
-		if p.q.n == 0 {
+		if p.q.n == 0 && len(p.pending) == 0 {
 			p.mu.Unlock()
 			p.wait(nil)
 			continue
@@ -1043,7 +1049,8 @@ func (p *remotePeer) run() {
 			// Watches made while it was down stay recorded: their own
 			// Watch's dead letter ends them. Older ones ended at the
 			// PeerDown.
-			w := downWork{reason: DeadLetterUnreachable}
+			w := downWork{reason: DeadLetterUnreachable, items: p.pending}
+			p.pending = nil
 			for p.q.n > 0 {
 				w.items = append(w.items, p.q.pop())
 			}
@@ -1074,29 +1081,47 @@ func (p *remotePeer) run() {
 			p.wait(nil)
 			continue
 		}
-		batch := p.q.takeBatch(nil, r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
-		st, epoch, seq := p.stream, p.epoch, p.seq
+		// Encoding happens here, off the senders' goroutines and straight
+		// into the batch buffer; what does not fit waits in pending.
+		if len(p.pending) == 0 {
+			p.pending = p.q.take(p.pending, r.cfg.MaxBatchMessages)
+		}
+		items := p.pending
+		p.pending = nil
+		st, epoch := p.stream, p.epoch
+		p.mu.Unlock()
+
+		batch, rest := p.encodeBatch(&enc, items)
+		p.mu.Lock()
+		if p.stream != st {
+			// The stream failed or the peer went down meanwhile; what we
+			// hold was in neither the queue nor unacked, so it is ours to
+			// give up on.
+			p.mu.Unlock()
+			p.failItems(append(batch, rest...), errors.New("stream closed while encoding"))
+			continue
+		}
+		p.pending = rest
+		if len(batch) == 0 {
+			p.mu.Unlock()
+			continue
+		}
+		seq := p.seq
 		p.seq++
 		// Recorded before it is written: its acknowledgement may arrive
 		// before Send returns.
 		p.unacked = append(p.unacked, batch)
 		p.mu.Unlock()
 
-		buf = buf[:0]
-		for i := range batch {
-			buf = appendBatchEntry(buf, batch[i].data)
-		}
-		buf = appendBatchTags(buf, epoch, seq)
+		buf := enc.finish(epoch, seq)
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
 		err := st.Send(ctx, buf)
 		cancel()
 		if err != nil {
 			p.streamFailed(st, err)
 		}
-		// A batch can outgrow MaxBatchBytes by one message; do not keep
-		// such a buffer around.
-		if cap(buf) > 2*r.cfg.MaxBatchBytes {
-			buf = nil
+		if cap(enc.buf) > 2*r.cfg.MaxBatchBytes {
+			enc.buf = nil // do not keep a buffer a burst of type names grew
 		}
 	}
 }
@@ -1114,7 +1139,11 @@ func (p *remotePeer) openStream() {
 			return
 		}
 		p.mu.Lock()
-		batch := p.q.takeBatch(nil, r.cfg.MaxBatchMessages, r.cfg.MaxBatchBytes)
+		batch := p.pending
+		p.pending = nil
+		if len(batch) == 0 {
+			batch = p.q.take(nil, r.cfg.MaxBatchMessages)
+		}
 		p.mu.Unlock()
 		p.failItems(batch, err)
 		return
@@ -1251,16 +1280,9 @@ func (q *outRing) pop() outItem {
 	return it
 }
 
-// takeBatch moves queued items to dst, at most maxN of them and, after the
-// first, at most maxBytes of encoded envelopes.
-func (q *outRing) takeBatch(dst []outItem, maxN, maxBytes int) []outItem {
-	bytes := 0
+// take moves up to maxN queued items to dst.
+func (q *outRing) take(dst []outItem, maxN int) []outItem {
 	for q.n > 0 && len(dst) < maxN {
-		sz := batchEntrySize(len(q.buf[q.head].data))
-		if len(dst) > 0 && bytes+sz > maxBytes {
-			break
-		}
-		bytes += sz
 		dst = append(dst, q.pop())
 	}
 	// Give a ring that grew for a burst back to the collector once empty.
@@ -1268,4 +1290,32 @@ func (q *outRing) takeBatch(dst []outItem, maxN, maxBytes int) []outItem {
 		q.buf, q.head = nil, 0
 	}
 	return dst
+}
+
+// encodeBatch encodes items into enc until MaxBatchBytes is reached and
+// returns the items encoded (a new slice: it is kept until acknowledged)
+// and those left for the next batch. A message that cannot be serialized,
+// or alone exceeds MaxBatchBytes, becomes a dead letter.
+func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, rest []outItem) {
+	r := p.r
+	enc.reset()
+	batch = make([]outItem, 0, len(items))
+	for i := range items {
+		mark := enc.mark()
+		if err := enc.add(&items[i]); err != nil {
+			r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, err)
+			continue
+		}
+		if len(enc.buf) <= r.cfg.MaxBatchBytes {
+			batch = append(batch, items[i])
+			continue
+		}
+		size := len(enc.buf) - mark.buf
+		enc.rollback(mark)
+		if len(batch) > 0 {
+			return batch, items[i:]
+		}
+		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("%w: message of %d bytes encoded exceeds MaxBatchBytes %d", ErrMessageTooLarge, size, r.cfg.MaxBatchBytes))
+	}
+	return batch, nil
 }

@@ -35,6 +35,10 @@ var (
 	// ErrUnknownMessageType is wrapped by Serializer.Deserialize for a type
 	// name it does not know.
 	ErrUnknownMessageType = errors.New("quicremote: unknown message type")
+	// ErrMessageTooLarge: an outgoing message's encoding alone exceeds
+	// RemoteConfig.MaxBatchBytes; it becomes a dead letter
+	// (DeadLetterUnserializable) instead of failing its batch.
+	ErrMessageTooLarge = errors.New("quicremote: message too large")
 )
 
 const protoSerializerID int32 = 0

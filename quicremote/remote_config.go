@@ -16,17 +16,16 @@ const DefaultRemoteProtocol = "actor/1"
 // RemoteConfig holds the remote's limits. Start from DefaultRemoteConfig;
 // NewRemote calls Validate.
 type RemoteConfig struct {
-	// Protocol is the RPC protocol name batches are sent on. Both ends must
-	// agree. Default DefaultRemoteProtocol.
+	// Protocol is the stream protocol name batches are sent on. Both ends
+	// must agree. Default DefaultRemoteProtocol.
 	Protocol string
 
-	// HandlerLimit bounds how many incoming batches are handled at once,
-	// over all peers (the RPC Handle limit; <= 0 means the transport's
-	// default). Each peer has at most MaxInflightBatches in flight; a batch
-	// that finds the limit reached is refused and its messages become dead
-	// letters at the sender, so keep it at least MaxInflightBatches times
-	// the number of peers. Memory: up to HandlerLimit × MaxBatchBytes.
-	// Default 128.
+	// HandlerLimit bounds how many of the remote's incoming streams one
+	// peer may have open at once (the RPC HandleStream limit). A peer's
+	// remote keeps one per connection, and briefly two while replacing a
+	// failed one. Memory per incoming stream: one batch (up to the
+	// transport's MaxFrameSize, charged to MaxRequestBytesPerPeer) plus the
+	// stream's flow-control window. Default 4.
 	HandlerLimit int
 
 	// QueueCapacity bounds the messages waiting to be sent to one peer. A
@@ -35,25 +34,31 @@ type RemoteConfig struct {
 	// peer is at most about QueueCapacity encoded messages. Default 16,384.
 	QueueCapacity int
 
-	// MaxBatchMessages and MaxBatchBytes bound one batch (one Call). The
-	// sender takes whatever is queued up to these bounds, so batches stay
-	// small when traffic is light (low latency) and grow under load
-	// (amortising the stream per Call). MaxBatchBytes must be below the
-	// transport's MaxFrameSize; a single message larger than it is still
-	// sent, alone. Defaults 4,096 messages and 1 MiB.
+	// MaxBatchMessages and MaxBatchBytes bound one batch (one frame on the
+	// peer's stream). The send loop takes whatever is queued up to these
+	// bounds, so batches stay small when traffic is light (low latency) and
+	// grow under load. MaxBatchBytes must not exceed the transport's
+	// MaxFrameSize; a message whose encoding alone exceeds it becomes a
+	// dead letter (DeadLetterUnserializable, ErrMessageTooLarge). Defaults
+	// 4,096 messages and 1 MiB.
 	MaxBatchMessages int
 	MaxBatchBytes    int
 
-	// MaxInflightBatches is how many batches to one peer may be in flight
-	// at once. More than one hides the round trip of each Call (the
-	// receiver restores the order); the incoming side needs HandlerLimit of
-	// at least this many per peer sending at full speed. Default 4.
+	// MaxInflightBatches is how many batches written to a peer may await
+	// its acknowledgement; the send loop waits when it is reached. Their
+	// messages are kept until then (at most MaxInflightBatches ×
+	// MaxBatchBytes of encoded messages per peer) so that a stream that
+	// fails turns exactly them into dead letters. The receiver acknowledges
+	// every 8 batches, or 2 ms after a batch when traffic is light; a value
+	// below 8 makes a busy sender wait for that delay. Default 32.
 	MaxInflightBatches int
 
-	// SendTimeout bounds one batch Call, including waiting for a stream
-	// credit when the peer is slow. A batch that times out is not retried
-	// (it may or may not have been delivered): its messages become dead
-	// letters (DeadLetterSendFailed). Default 10 s.
+	// SendTimeout bounds opening a peer's stream and writing one batch to
+	// it (which blocks while the peer's flow-control window is full). A
+	// batch that times out is not retried: the stream is reset and every
+	// batch not yet acknowledged on it becomes dead letters
+	// (DeadLetterSendFailed; they may or may not have been delivered).
+	// Default 10 s.
 	SendTimeout time.Duration
 
 	// ConnectGrace is how long messages to a member we have not been
@@ -89,8 +94,8 @@ func DefaultRemoteConfig() RemoteConfig {
 		MaxBatchMessages:   4096,
 		MaxBatchBytes:      1 << 20,
 		SendTimeout:        10 * time.Second,
-		MaxInflightBatches: 4,
-		HandlerLimit:       128,
+		MaxInflightBatches: 32,
+		HandlerLimit:       4,
 		ConnectGrace:       3 * time.Second,
 	}
 }
@@ -136,8 +141,9 @@ const (
 	DeadLetterPeerDown
 	// DeadLetterUnreachable: the peer was not connected for ConnectGrace.
 	DeadLetterUnreachable
-	// DeadLetterSendFailed: the batch carrying the message failed (timeout,
-	// connection lost, refused by the peer). It may have been delivered.
+	// DeadLetterSendFailed: the stream carrying the message failed (write
+	// timeout, connection lost, refused by the peer) before the peer
+	// acknowledged its batch. It may have been delivered.
 	DeadLetterSendFailed
 	// DeadLetterNotMember: the target's address is not a current member.
 	DeadLetterNotMember

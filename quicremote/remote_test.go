@@ -132,10 +132,11 @@ func TestRemoteSendRequestRespondForward(t *testing.T) {
 			t.Fatalf("err %v after %v, want a dead letter at once", err, time.Since(start))
 		}
 	})
-	s := a.remote.Stats()
-	if s.Sent == 0 || s.Batches == 0 || b.remote.Stats().Received == 0 {
-		t.Fatalf("stats %+v / %+v", s, b.remote.Stats())
-	}
+	// Acknowledgements come at most 2 ms after a batch.
+	waitUntil(t, 10*time.Second, "acknowledged batches", func() bool {
+		s := a.remote.Stats()
+		return s.Sent > 0 && s.Batches > 0 && b.remote.Stats().Received > 0
+	})
 }
 
 // Messages from one actor to another arrive in the order they were sent,

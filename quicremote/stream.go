@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -47,6 +48,10 @@ type quicStream struct {
 
 	mu   sync.Mutex // guards held against Recv racing Close
 	held int        // bytes of the last frame Recv returned, charged to the peer
+	// gone, on a handler's end, ends the handler's context when Recv sees
+	// the stream or connection fail (quic-go's stream context no longer
+	// tells once the handler closed its own sending side).
+	gone func()
 }
 
 var _ Stream = (*quicStream)(nil)
@@ -84,7 +89,7 @@ func (s *quicStream) Send(ctx context.Context, frame []byte) error {
 	if err == nil {
 		return nil
 	}
-	if ctx.Err() != nil || isTimeout(err) {
+	if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		s.abort(codeCancelled)
 		cause := ctx.Err()
 		if cause == nil {
@@ -112,7 +117,7 @@ func (s *quicStream) Recv() ([]byte, error) {
 	if err == nil {
 		if !s.ctrs.hold(n, s.t.cfg.MaxRequestBytesPerPeer) {
 			s.ctrs.refused.Add(1)
-			s.abort(codeBusy)
+			s.abort(codeOverBudget)
 			return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", n))
 		}
 		s.mu.Lock()
@@ -125,6 +130,9 @@ func (s *quicStream) Recv() ([]byte, error) {
 	}
 	if err != nil {
 		s.release()
+		if s.gone != nil {
+			s.gone()
+		}
 		if isStreamOrConnErr(err) {
 			k, c := s.t.classifyStream(err)
 			return nil, s.fail(k, c, "")
@@ -181,11 +189,6 @@ func (t *Transport) classifyStream(err error) (kind, cause error) {
 	return classify(err)
 }
 
-func isTimeout(err error) bool {
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 func appendFrameLen(b []byte, n int) []byte {
 	return append(b, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
@@ -213,7 +216,7 @@ func (t *Transport) serveLongStream(connCtx context.Context, peer membership.Nod
 		}
 	})
 	defer stopStr()
-	s := &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs}
+	s := &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs, gone: cancel}
 	// The transport's shutdown must unblock a handler sitting in Recv.
 	stopRead := context.AfterFunc(t.ctx, func() { s.abort(codeShutdown) })
 	defer stopRead()

@@ -682,7 +682,7 @@ func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID,
 		if !ctrs.hold(n, t.cfg.MaxRequestBytesPerPeer) {
 			ctrs.refused.Add(1)
 			log.Debug().Int("bytes", n).Msg("peer's request budget exhausted")
-			reset(codeBusy)
+			reset(codeOverBudget)
 			return
 		}
 		defer ctrs.unhold(n)
@@ -908,6 +908,8 @@ func classify(err error) (kind, cause error) {
 			return ErrRefused, errors.New("no handler for protocol")
 		case codeBusy:
 			return ErrRefused, errors.New("protocol at its concurrency limit")
+		case codeOverBudget:
+			return ErrRefused, errors.New("request budget for this peer exhausted")
 		case codeShutdown:
 			return ErrRefused, errors.New("peer shutting down")
 		case codeTooLarge:

@@ -51,6 +51,7 @@ const (
 	codeGarbage                                         // undecodable header or frame
 	codeShutdown                                        // receiver is closing
 	codeHandlerError                                    // a stream handler returned an error
+	codeOverBudget                                      // the peer's request budget is spent
 )
 
 // Connection close codes.

@@ -1,0 +1,520 @@
+package quicremote
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+)
+
+// The remote encodes and decodes ActorBatch (proto/abcast_remote.proto)
+// by hand: messages are appended straight into the batch buffer on the
+// peer's send loop, and incoming batches are walked in place, so neither
+// side builds an ActorEnvelope per message. The bytes are ordinary
+// protobuf; FuzzDecodeActorBatch checks the decoder against proto.Unmarshal.
+
+// Field numbers of ActorBatch and ActorEnvelope.
+const (
+	fBatchEnvelope  = 1
+	fBatchEpoch     = 2
+	fBatchSeq       = 3
+	fBatchTypeNames = 4
+
+	fEnvTargetID     = 1
+	fEnvTargetReq    = 2
+	fEnvSenderAddr   = 3
+	fEnvSenderID     = 4
+	fEnvSenderReq    = 5
+	fEnvSerializer   = 6
+	fEnvTypeName     = 7
+	fEnvPayload      = 8
+	fEnvSystem       = 9
+	fEnvHeader       = 10
+	fEnvTypeIndex    = 11
+	fHeaderEntryKey  = 1
+	fHeaderEntryVal  = 2
+	maxBatchTypes    = 1 << 16 // type names one batch may declare
+	maxCachedTypes   = 1024    // protobuf types remembered per incoming stream
+	envelopeOverhead = 1 + 5   // tag and length prefix of one envelope, at most (< 4 GiB)
+)
+
+// appendSerializer is a Serializer that can append its encoding to a
+// buffer, sparing an allocation per message. ProtoSerializer is one.
+type appendSerializer interface {
+	SerializeAppend(dst []byte, msg any) (typeName string, out []byte, err error)
+}
+
+// SerializeAppend is Serialize appending to dst.
+func (ProtoSerializer) SerializeAppend(dst []byte, msg any) (string, []byte, error) {
+	m, ok := msg.(proto.Message)
+	if !ok {
+		return "", dst, ErrUnsupportedMessage
+	}
+	out, err := proto.MarshalOptions{}.MarshalAppend(dst, m)
+	if err != nil {
+		return "", dst, err
+	}
+	return string(m.ProtoReflect().Descriptor().FullName()), out, nil
+}
+
+// batchEncoder builds one batch frame. It is owned by a peer's send loop
+// and reused from batch to batch.
+type batchEncoder struct {
+	r       *Remote
+	buf     []byte
+	payload []byte            // scratch for one message's payload
+	types   map[string]uint32 // type name -> 1-based index in this batch
+	names   []string
+	n       int // envelopes in buf
+}
+
+func (e *batchEncoder) reset() {
+	e.buf = e.buf[:0]
+	clear(e.types)
+	e.names = e.names[:0]
+	e.n = 0
+}
+
+// serialize encodes msg's payload into e.payload with the first serializer
+// that takes it.
+func (e *batchEncoder) serialize(msg any) (int32, string, error) {
+	for _, s := range e.r.sers {
+		var name string
+		var err error
+		if as, ok := s.(appendSerializer); ok {
+			var out []byte
+			name, out, err = as.SerializeAppend(e.payload[:0], msg)
+			if err == nil {
+				e.payload = out
+			}
+		} else {
+			var data []byte
+			name, data, err = s.Serialize(msg)
+			if err == nil {
+				e.payload = append(e.payload[:0], data...)
+			}
+		}
+		if errors.Is(err, ErrUnsupportedMessage) {
+			continue
+		}
+		return s.ID(), name, err
+	}
+	return 0, "", fmt.Errorf("%w: %T", ErrUnsupportedMessage, msg)
+}
+
+// add appends it as one envelope. On error nothing was appended.
+func (e *batchEncoder) add(it *outItem) error {
+	r := e.r
+	serID, typeName, err := e.serialize(it.msg)
+	if err != nil {
+		return err
+	}
+	if e.types == nil {
+		e.types = make(map[string]uint32)
+	}
+	idx, ok := e.types[typeName]
+	if !ok && len(e.names) < maxBatchTypes {
+		e.names = append(e.names, typeName)
+		idx = uint32(len(e.names))
+		e.types[typeName] = idx
+	}
+	var senderAddr, senderID string
+	var senderReq uint32
+	if s := it.sender; s != nil && s.Id != "" {
+		if s.Address != r.addr && s.Address != protoactorLocalAddress {
+			senderAddr = s.Address
+		}
+		senderID, senderReq = s.Id, s.RequestId
+	}
+	var header map[string]string
+	if it.header != nil && it.header.Length() > 0 {
+		header = it.header.ToMap()
+	}
+
+	size := sizeString(fEnvTargetID, it.target.Id) + sizeVarint(fEnvTargetReq, uint64(it.target.RequestId)) +
+		sizeString(fEnvSenderAddr, senderAddr) + sizeString(fEnvSenderID, senderID) +
+		sizeVarint(fEnvSenderReq, uint64(senderReq)) + sizeVarint(fEnvSerializer, uint64(int64(serID))) +
+		sizeBytes(fEnvPayload, len(e.payload)) + sizeVarint(fEnvSystem, b2u(it.system))
+	if idx != 0 {
+		size += sizeVarint(fEnvTypeIndex, uint64(idx))
+	} else {
+		size += sizeString(fEnvTypeName, typeName)
+	}
+	for k, v := range header {
+		size += sizeBytes(fEnvHeader, headerEntrySize(k, v))
+	}
+
+	b := protowire.AppendTag(e.buf, fBatchEnvelope, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(size))
+	b = appendString(b, fEnvTargetID, it.target.Id)
+	b = appendVarint(b, fEnvTargetReq, uint64(it.target.RequestId))
+	b = appendString(b, fEnvSenderAddr, senderAddr)
+	b = appendString(b, fEnvSenderID, senderID)
+	b = appendVarint(b, fEnvSenderReq, uint64(senderReq))
+	b = appendVarint(b, fEnvSerializer, uint64(int64(serID)))
+	if idx == 0 {
+		b = appendString(b, fEnvTypeName, typeName)
+	}
+	if len(e.payload) > 0 {
+		b = protowire.AppendTag(b, fEnvPayload, protowire.BytesType)
+		b = protowire.AppendBytes(b, e.payload)
+	}
+	b = appendVarint(b, fEnvSystem, b2u(it.system))
+	for k, v := range header {
+		b = protowire.AppendTag(b, fEnvHeader, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(headerEntrySize(k, v)))
+		b = protowire.AppendTag(b, fHeaderEntryKey, protowire.BytesType)
+		b = protowire.AppendString(b, k)
+		b = protowire.AppendTag(b, fHeaderEntryVal, protowire.BytesType)
+		b = protowire.AppendString(b, v)
+	}
+	if idx != 0 {
+		b = appendVarint(b, fEnvTypeIndex, uint64(idx))
+	}
+	e.buf = b
+	e.n++
+	return nil
+}
+
+// encMark is the encoder's state before an add, for rollback.
+type encMark struct{ buf, names int }
+
+func (e *batchEncoder) mark() encMark { return encMark{len(e.buf), len(e.names)} }
+
+// rollback undoes the add made since m.
+func (e *batchEncoder) rollback(m encMark) {
+	e.buf = e.buf[:m.buf]
+	for _, name := range e.names[m.names:] {
+		delete(e.types, name)
+	}
+	e.names = e.names[:m.names]
+	e.n--
+}
+
+// finish appends the type table and the ordering tags and returns the
+// frame.
+func (e *batchEncoder) finish(epoch, seq uint64) []byte {
+	b := e.buf
+	for _, name := range e.names {
+		b = protowire.AppendTag(b, fBatchTypeNames, protowire.BytesType)
+		b = protowire.AppendString(b, name)
+	}
+	b = appendBatchTags(b, epoch, seq)
+	e.buf = b
+	return b
+}
+
+func headerEntrySize(k, v string) int {
+	return protowire.SizeTag(1) + protowire.SizeBytes(len(k)) + protowire.SizeTag(2) + protowire.SizeBytes(len(v))
+}
+
+// Field helpers for proto3 implicit presence: zero values are omitted.
+func sizeString(num protowire.Number, s string) int {
+	if s == "" {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(len(s))
+}
+
+func sizeBytes(num protowire.Number, n int) int {
+	if n == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(n)
+}
+
+func sizeVarint(num protowire.Number, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeVarint(v)
+}
+
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+func b2u(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// ---- decoding ----
+
+var errBadBatch = errors.New("malformed actor batch")
+
+// rawBatch is an incoming batch frame, checked and split but not decoded:
+// envelopes and type names alias the frame.
+type rawBatch struct {
+	epoch, seq uint64
+	envelopes  [][]byte
+	typeNames  [][]byte
+}
+
+// parseBatch checks the batch's framing and splits it. Unknown fields are
+// skipped, as protobuf does; a known field with the wrong wire type is an
+// error.
+func parseBatch(frame []byte, into *rawBatch) error {
+	into.epoch, into.seq = 0, 0
+	into.envelopes = into.envelopes[:0]
+	into.typeNames = into.typeNames[:0]
+	for b := frame; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("%w: %v", errBadBatch, protowire.ParseError(n))
+		}
+		b = b[n:]
+		switch {
+		case num == fBatchEnvelope && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
+			}
+			into.envelopes = append(into.envelopes, v)
+			b = b[n:]
+		case num == fBatchTypeNames && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return fmt.Errorf("%w: type name: %v", errBadBatch, protowire.ParseError(n))
+			}
+			into.typeNames = append(into.typeNames, v)
+			b = b[n:]
+		case (num == fBatchEpoch || num == fBatchSeq) && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return fmt.Errorf("%w: %v", errBadBatch, protowire.ParseError(n))
+			}
+			if num == fBatchEpoch {
+				into.epoch = v
+			} else {
+				into.seq = v
+			}
+			b = b[n:]
+		case num >= fBatchEnvelope && num <= fBatchTypeNames:
+			return fmt.Errorf("%w: field %d with wire type %d", errBadBatch, num, typ)
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return fmt.Errorf("%w: %v", errBadBatch, protowire.ParseError(n))
+			}
+			b = b[n:]
+		}
+	}
+	return nil
+}
+
+// rawEnvelope is one decoded envelope; byte fields alias the frame.
+type rawEnvelope struct {
+	targetID, senderAddr, senderID, typeName, payload []byte
+	targetReq, senderReq, typeIndex                   uint32
+	serializer                                        int32
+	system                                            bool
+	header                                            map[string]string
+}
+
+// parseEnvelope decodes one envelope (last value wins for repeated scalar
+// fields, as in protobuf).
+func parseEnvelope(b []byte, env *rawEnvelope) error {
+	*env = rawEnvelope{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
+		}
+		b = b[n:]
+		var want protowire.Type
+		switch num {
+		case fEnvTargetID, fEnvSenderAddr, fEnvSenderID, fEnvTypeName, fEnvPayload, fEnvHeader:
+			want = protowire.BytesType
+		case fEnvTargetReq, fEnvSenderReq, fEnvSerializer, fEnvSystem, fEnvTypeIndex:
+			want = protowire.VarintType
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
+			}
+			b = b[n:]
+			continue
+		}
+		if typ != want {
+			return fmt.Errorf("%w: envelope field %d with wire type %d", errBadBatch, num, typ)
+		}
+		if want == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
+			}
+			b = b[n:]
+			switch num {
+			case fEnvTargetReq:
+				env.targetReq = uint32(v)
+			case fEnvSenderReq:
+				env.senderReq = uint32(v)
+			case fEnvSerializer:
+				env.serializer = int32(v)
+			case fEnvSystem:
+				env.system = v != 0
+			case fEnvTypeIndex:
+				env.typeIndex = uint32(v)
+			}
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
+		}
+		b = b[n:]
+		switch num {
+		case fEnvTargetID:
+			env.targetID = v
+		case fEnvSenderAddr:
+			env.senderAddr = v
+		case fEnvSenderID:
+			env.senderID = v
+		case fEnvTypeName:
+			env.typeName = v
+		case fEnvPayload:
+			env.payload = v
+		case fEnvHeader:
+			k, val, err := parseHeaderEntry(v)
+			if err != nil {
+				return err
+			}
+			if env.header == nil {
+				env.header = make(map[string]string)
+			}
+			env.header[k] = val
+		}
+	}
+	return nil
+}
+
+func parseHeaderEntry(b []byte) (string, string, error) {
+	var k, v []byte
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", "", fmt.Errorf("%w: header: %v", errBadBatch, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if (num == fHeaderEntryKey || num == fHeaderEntryVal) && typ == protowire.BytesType {
+			s, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", "", fmt.Errorf("%w: header: %v", errBadBatch, protowire.ParseError(n))
+			}
+			b = b[n:]
+			if num == fHeaderEntryKey {
+				k = s
+			} else {
+				v = s
+			}
+			continue
+		}
+		if num == fHeaderEntryKey || num == fHeaderEntryVal {
+			return "", "", fmt.Errorf("%w: header field %d with wire type %d", errBadBatch, num, typ)
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return "", "", fmt.Errorf("%w: header: %v", errBadBatch, protowire.ParseError(n))
+		}
+		b = b[n:]
+	}
+	return string(k), string(v), nil
+}
+
+// batchDecoder turns the envelopes of one incoming stream into messages.
+// It remembers the last target and the protobuf types it has resolved, so
+// a stream of messages to one actor costs one lookup per batch, not one
+// per message.
+type batchDecoder struct {
+	r      *Remote
+	batch  rawBatch
+	envs   []rawEnvelope
+	types  map[string]protoreflect.MessageType
+	lastID []byte
+	target *actor.PID
+}
+
+// typeName resolves the envelope's type name against the batch's table.
+func (d *batchDecoder) typeName(env *rawEnvelope) ([]byte, error) {
+	if env.typeIndex == 0 {
+		return env.typeName, nil
+	}
+	if int(env.typeIndex) > len(d.batch.typeNames) {
+		return nil, fmt.Errorf("%w: type index %d of %d", ErrUnknownMessageType, env.typeIndex, len(d.batch.typeNames))
+	}
+	return d.batch.typeNames[env.typeIndex-1], nil
+}
+
+// decode returns the envelope's message.
+func (d *batchDecoder) decode(env *rawEnvelope) (any, string, error) {
+	name, err := d.typeName(env)
+	if err != nil {
+		return nil, "", err
+	}
+	if env.serializer == protoSerializerID {
+		mt := d.types[string(name)] // no allocation for the lookup
+		if mt == nil {
+			full := protoreflect.FullName(name)
+			if !full.IsValid() {
+				return nil, string(name), fmt.Errorf("%w: %q", ErrUnknownMessageType, name)
+			}
+			mt, err = protoregistry.GlobalTypes.FindMessageByName(full)
+			if err != nil {
+				return nil, string(name), fmt.Errorf("%w: %q", ErrUnknownMessageType, name)
+			}
+			if d.types == nil {
+				d.types = make(map[string]protoreflect.MessageType)
+			}
+			if len(d.types) < maxCachedTypes {
+				d.types[string(name)] = mt
+			}
+		}
+		m := mt.New().Interface()
+		if err := proto.Unmarshal(env.payload, m); err != nil {
+			return nil, string(name), fmt.Errorf("quicremote: decoding %s: %w", name, err)
+		}
+		return m, "", nil
+	}
+	s := d.r.serByID[env.serializer]
+	if s == nil {
+		return nil, string(name), fmt.Errorf("unknown serializer id %d", env.serializer)
+	}
+	// A custom serializer may keep what it is given; hand it its own copy.
+	msg, err := s.Deserialize(string(name), bytes.Clone(env.payload))
+	if err == nil && msg == nil {
+		err = errors.New("serializer returned no message")
+	}
+	return msg, string(name), err
+}
+
+// targetOf returns the local PID the envelope is for. The PID is reused
+// while consecutive envelopes name the same target: protoactor caches the
+// process in the PID and looks it up again once that process has died.
+func (d *batchDecoder) targetOf(env *rawEnvelope) *actor.PID {
+	if d.target != nil && bytes.Equal(env.targetID, d.lastID) && env.targetReq == d.target.RequestId {
+		return d.target
+	}
+	d.lastID = append(d.lastID[:0], env.targetID...)
+	d.target = &actor.PID{Address: d.r.addr, Id: string(env.targetID), RequestId: env.targetReq}
+	return d.target
+}
