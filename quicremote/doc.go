@@ -41,6 +41,19 @@
 // Cancelling the caller's context resets the stream; the handler's context
 // ends. Frames above MaxFrameSize are refused on either side.
 //
+// # Streams
+//
+// OpenStream/HandleStream give a long-lived stream per use instead of one
+// per request: the same header with kind "stream", an admission byte from
+// the receiver, then length-prefixed frames both ways until each side's
+// FIN. It saves the stream set-up, handler start and response of every
+// request where a sender has a steady flow (the actor remote's batches).
+// A stream holds one of the peer's stream credits and one slot of its
+// protocol's per-peer limit for as long as it lives; each frame is bounded
+// by MaxFrameSize and, while the receiver holds it (until its next Recv),
+// charged to MaxRequestBytesPerPeer; QUIC's stream flow control makes a
+// writer whose reader is slow block in Send.
+//
 // # What a caller sees when the peer is slow
 //
 //   - A connection admits at most MaxIncomingStreams concurrent requests

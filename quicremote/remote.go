@@ -46,16 +46,29 @@ import (
 // # Delivery
 //
 // Every peer has a bounded outbound queue (QueueCapacity) drained by one
-// goroutine that sends whatever is queued as one batch per Call and waits
-// for it before sending the next, so messages between two nodes arrive in
-// the order they were sent, and batches grow with load. A message is
-// serialized on the sender's goroutine; a full queue, an unserializable
-// message, a failed batch or a peer that stays unreachable for ConnectGrace
-// make dead letters, each counted by reason (Stats, OnDeadLetter) and
-// published as an *actor.DeadLetterEvent, so a requester gets a
-// DeadLetterResponse and its future fails with actor.ErrDeadLetter instead
-// of timing out. A failed batch is never resent, so nothing is delivered
-// twice.
+// send loop. The loop keeps one long-lived stream (RPC.OpenStream) to the
+// peer on the current connection and writes whatever is queued as one
+// batch frame after another, without waiting for answers: messages between
+// two nodes arrive in the order they were sent, batches grow with load, and
+// QUIC flow control pushes back when the peer reads slowly (the loop then
+// blocks and the queue fills; further messages become dead letters). The
+// receiver acknowledges batches on the same stream (every 8 batches, or
+// 2 ms after one); at most MaxInflightBatches may be unacknowledged. If the
+// stream fails (connection lost, write timeout, the peer refuses it), the
+// messages of every unacknowledged batch become dead letters — they may or
+// may not have been delivered, and are never resent, so nothing is
+// delivered twice — and the loop opens a new stream, which the receiver
+// orders after the old one (ActorBatch epoch): a straggler of the old
+// stream is dropped rather than delivered out of order.
+//
+// Messages are serialized on the send loop, straight into the batch, so
+// the sending actor pays only for queueing; a message must therefore not
+// be modified after it was sent (protoactor's rule for every message). A
+// full queue, an unserializable message, a failed stream or a peer that
+// stays unreachable for ConnectGrace make dead letters, each counted by
+// reason (Stats, OnDeadLetter) and published as an *actor.DeadLetterEvent,
+// so a requester gets a DeadLetterResponse and its future fails with
+// actor.ErrDeadLetter instead of timing out.
 //
 // The receiver hands each message to the local process without waiting: a
 // full bounded mailbox refuses it (its own dead letter), the default mailbox
@@ -173,7 +186,7 @@ func (r *Remote) PID(node membership.NodeID, id string) *actor.PID {
 }
 
 // Start sets the actor system's address, installs the route to other
-// members and registers the batch handler on rpc. Call it once, before
+// members and registers the remote's stream handler on rpc. Call it once, before
 // spawning actors whose PIDs travel and before the system is used from
 // other goroutines (it writes the system's address without a lock).
 func (r *Remote) Start(rpc RPC) error {

@@ -31,11 +31,11 @@ const (
 type ActorBatch struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Envelopes []*ActorEnvelope       `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
-	// Several batches to one node may be in flight; the receiver delivers
-	// them in (epoch, seq) order. seq counts from 0 within an epoch; the
-	// sender starts a new epoch after a batch failed, and the receiver then
-	// refuses what is left of older epochs, so a gap never stalls delivery.
-	// Both restart with every new connection.
+	// The receiver delivers batches in (connection, epoch, seq) order. Every
+	// stream the sender opens starts a new, larger epoch, and seq counts its
+	// batches from 0; once a newer epoch or connection has begun, what is
+	// left of older ones is dropped (counted as stale), so a failed stream's
+	// stragglers are never delivered after its successor's batches.
 	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Seq   uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Type names used by this batch's envelopes through type_index, each
