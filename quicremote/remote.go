@@ -874,7 +874,8 @@ type remotePeer struct {
 	stream     Stream
 	streamConn uint64
 	unacked    [][]outItem
-	pending    []outItem // taken from the queue by the loop, not sent yet
+	pending    []outItem   // taken from the queue by the loop, not sent yet
+	free       [][]outItem // acknowledged batches' slices, for reuse
 	epoch, seq uint64
 	watches    map[watchKey]watchRec
 }
@@ -1097,7 +1098,7 @@ func (p *remotePeer) run() {
 		// Encoding happens here, off the senders' goroutines and straight
 		// into the batch buffer; what does not fit waits in pending.
 		if len(p.pending) == 0 {
-			p.pending = p.q.take(p.pending, r.cfg.MaxBatchMessages)
+			p.pending = p.q.take(p.spare(), r.cfg.MaxBatchMessages)
 		}
 		items := p.pending
 		p.pending = nil
@@ -1206,6 +1207,7 @@ func (p *remotePeer) readAcks(st Stream) {
 		msgs := 0
 		for _, b := range p.unacked[:done] {
 			msgs += len(b)
+			p.recycle(b)
 		}
 		clear(p.unacked[:done])
 		p.unacked = p.unacked[done:]
@@ -1293,6 +1295,27 @@ func (q *outRing) pop() outItem {
 	return it
 }
 
+// spare returns an empty slice to take a batch into, reusing one of an
+// acknowledged batch when there is one. Called with p.mu held.
+func (p *remotePeer) spare() []outItem {
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free[n-1] = nil
+		p.free = p.free[:n-1]
+		return b
+	}
+	return nil
+}
+
+// recycle keeps an acknowledged batch's slice for reuse (cleared, so it
+// pins no messages). Called with p.mu held.
+func (p *remotePeer) recycle(b []outItem) {
+	if len(p.free) < 4 && cap(b) <= p.r.cfg.MaxBatchMessages {
+		clear(b[:cap(b)])
+		p.free = append(p.free, b[:0])
+	}
+}
+
 // take moves up to maxN queued items to dst.
 func (q *outRing) take(dst []outItem, maxN int) []outItem {
 	for q.n > 0 && len(dst) < maxN {
@@ -1312,7 +1335,9 @@ func (q *outRing) take(dst []outItem, maxN int) []outItem {
 func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, rest []outItem) {
 	r := p.r
 	enc.reset()
-	batch = make([]outItem, 0, len(items))
+	// Encoded items are compacted to the front of items, which becomes the
+	// batch; rest is copied out (it is rare: the batch ran out of bytes).
+	batch = items[:0]
 	for i := range items {
 		mark := enc.mark()
 		if err := enc.add(&items[i]); err != nil {
@@ -1326,9 +1351,12 @@ func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, res
 		size := len(enc.buf) - mark.buf
 		enc.rollback(mark)
 		if len(batch) > 0 {
-			return batch, items[i:]
+			rest = append([]outItem(nil), items[i:]...)
+			clear(items[len(batch):])
+			return batch, rest
 		}
 		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("%w: message of %d bytes encoded exceeds MaxBatchBytes %d", ErrMessageTooLarge, size, r.cfg.MaxBatchBytes))
 	}
+	clear(items[len(batch):])
 	return batch, nil
 }
