@@ -86,3 +86,36 @@ func TestGossipBenchSmoke(t *testing.T) {
 	}
 	checkComplete(t, lines[0])
 }
+
+// The actor-remote driver (issue 4) runs both remotes at a tiny size:
+// every one-way message arrives (its rounds check the receiver's count)
+// and quicremote reports no dead letters.
+func TestRemoteBenchSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "run", ".", "-n", "20000", "-round", "5000", "-rt", "50", "-impl", "quic,grpc")
+	cmd.Dir = filepath.Join("..", "examples", "remotebench")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("remotebench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	for _, impl := range []string{"quic", "grpc"} {
+		found := false
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) >= 5 && f[0] == impl {
+				found = true
+				if strings.Contains(line, "count ") {
+					t.Errorf("%s lost messages: %s", impl, line)
+				}
+				if impl == "quic" && !strings.Contains(line, "dead letters 0") {
+					t.Errorf("quic reported dead letters: %s", line)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no %s line in:\n%s", impl, out)
+		}
+	}
+}
