@@ -125,6 +125,7 @@ type remoteCounters struct {
 	badBatches, staleBatches         atomic.Uint64
 	addressTerminated, failedFutures atomic.Uint64
 	staleTerminated                  atomic.Uint64
+	ackTimeouts                      atomic.Uint64
 }
 
 var remoteExtensionID = extensions.NextExtensionID()
@@ -247,6 +248,7 @@ func (r *Remote) Stats() RemoteStats {
 		AddressTerminated: r.ctr.addressTerminated.Load(),
 		FailedFutures:     r.ctr.failedFutures.Load(),
 		StaleTerminated:   r.ctr.staleTerminated.Load(),
+		AckTimeouts:       r.ctr.ackTimeouts.Load(),
 	}
 	for i := range s.DeadLetters {
 		s.DeadLetters[i] = r.ctr.dead[i].Load()
@@ -874,6 +876,7 @@ type remotePeer struct {
 	stream     Stream
 	streamConn uint64
 	unacked    [][]outItem
+	sentAt     []time.Time // when each unacked batch was written
 	pending    []outItem   // taken from the queue by the loop, not sent yet
 	free       [][]outItem // acknowledged batches' slices, for reuse
 	epoch, seq uint64
@@ -987,6 +990,7 @@ func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*pendingFu
 		w.items = append(w.items, b...)
 	}
 	p.unacked = nil
+	p.sentAt = nil
 	w.items = append(w.items, p.pending...)
 	p.pending = nil
 	for p.q.n > 0 {
@@ -1047,9 +1051,23 @@ func (p *remotePeer) run() {
 			p.settle(w)
 			return
 		}
+		// A peer that takes batches but never acknowledges them would
+		// hold their messages forever: give up on the stream once the
+		// oldest has waited SendTimeout.
+		var ackWait time.Duration
+		if p.stream != nil && len(p.sentAt) > 0 {
+			ackWait = time.Until(p.sentAt[0].Add(r.cfg.SendTimeout))
+			if ackWait <= 0 {
+				st := p.stream
+				p.mu.Unlock()
+				r.ctr.ackTimeouts.Add(1)
+				p.streamFailed(st, fmt.Errorf("no acknowledgement from %s within %v", p.id.Short(), r.cfg.SendTimeout))
+				continue
+			}
+		}
 		if p.q.n == 0 && len(p.pending) == 0 {
 			p.mu.Unlock()
-			p.wait(nil)
+			p.waitUpTo(timer, ackWait)
 			continue
 		}
 		if !p.up {
@@ -1082,6 +1100,7 @@ func (p *remotePeer) run() {
 				stale = append(stale, b...)
 			}
 			p.unacked = nil
+			p.sentAt = nil
 			p.mu.Unlock()
 			if old != nil {
 				old.Close()
@@ -1092,7 +1111,7 @@ func (p *remotePeer) run() {
 		}
 		if len(p.unacked) >= r.cfg.MaxInflightBatches {
 			p.mu.Unlock()
-			p.wait(nil)
+			p.waitUpTo(timer, ackWait)
 			continue
 		}
 		// Encoding happens here, off the senders' goroutines and straight
@@ -1125,6 +1144,7 @@ func (p *remotePeer) run() {
 		// Recorded before it is written: its acknowledgement may arrive
 		// before Send returns.
 		p.unacked = append(p.unacked, batch)
+		p.sentAt = append(p.sentAt, time.Now())
 		p.mu.Unlock()
 
 		buf := enc.finish(epoch, seq)
@@ -1211,6 +1231,7 @@ func (p *remotePeer) readAcks(st Stream) {
 		}
 		clear(p.unacked[:done])
 		p.unacked = p.unacked[done:]
+		p.sentAt = p.sentAt[done:]
 		acked = n
 		p.mu.Unlock()
 		if done > 0 {
@@ -1237,6 +1258,7 @@ func (p *remotePeer) streamFailed(st Stream, err error) {
 		items = append(items, b...)
 	}
 	p.unacked = nil
+	p.sentAt = nil
 	p.mu.Unlock()
 	st.Close()
 	p.failItems(items, err)
@@ -1254,6 +1276,17 @@ func (p *remotePeer) failItems(items []outItem, err error) {
 	for i := range items {
 		r.deadLetter(p, p.id, &items[i], DeadLetterSendFailed, err)
 	}
+}
+
+// waitUpTo waits for a signal, or at most d if d > 0.
+func (p *remotePeer) waitUpTo(timer *time.Timer, d time.Duration) {
+	if d <= 0 {
+		p.wait(nil)
+		return
+	}
+	timer.Reset(d)
+	p.wait(timer.C)
+	timer.Stop()
 }
 
 func (p *remotePeer) wait(timeout <-chan time.Time) {

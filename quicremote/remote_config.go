@@ -56,7 +56,8 @@ type RemoteConfig struct {
 	MaxInflightBatches int
 
 	// SendTimeout bounds opening a peer's stream and writing one batch to
-	// it (which blocks while the peer's flow-control window is full). A
+	// it (which blocks while the peer's flow-control window is full), and
+	// how long a written batch may wait for the peer's acknowledgement. A
 	// batch that times out is not retried: the stream is reset and every
 	// batch not yet acknowledged on it becomes dead letters
 	// (DeadLetterSendFailed; they may or may not have been delivered).
@@ -209,6 +210,10 @@ type RemoteStats struct {
 	// watch was recorded for them (it had already ended with
 	// AddressTerminated, or was never made from this node).
 	StaleTerminated uint64
+	// AckTimeouts counts outgoing streams given up on because the peer
+	// had not acknowledged a batch within SendTimeout (their
+	// unacknowledged messages became DeadLetterSendFailed).
+	AckTimeouts uint64
 	// Queued is the number of messages waiting in outbound queues right now.
 	Queued int
 }

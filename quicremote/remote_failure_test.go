@@ -3,6 +3,7 @@ package quicremote_test
 import (
 	"bytes"
 	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -551,4 +552,50 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A peer that accepts the remote's stream and reads every batch but never
+// acknowledges one: after SendTimeout the sender gives up on the stream,
+// the unacknowledged messages become dead letters (a waiting request fails
+// then, not at its own timeout) and the give-up is counted.
+func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.RemoteConfig) {
+		rc.SendTimeout = 300 * time.Millisecond
+		if i == 1 {
+			rc.Protocol = "actor/elsewhere" // node 1's own remote stays out of the way
+		}
+	}})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	read := make(chan int, 100)
+	if err := b.rpc.HandleStream(quicremote.DefaultRemoteProtocol, func(ctx context.Context, _ membership.NodeID, s quicremote.Stream) error {
+		for {
+			f, err := s.Recv()
+			if err != nil {
+				return nil
+			}
+			read <- len(f) // and never an acknowledgement
+		}
+	}, 0); err != nil {
+		t.Fatal(err)
+	}
+	target := a.remote.PID(b.id.ID, "anyone")
+	for i := 0; i < 4; i++ {
+		a.sys.Root.Send(target, wrapperspb.String("one-way"))
+	}
+	start := time.Now()
+	_, err := a.sys.Root.RequestFuture(target, wrapperspb.String("request"), 30*time.Second).Result()
+	if !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("request to a peer that never acknowledges: %v, want a dead letter", err)
+	}
+	if waited := time.Since(start); waited > 10*time.Second {
+		t.Fatalf("request failed after %v, not after about SendTimeout", waited)
+	}
+	if len(read) == 0 {
+		t.Fatal("the peer never received a batch")
+	}
+	waitUntil(t, 10*time.Second, "dead letters counted", func() bool {
+		s := a.remote.Stats()
+		return s.AckTimeouts >= 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 5 && s.Sent == 0
+	})
 }
