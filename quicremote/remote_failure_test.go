@@ -2,8 +2,8 @@ package quicremote_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
