@@ -282,6 +282,9 @@ func parseBatch(frame []byte, into *rawBatch) error {
 		if n < 0 {
 			return fmt.Errorf("%w: %v", errBadBatch, protowire.ParseError(n))
 		}
+		if num > protowire.MaxValidNumber {
+			return fmt.Errorf("%w: field number %d out of range", errBadBatch, num)
+		}
 		b = b[n:]
 		switch {
 		case num == fBatchEnvelope && typ == protowire.BytesType:
@@ -339,6 +342,9 @@ func parseEnvelope(b []byte, env *rawEnvelope) error {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
+		}
+		if num > protowire.MaxValidNumber {
+			return fmt.Errorf("%w: envelope field number %d out of range", errBadBatch, num)
 		}
 		b = b[n:]
 		var want protowire.Type
@@ -414,6 +420,9 @@ func parseHeaderEntry(b []byte) (string, string, error) {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return "", "", fmt.Errorf("%w: header: %v", errBadBatch, protowire.ParseError(n))
+		}
+		if num > protowire.MaxValidNumber {
+			return "", "", fmt.Errorf("%w: header field number %d out of range", errBadBatch, num)
 		}
 		b = b[n:]
 		if (num == fHeaderEntryKey || num == fHeaderEntryVal) && typ == protowire.BytesType {
