@@ -123,8 +123,9 @@ type memStream struct {
 	connID   uint64
 	in, out  *memDir
 	ctrs     *peerCounters
-	finished bool   // CloseSend was called (writer-side only)
-	gone     func() // on a handler's end: ends its context when the stream is reset
+	local    context.Context // this end's transport; done once it closed
+	finished bool            // CloseSend was called (writer-side only)
+	gone     func()          // on a handler's end: ends its context when the stream is reset
 
 	mu   sync.Mutex
 	held int
@@ -133,6 +134,9 @@ type memStream struct {
 var _ Stream = (*memStream)(nil)
 
 func (s *memStream) fail(kind, cause error, detail string) *Error {
+	if s.local.Err() != nil && kind != ErrCancelled {
+		kind, cause = ErrClosed, nil // our own transport closed, as on QUIC
+	}
 	return newErr(s.peer, s.protocol, kind, cause, detail)
 }
 
@@ -157,7 +161,8 @@ func (s *memStream) Send(ctx context.Context, frame []byte) error {
 		return s.fail(ErrTooLarge, nil, fmt.Sprintf("frame of %d bytes exceeds %d", len(frame), s.cfg.MaxFrameSize))
 	}
 	if s.finished {
-		return s.fail(ErrProtocol, errors.New("Send after CloseSend"), "")
+		s.resetBoth(ErrNotConnected, errMemAbandoned)
+		return s.fail(ErrNotConnected, errors.New("Send after CloseSend"), "")
 	}
 	if s.out.ctx.Err() != nil {
 		return s.fail(s.out.kind, s.out.cause, "")
@@ -284,8 +289,8 @@ func (m *MemTransport) OpenStream(ctx context.Context, peer membership.NodeID, p
 	}
 
 	toH, fromH := newMemDir(), newMemDir()
-	opener := &memStream{cfg: m.cfg, peer: peer, protocol: protocol, connID: link.connID, in: fromH, out: toH, ctrs: m.counter(peer)}
-	served := &memStream{cfg: remote.cfg, peer: m.id, protocol: protocol, connID: rlink.connID, in: toH, out: fromH, ctrs: rctr}
+	opener := &memStream{cfg: m.cfg, peer: peer, protocol: protocol, connID: link.connID, in: fromH, out: toH, ctrs: m.counter(peer), local: m.ctx}
+	served := &memStream{cfg: remote.cfg, peer: m.id, protocol: protocol, connID: rlink.connID, in: toH, out: fromH, ctrs: rctr, local: remote.ctx}
 	down := func() { served.resetBoth(ErrNotConnected, errMemLinkDown) }
 	stops := []func() bool{
 		context.AfterFunc(link.ctx, down),

@@ -657,15 +657,16 @@ func sendAcks(ctx context.Context, s Stream, notes <-chan ackNote) {
 // connection or epoch superseded) is counted and dropped; a malformed one
 // is an error and nothing of it is delivered.
 func (r *Remote) handleBatch(ctx context.Context, peer membership.NodeID, peerAddr string, connID uint64, o *inboundOrder, d *batchDecoder, frame []byte) error {
+	defer d.release()
 	b := &d.batch
-	err := parseBatch(frame, b)
-	// Every envelope is parsed before anything is delivered.
-	if cap(d.envs) < len(b.envelopes) {
-		d.envs = make([]rawEnvelope, len(b.envelopes))
-	}
-	d.envs = d.envs[:len(b.envelopes)]
-	for i := 0; err == nil && i < len(b.envelopes); i++ {
-		err = parseEnvelope(b.envelopes[i], &d.envs[i])
+	err := parseBatch(frame, b, r.cfg.MaxBatchMessages)
+	if err == nil {
+		// Every envelope is parsed before anything is delivered.
+		d.envs = d.envs[:0]
+		for i := 0; err == nil && i < len(b.envelopes); i++ {
+			d.envs = append(d.envs, rawEnvelope{})
+			err = parseEnvelope(b.envelopes[i], &d.envs[i])
+		}
 	}
 	if err != nil {
 		r.ctr.badBatches.Add(1)
@@ -680,12 +681,12 @@ func (r *Remote) handleBatch(ctx context.Context, peer membership.NodeID, peerAd
 		return nil
 	}
 	// Delivery never blocks, so holding the turn while delivering only
-	// holds up this peer's next batch, which must wait anyway.
+	// holds up this peer's next batch, which must wait anyway. The turn is
+	// handed on even if a delivery panics (an OnDeadLetter hook, say).
+	defer o.done()
 	for i := range d.envs {
 		r.deliver(peer, peerAddr, d, &d.envs[i])
 	}
-	clear(d.envs) // do not pin the frame
-	o.done()
 	return nil
 }
 
@@ -716,6 +717,10 @@ type inboundOrder struct {
 	started             bool
 	connID, epoch, next uint64
 	busy                bool // a batch holds the turn
+	// The connection and epoch of the batch holding the turn: if a newer
+	// one started meanwhile, its count must not move when the old batch
+	// finishes.
+	busyConn, busyEpoch uint64
 }
 
 func (o *inboundOrder) moveLocked() {
@@ -737,6 +742,7 @@ func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) 
 		}
 		if seq == o.next && !o.busy {
 			o.busy = true
+			o.busyConn, o.busyEpoch = connID, epoch
 			o.mu.Unlock()
 			return nil
 		}
@@ -754,7 +760,9 @@ func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) 
 func (o *inboundOrder) done() {
 	o.mu.Lock()
 	o.busy = false
-	o.next++
+	if o.busyConn == o.connID && o.busyEpoch == o.epoch {
+		o.next++
+	}
 	o.moveLocked()
 	o.mu.Unlock()
 }
@@ -1127,9 +1135,15 @@ func (p *remotePeer) run() {
 		batch, rest := p.encodeBatch(&enc, items)
 		p.mu.Lock()
 		if p.stream != st {
-			// The stream failed or the peer went down meanwhile; what we
-			// hold was in neither the queue nor unacked, so it is ours to
-			// give up on.
+			// The stream failed or the peer went down meanwhile. What we
+			// hold was never written: while the peer is up it goes back
+			// to the front and waits for the next stream; otherwise it is
+			// ours to give up on (the queue was taken by markDown).
+			if p.up && !p.stopped && !r.closed.Load() {
+				p.pending = append(batch, rest...)
+				p.mu.Unlock()
+				continue
+			}
 			p.mu.Unlock()
 			p.failItems(append(batch, rest...), errors.New("stream closed while encoding"))
 			continue
@@ -1153,6 +1167,14 @@ func (p *remotePeer) run() {
 		cancel()
 		if err != nil {
 			p.streamFailed(st, err)
+		} else {
+			// The acknowledgement deadline counts from the end of the
+			// write, which may have waited for flow control.
+			p.mu.Lock()
+			if n := len(p.unacked); p.stream == st && n > 0 && &p.unacked[n-1][0] == &batch[0] {
+				p.sentAt[n-1] = time.Now()
+			}
+			p.mu.Unlock()
 		}
 		if cap(enc.buf) > 2*r.cfg.MaxBatchBytes {
 			enc.buf = nil // do not keep a buffer a burst of type names grew
@@ -1184,9 +1206,13 @@ func (p *remotePeer) openStream() {
 	}
 	p.mu.Lock()
 	if p.stopped || !p.up || st.ConnID() != p.connID {
-		// The connection changed while we opened it; the loop retries.
+		// The connection changed while we opened it; the loop retries once
+		// the transport's events have caught up (they signal us).
 		p.mu.Unlock()
 		st.Close()
+		t := time.NewTimer(50 * time.Millisecond)
+		p.wait(t.C)
+		t.Stop()
 		return
 	}
 	p.stream, p.streamConn = st, st.ConnID()
@@ -1377,11 +1403,11 @@ func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, res
 			r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, err)
 			continue
 		}
-		if len(enc.buf) <= r.cfg.MaxBatchBytes {
+		if enc.frameSize() <= r.cfg.MaxBatchBytes {
 			batch = append(batch, items[i])
 			continue
 		}
-		size := len(enc.buf) - mark.buf
+		size := enc.frameSize() - mark.buf
 		enc.rollback(mark)
 		if len(batch) > 0 {
 			rest = append([]outItem(nil), items[i:]...)

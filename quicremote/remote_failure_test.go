@@ -493,6 +493,127 @@ func TestRemoteCustomSerializerAndUnserializable(t *testing.T) {
 	}
 }
 
+// A serializer that panics fails only its message (a dead letter); the
+// send loop survives and the messages after it are delivered.
+func TestRemoteSerializerPanicIsADeadLetter(t *testing.T) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.RemoteConfig) {
+		rc.Serializers = []quicremote.Serializer{panickySerializer{}}
+	}})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	col := spawnCollector(t, b.sys, "col", 10)
+	_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "col"), &greeting{Text: "boom"}, 10*time.Second).Result()
+	if !errors.Is(err, actor.ErrDeadLetter) {
+		t.Fatalf("message whose serializer panics: %v, want a dead letter", err)
+	}
+	a.sys.Root.Send(a.remote.PID(b.id.ID, "col"), wrapperspb.String("after"))
+	if m := recv(t, col.ch, 10*time.Second, "the next message"); m.(*wrapperspb.StringValue).Value != "after" {
+		t.Fatalf("got %v", m)
+	}
+	if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterUnserializable]; n != 1 {
+		t.Fatalf("%d unserializable dead letters, want 1", n)
+	}
+}
+
+type panickySerializer struct{}
+
+func (panickySerializer) ID() int32 { return 9 }
+
+func (panickySerializer) Serialize(msg any) (string, []byte, error) {
+	if _, ok := msg.(*greeting); ok {
+		panic("serializer bug")
+	}
+	return "", nil, quicremote.ErrUnsupportedMessage
+}
+
+func (panickySerializer) Deserialize(name string, _ []byte) (any, error) {
+	return nil, fmt.Errorf("%w: %s", quicremote.ErrUnknownMessageType, name)
+}
+
+// Batches respect MaxBatchBytes including their type-name table, so a
+// transport whose MaxFrameSize equals it never refuses one: 300 messages
+// of eight types, each batch full, all arrive and none is a dead letter.
+func TestRemoteBatchesFitMaxBatchBytes(t *testing.T) {
+	const limit = 1024
+	c := newRCluster(t, 2, rclusterOpts{mem: true,
+		remote: func(_ int, rc *quicremote.RemoteConfig) { rc.MaxBatchBytes = limit },
+		tcfg:   func(tc *quicremote.Config) { tc.MaxFrameSize = limit; tc.MaxRequestBytesPerPeer = 1 << 20 },
+	})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	var got atomic.Int32
+	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+		if _, ok := ctx.Message().(proto.Message); ok {
+			got.Add(1)
+		}
+	}), "count")
+	target := a.remote.PID(b.id.ID, "count")
+	msgs := []proto.Message{wrapperspb.String("s"), wrapperspb.Int64(-5), wrapperspb.UInt64(5), wrapperspb.Bool(true),
+		wrapperspb.Double(1.5), wrapperspb.Float(2.5), wrapperspb.Int32(-7), wrapperspb.Bytes(make([]byte, 40))}
+	const n = 300
+	for i := 0; i < n; i++ {
+		a.sys.Root.Send(target, msgs[i%len(msgs)])
+	}
+	waitUntil(t, 10*time.Second, "every message", func() bool { return got.Load() == n })
+	s := a.remote.Stats()
+	if s.TotalDeadLetters() != 0 || b.remote.Stats().BadBatches != 0 {
+		t.Fatalf("dead letters or bad batches: %+v / %+v", s, b.remote.Stats())
+	}
+}
+
+// A batch with more envelopes than the receiver's MaxBatchMessages is
+// refused before anything in it is decoded (decoding state per envelope
+// must stay bounded whatever a peer sends): the stream fails, the batch
+// is counted as bad, and the connection stays up.
+func TestRemoteTooManyEnvelopesRefused(t *testing.T) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.RemoteConfig) {
+		rc.MaxBatchMessages = 10
+		if i == 0 {
+			rc.Protocol = "actor/raw" // node 0 speaks the protocol by hand
+		}
+	}})
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitMesh()
+	col := spawnCollector(t, b.sys, "col", 20)
+	env := mustMarshal(t, &abcastpb.ActorEnvelope{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("x"))})
+	batch := func(k int) []byte {
+		envs := make([]*abcastpb.ActorEnvelope, k)
+		for i := range envs {
+			envs[i] = &abcastpb.ActorEnvelope{}
+			if err := proto.Unmarshal(env, envs[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return mustMarshal(t, &abcastpb.ActorBatch{Envelopes: envs, Epoch: 1})
+	}
+	st, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Send(t.Context(), batch(11)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); !errors.Is(err, quicremote.ErrRemote) {
+		t.Fatalf("batch of 11 envelopes with MaxBatchMessages 10: %v, want ErrRemote", err)
+	}
+	if s := b.remote.Stats(); s.BadBatches != 1 || s.Received != 0 || len(col.ch) != 0 {
+		t.Fatalf("refused batch partly delivered or not counted: %+v", s)
+	}
+	// Ten is fine, on a new stream.
+	st2, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	if err := st2.Send(t.Context(), batch(10)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		recv(t, col.ch, 10*time.Second, "envelope of the accepted batch")
+	}
+}
+
 // The remote's logs and protoactor's go to zerolog with the node id.
 func TestRemoteLogsCarryNodeID(t *testing.T) {
 	var buf syncBuffer

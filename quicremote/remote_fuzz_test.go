@@ -42,7 +42,7 @@ func FuzzDecodeActorBatch(f *testing.F) {
 		walked := walkWire(data, batchSchema, &facts)
 
 		d := &batchDecoder{r: r}
-		ours := parseBatch(data, &d.batch)
+		ours := parseBatch(data, &d.batch, 1<<30)
 		if ours == nil {
 			d.envs = make([]rawEnvelope, len(d.batch.envelopes))
 		}

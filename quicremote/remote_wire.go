@@ -70,19 +70,30 @@ type batchEncoder struct {
 	payload []byte            // scratch for one message's payload
 	types   map[string]uint32 // type name -> 1-based index in this batch
 	names   []string
+	table   int // bytes finish will add for names
 	n       int // envelopes in buf
 }
+
+// frameSize is the size of the frame finish would return now.
+func (e *batchEncoder) frameSize() int { return len(e.buf) + e.table + batchTagsSize }
 
 func (e *batchEncoder) reset() {
 	e.buf = e.buf[:0]
 	clear(e.types)
 	e.names = e.names[:0]
+	e.table = 0
 	e.n = 0
 }
 
 // serialize encodes msg's payload into e.payload with the first serializer
-// that takes it.
-func (e *batchEncoder) serialize(msg any) (int32, string, error) {
+// that takes it. A serializer that panics fails the message, not the
+// send loop.
+func (e *batchEncoder) serialize(msg any) (id int32, name string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			id, name, err = 0, "", fmt.Errorf("serializer panicked on %T: %v", msg, p)
+		}
+	}()
 	for _, s := range e.r.sers {
 		var name string
 		var err error
@@ -122,6 +133,7 @@ func (e *batchEncoder) add(it *outItem) error {
 		e.names = append(e.names, typeName)
 		idx = uint32(len(e.names))
 		e.types[typeName] = idx
+		e.table += sizeString(fBatchTypeNames, typeName)
 	}
 	var senderAddr, senderID string
 	var senderReq uint32
@@ -182,9 +194,9 @@ func (e *batchEncoder) add(it *outItem) error {
 }
 
 // encMark is the encoder's state before an add, for rollback.
-type encMark struct{ buf, names int }
+type encMark struct{ buf, names, table int }
 
-func (e *batchEncoder) mark() encMark { return encMark{len(e.buf), len(e.names)} }
+func (e *batchEncoder) mark() encMark { return encMark{len(e.buf), len(e.names), e.table} }
 
 // rollback undoes the add made since m.
 func (e *batchEncoder) rollback(m encMark) {
@@ -193,6 +205,7 @@ func (e *batchEncoder) rollback(m encMark) {
 		delete(e.types, name)
 	}
 	e.names = e.names[:m.names]
+	e.table = m.table
 	e.n--
 }
 
@@ -273,7 +286,12 @@ type rawBatch struct {
 // parseBatch checks the batch's framing and splits it. Unknown fields are
 // skipped, as protobuf does; a known field with the wrong wire type is an
 // error.
-func parseBatch(frame []byte, into *rawBatch) error {
+//
+// maxEnvelopes bounds the envelopes (and type names) one batch may carry:
+// decoding keeps per-envelope state, so a frame of empty envelopes would
+// otherwise cost far more memory than its bytes (which the transport
+// charges to the peer's budget).
+func parseBatch(frame []byte, into *rawBatch, maxEnvelopes int) error {
 	into.epoch, into.seq = 0, 0
 	into.envelopes = into.envelopes[:0]
 	into.typeNames = into.typeNames[:0]
@@ -292,12 +310,18 @@ func parseBatch(frame []byte, into *rawBatch) error {
 			if n < 0 {
 				return fmt.Errorf("%w: envelope: %v", errBadBatch, protowire.ParseError(n))
 			}
+			if len(into.envelopes) >= maxEnvelopes {
+				return fmt.Errorf("%w: more than %d envelopes", errBadBatch, maxEnvelopes)
+			}
 			into.envelopes = append(into.envelopes, v)
 			b = b[n:]
 		case num == fBatchTypeNames && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
 				return fmt.Errorf("%w: type name: %v", errBadBatch, protowire.ParseError(n))
+			}
+			if len(into.typeNames) >= maxEnvelopes {
+				return fmt.Errorf("%w: more than %d type names", errBadBatch, maxEnvelopes)
 			}
 			into.typeNames = append(into.typeNames, v)
 			b = b[n:]
@@ -514,6 +538,18 @@ func (d *batchDecoder) decode(env *rawEnvelope) (any, string, error) {
 		err = errors.New("serializer returned no message")
 	}
 	return msg, string(name), err
+}
+
+// release forgets the batch just handled, so that nothing keeps its frame
+// alive once the transport has handed the frame's bytes back to the
+// peer's budget.
+func (d *batchDecoder) release() {
+	clear(d.envs[:cap(d.envs)])
+	d.envs = d.envs[:0]
+	clear(d.batch.envelopes[:cap(d.batch.envelopes)])
+	d.batch.envelopes = d.batch.envelopes[:0]
+	clear(d.batch.typeNames[:cap(d.batch.typeNames)])
+	d.batch.typeNames = d.batch.typeNames[:0]
 }
 
 // targetOf returns the local PID the envelope is for. The PID is reused

@@ -276,7 +276,7 @@ func checkBatchFrame(t *testing.T, r *Remote, d *batchDecoder, frame []byte, ite
 	}
 
 	// The remote's view.
-	if err := parseBatch(frame, &d.batch); err != nil {
+	if err := parseBatch(frame, &d.batch, 1<<30); err != nil {
 		t.Fatalf("parseBatch: %v", err)
 	}
 	b := &d.batch
@@ -370,7 +370,7 @@ func TestRemoteWireCustomSerializerGetsCopy(t *testing.T) {
 	}
 	frame := enc.finish(1, 1)
 	d := &batchDecoder{r: r}
-	if err := parseBatch(frame, &d.batch); err != nil {
+	if err := parseBatch(frame, &d.batch, 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	var env rawEnvelope
@@ -502,7 +502,7 @@ func TestRemoteWireAddRefused(t *testing.T) {
 func decodeOne(t *testing.T, r *Remote, frame []byte) (any, string, error) {
 	t.Helper()
 	d := &batchDecoder{r: r}
-	if err := parseBatch(frame, &d.batch); err != nil {
+	if err := parseBatch(frame, &d.batch, 1<<30); err != nil {
 		t.Fatalf("parseBatch: %v", err)
 	}
 	if len(d.batch.envelopes) != 1 {
@@ -574,7 +574,7 @@ func TestRemoteWireDecodeTypeCache(t *testing.T) {
 		{TypeIndex: 1},
 	}})
 	d := &batchDecoder{r: r}
-	if err := parseBatch(frame, &d.batch); err != nil {
+	if err := parseBatch(frame, &d.batch, 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	var got []any
@@ -641,7 +641,7 @@ func TestRemoteWireParse(t *testing.T) {
 	frame = str(frame, fBatchTypeNames, "a.B")
 
 	var b rawBatch
-	if err := parseBatch(frame, &b); err != nil {
+	if err := parseBatch(frame, &b, 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	var e rawEnvelope
@@ -662,7 +662,7 @@ func TestRemoteWireParse(t *testing.T) {
 	}
 
 	// Parsing reuses into, resetting what the last frame set.
-	if err := parseBatch(vint(nil, fBatchSeq, 1), &b); err != nil || b.epoch != 0 || b.seq != 1 || len(b.envelopes) != 0 || len(b.typeNames) != 0 {
+	if err := parseBatch(vint(nil, fBatchSeq, 1), &b, 1<<30); err != nil || b.epoch != 0 || b.seq != 1 || len(b.envelopes) != 0 || len(b.typeNames) != 0 {
 		t.Fatalf("reused rawBatch: %+v, %v", b, err)
 	}
 	if err := parseEnvelope(nil, &e); err != nil || e.header != nil || e.targetID != nil || e.system {
@@ -705,7 +705,7 @@ func TestRemoteWireParse(t *testing.T) {
 		if perr := proto.Unmarshal(tc.frame, &pb); (perr != nil) != tc.protoFail {
 			t.Errorf("%s: protobuf says %v", tc.name, perr)
 		}
-		err := parseBatch(tc.frame, &b)
+		err := parseBatch(tc.frame, &b, 1<<30)
 		for i := 0; err == nil && i < len(b.envelopes); i++ {
 			err = parseEnvelope(b.envelopes[i], &e)
 		}

@@ -83,8 +83,11 @@ func (s *quicStream) Send(ctx context.Context, frame []byte) error {
 	}
 	s.hdr = appendFrameLen(s.hdr[:0], len(frame))
 	err := writeFrame(s.str, s.hdr, frame)
-	if stop != nil {
-		stop()
+	if stop != nil && !stop() && err == nil {
+		// ctx ended just after the write and its reset may have
+		// discarded the frame: report the cancellation.
+		s.abort(codeCancelled)
+		return s.fail(ErrCancelled, ctx.Err(), "")
 	}
 	if err == nil {
 		return nil
@@ -182,6 +185,9 @@ func (t *Transport) classifyStream(err error) (kind, cause error) {
 	var se *quic.StreamError
 	if errors.As(err, &se) && se.Remote && se.ErrorCode == codeHandlerError {
 		return ErrRemote, errors.New("peer's stream handler failed")
+	}
+	if errors.As(err, &se) && se.Remote && se.ErrorCode == codeShutdown {
+		return ErrNotConnected, errors.New("peer shutting down")
 	}
 	if t.ctx.Err() != nil {
 		return ErrClosed, err
