@@ -165,9 +165,12 @@ func testHandlerConnID(t *testing.T, c *cluster) {
 	}
 }
 
-func TestConformance(t *testing.T) {
+func TestConformance(t *testing.T) { runConformance(t, conformanceCases) }
+
+// runConformance runs every case on every backend, each in its own bubble.
+func runConformance(t *testing.T, cases []conformanceCase) {
 	for _, b := range backends {
-		for _, tc := range conformanceCases {
+		for _, tc := range cases {
 			t.Run(b.name+"/"+tc.name, func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					cfg := DefaultConfig()

@@ -260,15 +260,23 @@ func (m *MemTransport) Push(ctx context.Context, peer membership.NodeID, protoco
 
 var errMemLinkDown = errors.New("memory link down")
 
-func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte) ([]byte, error) {
-	fail := func(k error, cause error, detail string) ([]byte, error) {
+// memAdmission is what a request or stream holds on the remote side once
+// admitted: a stream credit (given back by release) and a slot of the
+// protocol's per-peer limit (given back by he.release).
+type memAdmission struct {
+	link, rlink *memLink
+	remote      *MemTransport
+	he          *handlerEntry
+	rctr        *peerCounters
+	release     func()
+}
+
+// admit checks the link to peer, takes one of the remote's stream credits
+// (waiting until ctx ends) and a slot of protocol's limit, for a request
+// handler or, with stream, a stream handler. Errors are *Error.
+func (m *MemTransport) admit(ctx context.Context, peer membership.NodeID, protocol string, stream bool) (*memAdmission, error) {
+	fail := func(k error, cause error, detail string) (*memAdmission, error) {
 		return nil, newErr(peer, protocol, k, cause, detail)
-	}
-	if err := validProtocol(protocol); err != nil {
-		return fail(ErrRefused, err, "")
-	}
-	if len(req) > m.cfg.MaxFrameSize {
-		return fail(ErrTooLarge, nil, fmt.Sprintf("request of %d bytes exceeds %d", len(req), m.cfg.MaxFrameSize))
 	}
 	m.net.mu.Lock()
 	closed, known, link := m.closed, m.snap.Contains(peer), m.links[peer]
@@ -300,11 +308,10 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 	}
 	release := func() { <-rlink.credits }
 	rctr := remote.counter(m.id)
-
 	remote.hmu.RLock()
 	he := remote.handlers[protocol]
 	remote.hmu.RUnlock()
-	if he == nil || he.h == nil {
+	if he == nil || (stream && he.sh == nil) || (!stream && he.h == nil) {
 		release()
 		rctr.refused.Add(1)
 		return fail(ErrRefused, errors.New("no handler for protocol"), "")
@@ -314,6 +321,24 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		rctr.refused.Add(1)
 		return fail(ErrRefused, errors.New("protocol at its concurrency limit"), "")
 	}
+	return &memAdmission{link: link, rlink: rlink, remote: remote, he: he, rctr: rctr, release: release}, nil
+}
+
+func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte) ([]byte, error) {
+	fail := func(k error, cause error, detail string) ([]byte, error) {
+		return nil, newErr(peer, protocol, k, cause, detail)
+	}
+	if err := validProtocol(protocol); err != nil {
+		return fail(ErrRefused, err, "")
+	}
+	if len(req) > m.cfg.MaxFrameSize {
+		return fail(ErrTooLarge, nil, fmt.Sprintf("request of %d bytes exceeds %d", len(req), m.cfg.MaxFrameSize))
+	}
+	a, err := m.admit(ctx, peer, protocol, false)
+	if err != nil {
+		return nil, err
+	}
+	link, rlink, remote, he, rctr, release := a.link, a.rlink, a.remote, a.he, a.rctr, a.release
 	if !rctr.hold(len(req), remote.cfg.MaxRequestBytesPerPeer) {
 		he.release(m.id)
 		release()

@@ -127,8 +127,7 @@ type memStream struct {
 	finished bool            // CloseSend was called (writer-side only)
 	gone     func()          // on a handler's end: ends its context when the stream is reset
 
-	mu   sync.Mutex
-	held int
+	held heldFrame
 }
 
 var _ Stream = (*memStream)(nil)
@@ -183,7 +182,7 @@ func (s *memStream) Send(ctx context.Context, frame []byte) error {
 
 // Recv implements Stream.
 func (s *memStream) Recv() ([]byte, error) {
-	s.release()
+	s.held.release()
 	f, ok, reset := s.in.get()
 	if reset {
 		if s.gone != nil {
@@ -199,25 +198,12 @@ func (s *memStream) Recv() ([]byte, error) {
 		s.resetBoth(ErrTooLarge, errMemTooLarge)
 		return nil, s.fail(ErrTooLarge, nil, "incoming frame")
 	}
-	if !s.ctrs.hold(len(f), s.cfg.MaxRequestBytesPerPeer) {
+	if !s.held.take(len(f), s.cfg.MaxRequestBytesPerPeer) {
 		s.ctrs.refused.Add(1)
 		s.resetBoth(ErrRefused, errMemOverBudget)
 		return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", len(f)))
 	}
-	s.mu.Lock()
-	s.held = len(f)
-	s.mu.Unlock()
 	return f, nil
-}
-
-func (s *memStream) release() {
-	s.mu.Lock()
-	n := s.held
-	s.held = 0
-	s.mu.Unlock()
-	if n > 0 {
-		s.ctrs.unhold(n)
-	}
 }
 
 // CloseSend implements Stream.
@@ -233,7 +219,7 @@ func (s *memStream) CloseSend() error {
 // Close implements Stream.
 func (s *memStream) Close() {
 	s.resetBoth(ErrNotConnected, errMemAbandoned)
-	s.release()
+	s.held.release()
 }
 
 // OpenStream implements RPC.
@@ -244,53 +230,16 @@ func (m *MemTransport) OpenStream(ctx context.Context, peer membership.NodeID, p
 	if err := validProtocol(protocol); err != nil {
 		return fail(ErrRefused, err, "")
 	}
-	m.net.mu.Lock()
-	closed, known, link := m.closed, m.snap.Contains(peer), m.links[peer]
-	var remote *MemTransport
-	var rlink *memLink
-	if link != nil {
-		remote = m.net.nodes[peer]
-		rlink = remote.links[m.id]
+	a, err := m.admit(ctx, peer, protocol, true)
+	if err != nil {
+		return nil, err
 	}
-	m.net.mu.Unlock()
-	switch {
-	case closed:
-		return fail(ErrClosed, nil, "")
-	case !known:
-		return fail(ErrUnknownPeer, nil, "")
-	case link == nil:
-		return fail(ErrNotConnected, nil, "")
-	}
-	if err := ctx.Err(); err != nil {
-		return fail(ErrCancelled, err, "")
-	}
-	// A stream credit on the remote side, held until its handler returns.
-	select {
-	case rlink.credits <- struct{}{}:
-	case <-ctx.Done():
-		return fail(ErrCancelled, ctx.Err(), "waiting for a stream credit")
-	case <-link.ctx.Done():
-		return fail(ErrNotConnected, errMemLinkDown, "")
-	}
-	release := func() { <-rlink.credits }
-	rctr := remote.counter(m.id)
-	remote.hmu.RLock()
-	he := remote.handlers[protocol]
-	remote.hmu.RUnlock()
-	if he == nil || he.sh == nil {
-		release()
-		rctr.refused.Add(1)
-		return fail(ErrRefused, errors.New("no stream handler for protocol"), "")
-	}
-	if !he.acquire(m.id) {
-		release()
-		rctr.refused.Add(1)
-		return fail(ErrRefused, errors.New("protocol at its concurrency limit"), "")
-	}
+	link, rlink, remote, he, rctr, release := a.link, a.rlink, a.remote, a.he, a.rctr, a.release
 
 	toH, fromH := newMemDir(), newMemDir()
 	opener := &memStream{cfg: m.cfg, peer: peer, protocol: protocol, connID: link.connID, in: fromH, out: toH, ctrs: m.counter(peer), local: m.ctx}
-	served := &memStream{cfg: remote.cfg, peer: m.id, protocol: protocol, connID: rlink.connID, in: toH, out: fromH, ctrs: rctr, local: remote.ctx}
+	opener.held.ctrs = opener.ctrs
+	served := &memStream{cfg: remote.cfg, peer: m.id, protocol: protocol, connID: rlink.connID, in: toH, out: fromH, ctrs: rctr, held: heldFrame{ctrs: rctr}, local: remote.ctx}
 	down := func() { served.resetBoth(ErrNotConnected, errMemLinkDown) }
 	stops := []func() bool{
 		context.AfterFunc(link.ctx, down),
@@ -310,10 +259,16 @@ func (m *MemTransport) OpenStream(ctx context.Context, peer membership.NodeID, p
 		defer he.release(m.id)
 		defer hcancel()
 		err := runMemStreamHandler(hctx, he.sh, m.id, served)
-		served.release()
-		if err != nil {
+		served.held.release()
+		switch {
+		case err != nil:
 			served.resetBoth(ErrRemote, errMemHandler)
-		} else {
+		case link.ctx.Err() != nil || remote.ctx.Err() != nil || m.ctx.Err() != nil:
+			// The handler returned because the link or a transport went
+			// away: the stream was reset, not finished (the AfterFuncs
+			// that say so may not have run yet).
+			served.resetBoth(ErrNotConnected, errMemLinkDown)
+		default:
 			if !served.finished {
 				fromH.finish()
 			}

@@ -990,15 +990,21 @@ func (p *remotePeer) dropStreamLocked() Stream {
 	return st
 }
 
-// takeAllLocked takes the unacknowledged batches, the queue and the
-// watches, in that order (which is the order the messages were sent).
-func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*pendingFuture) downWork {
-	w := downWork{reason: reason, futures: futures}
+// takeUnackedLocked appends the messages of every unacknowledged batch to
+// dst, oldest first, and forgets the batches.
+func (p *remotePeer) takeUnackedLocked(dst []outItem) []outItem {
 	for _, b := range p.unacked {
-		w.items = append(w.items, b...)
+		dst = append(dst, b...)
 	}
 	p.unacked = nil
 	p.sentAt = nil
+	return dst
+}
+
+// takeAllLocked takes the unacknowledged batches, the queue and the
+// watches, in that order (which is the order the messages were sent).
+func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*pendingFuture) downWork {
+	w := downWork{reason: reason, futures: futures, items: p.takeUnackedLocked(nil)}
 	w.items = append(w.items, p.pending...)
 	p.pending = nil
 	for p.q.n > 0 {
@@ -1103,12 +1109,7 @@ func (p *remotePeer) run() {
 		}
 		if p.stream == nil || p.streamConn != p.connID {
 			old := p.dropStreamLocked()
-			var stale []outItem
-			for _, b := range p.unacked {
-				stale = append(stale, b...)
-			}
-			p.unacked = nil
-			p.sentAt = nil
+			stale := p.takeUnackedLocked(nil)
 			p.mu.Unlock()
 			if old != nil {
 				old.Close()
@@ -1279,12 +1280,7 @@ func (p *remotePeer) streamFailed(st Stream, err error) {
 		return
 	}
 	p.stream = nil
-	var items []outItem
-	for _, b := range p.unacked {
-		items = append(items, b...)
-	}
-	p.unacked = nil
-	p.sentAt = nil
+	items := p.takeUnackedLocked(nil)
 	p.mu.Unlock()
 	st.Close()
 	p.failItems(items, err)

@@ -36,6 +36,36 @@ func registerHandler(mu *sync.RWMutex, handlers map[string]*handlerEntry, protoc
 	return nil
 }
 
+// heldFrame is the size of the last frame a stream's Recv returned,
+// charged to the peer's request budget until the next Recv or Close.
+type heldFrame struct {
+	ctrs *peerCounters
+	mu   sync.Mutex // Recv may race Close
+	n    int
+}
+
+// take charges n bytes, or reports false when the budget is spent.
+func (h *heldFrame) take(n, limit int) bool {
+	if !h.ctrs.hold(n, limit) {
+		return false
+	}
+	h.mu.Lock()
+	h.n = n
+	h.mu.Unlock()
+	return true
+}
+
+// release hands the bytes back.
+func (h *heldFrame) release() {
+	h.mu.Lock()
+	n := h.n
+	h.n = 0
+	h.mu.Unlock()
+	if n > 0 {
+		h.ctrs.unhold(n)
+	}
+}
+
 // quicStream is one end of a long-lived stream over QUIC.
 type quicStream struct {
 	t        *Transport
@@ -46,8 +76,7 @@ type quicStream struct {
 	ctrs     *peerCounters
 	hdr      []byte // Send's scratch header
 
-	mu   sync.Mutex // guards held against Recv racing Close
-	held int        // bytes of the last frame Recv returned, charged to the peer
+	held heldFrame
 	// gone, on a handler's end, ends the handler's context when Recv sees
 	// the stream or connection fail (quic-go's stream context no longer
 	// tells once the handler closed its own sending side).
@@ -107,7 +136,7 @@ func (s *quicStream) Send(ctx context.Context, frame []byte) error {
 
 // Recv implements Stream.
 func (s *quicStream) Recv() ([]byte, error) {
-	s.release()
+	s.held.release()
 	n, err := readFrameLen(s.str, s.t.cfg.MaxFrameSize)
 	if err == io.EOF {
 		return nil, io.EOF
@@ -118,21 +147,18 @@ func (s *quicStream) Recv() ([]byte, error) {
 		return nil, s.fail(ErrTooLarge, err, "incoming frame")
 	}
 	if err == nil {
-		if !s.ctrs.hold(n, s.t.cfg.MaxRequestBytesPerPeer) {
+		if !s.held.take(n, s.t.cfg.MaxRequestBytesPerPeer) {
 			s.ctrs.refused.Add(1)
 			s.abort(codeOverBudget)
 			return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", n))
 		}
-		s.mu.Lock()
-		s.held = n
-		s.mu.Unlock()
 	}
 	var frame []byte
 	if err == nil {
 		frame, err = readPayload(s.str, n)
 	}
 	if err != nil {
-		s.release()
+		s.held.release()
 		if s.gone != nil {
 			s.gone()
 		}
@@ -147,17 +173,6 @@ func (s *quicStream) Recv() ([]byte, error) {
 	return frame, nil
 }
 
-// release hands the last frame's bytes back to the peer's budget.
-func (s *quicStream) release() {
-	s.mu.Lock()
-	n := s.held
-	s.held = 0
-	s.mu.Unlock()
-	if n > 0 {
-		s.ctrs.unhold(n)
-	}
-}
-
 // CloseSend implements Stream.
 func (s *quicStream) CloseSend() error {
 	if err := s.str.Close(); err != nil {
@@ -170,7 +185,7 @@ func (s *quicStream) CloseSend() error {
 // Close implements Stream.
 func (s *quicStream) Close() {
 	s.abort(codeCancelled)
-	s.release()
+	s.held.release()
 }
 
 func (s *quicStream) abort(code quic.StreamErrorCode) {
@@ -222,12 +237,12 @@ func (t *Transport) serveLongStream(connCtx context.Context, peer membership.Nod
 		}
 	})
 	defer stopStr()
-	s := &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs, gone: cancel}
+	s := &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs, held: heldFrame{ctrs: ctrs}, gone: cancel}
 	// The transport's shutdown must unblock a handler sitting in Recv.
 	stopRead := context.AfterFunc(t.ctx, func() { s.abort(codeShutdown) })
 	defer stopRead()
 	err := t.runStreamHandler(ctx, h, peer, s)
-	s.release()
+	s.held.release()
 	if err != nil {
 		log.Debug().Err(err).Msg("stream handler failed")
 		s.abort(codeHandlerError)
@@ -255,32 +270,9 @@ func (t *Transport) OpenStream(ctx context.Context, peer membership.NodeID, prot
 	if err := validProtocol(protocol); err != nil {
 		return fail(ErrRefused, err, "")
 	}
-	t.mu.Lock()
-	closed := t.closed
-	p := t.peers[peer]
-	var conn *quic.Conn
-	var connID uint64
-	if p != nil {
-		conn, connID = p.conn, p.connID
-	}
-	t.mu.Unlock()
-	switch {
-	case closed:
-		return fail(ErrClosed, nil, "")
-	case p == nil:
-		return fail(ErrUnknownPeer, nil, "")
-	case conn == nil:
-		return fail(ErrNotConnected, nil, "")
-	}
-	if err := ctx.Err(); err != nil {
-		return fail(ErrCancelled, err, "")
-	}
-	str, err := conn.OpenStreamSync(ctx)
+	str, connID, err := t.openQUICStream(ctx, peer, protocol)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fail(ErrCancelled, ctx.Err(), "waiting for a stream credit")
-		}
-		return fail(ErrNotConnected, err, "")
+		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() {
 		str.CancelWrite(codeCancelled)
@@ -309,7 +301,8 @@ func (t *Transport) OpenStream(ctx context.Context, peer membership.NodeID, prot
 		t.counter(peer).garbage.Add(1)
 		return fail(ErrProtocol, err, "bad stream admission")
 	}
-	return &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: t.counter(peer)}, nil
+	ctrs := t.counter(peer)
+	return &quicStream{t: t, str: str, peer: peer, protocol: protocol, connID: connID, ctrs: ctrs, held: heldFrame{ctrs: ctrs}}, nil
 }
 
 var (

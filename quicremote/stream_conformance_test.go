@@ -40,23 +40,7 @@ var streamConformanceCases = []conformanceCase{
 	{"HandlerHalfCloseKeepsCtx", 2, nil, testStreamHandlerHalfClose},
 }
 
-func TestStreamConformance(t *testing.T) {
-	for _, b := range backends {
-		for _, tc := range streamConformanceCases {
-			t.Run(b.name+"/"+tc.name, func(t *testing.T) {
-				synctest.Test(t, func(t *testing.T) {
-					cfg := DefaultConfig()
-					if tc.cfg != nil {
-						tc.cfg(&cfg)
-					}
-					c := b.new(t, cfg, tc.n)
-					defer c.close()
-					tc.run(t, c)
-				})
-			})
-		}
-	}
-}
+func TestStreamConformance(t *testing.T) { runConformance(t, streamConformanceCases) }
 
 // ---- helpers ----
 

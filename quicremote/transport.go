@@ -813,12 +813,42 @@ func (t *Transport) roundTrip(ctx context.Context, peer membership.NodeID, proto
 	if len(req) > t.cfg.MaxFrameSize {
 		return fail(ErrTooLarge, nil, fmt.Sprintf("request of %d bytes exceeds %d", len(req), t.cfg.MaxFrameSize))
 	}
+	str, _, err := t.openQUICStream(ctx, peer, protocol)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+	})
+	resp, kindErr, cause, detail := t.exchange(str, peer, protocol, kind, req)
+	if !stop() || ctx.Err() != nil {
+		if kindErr == nil {
+			return resp, nil // finished just as ctx ended
+		}
+		return fail(ErrCancelled, ctx.Err(), "")
+	}
+	if kindErr != nil {
+		str.CancelWrite(codeCancelled)
+		str.CancelRead(codeCancelled)
+		return fail(kindErr, cause, detail)
+	}
+	return resp, nil
+}
+
+// openQUICStream opens a stream on the current connection to peer, waiting
+// for a stream credit until ctx ends. Errors are *Error.
+func (t *Transport) openQUICStream(ctx context.Context, peer membership.NodeID, protocol string) (*quic.Stream, uint64, error) {
+	fail := func(k error, cause error, detail string) (*quic.Stream, uint64, error) {
+		return nil, 0, newErr(peer, protocol, k, cause, detail)
+	}
 	t.mu.Lock()
 	closed := t.closed
 	p := t.peers[peer]
 	var conn *quic.Conn
+	var connID uint64
 	if p != nil {
-		conn = p.conn
+		conn, connID = p.conn, p.connID
 	}
 	t.mu.Unlock()
 	switch {
@@ -839,23 +869,7 @@ func (t *Transport) roundTrip(ctx context.Context, peer membership.NodeID, proto
 		}
 		return fail(ErrNotConnected, err, "")
 	}
-	stop := context.AfterFunc(ctx, func() {
-		str.CancelWrite(codeCancelled)
-		str.CancelRead(codeCancelled)
-	})
-	resp, kindErr, cause, detail := t.exchange(str, peer, protocol, kind, req)
-	if !stop() || ctx.Err() != nil {
-		if kindErr == nil {
-			return resp, nil // finished just as ctx ended
-		}
-		return fail(ErrCancelled, ctx.Err(), "")
-	}
-	if kindErr != nil {
-		str.CancelWrite(codeCancelled)
-		str.CancelRead(codeCancelled)
-		return fail(kindErr, cause, detail)
-	}
-	return resp, nil
+	return str, connID, nil
 }
 
 // exchange writes the request and reads the response on str.
