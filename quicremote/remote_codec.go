@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -80,29 +79,4 @@ func (ProtoSerializer) Deserialize(typeName string, data []byte) (any, error) {
 		return nil, fmt.Errorf("quicremote: decoding %s: %w", typeName, err)
 	}
 	return m, nil
-}
-
-// appendBatchEntry appends one marshalled ActorEnvelope to an ActorBatch
-// being built: a repeated message field is encoded as the concatenation of
-// its elements, each tagged and length-prefixed, so envelopes marshalled by
-// their senders are framed here without being marshalled again.
-func appendBatchEntry(b, envelope []byte) []byte {
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	return protowire.AppendBytes(b, envelope)
-}
-
-// batchEntrySize is what appendBatchEntry adds for an envelope of n bytes.
-func batchEntrySize(n int) int {
-	return protowire.SizeTag(1) + protowire.SizeBytes(n)
-}
-
-// batchTagsSize bounds what appendBatchTags adds.
-const batchTagsSize = 2 * (1 + 10)
-
-// appendBatchTags appends ActorBatch's epoch and seq fields.
-func appendBatchTags(b []byte, epoch, seq uint64) []byte {
-	b = protowire.AppendTag(b, 2, protowire.VarintType)
-	b = protowire.AppendVarint(b, epoch)
-	b = protowire.AppendTag(b, 3, protowire.VarintType)
-	return protowire.AppendVarint(b, seq)
 }

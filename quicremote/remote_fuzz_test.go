@@ -308,3 +308,11 @@ func actorBatchSeeds() [][]byte {
 	)
 	return seeds
 }
+
+// appendBatchEntry appends one already marshalled ActorEnvelope to a batch
+// being built (a repeated message field is its elements, each tagged and
+// length-prefixed).
+func appendBatchEntry(b, envelope []byte) []byte {
+	b = protowire.AppendTag(b, fBatchEnvelope, protowire.BytesType)
+	return protowire.AppendBytes(b, envelope)
+}

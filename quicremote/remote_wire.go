@@ -222,6 +222,21 @@ func (e *batchEncoder) finish(epoch, seq uint64) []byte {
 	return b
 }
 
+// batchTagsSize bounds what appendBatchTags adds.
+const batchTagsSize = 2 * (1 + 10)
+
+// appendBatchTags appends ActorBatch's epoch and seq fields.
+func appendBatchTags(b []byte, epoch, seq uint64) []byte {
+	b = appendVarintField(b, fBatchEpoch, epoch)
+	return appendVarintField(b, fBatchSeq, seq)
+}
+
+// appendVarintField appends a varint field even when it is zero.
+func appendVarintField(b []byte, num protowire.Number, v uint64) []byte {
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
 func headerEntrySize(k, v string) int {
 	return protowire.SizeTag(1) + protowire.SizeBytes(len(k)) + protowire.SizeTag(2) + protowire.SizeBytes(len(v))
 }
@@ -260,8 +275,7 @@ func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
 	if v == 0 {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
+	return appendVarintField(b, num, v)
 }
 
 func b2u(v bool) uint64 {

@@ -2,6 +2,7 @@ package quicremote
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -110,7 +111,7 @@ func (s *quicStream) Send(ctx context.Context, frame []byte) error {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { s.str.CancelWrite(codeCancelled) })
 	}
-	s.hdr = appendFrameLen(s.hdr[:0], len(frame))
+	s.hdr = binary.BigEndian.AppendUint32(s.hdr[:0], uint32(len(frame)))
 	err := writeFrame(s.str, s.hdr, frame)
 	if stop != nil && !stop() && err == nil {
 		// ctx ended just after the write and its reset may have
@@ -208,10 +209,6 @@ func (t *Transport) classifyStream(err error) (kind, cause error) {
 		return ErrClosed, err
 	}
 	return classify(err)
-}
-
-func appendFrameLen(b []byte, n int) []byte {
-	return append(b, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // serveLongStream runs h on an admitted incoming stream (its protocol slot

@@ -95,6 +95,36 @@ func listen() (*net.UDPConn, error) {
 	return net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 }
 
+// loopbackPair makes two identities (the dialler first), a loopback socket
+// for each and the snapshot naming both.
+func loopbackPair() ([2]*membership.Identity, []net.PacketConn, *membership.Snapshot, error) {
+	ids, err := identities()
+	if err != nil {
+		return ids, nil, nil, err
+	}
+	var pcs []net.PacketConn
+	var members []membership.Member
+	for _, id := range ids {
+		pc, err := listen()
+		if err != nil {
+			for _, c := range pcs {
+				c.Close()
+			}
+			return ids, nil, nil, err
+		}
+		pcs = append(pcs, pc)
+		members = append(members, id.Member(pc.LocalAddr().String()))
+	}
+	snap, err := membership.NewSnapshot(1, members...)
+	if err != nil {
+		for _, c := range pcs {
+			c.Close()
+		}
+		return ids, nil, nil, err
+	}
+	return ids, pcs, snap, nil
+}
+
 func identities() ([2]*membership.Identity, error) {
 	var ids [2]*membership.Identity
 	for i := range ids {
@@ -122,21 +152,7 @@ type remotePair struct {
 // registers a "sink" protocol (limit = cfg.MaxIncomingStreams) answering 1
 // byte.
 func NewQuicremotePair(cfg quicremote.Config) (Pair, error) {
-	ids, err := identities()
-	if err != nil {
-		return nil, err
-	}
-	var pcs []net.PacketConn
-	var members []membership.Member
-	for _, id := range ids {
-		pc, err := listen()
-		if err != nil {
-			return nil, err
-		}
-		pcs = append(pcs, pc)
-		members = append(members, id.Member(pc.LocalAddr().String()))
-	}
-	snap, err := membership.NewSnapshot(1, members...)
+	ids, pcs, snap, err := loopbackPair()
 	if err != nil {
 		return nil, err
 	}
@@ -211,21 +227,7 @@ type rawPair struct {
 // windows, the same member-checked TLS, one stream per request; the server
 // reads the request to EOF and answers one byte.
 func NewRawPair(maxStreams int64) (Pair, error) {
-	ids, err := identities()
-	if err != nil {
-		return nil, err
-	}
-	var members []membership.Member
-	var pcs []net.PacketConn
-	for _, id := range ids {
-		pc, err := listen()
-		if err != nil {
-			return nil, err
-		}
-		pcs = append(pcs, pc)
-		members = append(members, id.Member(pc.LocalAddr().String()))
-	}
-	snap, err := membership.NewSnapshot(1, members...)
+	ids, pcs, snap, err := loopbackPair()
 	if err != nil {
 		return nil, err
 	}
