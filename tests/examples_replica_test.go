@@ -58,6 +58,38 @@ type replicaProc struct {
 	exited  chan error
 }
 
+// start runs cmd as this replica with its output in p.logPath; the test's
+// cleanup kills it if still running and, if the test failed, logs the end
+// of its log under name.
+func (p *replicaProc) start(t *testing.T, name string, cmd *exec.Cmd) {
+	t.Helper()
+	logFile, err := os.Create(p.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = cmd
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	if err := p.cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatal(err)
+	}
+	go func() {
+		p.exited <- p.cmd.Wait()
+		logFile.Close()
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, tail(p.log(), 40))
+		}
+	})
+}
+
 func (p *replicaProc) url(path string) string { return "http://" + p.http + path }
 
 func (p *replicaProc) log() string {
@@ -153,30 +185,7 @@ func startSubnetWith(t *testing.T, bin string, n int, etcd string) []*replicaPro
 			t.Fatal(err)
 		}
 		p := &replicaProc{id: ids[i].ID, logPath: filepath.Join(dir, fmt.Sprintf("node-%d.log", i)), ready: filepath.Join(dir, fmt.Sprintf("node-%d.ready", i)), exited: make(chan error, 1)}
-		logFile, err := os.Create(p.logPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.cmd = exec.Command(bin, "-config", cfgPath, "-http", "127.0.0.1:0", "-ready-file", p.ready)
-		p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			p.exited <- p.cmd.Wait()
-			logFile.Close()
-		}()
-		t.Cleanup(func() {
-			select {
-			case <-p.exited:
-			default:
-				p.cmd.Process.Kill()
-				<-p.exited
-			}
-			if t.Failed() {
-				t.Logf("node %d log:\n%s", i, tail(p.log(), 40))
-			}
-		})
+		p.start(t, fmt.Sprintf("node %d", i), exec.Command(bin, "-config", cfgPath, "-http", "127.0.0.1:0", "-ready-file", p.ready))
 		procs = append(procs, p)
 	}
 	for _, p := range procs {

@@ -177,30 +177,7 @@ func restartReplica(t *testing.T, old *replicaProc) *replicaProc {
 	os.Remove(old.ready)
 	p := &replicaProc{id: old.id, ready: old.ready, exited: make(chan error, 1),
 		logPath: filepath.Join(filepath.Dir(old.logPath), fmt.Sprintf("restarted-%s.log", old.id.Short()))}
-	logFile, err := os.Create(p.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(old.cmd.Path, old.cmd.Args[1:]...)
-	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.exited <- p.cmd.Wait()
-		logFile.Close()
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("restarted node log:\n%s", tail(p.log(), 40))
-		}
-	})
+	p.start(t, "restarted node", exec.Command(old.cmd.Path, old.cmd.Args[1:]...))
 	waitFor(t, time.Minute, func() error {
 		b, err := os.ReadFile(p.ready)
 		if err != nil || len(b) == 0 {
