@@ -11,7 +11,7 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Two replicas on loopback: one publishes a block, the other's consumer
@@ -35,7 +35,7 @@ func Example() {
 	events := make(chan string, 4)
 	var chans []*actors.Channel
 	for i := range 2 {
-		node, err := actors.Start(actors.DefaultConfig(), ids[i], registry, socks[i], zerolog.Nop(), quicremote.DefaultConfig())
+		node, err := actors.Start(actors.DefaultConfig(), ids[i], registry, socks[i], zerolog.Nop(), transport.DefaultConfig())
 		if err != nil {
 			panic(err)
 		}

@@ -9,12 +9,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/abcast/abcast/actors/actorkit"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Node is one member of a subnet running Abortable Broadcast: an actor
@@ -24,7 +26,7 @@ type Node struct {
 	cfg    Config
 	self   membership.NodeID
 	log    zerolog.Logger
-	rpc    quicremote.RPC
+	rpc    transport.RPC
 	system *actor.ActorSystem
 	root   *actor.PID // our supervisor; every actor of the node lives under it
 	source membership.Source
@@ -51,9 +53,9 @@ type Node struct {
 // Start creates a node that speaks QUIC on conn (a UDP socket; hand quic-go
 // the raw *net.UDPConn in production so it can use segmentation offload).
 // The node owns conn from now on.
-func Start(cfg Config, id *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, tcfg quicremote.Config) (*Node, error) {
-	n, err := StartWith(cfg, id.ID, source, log, func(events quicremote.EventFunc) (quicremote.RPC, error) {
-		return quicremote.New(tcfg, id, source, conn, log, events)
+func Start(cfg Config, id *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, tcfg transport.Config) (*Node, error) {
+	n, err := StartWith(cfg, id.ID, source, log, func(events transport.EventFunc) (transport.RPC, error) {
+		return transport.New(tcfg, id, source, conn, log, events)
 	})
 	if err != nil {
 		conn.Close()
@@ -65,7 +67,7 @@ func Start(cfg Config, id *membership.Identity, source membership.Source, conn n
 
 // StartWith creates a node on any transport: newRPC receives the function
 // the transport must call with peer events (it must not block).
-func StartWith(cfg Config, self membership.NodeID, source membership.Source, log zerolog.Logger, newRPC func(quicremote.EventFunc) (quicremote.RPC, error)) (*Node, error) {
+func StartWith(cfg Config, self membership.NodeID, source membership.Source, log zerolog.Logger, newRPC func(transport.EventFunc) (transport.RPC, error)) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -79,7 +81,7 @@ func StartWith(cfg Config, self membership.NodeID, source membership.Source, log
 		members:  source.Current(),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.system = NewActorSystem(n.log, self.String())
+	n.system = actorkit.NewActorSystem(n.log, self.String())
 	n.dlSub = subscribeCounts(n)
 	props := actor.PropsFromProducer(func() actor.Actor { return &rootActor{n: n} },
 		actor.WithSupervisor(n.strategy()))
@@ -111,7 +113,7 @@ func (n *Node) ID() membership.NodeID { return n.self }
 func (n *Node) System() *actor.ActorSystem { return n.system }
 
 // Transport returns the node's transport.
-func (n *Node) Transport() quicremote.RPC { return n.rpc }
+func (n *Node) Transport() transport.RPC { return n.rpc }
 
 // strategy is how every supervisor of ours treats a crashing child:
 // restart it (counted), up to MaxRestarts per RestartWindow.
@@ -124,17 +126,17 @@ func (n *Node) strategy() actor.SupervisorStrategy {
 }
 
 // onPeerEvent is the transport's callback: hand the event to the actors.
-func (n *Node) onPeerEvent(ev quicremote.PeerEvent) {
+func (n *Node) onPeerEvent(ev transport.PeerEvent) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
 		return
 	}
 	switch ev := ev.(type) {
-	case quicremote.PeerUp:
+	case transport.PeerUp:
 		n.up[ev.Peer] = ev.ConnID
 		n.connUps.Add(1)
-	case quicremote.PeerDown:
+	case transport.PeerDown:
 		n.connDowns.Add(1)
 		if n.up[ev.Peer] == ev.ConnID {
 			delete(n.up, ev.Peer)

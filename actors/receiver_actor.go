@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/abcast/abcast/actors/actorkit"
+
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/abcast/abcast/broadcast"
@@ -140,7 +142,7 @@ func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
 			}
 			start := e
 			props := actor.PropsFromProducer(func() actor.Actor { return &fetchActor{c: c, id: start.ID, advertisers: start.Advertisers} },
-				actor.WithMailbox(BoundedMailbox(c.n.cfg.MailboxCapacity, WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
+				actor.WithMailbox(actorkit.BoundedMailbox(c.n.cfg.MailboxCapacity, actorkit.WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
 			a.fetches[e.ID] = ctx.Spawn(props)
 		case broadcast.AdvertisersChanged:
 			if pid, ok := a.fetches[e.ID]; ok {

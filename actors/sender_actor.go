@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/abcast/abcast/actors/actorkit"
+
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Messages of the sender side.
@@ -30,7 +32,7 @@ type (
 )
 
 func connIDOf(ctx context.Context, n *Node, peer membership.NodeID) (uint64, bool) {
-	if id, ok := quicremote.ConnIDFromContext(ctx); ok {
+	if id, ok := transport.ConnIDFromContext(ctx); ok {
 		return id, true
 	}
 	return n.rpc.ConnID(peer)
@@ -87,9 +89,9 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		a.applyOps(ctx, c.takeOps())
 	case peerUpMsg:
 		a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(m.peer.String()), broadcast.ConnID(m.conn)))
-	case quicremote.PeerUp:
+	case transport.PeerUp:
 		a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(m.Peer.String()), broadcast.ConnID(m.ConnID)))
-	case quicremote.PeerDown:
+	case transport.PeerDown:
 		// A PeerDown for an older connection than the current one is
 		// stale; the transport orders events per peer, so compare ids.
 		if cur, ok := c.n.rpc.ConnID(m.Peer); ok && cur != m.ConnID {
@@ -226,7 +228,7 @@ func (a *senderActor) link(ctx actor.Context, peer broadcast.PeerID) *actor.PID 
 	}
 	c := a.c
 	props := actor.PropsFromProducer(func() actor.Actor { return &linkActor{c: c, peer: id, calls: map[broadcast.Token]context.CancelFunc{}} },
-		actor.WithMailbox(BoundedMailbox(c.n.cfg.MailboxCapacity, WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
+		actor.WithMailbox(actorkit.BoundedMailbox(c.n.cfg.MailboxCapacity, actorkit.WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
 	pid := ctx.Spawn(props)
 	a.links[peer] = pid
 	return pid

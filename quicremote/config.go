@@ -4,118 +4,106 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/abcast/abcast/membership"
 )
 
-// ALPN is the TLS application protocol both ends must offer. A peer that
-// speaks anything else fails the handshake.
-const ALPN = "abcast/1"
+// DefaultProtocol is the RPC protocol name the remote's batches use.
+const DefaultProtocol = "actor/1"
 
-// Config holds the transport's limits and timers. Start from DefaultConfig
-// and change what you need; New calls Validate.
+// Config holds the remote's limits. Start from DefaultConfig;
+// New calls Validate.
 type Config struct {
-	// MaxFrameSize is the largest request or response payload, in bytes.
-	// Default 128 MiB, the reference's maximum artifact size. A frame is
-	// held in memory whole; MaxRequestBytesPerPeer bounds how many a peer
-	// may have us hold at once.
-	// Must be in 1..2^32-1 (the length prefix is 32 bits).
-	MaxFrameSize int
+	// Protocol is the stream protocol name batches are sent on. Both ends
+	// must agree. Default DefaultProtocol.
+	Protocol string
 
-	// MaxRequestBytesPerPeer bounds the request bytes one peer may have
-	// in our memory at once (read and not yet answered by their handlers).
-	// A request that would exceed it is refused before its payload is read
-	// (ErrRefused at the caller, who may retry). Without it a peer could make
-	// us hold MaxIncomingStreams × MaxFrameSize (12.8 GiB with the
-	// defaults). Must be at least MaxFrameSize. Default 256 MiB.
-	MaxRequestBytesPerPeer int
+	// HandlerLimit bounds how many of the remote's incoming streams one
+	// peer may have open at once (the RPC HandleStream limit). A peer's
+	// remote keeps one per connection, and briefly two while replacing a
+	// failed one. Memory per incoming stream: one batch (up to the
+	// transport's MaxFrameSize, charged to MaxRequestBytesPerPeer) plus the
+	// stream's flow-control window. Default 4.
+	HandlerLimit int
 
-	// MaxIncomingStreams bounds the streams a peer may have open towards us
-	// at once on one connection, counting streams whose handler is still
-	// running. This is the caller pushback: once it is reached the peer's
-	// next Call/Push waits in stream opening until one of our handlers
-	// finishes (credit is released only then), or until its context ends.
-	// Default 100: measured on loopback, ~100 in flight gives the best
-	// request rate, while 1,000 (the reference's value) lowers it.
-	MaxIncomingStreams int
+	// QueueCapacity bounds the messages waiting to be sent to one peer. A
+	// message that finds the queue full is refused at once and becomes a
+	// dead letter (DeadLetterQueueFull); senders never block. Memory per
+	// peer is at most about QueueCapacity encoded messages. Default 16,384.
+	QueueCapacity int
 
-	// DefaultProtocolLimit is the handler concurrency used when Handle is
-	// given limit <= 0. Default 32, well below MaxIncomingStreams so that
-	// one stuck protocol cannot take every stream of a connection.
-	DefaultProtocolLimit int
+	// MaxBatchMessages and MaxBatchBytes bound one batch (one frame on the
+	// peer's stream). The send loop takes whatever is queued up to these
+	// bounds, so batches stay small when traffic is light (low latency) and
+	// grow under load. MaxBatchBytes must not exceed the transport's
+	// MaxFrameSize; a message whose encoding alone exceeds it becomes a
+	// dead letter (DeadLetterUnserializable, ErrMessageTooLarge). Defaults
+	// 4,096 messages and 256 KiB (smaller batches pipeline better: the
+	// receiver decodes one while the next is on the wire; examples/
+	// remotebench measured 128 KiB-512 KiB best and 1 MiB slower).
+	MaxBatchMessages int
+	MaxBatchBytes    int
 
-	// KeepAlive is how often an idle connection sends a ping. Default 1 s
-	// (the reference's value): with IdleTimeout it makes a silent peer
-	// noticed within seconds.
-	KeepAlive time.Duration
+	// MaxInflightBatches is how many batches written to a peer may await
+	// its acknowledgement; the send loop waits when it is reached. Their
+	// messages are kept until then (at most MaxInflightBatches ×
+	// MaxBatchBytes of encoded messages per peer) so that a stream that
+	// fails turns exactly them into dead letters. The receiver acknowledges
+	// every 8 batches, or 2 ms after a batch when traffic is light; a value
+	// below 8 makes a busy sender wait for that delay. Default 32.
+	MaxInflightBatches int
 
-	// IdleTimeout closes a connection after this long without any packet
-	// from the peer. Default 5 s. Must exceed KeepAlive.
-	IdleTimeout time.Duration
+	// SendTimeout bounds opening a peer's stream and writing one batch to
+	// it (which blocks while the peer's flow-control window is full), and
+	// how long a written batch may wait for the peer's acknowledgement. A
+	// batch that times out is not retried: the stream is reset and every
+	// batch not yet acknowledged on it becomes dead letters
+	// (DeadLetterSendFailed; they may or may not have been delivered).
+	// Default 10 s.
+	SendTimeout time.Duration
 
-	// HandshakeTimeout bounds a dial: QUIC and TLS handshake together.
-	// Default 5 s.
-	HandshakeTimeout time.Duration
+	// ConnectGrace is how long messages to a member we have not been
+	// connected to yet wait in its queue for the first connection (at
+	// start-up the dial takes a moment). After that they, and later ones
+	// while it stays down, become dead letters (DeadLetterUnreachable), and
+	// watches of its actors end with AddressTerminated. Once a connection
+	// has gone down (PeerDown), messages to the peer fail at once until it
+	// is up again: requests fail fast instead of waiting for a redial that
+	// may never come. Default 3 s, the transport's redial interval.
+	ConnectGrace time.Duration
 
-	// WelcomeTimeout bounds the application-level welcome exchange that
-	// follows the handshake (a peer is only reported up after it). Default
-	// 5 s.
-	WelcomeTimeout time.Duration
+	// Serializers are tried in order for every outgoing message; the first
+	// that does not return ErrUnsupportedMessage encodes it, and its ID
+	// travels with the message. The protobuf serializer (ID 0) is always
+	// appended last. IDs must be unique.
+	Serializers []Serializer
 
-	// HeaderTimeout is how long an incoming stream may take to deliver its
-	// header (protocol name) before it is reset and counted as garbage. It
-	// stops a peer from holding stream slots without saying what it wants.
-	// Default 5 s.
-	HeaderTimeout time.Duration
-
-	// ReconnectBackoffMin and ReconnectBackoffMax bound the delay between
-	// dial attempts to a peer: it starts at Min, doubles after each failure
-	// up to Max, and returns to Min once a connection was up. Defaults
-	// 250 ms and 3 s (the reference redials every 3 s). Max stays short
-	// because only one side of a pair dials: when the other side refuses
-	// us because its registry does not list us yet, it cannot call back
-	// once it does, so our next attempt must come soon.
-	ReconnectBackoffMin time.Duration
-	ReconnectBackoffMax time.Duration
-
-	// Stream and connection flow-control windows, in bytes. Every stream
-	// is read promptly (a frame goes straight into memory for its handler,
-	// or the stream is reset), so the windows limit what the kernel and
-	// quic-go buffer, not what a stuck handler pins. The connection window
-	// is three stream windows so that one large transfer never starves the
-	// small requests multiplexed beside it. Defaults: stream 512 KiB
-	// growing to 8 MiB, connection 1.5 MiB growing to 24 MiB.
-	InitialStreamWindow     uint64
-	MaxStreamWindow         uint64
-	InitialConnectionWindow uint64
-	MaxConnectionWindow     uint64
-
-	// MaxErrorText truncates a handler's error text sent back to the
-	// caller, in bytes. Default 1 KiB.
-	MaxErrorText int
+	// OnDeadLetter, if set, is told about every message the remote could not
+	// send or deliver, with the reason. It runs on the goroutine that gave
+	// up on the message (a sender inside Send, the peer's send loop, or a
+	// handler); it must be quick and must not block. The standard
+	// *actor.DeadLetterEvent is published as well, so a sender waiting for a
+	// reply gets a DeadLetterResponse.
+	OnDeadLetter func(DeadLetter)
 }
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		MaxFrameSize:            128 << 20,
-		MaxRequestBytesPerPeer:  256 << 20,
-		MaxIncomingStreams:      100,
-		DefaultProtocolLimit:    32,
-		KeepAlive:               time.Second,
-		IdleTimeout:             5 * time.Second,
-		HandshakeTimeout:        5 * time.Second,
-		WelcomeTimeout:          5 * time.Second,
-		HeaderTimeout:           5 * time.Second,
-		ReconnectBackoffMin:     250 * time.Millisecond,
-		ReconnectBackoffMax:     3 * time.Second,
-		InitialStreamWindow:     512 << 10,
-		MaxStreamWindow:         8 << 20,
-		InitialConnectionWindow: 1536 << 10,
-		MaxConnectionWindow:     24 << 20,
-		MaxErrorText:            1 << 10,
+		Protocol:           DefaultProtocol,
+		QueueCapacity:      16384,
+		MaxBatchMessages:   4096,
+		MaxBatchBytes:      256 << 10,
+		SendTimeout:        10 * time.Second,
+		MaxInflightBatches: 32,
+		HandlerLimit:       4,
+		ConnectGrace:       3 * time.Second,
 	}
 }
 
-// Validate reports the first field that is out of range.
+// Validate reports the fields that are out of range.
 func (c Config) Validate() error {
 	var errs []error
 	check := func(ok bool, format string, args ...any) {
@@ -123,25 +111,118 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(c.MaxFrameSize > 0 && uint64(c.MaxFrameSize) <= 1<<32-1, "MaxFrameSize %d out of 1..2^32-1", c.MaxFrameSize)
-	check(c.MaxRequestBytesPerPeer >= c.MaxFrameSize, "MaxRequestBytesPerPeer %d below MaxFrameSize %d", c.MaxRequestBytesPerPeer, c.MaxFrameSize)
-	check(c.MaxIncomingStreams > 0, "MaxIncomingStreams %d must be positive", c.MaxIncomingStreams)
-	check(c.DefaultProtocolLimit > 0 && c.DefaultProtocolLimit <= c.MaxIncomingStreams,
-		"DefaultProtocolLimit %d out of 1..MaxIncomingStreams", c.DefaultProtocolLimit)
-	check(c.KeepAlive > 0, "KeepAlive %v must be positive", c.KeepAlive)
-	check(c.IdleTimeout > c.KeepAlive, "IdleTimeout %v must exceed KeepAlive %v", c.IdleTimeout, c.KeepAlive)
-	check(c.HandshakeTimeout > 0, "HandshakeTimeout %v must be positive", c.HandshakeTimeout)
-	check(c.WelcomeTimeout > 0, "WelcomeTimeout %v must be positive", c.WelcomeTimeout)
-	check(c.HeaderTimeout > 0, "HeaderTimeout %v must be positive", c.HeaderTimeout)
-	check(c.ReconnectBackoffMin > 0 && c.ReconnectBackoffMax >= c.ReconnectBackoffMin,
-		"reconnect backoff %v..%v invalid", c.ReconnectBackoffMin, c.ReconnectBackoffMax)
-	check(c.InitialStreamWindow > 0 && c.MaxStreamWindow >= c.InitialStreamWindow,
-		"stream window %d..%d invalid", c.InitialStreamWindow, c.MaxStreamWindow)
-	check(c.InitialConnectionWindow >= c.InitialStreamWindow && c.MaxConnectionWindow >= c.InitialConnectionWindow,
-		"connection window %d..%d invalid (must be at least the stream window)", c.InitialConnectionWindow, c.MaxConnectionWindow)
-	check(c.MaxErrorText >= 0, "MaxErrorText %d must not be negative", c.MaxErrorText)
+	check(c.Protocol != "" && len(c.Protocol) <= 255, "Protocol %q must be 1..255 bytes", c.Protocol)
+	check(c.QueueCapacity > 0, "QueueCapacity %d must be positive", c.QueueCapacity)
+	check(c.MaxBatchMessages > 0, "MaxBatchMessages %d must be positive", c.MaxBatchMessages)
+	check(c.MaxBatchBytes > 0, "MaxBatchBytes %d must be positive", c.MaxBatchBytes)
+	check(c.MaxInflightBatches > 0, "MaxInflightBatches %d must be positive", c.MaxInflightBatches)
+	check(c.SendTimeout > 0, "SendTimeout %v must be positive", c.SendTimeout)
+	check(c.ConnectGrace >= 0, "ConnectGrace %v must not be negative", c.ConnectGrace)
+	seen := map[int32]bool{protoSerializerID: true}
+	for _, s := range c.Serializers {
+		if s == nil {
+			errs = append(errs, errors.New("nil serializer"))
+			continue
+		}
+		check(!seen[s.ID()], "serializer id %d used twice (0 is the protobuf serializer)", s.ID())
+		seen[s.ID()] = true
+	}
 	if len(errs) > 0 {
-		return fmt.Errorf("quicremote: invalid config: %w", errors.Join(errs...))
+		return fmt.Errorf("quicremote: invalid remote config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// DeadLetterReason says why the remote gave up on a message.
+type DeadLetterReason int
+
+const (
+	// DeadLetterQueueFull: the peer's outbound queue was at QueueCapacity.
+	DeadLetterQueueFull DeadLetterReason = iota
+	// DeadLetterPeerDown: the message was queued for a connection that went
+	// down before it was sent.
+	DeadLetterPeerDown
+	// DeadLetterUnreachable: the peer was not connected for ConnectGrace.
+	DeadLetterUnreachable
+	// DeadLetterSendFailed: the stream carrying the message failed (write
+	// timeout, connection lost, refused by the peer) before the peer
+	// acknowledged its batch. It may have been delivered.
+	DeadLetterSendFailed
+	// DeadLetterNotMember: the target's address is not a current member.
+	DeadLetterNotMember
+	// DeadLetterUnserializable: no serializer could encode the message, or
+	// it is a system message the remote does not carry.
+	DeadLetterUnserializable
+	// DeadLetterClosed: the remote was closed.
+	DeadLetterClosed
+	// DeadLetterUndecodable: an incoming message named a type no serializer
+	// knows, or its payload did not decode. The sender, if any, is sent a
+	// DeadLetterResponse.
+	DeadLetterUndecodable
+	numDeadLetterReasons
+)
+
+var deadLetterReasonNames = [...]string{"queue full", "peer down", "unreachable", "send failed", "not a member", "unserializable", "closed", "undecodable"}
+
+func (r DeadLetterReason) String() string {
+	if r >= 0 && int(r) < len(deadLetterReasonNames) {
+		return deadLetterReasonNames[r]
+	}
+	return fmt.Sprintf("DeadLetterReason(%d)", int(r))
+}
+
+// DeadLetter describes one message the remote gave up on.
+type DeadLetter struct {
+	Peer    membership.NodeID
+	Target  *actor.PID
+	Sender  *actor.PID // nil if none
+	Message any        // nil when it could not be decoded
+	System  bool
+	Reason  DeadLetterReason
+	Err     error // the underlying error, if any
+}
+
+// Stats counts what the remote did. All counters only grow.
+type Stats struct {
+	// Sent counts messages in batches the peer acknowledged; Batches counts
+	// those batches. Received counts decoded incoming messages handed to
+	// local processes (including the dead-letter process for unknown ids).
+	Sent, Batches, Received uint64
+	// DeadLetters counts messages given up on, by reason.
+	DeadLetters [numDeadLetterReasons]uint64
+	// UnknownTypes and BadPayloads split the undecodable incoming messages:
+	// a type name no serializer knows, and a payload that did not decode
+	// (or an unknown serializer id).
+	UnknownTypes, BadPayloads uint64
+	// BadBatches counts incoming batches that were not a valid ActorBatch.
+	BadBatches uint64
+	// StaleBatches counts incoming batches refused because a newer epoch or
+	// connection of the same peer had started (their messages become dead
+	// letters at the sender).
+	StaleBatches uint64
+	// AddressTerminated counts Terminated messages the remote generated
+	// because a watched actor's node went down or became unreachable.
+	AddressTerminated uint64
+	// FailedFutures counts local futures failed early because the peer
+	// holding their request went down.
+	FailedFutures uint64
+	// StaleTerminated counts incoming Terminated messages dropped because no
+	// watch was recorded for them (it had already ended with
+	// AddressTerminated, or was never made from this node).
+	StaleTerminated uint64
+	// AckTimeouts counts outgoing streams given up on because the peer
+	// had not acknowledged a batch within SendTimeout (their
+	// unacknowledged messages became DeadLetterSendFailed).
+	AckTimeouts uint64
+	// Queued is the number of messages waiting in outbound queues right now.
+	Queued int
+}
+
+// TotalDeadLetters sums DeadLetters over all reasons.
+func (s Stats) TotalDeadLetters() uint64 {
+	var n uint64
+	for _, v := range s.DeadLetters {
+		n += v
+	}
+	return n
 }

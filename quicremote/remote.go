@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/abcast/abcast/quicremote/transport"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/extensions"
 	"github.com/rs/zerolog"
@@ -32,8 +34,8 @@ import (
 //
 // # Start-up order
 //
-//  1. Create the actor system (actors.NewActorSystem).
-//  2. NewRemote.
+//  1. Create the actor system (actorkit.NewActorSystem).
+//  2. New.
 //  3. Create the transport with the remote's PeerEvent as its EventFunc (or
 //     call PeerEvent from your own EventFunc).
 //  4. Start(rpc), before spawning any actor whose PID will travel: a PID's
@@ -93,7 +95,7 @@ type Remote struct {
 	self    membership.NodeID
 	addr    string
 	members func() membership.MemberSet
-	cfg     RemoteConfig
+	cfg     Config
 	log     zerolog.Logger
 	sers    []Serializer
 	serByID map[int32]Serializer
@@ -104,7 +106,7 @@ type Remote struct {
 
 	mu      sync.Mutex
 	started bool
-	rpc     RPC
+	rpc     transport.RPC
 	peers   map[membership.NodeID]*remotePeer
 	orders  map[membership.NodeID]*inboundOrder
 	wg      sync.WaitGroup
@@ -135,15 +137,15 @@ const protoactorLocalAddress = "nonhost"
 
 var errClosedRemote = errors.New("quicremote: remote closed")
 
-// NewRemote prepares a remote for system as node self. members says who is
+// New prepares a remote for system as node self. members says who is
 // a member right now (membership.LatestMembers(source)); only members get
 // routes. Nothing is sent or received until Start.
-func NewRemote(system *actor.ActorSystem, self membership.NodeID, members func() membership.MemberSet, cfg RemoteConfig, log zerolog.Logger) (*Remote, error) {
+func New(system *actor.ActorSystem, self membership.NodeID, members func() membership.MemberSet, cfg Config, log zerolog.Logger) (*Remote, error) {
 	if system == nil || members == nil {
-		return nil, errors.New("quicremote: NewRemote needs an actor system and a member set")
+		return nil, errors.New("quicremote: New needs an actor system and a member set")
 	}
 	if self.IsZero() {
-		return nil, errors.New("quicremote: NewRemote needs a node id")
+		return nil, errors.New("quicremote: New needs a node id")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -190,7 +192,7 @@ func (r *Remote) PID(node membership.NodeID, id string) *actor.PID {
 // members and registers the remote's stream handler on rpc. Call it once, before
 // spawning actors whose PIDs travel and before the system is used from
 // other goroutines (it writes the system's address without a lock).
-func (r *Remote) Start(rpc RPC) error {
+func (r *Remote) Start(rpc transport.RPC) error {
 	if rpc == nil {
 		return errors.New("quicremote: Start needs a transport")
 	}
@@ -236,8 +238,8 @@ func (r *Remote) Close() error {
 }
 
 // Stats returns the counters.
-func (r *Remote) Stats() RemoteStats {
-	s := RemoteStats{
+func (r *Remote) Stats() Stats {
+	s := Stats{
 		Sent:              r.ctr.sent.Load(),
 		Batches:           r.ctr.batches.Load(),
 		Received:          r.ctr.received.Load(),
@@ -266,9 +268,9 @@ func (r *Remote) Stats() RemoteStats {
 // PeerEvent tells the remote about the transport's peer events; it is an
 // EventFunc. It never blocks: the work a PeerDown causes (dead letters,
 // AddressTerminated, failed futures) runs on that peer's send loop.
-func (r *Remote) PeerEvent(ev PeerEvent) {
+func (r *Remote) PeerEvent(ev transport.PeerEvent) {
 	switch e := ev.(type) {
-	case PeerUp:
+	case transport.PeerUp:
 		if p := r.existingPeer(e.Peer); p != nil {
 			p.mu.Lock()
 			p.up = true
@@ -276,7 +278,7 @@ func (r *Remote) PeerEvent(ev PeerEvent) {
 			p.mu.Unlock()
 			p.signal()
 		}
-	case PeerDown:
+	case transport.PeerDown:
 		if p := r.existingPeer(e.Peer); p != nil {
 			r.log.Info().Str("peer", e.Peer.Short()).Uint64("conn", e.ConnID).AnErr("cause", e.Err).Msg("peer down")
 			p.markDown(DeadLetterPeerDown)
@@ -438,7 +440,7 @@ func (r *Remote) deadLetter(p *remotePeer, node membership.NodeID, it *outItem, 
 			Str("type", fmt.Sprintf("%T", it.msg)).AnErr("err", err).Msg("dead letter")
 	}
 	if h := r.cfg.OnDeadLetter; h != nil {
-		h(RemoteDeadLetter{Peer: node, Target: it.target, Sender: it.sender, Message: it.msg, System: it.system, Reason: reason, Err: err})
+		h(DeadLetter{Peer: node, Target: it.target, Sender: it.sender, Message: it.msg, System: it.system, Reason: reason, Err: err})
 	}
 	if w, ok := it.msg.(*actor.Watch); ok && it.system {
 		if p == nil || p.takeWatch(it.target.Id, w.Watcher) {
@@ -548,7 +550,7 @@ func (r *Remote) failFutures(fs []*pendingFuture) {
 // (a varint; acknowledgements are coalesced, the latest count wins). An
 // undecodable batch ends the stream with an error: the sender makes the
 // messages it has not seen acknowledged dead letters and opens a new one.
-func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s Stream) error {
+func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s transport.Stream) error {
 	if r.closed.Load() {
 		return errClosedRemote
 	}
@@ -618,7 +620,7 @@ type ackNote struct {
 
 // sendAcks writes the acknowledgements of one incoming stream until ctx
 // ends or the stream fails.
-func sendAcks(ctx context.Context, s Stream, notes <-chan ackNote) {
+func sendAcks(ctx context.Context, s transport.Stream, notes <-chan ackNote) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -787,7 +789,7 @@ func (r *Remote) deliver(peer membership.NodeID, peerAddr string, d *batchDecode
 		r.ctr.dead[DeadLetterUndecodable].Add(1)
 		r.log.Debug().Str("peer", peer.Short()).Str("type", typeName).Int32("serializer", env.serializer).Err(err).Msg("undecodable message")
 		if h := r.cfg.OnDeadLetter; h != nil {
-			h(RemoteDeadLetter{Peer: peer, Target: target, Sender: sender, System: env.system, Reason: DeadLetterUndecodable, Err: err})
+			h(DeadLetter{Peer: peer, Target: target, Sender: sender, System: env.system, Reason: DeadLetterUndecodable, Err: err})
 		}
 		if sender != nil && !env.system {
 			r.system.Root.Send(sender, &actor.DeadLetterResponse{})
@@ -874,14 +876,14 @@ type remotePeer struct {
 	mu        sync.Mutex
 	q         outRing
 	up        bool
-	downSince time.Time // when a not-yet-connected peer started waiting; zero after a PeerDown
+	downSince time.Time // when a not-yet-connected peer started waiting; zero after a transport.PeerDown
 	stopped   bool      // the send loop has ended; enqueue refuses
 	downWork  []downWork
 	connID    uint64 // the transport's current connection to the peer
 	// The stream batches go out on, the connection it rides on, and the
 	// batches written to it and not yet acknowledged, oldest first. Every
 	// stream gets a new epoch; seq numbers its batches (see ActorBatch).
-	stream     Stream
+	stream     transport.Stream
 	streamConn uint64
 	unacked    [][]outItem
 	sentAt     []time.Time // when each unacked batch was written
@@ -984,7 +986,7 @@ func (p *remotePeer) markDown(reason DeadLetterReason) {
 
 // dropStreamLocked forgets the current stream, returning it for the
 // caller to Close outside the lock.
-func (p *remotePeer) dropStreamLocked() Stream {
+func (p *remotePeer) dropStreamLocked() transport.Stream {
 	st := p.stream
 	p.stream = nil
 	return st
@@ -1226,7 +1228,7 @@ func (p *remotePeer) openStream() {
 
 // readAcks reads st's acknowledgements (the count of batches the peer
 // handled on it) and releases the batches they cover.
-func (p *remotePeer) readAcks(st Stream) {
+func (p *remotePeer) readAcks(st transport.Stream) {
 	r := p.r
 	defer r.wg.Done()
 	var acked uint64
@@ -1272,7 +1274,7 @@ func (p *remotePeer) readAcks(st Stream) {
 // streamFailed gives up on st if it is still the current stream: its
 // unacknowledged batches become dead letters (they may or may not have been
 // delivered; they are never resent) and the loop opens a new stream.
-func (p *remotePeer) streamFailed(st Stream, err error) {
+func (p *remotePeer) streamFailed(st transport.Stream, err error) {
 	p.mu.Lock()
 	if p.stream != st {
 		p.mu.Unlock()

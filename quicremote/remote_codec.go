@@ -10,7 +10,7 @@ import (
 )
 
 // Serializer turns actor messages into bytes and back. The remote tries its
-// serializers in order (RemoteConfig.Serializers, then protobuf); ID names
+// serializers in order (Config.Serializers, then protobuf); ID names
 // the serializer on the wire, so every node must register the same
 // serializers under the same IDs.
 type Serializer interface {
@@ -35,7 +35,7 @@ var (
 	// name it does not know.
 	ErrUnknownMessageType = errors.New("quicremote: unknown message type")
 	// ErrMessageTooLarge: an outgoing message's encoding alone exceeds
-	// RemoteConfig.MaxBatchBytes; it becomes a dead letter
+	// Config.MaxBatchBytes; it becomes a dead letter
 	// (DeadLetterUnserializable) instead of failing its batch.
 	ErrMessageTooLarge = errors.New("quicremote: message too large")
 )

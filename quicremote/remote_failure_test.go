@@ -13,13 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abcast/abcast/actors/actorkit"
+	"github.com/abcast/abcast/quicremote/transport"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/proto/abcastpb"
 	"github.com/abcast/abcast/quicremote"
@@ -143,7 +145,7 @@ func TestRemoteNodeKilledMidConversation(t *testing.T) {
 // the requests in flight, and once healed new messages flow; nothing is
 // delivered twice.
 func TestRemotePartitionHealsWithoutDuplicates(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.Config) {
 		rc.ConnectGrace = 100 * time.Millisecond
 	}})
 	a, b := c.nodes[0], c.nodes[1]
@@ -231,7 +233,7 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 		{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("good"))},
 	}
 	// x speaks the remote's stream protocol by hand.
-	st, err := x.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol)
+	st, err := x.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +267,7 @@ func TestRemoteUnknownMessageTypeFromPeer(t *testing.T) {
 	if err := st.Send(t.Context(), []byte{0xff, 0x01, 0x02}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Recv(); !errors.Is(err, quicremote.ErrRemote) {
+	if _, err := st.Recv(); !errors.Is(err, transport.ErrRemote) {
 		t.Fatalf("garbage batch: %v, want ErrRemote", err)
 	}
 	s := b.remote.Stats()
@@ -299,7 +301,7 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 // bounded; closing the remote drops what is queued, counted too.
 func TestRemoteBoundedQueueUnreachablePeer(t *testing.T) {
 	const capacity = 1000
-	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.Config) {
 		rc.QueueCapacity = capacity
 		rc.ConnectGrace = time.Hour
 	}})
@@ -342,7 +344,7 @@ func TestRemoteBoundedQueueUnreachablePeer(t *testing.T) {
 // with AddressTerminated.
 func TestRemoteUnreachablePeerAfterGrace(t *testing.T) {
 	const grace = 300 * time.Millisecond
-	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.Config) {
 		rc.ConnectGrace = grace
 	}})
 	a := c.nodes[0]
@@ -376,12 +378,12 @@ func TestRemoteSlowTargetDoesNotStallOthers(t *testing.T) {
 	c.waitMesh()
 	release := make(chan struct{})
 	defer close(release)
-	var metrics actors.MailboxMetrics
+	var metrics actorkit.MailboxMetrics
 	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
 		if _, ok := ctx.Message().(*wrapperspb.Int64Value); ok {
 			<-release
 		}
-	}, actor.WithMailbox(actors.BoundedMailbox(10, actors.WithMailboxMetrics(&metrics)))), "stuck")
+	}, actor.WithMailbox(actorkit.BoundedMailbox(10, actorkit.WithMailboxMetrics(&metrics)))), "stuck")
 	col := spawnCollector(t, b.sys, "col", 2000)
 	stuck, fast := a.remote.PID(b.id.ID, "stuck"), a.remote.PID(b.id.ID, "col")
 	const n = 1000
@@ -465,11 +467,11 @@ func (jsonSerializer) Deserialize(name string, data []byte) (any, error) {
 // Registered serializers carry their types; a message no serializer takes
 // is a counted dead letter at the sender.
 func TestRemoteCustomSerializerAndUnserializable(t *testing.T) {
-	var dead []quicremote.RemoteDeadLetter
+	var dead []quicremote.DeadLetter
 	var mu sync.Mutex
-	c := newRCluster(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) {
 		rc.Serializers = []quicremote.Serializer{jsonSerializer{}}
-		rc.OnDeadLetter = func(d quicremote.RemoteDeadLetter) {
+		rc.OnDeadLetter = func(d quicremote.DeadLetter) {
 			mu.Lock()
 			dead = append(dead, d)
 			mu.Unlock()
@@ -496,7 +498,7 @@ func TestRemoteCustomSerializerAndUnserializable(t *testing.T) {
 // A serializer that panics fails only its message (a dead letter); the
 // send loop survives and the messages after it are delivered.
 func TestRemoteSerializerPanicIsADeadLetter(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.Config) {
 		rc.Serializers = []quicremote.Serializer{panickySerializer{}}
 	}})
 	a, b := c.nodes[0], c.nodes[1]
@@ -536,8 +538,8 @@ func (panickySerializer) Deserialize(name string, _ []byte) (any, error) {
 func TestRemoteBatchesFitMaxBatchBytes(t *testing.T) {
 	const limit = 1024
 	c := newRCluster(t, 2, rclusterOpts{mem: true,
-		remote: func(_ int, rc *quicremote.RemoteConfig) { rc.MaxBatchBytes = limit },
-		tcfg:   func(tc *quicremote.Config) { tc.MaxFrameSize = limit; tc.MaxRequestBytesPerPeer = 1 << 20 },
+		remote: func(_ int, rc *quicremote.Config) { rc.MaxBatchBytes = limit },
+		tcfg:   func(tc *transport.Config) { tc.MaxFrameSize = limit; tc.MaxRequestBytesPerPeer = 1 << 20 },
 	})
 	a, b := c.nodes[0], c.nodes[1]
 	c.waitMesh()
@@ -566,7 +568,7 @@ func TestRemoteBatchesFitMaxBatchBytes(t *testing.T) {
 // must stay bounded whatever a peer sends): the stream fails, the batch
 // is counted as bad, and the connection stays up.
 func TestRemoteTooManyEnvelopesRefused(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.Config) {
 		rc.MaxBatchMessages = 10
 		if i == 0 {
 			rc.Protocol = "actor/raw" // node 0 speaks the protocol by hand
@@ -586,7 +588,7 @@ func TestRemoteTooManyEnvelopesRefused(t *testing.T) {
 		}
 		return mustMarshal(t, &abcastpb.ActorBatch{Envelopes: envs, Epoch: 1})
 	}
-	st, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol)
+	st, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,14 +596,14 @@ func TestRemoteTooManyEnvelopesRefused(t *testing.T) {
 	if err := st.Send(t.Context(), batch(11)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Recv(); !errors.Is(err, quicremote.ErrRemote) {
+	if _, err := st.Recv(); !errors.Is(err, transport.ErrRemote) {
 		t.Fatalf("batch of 11 envelopes with MaxBatchMessages 10: %v, want ErrRemote", err)
 	}
 	if s := b.remote.Stats(); s.BadBatches != 1 || s.Received != 0 || len(col.ch) != 0 {
 		t.Fatalf("refused batch partly delivered or not counted: %+v", s)
 	}
 	// Ten is fine, on a new stream.
-	st2, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultRemoteProtocol)
+	st2, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,12 +623,12 @@ func TestRemoteLogsCarryNodeID(t *testing.T) {
 	id := newIdentity(t)
 	snap, _ := membership.NewSnapshot(1, id.Member("10.0.0.1:1"))
 	src, _ := membership.NewStaticSource(snap)
-	sys := actors.NewActorSystem(zl, id.ID.String())
-	r, err := quicremote.NewRemote(sys, id.ID, membership.LatestMembers(src), quicremote.DefaultRemoteConfig(), zl)
+	sys := actorkit.NewActorSystem(zl, id.ID.String())
+	r, err := quicremote.New(sys, id.ID, membership.LatestMembers(src), quicremote.DefaultConfig(), zl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := quicremote.NewMemNetwork().NewTransport(quicremote.DefaultConfig(), id.ID, src, r.PeerEvent)
+	tr, err := transport.NewMemNetwork().NewTransport(transport.DefaultConfig(), id.ID, src, r.PeerEvent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -645,10 +647,10 @@ func TestRemoteLogsCarryNodeID(t *testing.T) {
 }
 
 func TestRemoteConfigValidate(t *testing.T) {
-	if err := quicremote.DefaultRemoteConfig().Validate(); err != nil {
+	if err := quicremote.DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	bad := quicremote.DefaultRemoteConfig()
+	bad := quicremote.DefaultConfig()
 	bad.QueueCapacity = 0
 	bad.Protocol = ""
 	bad.Serializers = []quicremote.Serializer{quicremote.ProtoSerializer{}}
@@ -680,7 +682,7 @@ func (s *syncBuffer) String() string {
 // the unacknowledged messages become dead letters (a waiting request fails
 // then, not at its own timeout) and the give-up is counted.
 func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.RemoteConfig) {
+	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.Config) {
 		rc.SendTimeout = 300 * time.Millisecond
 		if i == 1 {
 			rc.Protocol = "actor/elsewhere" // node 1's own remote stays out of the way
@@ -689,7 +691,7 @@ func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
 	a, b := c.nodes[0], c.nodes[1]
 	c.waitMesh()
 	read := make(chan int, 100)
-	if err := b.rpc.HandleStream(quicremote.DefaultRemoteProtocol, func(ctx context.Context, _ membership.NodeID, s quicremote.Stream) error {
+	if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
 		for {
 			f, err := s.Recv()
 			if err != nil {

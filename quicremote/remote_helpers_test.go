@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abcast/abcast/actors/actorkit"
+	"github.com/abcast/abcast/quicremote/transport"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 
-	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote"
 )
@@ -25,7 +27,7 @@ type rnode struct {
 	id     *membership.Identity
 	src    *membership.StaticSource
 	pc     *net.UDPConn
-	rpc    quicremote.RPC
+	rpc    transport.RPC
 	sys    *actor.ActorSystem
 	remote *quicremote.Remote
 	dead   bool
@@ -35,14 +37,14 @@ type rcluster struct {
 	t       *testing.T
 	nodes   []*rnode
 	phantom []*membership.Identity // members that never run
-	mem     *quicremote.MemNetwork
+	mem     *transport.MemNetwork
 }
 
 type rclusterOpts struct {
 	mem      bool // in-memory transport instead of QUIC
 	phantoms int  // extra members with an address nobody answers on
-	remote   func(i int, c *quicremote.RemoteConfig)
-	tcfg     func(c *quicremote.Config)
+	remote   func(i int, c *quicremote.Config)
+	tcfg     func(c *transport.Config)
 }
 
 func remoteLogger(t *testing.T) zerolog.Logger {
@@ -92,7 +94,7 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		t.Fatal(err)
 	}
 	if o.mem {
-		c.mem = quicremote.NewMemNetwork()
+		c.mem = transport.NewMemNetwork()
 	}
 	for i, nd := range c.nodes {
 		nd.src, err = membership.NewStaticSource(snap)
@@ -100,16 +102,16 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 			t.Fatal(err)
 		}
 		log := remoteLogger(t).With().Int("i", i).Logger()
-		nd.sys = actors.NewActorSystem(log, nd.id.ID.String())
-		rcfg := quicremote.DefaultRemoteConfig()
+		nd.sys = actorkit.NewActorSystem(log, nd.id.ID.String())
+		rcfg := quicremote.DefaultConfig()
 		if o.remote != nil {
 			o.remote(i, &rcfg)
 		}
-		nd.remote, err = quicremote.NewRemote(nd.sys, nd.id.ID, membership.LatestMembers(nd.src), rcfg, log)
+		nd.remote, err = quicremote.New(nd.sys, nd.id.ID, membership.LatestMembers(nd.src), rcfg, log)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tcfg := quicremote.DefaultConfig()
+		tcfg := transport.DefaultConfig()
 		tcfg.MaxFrameSize = 16 << 20
 		if o.tcfg != nil {
 			o.tcfg(&tcfg)
@@ -117,7 +119,7 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		if o.mem {
 			nd.rpc, err = c.mem.NewTransport(tcfg, nd.id.ID, nd.src, nd.remote.PeerEvent)
 		} else {
-			nd.rpc, err = quicremote.New(tcfg, nd.id, nd.src, nd.pc, log, nd.remote.PeerEvent)
+			nd.rpc, err = transport.New(tcfg, nd.id, nd.src, nd.pc, log, nd.remote.PeerEvent)
 		}
 		if err != nil {
 			t.Fatal(err)

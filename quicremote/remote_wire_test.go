@@ -64,7 +64,7 @@ func (wireTestSerializer) Deserialize(name string, data []byte) (any, error) {
 }
 
 // newWireTestRemote is the part of a Remote the codec uses, set up as
-// NewRemote does: custom serializers first, then protobuf.
+// New does: custom serializers first, then protobuf.
 func newWireTestRemote() *Remote {
 	r := &Remote{addr: wireTestAddr, serByID: make(map[int32]Serializer)}
 	r.sers = []Serializer{wireTestSerializer{}, ProtoSerializer{}}

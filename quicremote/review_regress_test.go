@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abcast/abcast/quicremote/transport"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -49,25 +51,25 @@ func TestReviewNewStreamFirstBatchNotLost(t *testing.T) {
 	}
 	srcA, _ := membership.NewStaticSource(snap)
 	srcB, _ := membership.NewStaticSource(snap)
-	net := NewMemNetwork()
+	net := transport.NewMemNetwork()
 	sysB := actor.NewActorSystem()
-	rcfg := DefaultRemoteConfig()
+	rcfg := DefaultConfig()
 	slow := make(chan struct{})
-	rcfg.OnDeadLetter = func(d RemoteDeadLetter) {
+	rcfg.OnDeadLetter = func(d DeadLetter) {
 		if d.Reason == DeadLetterUndecodable {
 			<-slow // the receiver is busy delivering the old stream's batch
 		}
 	}
-	rB, err := NewRemote(sysB, idB.ID, membership.LatestMembers(srcB), rcfg, zerolog.Nop())
+	rB, err := New(sysB, idB.ID, membership.LatestMembers(srcB), rcfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	tA, err := net.NewTransport(DefaultConfig(), idA.ID, srcA, nil)
+	tA, err := net.NewTransport(transport.DefaultConfig(), idA.ID, srcA, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tA.Close()
-	tB, err := net.NewTransport(DefaultConfig(), idB.ID, srcB, rB.PeerEvent)
+	tB, err := net.NewTransport(transport.DefaultConfig(), idB.ID, srcB, rB.PeerEvent)
 	if err != nil {
 		t.Fatal(err)
 	}

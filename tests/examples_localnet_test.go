@@ -7,13 +7,13 @@ import (
 	"time"
 
 	"github.com/abcast/abcast/examples/localnet/demo"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // shortTransport detects a dead link within a second and redials quickly,
 // so a cut of two seconds forces a reconnect inside a short run.
-func shortTransport() quicremote.Config {
-	c := quicremote.DefaultConfig()
+func shortTransport() transport.Config {
+	c := transport.DefaultConfig()
 	c.KeepAlive = 100 * time.Millisecond
 	c.IdleTimeout = 800 * time.Millisecond
 	c.HandshakeTimeout = time.Second

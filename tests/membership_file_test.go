@@ -24,7 +24,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/testnet"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // regNet is a set of identities and sockets whose membership comes from
@@ -133,7 +133,7 @@ func (r *regNet) start(i int, src membership.Source) *regNode {
 	if err != nil {
 		r.t.Fatalf("node %d: listen %s: %v", i, r.addrs[i], err)
 	}
-	tcfg := quicremote.DefaultConfig()
+	tcfg := transport.DefaultConfig()
 	// Nodes started before they are listed fail their dials; keep the
 	// backoff short so a join does not wait for a long retry.
 	tcfg.ReconnectBackoffMax = 500 * time.Millisecond

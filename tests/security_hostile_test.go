@@ -20,7 +20,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // G4 against a Byzantine member speaking the raw protocol over its real,
@@ -104,7 +104,7 @@ func TestSecurityHostileMember(t *testing.T) {
 		}
 		cfg.FetchTimeoutMin = time.Second
 		cfg.FetchTimeoutMax = 4 * time.Second
-		tcfg := quicremote.DefaultConfig()
+		tcfg := transport.DefaultConfig()
 		tcfg.MaxFrameSize = honestFrameSize
 		s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Config: cfg, Transport: tcfg, Latency: 10 * time.Millisecond, Seed: 9})
 		s.Start(0)
@@ -112,7 +112,7 @@ func TestSecurityHostileMember(t *testing.T) {
 		ch := s.OpenChannel(hostileChannel, abcasttest.ChannelOptions{Verify: verifyPayload})
 		honest := s.Node(0)
 		victim := ch.On(0)
-		hcfg := quicremote.DefaultConfig()
+		hcfg := transport.DefaultConfig()
 		hcfg.MaxFrameSize = 4 * honestFrameSize // so it can try oversized frames
 		hcfg.MaxIncomingStreams = 1000
 		hostile := s.Raw(2, hcfg)
@@ -271,7 +271,7 @@ func TestSecurityHostileMember(t *testing.T) {
 				switch {
 				case err == nil:
 					done.Add(1)
-				case errors.Is(err, quicremote.ErrCancelled) || errors.Is(err, quicremote.ErrRefused):
+				case errors.Is(err, transport.ErrCancelled) || errors.Is(err, transport.ErrRefused):
 					pushedBack.Add(1)
 				default:
 					other.Add(1)
@@ -299,7 +299,7 @@ func TestSecurityHostileMember(t *testing.T) {
 
 		st := victim.Stats()
 		ps := st.PeerStats[hostileID.String()]
-		ts := honest.Transport().(*quicremote.Transport).Stats(hostileID)
+		ts := honest.Transport().(*transport.Transport).Stats(hostileID)
 		t.Logf("counted against the hostile peer: receiver %+v; transport %+v; channel: updates refused %d, fetch failures %d, bad fetch responses %d, advertised ids %d, active fetches %d",
 			ps, ts, st.UpdatesRefused, st.FetchFailures, st.BadFetchResponses, st.AdvertisedIDs, st.ActiveFetches)
 		t.Logf("hostile's handlers: %d honest updates and %d fetches stalled, %d forged answers", stalledUpdates.Load(), stalledFetches.Load(), forged.Load())
@@ -364,7 +364,7 @@ func TestSecurityUndecodableUpdateCountedAgainstPeer(t *testing.T) {
 		s := abcasttest.NewSubnet(t, 2, abcasttest.Options{Latency: 5 * time.Millisecond})
 		s.Start(0)
 		ch := s.OpenChannel(hostileChannel, abcasttest.ChannelOptions{})
-		hostile := s.Raw(1, quicremote.DefaultConfig())
+		hostile := s.Raw(1, transport.DefaultConfig())
 		must(t, abcasttest.Eventually(time.Minute, func() error {
 			if _, up := hostile.ConnID(s.ID(0)); !up {
 				return errors.New("not connected")

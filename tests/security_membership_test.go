@@ -18,7 +18,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // G5 against whole nodes (DESIGN §1 G5): only current members connect.
@@ -30,7 +30,7 @@ import (
 // attacker starts a bare transport for id at addr on the subnet's network,
 // with its own view of the registry (members plus itself), and returns
 // it with a function that tries to push an advert to node i.
-func attacker(t *testing.T, s *abcasttest.Subnet, id *membership.Identity, addr string) (*quicremote.Transport, func(i int) error) {
+func attacker(t *testing.T, s *abcasttest.Subnet, id *membership.Identity, addr string) (*transport.Transport, func(i int) error) {
 	t.Helper()
 	udp, err := net.ResolveUDPAddr("udp", addr)
 	must(t, err)
@@ -47,7 +47,7 @@ func attacker(t *testing.T, s *abcasttest.Subnet, id *membership.Identity, addr 
 	}
 	src, err := membership.NewStaticSource(snap)
 	must(t, err)
-	tr, err := quicremote.New(quicremote.DefaultConfig(), id, src, s.Network().Listen(udp), zerolog.Nop(), nil)
+	tr, err := transport.New(transport.DefaultConfig(), id, src, s.Network().Listen(udp), zerolog.Nop(), nil)
 	must(t, err)
 	t.Cleanup(func() { tr.Close() })
 	push := func(i int) error {
@@ -208,7 +208,7 @@ func TestSecurityRemovedMemberCutOff(t *testing.T) {
 		src, err := membership.NewStaticSource(old)
 		must(t, err)
 		udp, _ := net.ResolveUDPAddr("udp", s.Addr(3))
-		tr, err := quicremote.New(quicremote.DefaultConfig(), s.Identity(3), src, s.Network().Listen(udp), zerolog.Nop(), nil)
+		tr, err := transport.New(transport.DefaultConfig(), s.Identity(3), src, s.Network().Listen(udp), zerolog.Nop(), nil)
 		must(t, err)
 		defer tr.Close()
 		push := func(i int) error {

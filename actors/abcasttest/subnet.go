@@ -13,7 +13,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Options describe a subnet. The zero value is a valid choice for every
@@ -24,8 +24,8 @@ type Options struct {
 	// chains its crash injection after them.
 	Config actors.Config
 	// Transport is every node's QUIC configuration; zero means
-	// quicremote.DefaultConfig().
-	Transport quicremote.Config
+	// transport.DefaultConfig().
+	Transport transport.Config
 	// Latency is the one-way delay of every link, Loss the probability a
 	// packet is dropped, Seed the source of the loss decisions (and of
 	// nothing else). All three can change later through Network.
@@ -48,7 +48,7 @@ type Options struct {
 type Subnet struct {
 	t      testing.TB
 	cfg    actors.Config
-	tcfg   quicremote.Config
+	tcfg   transport.Config
 	log    zerolog.Logger
 	net    *Network
 	ids    []*membership.Identity
@@ -57,7 +57,7 @@ type Subnet struct {
 
 	mu      sync.Mutex
 	nodes   []*actors.Node
-	raws    []*quicremote.Transport
+	raws    []*transport.Transport
 	chans   []*Channel
 	crash   []crashRule
 	removed map[int]bool
@@ -69,12 +69,12 @@ func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 	t.Helper()
 	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport,
 		net:   NewNetwork(opt.Seed, opt.Latency, opt.Loss),
-		nodes: make([]*actors.Node, n), raws: make([]*quicremote.Transport, n), removed: map[int]bool{}}
+		nodes: make([]*actors.Node, n), raws: make([]*transport.Transport, n), removed: map[int]bool{}}
 	if s.cfg.MailboxCapacity == 0 {
 		s.cfg = actors.DefaultConfig()
 	}
 	if s.tcfg.MaxFrameSize == 0 {
-		s.tcfg = quicremote.DefaultConfig()
+		s.tcfg = transport.DefaultConfig()
 	}
 	if opt.Log != nil {
 		s.log = *opt.Log
@@ -257,12 +257,12 @@ func (s *Subnet) active(i int) bool {
 // Raw starts a bare transport as member i instead of a node (i must not be
 // running), so a test can speak the wire protocol directly: a hostile or
 // broken peer. It closes when the test ends or with Close.
-func (s *Subnet) Raw(i int, cfg quicremote.Config) *quicremote.Transport {
+func (s *Subnet) Raw(i int, cfg transport.Config) *transport.Transport {
 	s.t.Helper()
 	if s.Node(i) != nil {
 		s.t.Fatalf("abcasttest: node %d is running; Stop it before Raw", i)
 	}
-	tr, err := quicremote.New(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log, nil)
+	tr, err := transport.New(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log, nil)
 	if err != nil {
 		s.t.Fatalf("abcasttest: raw transport %d: %v", i, err)
 	}

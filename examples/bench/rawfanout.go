@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/abcast/abcast/quicremote/transportbench"
+	"github.com/abcast/abcast/quicremote/transport/transportbench"
 )
 
 // rawInFlight is how many streams the baseline keeps open per connection,

@@ -14,10 +14,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/abcast/abcast/quicremote/transport"
+
+	"github.com/abcast/abcast/actors/actorkit"
+
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 
-	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote"
 )
@@ -26,7 +29,7 @@ import (
 type quicSide struct {
 	sys    *actor.ActorSystem
 	remote *quicremote.Remote
-	tr     *quicremote.Transport
+	tr     *transport.Transport
 	pc     *net.UDPConn
 }
 
@@ -59,19 +62,19 @@ func startQuicSide(id *membership.Identity, pc *net.UDPConn, peer membership.Mem
 		return nil, err
 	}
 	log := zerolog.Nop()
-	s := &quicSide{pc: pc, sys: actors.NewActorSystem(log, id.ID.String())}
-	rcfg := quicremote.DefaultRemoteConfig()
+	s := &quicSide{pc: pc, sys: actorkit.NewActorSystem(log, id.ID.String())}
+	rcfg := quicremote.DefaultConfig()
 	if v, err := strconv.Atoi(os.Getenv("REMOTEBENCH_INFLIGHT")); err == nil && v > 0 {
 		rcfg.MaxInflightBatches = v
 	}
 	if v, err := strconv.Atoi(os.Getenv("REMOTEBENCH_BATCH_BYTES")); err == nil && v > 0 {
 		rcfg.MaxBatchBytes = v
 	}
-	s.remote, err = quicremote.NewRemote(s.sys, id.ID, membership.LatestMembers(src), rcfg, log)
+	s.remote, err = quicremote.New(s.sys, id.ID, membership.LatestMembers(src), rcfg, log)
 	if err != nil {
 		return nil, err
 	}
-	s.tr, err = quicremote.New(quicremote.DefaultConfig(), id, src, pc, log, s.remote.PeerEvent)
+	s.tr, err = transport.New(transport.DefaultConfig(), id, src, pc, log, s.remote.PeerEvent)
 	if err != nil {
 		return nil, err
 	}

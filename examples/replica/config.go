@@ -11,7 +11,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Config is the replica's config file. Its first fields are those of the
@@ -75,7 +75,7 @@ type LogConfig struct {
 
 // Limits are the knobs an operator most often turns; each maps to a field
 // of actors.Config, broadcast.SenderConfig / ReceiverConfig or
-// quicremote.Config (see their doc comments for the defaults).
+// transport.Config (see their doc comments for the defaults).
 type Limits struct {
 	MaxSlots           int      `json:"max_slots,omitempty"`              // SenderConfig.MaxSlots
 	PushThreshold      Size     `json:"push_threshold,omitempty"`         // SenderConfig.PushThreshold
@@ -86,10 +86,10 @@ type Limits struct {
 	DeliveryCredits    int      `json:"delivery_credits,omitempty"`       // ReceiverConfig.DeliveryCredits
 	MaxPayload         Size     `json:"max_payload,omitempty"`            // Config.Wire.MaxPayloadLen and quicremote MaxFrameSize (plus headroom)
 	MailboxCapacity    int      `json:"mailbox_capacity,omitempty"`       // Config.MailboxCapacity
-	MaxIncomingStreams int      `json:"max_incoming_streams,omitempty"`   // quicremote.Config.MaxIncomingStreams
-	KeepAlive          Duration `json:"keep_alive,omitempty"`             // quicremote.Config.KeepAlive
-	IdleTimeout        Duration `json:"idle_timeout,omitempty"`           // quicremote.Config.IdleTimeout
-	ReconnectMax       Duration `json:"reconnect_backoff_max,omitempty"`  // quicremote.Config.ReconnectBackoffMax
+	MaxIncomingStreams int      `json:"max_incoming_streams,omitempty"`   // transport.Config.MaxIncomingStreams
+	KeepAlive          Duration `json:"keep_alive,omitempty"`             // transport.Config.KeepAlive
+	IdleTimeout        Duration `json:"idle_timeout,omitempty"`           // transport.Config.IdleTimeout
+	ReconnectMax       Duration `json:"reconnect_backoff_max,omitempty"`  // transport.Config.ReconnectBackoffMax
 }
 
 // Duration is a time.Duration written as a Go duration string ("250ms").
@@ -206,8 +206,8 @@ func (c *Config) Validate() error {
 
 // nodeConfigs applies Limits to the library defaults and validates the
 // results.
-func (c *Config) nodeConfigs() (actors.Config, quicremote.Config, *membership.Snapshot, error) {
-	acfg, tcfg := actors.DefaultConfig(), quicremote.DefaultConfig()
+func (c *Config) nodeConfigs() (actors.Config, transport.Config, *membership.Snapshot, error) {
+	acfg, tcfg := actors.DefaultConfig(), transport.DefaultConfig()
 	l := c.Limits
 	set := func(dst *int, v int) {
 		if v != 0 {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // collector exports the node's counters to Prometheus. Counters the
@@ -87,9 +87,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	c.sizes.Describe(ch)
 }
 
-// peerStatser is what *quicremote.Transport offers beyond quicremote.RPC.
+// peerStatser is what *transport.Transport offers beyond transport.RPC.
 type peerStatser interface {
-	Stats(peer membership.NodeID) quicremote.PeerStats
+	Stats(peer membership.NodeID) transport.PeerStats
 }
 
 // Collect reads every counter.
@@ -187,7 +187,7 @@ func shortPeer(p string) string {
 // counts the distinct ids it sees: the transport reports only the current
 // connection, and a new id means a new connection.
 type connWatcher struct {
-	rpc      quicremote.RPC
+	rpc      transport.RPC
 	registry membership.Source
 
 	mu    sync.Mutex
@@ -201,7 +201,7 @@ type peerConns struct {
 	connections uint64
 }
 
-func newConnWatcher(rpc quicremote.RPC, registry membership.Source) *connWatcher {
+func newConnWatcher(rpc transport.RPC, registry membership.Source) *connWatcher {
 	return &connWatcher{rpc: rpc, registry: registry, peers: map[membership.NodeID]*peerConns{}}
 }
 

@@ -12,8 +12,8 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/abcast/abcast/quicremote"
-	"github.com/abcast/abcast/quicremote/transportbench"
+	"github.com/abcast/abcast/quicremote/transport"
+	"github.com/abcast/abcast/quicremote/transport/transportbench"
 )
 
 func main() {
@@ -28,7 +28,7 @@ func main() {
 		new  func() (transportbench.Pair, error)
 	}{
 		{"quicremote", func() (transportbench.Pair, error) {
-			return transportbench.NewQuicremotePair(quicremote.DefaultConfig())
+			return transportbench.NewTransportPair(transport.DefaultConfig())
 		}},
 		{"rawquic", func() (transportbench.Pair, error) { return transportbench.NewRawPair(100) }},
 	}
@@ -45,9 +45,9 @@ func main() {
 	if *streams {
 		fmt.Println("\n100 B requests, 1000 concurrent callers, by MaxIncomingStreams:")
 		for _, n := range []int{32, 100, 300, 1000} {
-			cfg := quicremote.DefaultConfig()
+			cfg := transport.DefaultConfig()
 			cfg.MaxIncomingStreams = n
-			r, err := measure(func() (transportbench.Pair, error) { return transportbench.NewQuicremotePair(cfg) },
+			r, err := measure(func() (transportbench.Pair, error) { return transportbench.NewTransportPair(cfg) },
 				fmt.Sprintf("max=%d", n), 100, 1000, *dur)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)

@@ -20,19 +20,19 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Cluster is a subnet under test.
 type Cluster struct {
 	t            testing.TB
 	Cfg          actors.Config
-	TCfg         quicremote.Config
+	TCfg         transport.Config
 	IDs          []*membership.Identity
 	Addrs        []string
 	Source       *membership.StaticSource
-	Mem          *quicremote.MemNetwork // nil for QUIC clusters
-	Nodes        []*actors.Node         // nil entries are stopped nodes
+	Mem          *transport.MemNetwork // nil for QUIC clusters
+	Nodes        []*actors.Node        // nil entries are stopped nodes
 	conns        []net.PacketConn
 	Log          zerolog.Logger
 	faults       []*FaultConn // per node, QUIC clusters with faults
@@ -48,7 +48,7 @@ type Cluster struct {
 // node runs yet (see StartAll).
 func NewMem(t testing.TB, n int, cfg actors.Config) *Cluster {
 	c := newCluster(t, n, cfg)
-	c.Mem = quicremote.NewMemNetwork()
+	c.Mem = transport.NewMemNetwork()
 	c.makeRegistry()
 	return c
 }
@@ -69,7 +69,7 @@ func NewQUIC(t testing.TB, n int, cfg actors.Config) *Cluster {
 }
 
 func newCluster(t testing.TB, n int, cfg actors.Config) *Cluster {
-	c := &Cluster{t: t, Cfg: cfg, TCfg: quicremote.DefaultConfig(), IDs: make([]*membership.Identity, n), Addrs: make([]string, n),
+	c := &Cluster{t: t, Cfg: cfg, TCfg: transport.DefaultConfig(), IDs: make([]*membership.Identity, n), Addrs: make([]string, n),
 		Nodes: make([]*actors.Node, n), conns: make([]net.PacketConn, n), Log: zerolog.New(zerolog.NewTestWriter(t)).Level(testLevel())}
 	for i := range n {
 		id, err := membership.GenerateIdentity(rand.Reader)
@@ -103,7 +103,7 @@ func (c *Cluster) Start(i int) *actors.Node {
 	var n *actors.Node
 	var err error
 	if c.Mem != nil {
-		n, err = actors.StartWith(c.Cfg, c.IDs[i].ID, c.Source, c.Log, func(ev quicremote.EventFunc) (quicremote.RPC, error) {
+		n, err = actors.StartWith(c.Cfg, c.IDs[i].ID, c.Source, c.Log, func(ev transport.EventFunc) (transport.RPC, error) {
 			return c.Mem.NewTransport(c.TCfg, c.IDs[i].ID, c.Source, ev)
 		})
 	} else {
@@ -292,9 +292,9 @@ func testLevel() zerolog.Level {
 
 // Raw starts a bare transport for member i instead of a node, so a test
 // can speak the wire protocol directly (a hostile peer, say).
-func (c *Cluster) Raw(i int) quicremote.RPC {
+func (c *Cluster) Raw(i int) transport.RPC {
 	c.t.Helper()
-	var rpc quicremote.RPC
+	var rpc transport.RPC
 	var err error
 	if c.Mem != nil {
 		rpc, err = c.Mem.NewTransport(c.TCfg, c.IDs[i].ID, c.Source, nil)
@@ -303,7 +303,7 @@ func (c *Cluster) Raw(i int) quicremote.RPC {
 			udp, _ := net.ResolveUDPAddr("udp", c.Addrs[i])
 			c.conns[i] = c.simEndpoint(udp)
 		}
-		rpc, err = quicremote.New(c.TCfg, c.IDs[i], c.Source, c.conns[i], c.Log, nil)
+		rpc, err = transport.New(c.TCfg, c.IDs[i], c.Source, c.conns[i], c.Log, nil)
 	}
 	if err != nil {
 		c.t.Fatalf("raw transport %d: %v", i, err)

@@ -3,8 +3,9 @@ package wire
 import (
 	"errors"
 	"fmt"
-	"google.golang.org/protobuf/encoding/protowire"
 	"math"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // ErrLimits reports a Limits value that cannot be used. It is the caller's

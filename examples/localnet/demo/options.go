@@ -15,7 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Options configure one run. Zero fields take the defaults of
@@ -58,7 +58,7 @@ type Options struct {
 	// Transport configures every node's QUIC transport; the zero value
 	// means DefaultOptions' (quicremote defaults with a reconnect backoff
 	// capped at 2 s so a healed link comes back quickly).
-	Transport quicremote.Config
+	Transport transport.Config
 	// KeepCuts leaves cut links cut after the workload, so the verdict
 	// must fail; tests use it to check that the verdict can.
 	KeepCuts bool
@@ -68,7 +68,7 @@ type Options struct {
 
 // DefaultOptions is what `go run ./examples/localnet` runs.
 func DefaultOptions() Options {
-	tcfg := quicremote.DefaultConfig()
+	tcfg := transport.DefaultConfig()
 	tcfg.ReconnectBackoffMax = 2 * time.Second
 	faults, _ := ParseFaults(DefaultFaults)
 	return Options{
@@ -119,7 +119,7 @@ func (o *Options) fill() error {
 	if o.Interval == 0 {
 		o.Interval = d.Interval
 	}
-	if o.Transport == (quicremote.Config{}) {
+	if o.Transport == (transport.Config{}) {
 		o.Transport = d.Transport
 	}
 	if o.Out == nil {

@@ -31,7 +31,7 @@ import (
 	"github.com/abcast/abcast/examples/abcastctl/nodeconfig"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/membership/etcdreg"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 func main() {
@@ -73,7 +73,7 @@ func run(path string, every time.Duration, live int) error {
 	if err != nil {
 		return err
 	}
-	tcfg := quicremote.DefaultConfig()
+	tcfg := transport.DefaultConfig()
 	tcfg.ReconnectBackoffMax = time.Second
 	node, err := actors.Start(actors.DefaultConfig(), id, src, pc, log, tcfg)
 	if err != nil {

@@ -1,26 +1,26 @@
-package quicremote_test
+package transport_test
 
 import (
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/abcast/abcast/quicremote"
-	"github.com/abcast/abcast/quicremote/transportbench"
+	"github.com/abcast/abcast/quicremote/transport"
+	"github.com/abcast/abcast/quicremote/transport/transportbench"
 )
 
 // BenchmarkCall measures Call over real loopback UDP: 64 concurrent callers
 // at three payload sizes, and one caller with 100 B (round-trip latency),
 // next to bare quic-go streams doing the same work.
 //
-//	go test -run XXX -bench Call ./quicremote/
+//	go test -run XXX -bench Call ./quicremote/transport/
 func BenchmarkCall(b *testing.B) {
 	impls := []struct {
 		name string
 		new  func() (transportbench.Pair, error)
 	}{
 		{"quicremote", func() (transportbench.Pair, error) {
-			return transportbench.NewQuicremotePair(quicremote.DefaultConfig())
+			return transportbench.NewTransportPair(transport.DefaultConfig())
 		}},
 		{"rawquic", func() (transportbench.Pair, error) { return transportbench.NewRawPair(100) }},
 	}

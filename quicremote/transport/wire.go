@@ -1,11 +1,12 @@
-package quicremote
+package transport
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/abcast/abcast/membership"
 	"io"
+
+	"github.com/abcast/abcast/membership"
 
 	"github.com/quic-go/quic-go"
 )

@@ -1,4 +1,4 @@
-package quicremote
+package transport
 
 import (
 	"testing"

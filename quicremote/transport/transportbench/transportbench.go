@@ -21,7 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Pair is a client and a server on loopback; Do sends one request of the
@@ -143,22 +143,22 @@ func identities() ([2]*membership.Identity, error) {
 // ---- quicremote ----
 
 type remotePair struct {
-	client, server *quicremote.Transport
+	client, server *transport.Transport
 	pcs            []net.PacketConn
 	peer           membership.NodeID
 }
 
-// NewQuicremotePair starts two transports on loopback with cfg; the server
+// NewTransportPair starts two transports on loopback with cfg; the server
 // registers a "sink" protocol (limit = cfg.MaxIncomingStreams) answering 1
 // byte.
-func NewQuicremotePair(cfg quicremote.Config) (Pair, error) {
+func NewTransportPair(cfg transport.Config) (Pair, error) {
 	ids, pcs, snap, err := loopbackPair()
 	if err != nil {
 		return nil, err
 	}
 	up := make(chan struct{}, 2)
-	events := func(ev quicremote.PeerEvent) {
-		if _, ok := ev.(quicremote.PeerUp); ok {
+	events := func(ev transport.PeerEvent) {
+		if _, ok := ev.(transport.PeerUp); ok {
 			up <- struct{}{}
 		}
 	}
@@ -168,7 +168,7 @@ func NewQuicremotePair(cfg quicremote.Config) (Pair, error) {
 		if err != nil {
 			return nil, err
 		}
-		tr, err := quicremote.New(cfg, id, src, pcs[i], zerolog.Nop(), events)
+		tr, err := transport.New(cfg, id, src, pcs[i], zerolog.Nop(), events)
 		if err != nil {
 			return nil, err
 		}
@@ -235,7 +235,7 @@ func NewRawPair(maxStreams int64) (Pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	alpn := []string{quicremote.ALPN}
+	alpn := []string{transport.ALPN}
 	qconf := &quic.Config{MaxIncomingStreams: maxStreams}
 	p := &rawPair{pcs: pcs, sqt: &quic.Transport{Conn: pcs[1]}, cqt: &quic.Transport{Conn: pcs[0]}}
 	p.ln, err = p.sqt.Listen(membership.ServerTLSConfig(ids[1], membership.LatestMembers(src), alpn), qconf)
