@@ -68,6 +68,18 @@ type RPC interface {
 	// Peers returns the peers that are up right now, sorted.
 	Peers() []membership.NodeID
 
+	// Reserve charges n bytes to peer's memory budget
+	// (Config.MaxRequestBytesPerPeer), the budget that also bounds the
+	// transport's own frames held for that peer. Layers above charge here
+	// what a peer makes them hold beyond a frame (decoded copies, queued
+	// messages, responses being written), so that one figure bounds a
+	// peer's cost. It returns false, charging nothing, when the budget
+	// cannot take n more bytes (or peer is not a member we track).
+	Reserve(peer membership.NodeID, n int) bool
+
+	// Release returns n bytes reserved with Reserve.
+	Release(peer membership.NodeID, n int)
+
 	// Close stops the transport: connections are closed, handler contexts
 	// cancelled, and Close returns once every goroutine it started ended.
 	Close() error

@@ -413,3 +413,11 @@ func runMemHandler(ctx context.Context, h Handler, peer membership.NodeID, req [
 	}()
 	return h(ctx, peer, req)
 }
+
+// Reserve implements RPC.
+func (m *MemTransport) Reserve(peer membership.NodeID, n int) bool {
+	return m.counter(peer).hold(n, m.cfg.MaxRequestBytesPerPeer)
+}
+
+// Release implements RPC.
+func (m *MemTransport) Release(peer membership.NodeID, n int) { m.counter(peer).unhold(n) }

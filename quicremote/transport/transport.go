@@ -936,3 +936,11 @@ func classify(err error) (kind, cause error) {
 	}
 	return ErrNotConnected, err
 }
+
+// Reserve implements RPC.
+func (t *Transport) Reserve(peer membership.NodeID, n int) bool {
+	return t.counter(peer).hold(n, t.cfg.MaxRequestBytesPerPeer)
+}
+
+// Release implements RPC.
+func (t *Transport) Release(peer membership.NodeID, n int) { t.counter(peer).unhold(n) }
