@@ -5,69 +5,58 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/abcast/abcast/actors/actorkit"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 )
 
-// Event is what a channel's consumer receives: *Delivered or *Withdrawn.
-type Event interface{ isEvent() }
-
-// Delivered hands over an artifact a peer published, at most once while it
-// stays advertised.
-type Delivered struct {
-	Channel  string
-	Artifact broadcast.Artifact
-	From     membership.NodeID
-}
-
-// Withdrawn says no peer advertises a delivered artifact any more.
-type Withdrawn struct {
-	Channel string
-	ID      broadcast.ArtifactID
-}
-
-func (*Delivered) isEvent() {}
-func (*Withdrawn) isEvent() {}
-
-// Consumed is the reply an actor consumer sends for each *Delivered (with
-// ctx.Respond) once it has taken the artifact; it returns one delivery
-// credit to the channel.
-type Consumed struct{}
-
-// ChannelConfig opens one channel.
+// ChannelConfig declares one channel.
 type ChannelConfig struct {
-	// Name identifies the channel on the wire; every member must open the
-	// same channels. Letters, digits, '-', '_' and '.' only.
+	// Name identifies the channel on the wire. Letters, digits, '-', '_'
+	// and '.' only, at most 64 bytes. Members exchange a channel's
+	// artifacts only while both have it open.
 	Name string
 	// Admit decides per advert; nil fetches everything.
 	Admit broadcast.AdmissionFunc
 	// Verify checks an artifact before delivery; nil checks only its id.
 	Verify broadcast.VerifyFunc
-	// Consume is called for every event, one at a time, on the channel's
-	// consumer actor; when it returns, the delivery's credit is returned.
-	// Exactly one of Consume and ConsumerPID must be set.
+	// Consume, if set, is called for every event, one at a time, on the
+	// channel's consumer actor. Returning confirms the event; a panic does
+	// not (it is counted and the event is handed over again after a
+	// pause that grows up to ConsumerTimeout).
 	Consume func(Event)
-	// ConsumerPID receives *Delivered and *Withdrawn as requests and
-	// must answer each *Delivered with Consumed.
+	// ConsumerPID, if set, is a local actor that receives *Delivered and
+	// *Withdrawn as requests and confirms each (Confirm(ctx), or
+	// ctx.Respond(&Consumed{Seq: ev.Seq})). At most Config.ConsumerWindow
+	// events are unconfirmed at once; one not confirmed is delivered again
+	// (same Seq, Attempt+1) when the consumer stops (it is watched; its
+	// successor under the same name is found again), when the delivery
+	// dead-letters, when a later event is confirmed first (the earlier was
+	// lost in a crash), when the consumer sends Subscribe (do that in your
+	// actor's Started to get everything unconfirmed back at once after a
+	// restart), or after ConsumerTimeout. Nothing is dropped: an event's
+	// credit stays out until it is confirmed.
+	//
+	// With neither Consume nor ConsumerPID, events wait until a Subscribe.
 	ConsumerPID *actor.PID
-	// Sender and Receiver override the node's core limits when non-zero.
+	// Sender and Receiver override the node's core limits when non-nil.
 	Sender   *broadcast.SenderConfig
 	Receiver *broadcast.ReceiverConfig
 }
 
-// ErrBusy: the channel's queue of publishes and aborts not yet taken by its
-// sender actor is full; retry shortly.
-var ErrBusy = errors.New("actors: channel busy")
-
-// Channel is one opened channel. Publish, Abort and Reevaluate never block
-// on the network or on other actors.
+// Channel is one channel declared on a node. Its Go methods and the
+// messages its actor answers (Publish, Abort, Reevaluate, Subscribe,
+// ListHeld, GetStats) are one implementation: the actor calls the same
+// functions. Publish, Abort and Reevaluate never block on the network or
+// on other actors.
 type Channel struct {
 	n     *Node
 	name  string
@@ -78,12 +67,17 @@ type Channel struct {
 
 	updateProto, fetchProto string
 
-	senderPID, receiverPID, consumerPID *actor.PID
+	// The channel's actor and its children, set while it runs.
+	actorPID, senderPID, receiverPID, consumerPID atomic.Pointer[actor.PID]
 
 	mu      sync.Mutex
-	pool    map[broadcast.ArtifactID]broadcast.Artifact // what the publisher wants live
-	ops     []poolOp                                    // not yet taken by the sender actor
-	closed  bool
+	pool    map[broadcast.ArtifactID]*poolEntry // what the publisher wants live
+	ops     []poolOp                            // not yet taken by the sender actor
+	state   chanState
+	reason  any  // why it failed
+	closing bool // Close was called: the actor's stop is not a failure
+	crashed any  // the actor's last failure (escalated or its own), cleared when it starts
+	done    chan struct{}
 	stats   ChannelStats
 	statsMu sync.Mutex
 
@@ -91,25 +85,31 @@ type Channel struct {
 	// actor continues from them.
 	sender   *broadcast.Sender
 	receiver *broadcast.Receiver
-	// consumed totals reported by the consumer actor and applied to the
-	// receiver core; totals (not increments) survive a lost message.
-	consumedSeen uint64
-	// consumedTotal is written only by the consumer actor.
+	// consumedSeen is the running total of confirmed deliveries applied to
+	// the receiver core; consumedTotal is written only by the consumer
+	// actor. Totals (not increments) survive a lost message.
+	consumedSeen  uint64
 	consumedTotal atomic.Uint64
-	// events wait here for the consumer actor (see consumerActor).
-	evMu   sync.Mutex
-	events []any
+	// del is the consumer contract's state, held what the channel holds
+	// (see consumer.go).
+	del  delivery
+	held heldSet
 }
 
-// pushEvent queues an event for the consumer and wakes it if it was idle.
-func (c *Channel) pushEvent(ev any) {
-	c.evMu.Lock()
-	c.events = append(c.events, ev)
-	first := len(c.events) == 1
-	c.evMu.Unlock()
-	if first {
-		c.n.system.Root.Send(c.consumerPID, consumerWake{})
-	}
+type chanState uint8
+
+const (
+	stateDeclared chanState = iota // declared, actor not started yet
+	stateRunning
+	stateClosed
+	stateFailed
+)
+
+// poolEntry is one live artifact of the publisher, with the fetch response
+// that serves it, encoded once and shared by every fetch of it.
+type poolEntry struct {
+	a    broadcast.Artifact
+	resp []byte
 }
 
 type poolOp struct {
@@ -126,34 +126,56 @@ type ChannelStats struct {
 	FetchFailures     uint64
 	BadFetchResponses uint64
 	UpdatesRefused    uint64 // incoming updates refused (stale, over limit, invalid)
-	UpdateBytesSent   uint64
-	FetchBytesServed  uint64
-	FetchesSucceeded  uint64
+	// UpdatesNotAccepted counts incoming updates refused because the peer
+	// had not (or no longer) announced the channel on that connection:
+	// stragglers of a closed incarnation, not misbehaviour.
+	UpdatesNotAccepted uint64
+	UpdateBytesSent    uint64
+	FetchBytesServed   uint64
+	FetchesSucceeded   uint64
 	// UpdatesTransmitted counts slot updates and syncs the links actually
 	// put on the wire (the core's Sender.UpdatesSent also counts updates
 	// that broadcast.Coalesce dropped before they left).
 	UpdatesTransmitted uint64
 	// BytesSentTo and BytesServedTo split the byte counts by peer (full
 	// NodeID string): slot updates sent, fetch responses served.
-	BytesSentTo          map[string]uint64
-	BytesServedTo        map[string]uint64
+	BytesSentTo   map[string]uint64
+	BytesServedTo map[string]uint64
+	// Delivered and Withdrawn count events the consumer confirmed.
 	Delivered, Withdrawn uint64
-	ConsumerPanics       uint64
-	ActiveFetches        int
-	AdvertisedIDs        int
-	PeerStats            map[string]broadcast.PeerStats
+	// Consumer contract: events handed over again (Redeliveries), of which
+	// after ConsumerTimeout (ConsumerTimeouts); deliveries that dead-lettered
+	// or found the consumer stopped (ConsumerLost); panics of a Consume
+	// function (ConsumerPanics); confirmations for no event in flight
+	// (StrayConfirmations); events waiting or unconfirmed now (Unconfirmed).
+	Redeliveries, ConsumerTimeouts, ConsumerLost, ConsumerPanics, StrayConfirmations uint64
+	Unconfirmed                                                                      int
+	// Failed is set once the channel's supervisor gave up on it.
+	Failed        bool
+	ActiveFetches int
+	AdvertisedIDs int
+	PeerStats     map[string]broadcast.PeerStats
 }
 
-// OpenChannel opens a channel; every member must open the same ones.
-func (n *Node) OpenChannel(cfg ChannelConfig) (*Channel, error) {
+// NewChannel declares a channel on the node without running it: spawn
+// Props() where you want it (under your own supervisor), or use
+// OpenChannel. Publishes made before it runs wait for it. A name can be
+// declared again once its channel is closed or failed.
+func (n *Node) NewChannel(cfg ChannelConfig) (*Channel, error) {
 	if !validName(cfg.Name) {
 		return nil, fmt.Errorf("actors: invalid channel name %q", cfg.Name)
 	}
-	if (cfg.Consume == nil) == (cfg.ConsumerPID == nil) {
-		return nil, fmt.Errorf("actors: channel %s needs exactly one of Consume and ConsumerPID", cfg.Name)
+	if cfg.Consume != nil && cfg.ConsumerPID != nil {
+		return nil, fmt.Errorf("actors: channel %s: set Consume or ConsumerPID, not both", cfg.Name)
+	}
+	if cfg.ConsumerPID != nil {
+		if err := n.checkLocal(cfg.ConsumerPID); err != nil {
+			return nil, fmt.Errorf("actors: channel %s: consumer %s: %w", cfg.Name, cfg.ConsumerPID, err)
+		}
 	}
 	c := &Channel{n: n, name: cfg.Name, cfg: cfg, scfg: n.cfg.Sender, rcfg: n.cfg.Receiver, limit: n.cfg.Wire,
-		pool: make(map[broadcast.ArtifactID]broadcast.Artifact), updateProto: "abcast/" + cfg.Name + "/update", fetchProto: "abcast/" + cfg.Name + "/fetch"}
+		pool: make(map[broadcast.ArtifactID]*poolEntry), done: make(chan struct{}),
+		updateProto: "abcast/" + cfg.Name + "/update", fetchProto: "abcast/" + cfg.Name + "/fetch"}
 	if cfg.Sender != nil {
 		c.scfg = *cfg.Sender
 	}
@@ -161,6 +183,7 @@ func (n *Node) OpenChannel(cfg ChannelConfig) (*Channel, error) {
 		c.rcfg = *cfg.Receiver
 	}
 	c.rcfg.Admit, c.rcfg.Verify = cfg.Admit, cfg.Verify
+	c.del.init(cfg.ConsumerPID)
 	var err error
 	if c.sender, err = broadcast.NewSender(c.scfg); err != nil {
 		return nil, err
@@ -169,41 +192,86 @@ func (n *Node) OpenChannel(cfg ChannelConfig) (*Channel, error) {
 		return nil, err
 	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.closed {
-		n.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if _, dup := n.channels[cfg.Name]; dup {
-		n.mu.Unlock()
-		return nil, fmt.Errorf("actors: channel %s already open", cfg.Name)
+	if old := n.channels[cfg.Name]; old != nil && !old.ended() {
+		return nil, fmt.Errorf("actors: channel %s already declared", cfg.Name)
 	}
-	res, err := n.system.Root.RequestFuture(n.root, openChannel{c}, 10*time.Second).Result()
-	if err == nil && res != nil {
+	if err := n.handleChannel(cfg.Name); err != nil {
+		return nil, err
+	}
+	n.channels[cfg.Name] = c
+	return c, nil
+}
+
+// OpenChannel declares a channel and runs it under the node's own
+// supervisor, returning once it runs.
+func (n *Node) OpenChannel(cfg ChannelConfig) (*Channel, error) {
+	c, err := n.NewChannel(cfg)
+	if err != nil {
+		return nil, err
+	}
+	res, err := n.system.Root.RequestFuture(n.root, spawnChannel{c}, 10*time.Second).Result()
+	if err == nil {
 		err, _ = res.(error)
 	}
 	if err != nil {
-		n.mu.Unlock()
+		c.finish(fmt.Errorf("spawn: %w", err))
 		return nil, fmt.Errorf("actors: open channel %s: %w", cfg.Name, err)
 	}
-	n.channels[cfg.Name] = c
-	members := n.members
-	up := make(map[membership.NodeID]uint64, len(n.up))
-	for k, v := range n.up {
-		up[k] = v
-	}
-	n.mu.Unlock()
-	n.system.Root.Send(c.senderPID, membersMsg{members})
-	n.system.Root.Send(c.receiverPID, membersMsg{members})
-	for peer, conn := range up {
-		n.system.Root.Send(c.senderPID, peerUpMsg{peer, conn})
-	}
-	if err := n.rpc.Handle(c.updateProto, c.handleUpdate, n.cfg.UpdateHandlers); err != nil {
-		return nil, fmt.Errorf("actors: channel %s: %w", cfg.Name, err)
-	}
-	if err := n.rpc.Handle(c.fetchProto, c.handleFetch, n.cfg.FetchHandlers); err != nil {
-		return nil, fmt.Errorf("actors: channel %s: %w", cfg.Name, err)
-	}
 	return c, nil
+}
+
+// handleChannel registers the transport handlers of a channel name, once
+// per name for the node's life: a closed channel's handlers answer that it
+// is not open. Called with n.mu held.
+func (n *Node) handleChannel(name string) error {
+	update, fetch := "abcast/"+name+"/update", "abcast/"+name+"/fetch"
+	lookup := func() *Channel {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if c := n.channels[name]; c != nil && c.running() {
+			return c
+		}
+		return nil
+	}
+	if n.handled == nil {
+		n.handled = map[string]bool{}
+	}
+	if n.handled[name] {
+		return nil
+	}
+	if err := n.rpc.Handle(update, func(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+		if c := lookup(); c != nil {
+			return c.handleUpdate(ctx, peer, req)
+		}
+		return nil, fmt.Errorf("update from %s: channel %s is not open here", peer.Short(), name)
+	}, n.cfg.UpdateHandlers); err != nil {
+		return fmt.Errorf("actors: channel %s: %w", name, err)
+	}
+	if err := n.rpc.Handle(fetch, func(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+		if c := lookup(); c != nil {
+			return c.handleFetch(ctx, peer, req)
+		}
+		return nil, fmt.Errorf("fetch from %s: channel %s is not open here", peer.Short(), name)
+	}, n.cfg.FetchHandlers); err != nil {
+		return fmt.Errorf("actors: channel %s: %w", name, err)
+	}
+	n.handled[name] = true
+	return nil
+}
+
+// checkLocal reports whether pid is a live actor of this node's system.
+func (n *Node) checkLocal(pid *actor.PID) error {
+	if pid.Address != n.system.Address() && pid.Address != "nonhost" {
+		return fmt.Errorf("%w: address %s is not this node's (%s)", ErrNotLocal, pid.Address, n.system.Address())
+	}
+	if _, ok := n.system.ProcessRegistry.GetLocal(pid.Id); !ok {
+		return fmt.Errorf("%w: no actor %s", ErrNotLocal, pid.Id)
+	}
+	return nil
 }
 
 func validName(s string) bool {
@@ -221,11 +289,82 @@ func validName(s string) bool {
 // Name returns the channel's name.
 func (c *Channel) Name() string { return c.name }
 
+// PID returns the channel's actor, or nil while it is not running.
+func (c *Channel) PID() *actor.PID { return c.actorPID.Load() }
+
+// Props returns the props of the channel's actor, to spawn under your own
+// supervisor: ctx.Spawn(ch.Props()). The channel runs once the actor has
+// started and stops (closed) when it is stopped; a failure its own
+// supervision cannot handle is escalated to yours. Spawn it once.
+func (c *Channel) Props() *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor { return &channelActor{c: c} },
+		actor.WithSupervisor(c.n.childStrategy()),
+		actor.WithMailbox(actorkit.BoundedMailbox(c.n.cfg.MailboxCapacity, actorkit.WithOnRefused(func(*actor.PID, any) { c.n.refused.Add(1) }))))
+}
+
+// Done is closed once the channel has stopped (closed or failed).
+func (c *Channel) Done() <-chan struct{} { return c.done }
+
+// Err returns nil while the channel is declared or running, an error
+// wrapping ErrChannelFailed once its supervisor gave up on it, and
+// ErrChannelClosed once it was closed.
+func (c *Channel) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stateErr()
+}
+
+func (c *Channel) stateErr() error {
+	switch c.state {
+	case stateClosed:
+		return fmt.Errorf("%w: %s", ErrChannelClosed, c.name)
+	case stateFailed:
+		return fmt.Errorf("%w: %s: %v", ErrChannelFailed, c.name, c.reason)
+	}
+	if c.n.isClosed() {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (c *Channel) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateFailed {
+		return c.stateErr()
+	}
+	return nil
+}
+
+func (c *Channel) running() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateRunning
+}
+
+func (c *Channel) ended() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateClosed || c.state == stateFailed
+}
+
+// isClosed reports whether Close was called. It takes no lock: channels
+// ask it while holding their own (the lock order is node, then channel).
+func (n *Node) isClosed() bool { return n.closing.Load() }
+
+// owns reports whether pid is the channel's actor or one of its children.
+func (c *Channel) owns(pid *actor.PID) bool {
+	self := c.actorPID.Load()
+	return self != nil && pid != nil && (pid.Id == self.Id || strings.HasPrefix(pid.Id, self.Id+"/"))
+}
+
 // Publish adds an artifact for every other member. It returns at once: an
 // error wrapping broadcast.ErrSlotsExhausted when the channel already holds
 // its maximum of live artifacts, broadcast.ErrDuplicate for a live id,
 // broadcast.ErrInvalid for an artifact the wire limits refuse, ErrBusy when
-// the sender actor is behind by more than the live-slot bound.
+// the sender actor is behind by more than the live-slot bound,
+// ErrChannelClosed or ErrChannelFailed. The payload must not be modified
+// afterwards: it is sent from the caller's slice.
 func (c *Channel) Publish(a broadcast.Artifact) error {
 	switch {
 	case a.ID == "" || len(a.ID) > c.limit.MaxIDLen:
@@ -237,17 +376,18 @@ func (c *Channel) Publish(a broadcast.Artifact) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.stateErr(); err != nil {
+		return err
+	}
 	switch {
-	case c.closed:
-		return ErrClosed
-	case c.pool[a.ID].ID != "":
+	case c.pool[a.ID] != nil:
 		return fmt.Errorf("%w: artifact %x on channel %s", broadcast.ErrDuplicate, []byte(a.ID), c.name)
 	case len(c.pool) >= c.scfg.MaxSlots:
 		return fmt.Errorf("%w: channel %s holds %d live artifacts", broadcast.ErrSlotsExhausted, c.name, len(c.pool))
 	case len(c.ops) >= 2*c.scfg.MaxSlots:
 		return fmt.Errorf("%w: %s", ErrBusy, c.name)
 	}
-	c.pool[a.ID] = a
+	c.pool[a.ID] = &poolEntry{a: a}
 	c.pushOp(poolOp{a: a})
 	return nil
 }
@@ -258,10 +398,10 @@ func (c *Channel) Publish(a broadcast.Artifact) error {
 func (c *Channel) Abort(id broadcast.ArtifactID) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
+	if err := c.stateErr(); err != nil {
+		return err
 	}
-	if _, ok := c.pool[id]; !ok {
+	if c.pool[id] == nil {
 		return fmt.Errorf("%w: %x on channel %s", broadcast.ErrUnknownID, []byte(id), c.name)
 	}
 	if len(c.ops) >= 2*c.scfg.MaxSlots {
@@ -274,10 +414,11 @@ func (c *Channel) Abort(id broadcast.ArtifactID) error {
 
 // pushOp queues an op and wakes the sender actor if the queue was empty;
 // one wake-up message at most is ever waiting, so the mailbox stays small.
+// Called with c.mu held.
 func (c *Channel) pushOp(op poolOp) {
 	c.ops = append(c.ops, op)
 	if len(c.ops) == 1 {
-		c.n.system.Root.Send(c.senderPID, wakeMsg{})
+		c.sendToSender(wakeMsg{})
 	}
 }
 
@@ -290,19 +431,53 @@ func (c *Channel) takeOps() []poolOp {
 }
 
 // Reevaluate asks the admission function again about every advert it
-// answered Later for.
-func (c *Channel) Reevaluate() {
-	c.n.system.Root.Send(c.receiverPID, reevaluateMsg{})
+// answered Later for. It returns at once (ErrChannelClosed or
+// ErrChannelFailed if the channel ended); send Reevaluate to the channel's
+// actor to be told when it is done.
+func (c *Channel) Reevaluate() error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	c.sendToReceiver(reevaluateMsg{})
+	return nil
 }
+
+// Subscribe binds the channel's consumer to pid, a live local actor (nil
+// pauses delivery); every event not yet confirmed is delivered to it at
+// once. It returns ErrNotLocal for a PID no local actor answers.
+func (c *Channel) Subscribe(pid *actor.PID) error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	if pid != nil {
+		if err := c.n.checkLocal(pid); err != nil {
+			return fmt.Errorf("actors: channel %s: consumer %s: %w", c.name, pid, err)
+		}
+	}
+	if c.cfg.Consume != nil {
+		return fmt.Errorf("actors: channel %s consumes with a function; it takes no consumer actor", c.name)
+	}
+	c.del.rebind(pid)
+	c.sendToConsumer(consumerWake{rebind: true})
+	return nil
+}
+
+// Held lists the artifacts this node holds on the channel: delivered (or
+// being delivered) and not withdrawn, oldest first, each with whether the
+// consumer confirmed it. A consumer that lost its state compares it with
+// what it has; unconfirmed ones are being delivered again anyway.
+func (c *Channel) Held() []HeldArtifact { return c.held.list() }
 
 // Stats returns the channel's counters.
 func (c *Channel) Stats() ChannelStats {
 	c.statsMu.Lock()
-	defer c.statsMu.Unlock()
 	s := c.stats
 	s.PeerStats = maps.Clone(c.stats.PeerStats)
 	s.BytesSentTo = maps.Clone(c.stats.BytesSentTo)
 	s.BytesServedTo = maps.Clone(c.stats.BytesServedTo)
+	c.statsMu.Unlock()
+	s.Unconfirmed = c.del.pending()
+	s.Failed = c.failure() != nil
 	return s
 }
 
@@ -310,6 +485,118 @@ func (c *Channel) updateStats(fn func(*ChannelStats)) {
 	c.statsMu.Lock()
 	fn(&c.stats)
 	c.statsMu.Unlock()
+}
+
+// Close stops the channel on this node: its actors stop (wherever they
+// were spawned), its published artifacts are dropped (peers withdraw
+// them), what it received is forgotten, and peers stop sending to it. It
+// returns once the actors have stopped. The name can then be declared
+// again. Closing a channel that already ended returns nil.
+func (c *Channel) Close() error {
+	c.mu.Lock()
+	if c.state == stateClosed || c.state == stateFailed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closing = true
+	c.mu.Unlock()
+	c.stopActor()
+	return nil
+}
+
+// stopActor stops the channel's actor and waits for it, or finishes a
+// channel that never ran.
+func (c *Channel) stopActor() {
+	if pid := c.actorPID.Load(); pid != nil {
+		_ = c.n.system.Root.StopFuture(pid).Wait()
+		<-c.done
+		return
+	}
+	c.finish(nil)
+}
+
+// started is called by the channel's actor once its children run: the
+// first time, the channel opens for peers (our announcements say so).
+func (c *Channel) started() {
+	n := c.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c.mu.Lock()
+	first := c.state == stateDeclared
+	if first {
+		c.state = stateRunning
+	}
+	c.crashed = nil
+	c.mu.Unlock()
+	if first && !n.closed && n.channels[c.name] == c {
+		n.execPresence(n.presence.Open(c.name))
+	}
+}
+
+// noteCrash records that the channel's actor failed (so that a stop by
+// its supervisor that follows is a failure, not a close).
+func (c *Channel) noteCrash(reason any) {
+	c.mu.Lock()
+	c.crashed = reason
+	c.mu.Unlock()
+}
+
+// markFailed is called by the node's supervisor as it gives up on the
+// channel's actor.
+func (c *Channel) markFailed(reason any) { c.noteCrash(reason) }
+
+// finish ends the channel once its actor stopped (or it never ran): a
+// stop nobody asked for, after a crash, is a failure, reported on the
+// EventStream; otherwise the channel is closed.
+func (c *Channel) finish(cause any) {
+	n := c.n
+	c.mu.Lock()
+	if c.state == stateClosed || c.state == stateFailed {
+		c.mu.Unlock()
+		return
+	}
+	failed := !c.closing && (c.crashed != nil || cause != nil)
+	if failed {
+		c.state, c.reason = stateFailed, c.crashed
+		if c.reason == nil {
+			c.reason = cause
+		}
+	} else {
+		c.state = stateClosed
+	}
+	c.pool, c.ops = nil, nil
+	reason := c.reason
+	c.mu.Unlock()
+	c.actorPID.Store(nil)
+	c.senderPID.Store(nil)
+	c.receiverPID.Store(nil)
+	c.consumerPID.Store(nil)
+	n.mu.Lock()
+	if n.channels[c.name] == c && !n.closed {
+		if !failed {
+			delete(n.channels, c.name)
+		}
+		n.execPresence(n.presence.Close(c.name))
+	}
+	n.mu.Unlock()
+	if failed {
+		n.log.Error().Str("channel", c.name).Str("reason", fmt.Sprint(reason)).Msg("channel failed: its supervisor gave up on it")
+		n.system.EventStream.Publish(&ChannelFailed{Channel: c.name, Node: n.self, Reason: reason})
+	}
+	close(c.done)
+}
+
+// sendToSender, sendToReceiver and sendToConsumer post to the channel's
+// child actors if they run; a message for one that does not is not
+// needed, because each re-derives its state when it starts.
+func (c *Channel) sendToSender(msg any)   { c.post(c.senderPID.Load(), msg) }
+func (c *Channel) sendToReceiver(msg any) { c.post(c.receiverPID.Load(), msg) }
+func (c *Channel) sendToConsumer(msg any) { c.post(c.consumerPID.Load(), msg) }
+
+func (c *Channel) post(pid *actor.PID, msg any) {
+	if pid != nil {
+		c.n.system.Root.Send(pid, msg)
+	}
 }
 
 // handleUpdate serves an incoming slot update: the receiver actor applies
@@ -324,12 +611,16 @@ func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req 
 	if !ok {
 		return nil, fmt.Errorf("update from %s: no connection", peer.Short())
 	}
+	pid := c.receiverPID.Load()
+	if pid == nil {
+		return nil, fmt.Errorf("update from %s: channel %s is restarting", peer.Short(), c.name)
+	}
 	// A Go channel rather than a protoactor future: no registry entry per
 	// update, and the handler can also give up when its stream is reset. An
 	// update that did not decode still goes to the receiver actor, which
 	// counts it against the peer before the refusal is answered.
 	reply := make(chan error, 1)
-	c.n.system.Root.Send(c.receiverPID, updateMsg{peer: broadcast.PeerID(peer.String()), conn: broadcast.ConnID(conn), u: u, decodeErr: decodeErr, reply: reply})
+	c.n.system.Root.Send(pid, updateMsg{peer: broadcast.PeerID(peer.String()), conn: broadcast.ConnID(conn), u: u, decodeErr: decodeErr, reply: reply})
 	timer := time.NewTimer(c.n.cfg.HandlerTimeout)
 	defer timer.Stop()
 	select {
@@ -346,29 +637,62 @@ func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req 
 }
 
 // handleFetch serves an artifact from the publisher's pool, which is the
-// truth about what is live.
+// truth about what is live. The response is encoded once per artifact and
+// shared by every fetch of it (and released when the artifact is
+// aborted), so concurrent fetches of a large artifact cost no copies.
 func (c *Channel) handleFetch(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
 	id, err := wire.DecodeFetchRequest(req, c.limit)
 	if err != nil {
 		return nil, fmt.Errorf("fetch from %s: %w", peer.Short(), err)
 	}
+	resp, err := c.fetchResponse(id)
+	if err != nil || resp == nil {
+		if err == nil {
+			return wire.EncodeFetchResponse(nil)
+		}
+		return nil, err
+	}
+	c.updateStats(func(s *ChannelStats) {
+		s.FetchBytesServed += uint64(len(resp))
+		if s.BytesServedTo == nil {
+			s.BytesServedTo = make(map[string]uint64)
+		}
+		s.BytesServedTo[peer.String()] += uint64(len(resp))
+	})
+	return resp, nil
+}
+
+// fetchResponse returns the shared encoded response for id, building it on
+// first use; nil if id is not live.
+func (c *Channel) fetchResponse(id broadcast.ArtifactID) ([]byte, error) {
 	c.mu.Lock()
-	a, ok := c.pool[id]
+	e := c.pool[id]
+	if e == nil {
+		c.mu.Unlock()
+		return nil, nil
+	}
+	if e.resp != nil {
+		r := e.resp
+		c.mu.Unlock()
+		return r, nil
+	}
+	a := e.a
 	c.mu.Unlock()
-	if !ok {
-		return wire.EncodeFetchResponse(nil)
-	}
+	// Encoding a large artifact outside the lock; two first fetches racing
+	// may both encode, and the first to store wins.
 	resp, err := wire.EncodeFetchResponse(&a)
-	if err == nil {
-		c.updateStats(func(s *ChannelStats) {
-			s.FetchBytesServed += uint64(len(resp))
-			if s.BytesServedTo == nil {
-				s.BytesServedTo = make(map[string]uint64)
-			}
-			s.BytesServedTo[peer.String()] += uint64(len(resp))
-		})
+	if err != nil {
+		return nil, err
 	}
-	return resp, err
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.pool[id]; e != nil {
+		if e.resp == nil {
+			e.resp = resp
+		}
+		return e.resp, nil
+	}
+	return nil, nil
 }
 
 func (c *Channel) hook(kind string, msg any) {
@@ -383,13 +707,15 @@ type inspectMsg struct{ id broadcast.ArtifactID }
 // the receiver's view (advertisers, phase, credits) and the sender's
 // per-peer transmission state.
 func (c *Channel) Inspect(id broadcast.ArtifactID) string {
-	r, err := c.n.system.Root.RequestFuture(c.receiverPID, inspectMsg{id}, 5*time.Second).Result()
-	if err != nil {
-		r = err.Error()
+	ask := func(pid *actor.PID) any {
+		if pid == nil {
+			return "not running"
+		}
+		r, err := c.n.system.Root.RequestFuture(pid, inspectMsg{id}, 5*time.Second).Result()
+		if err != nil {
+			return err
+		}
+		return r
 	}
-	s, err := c.n.system.Root.RequestFuture(c.senderPID, inspectMsg{id}, 5*time.Second).Result()
-	if err != nil {
-		s = err.Error()
-	}
-	return fmt.Sprintf("receiver: %v; sender: %v", r, s)
+	return fmt.Sprintf("receiver: %v; sender: %v", ask(c.receiverPID.Load()), ask(c.senderPID.Load()))
 }

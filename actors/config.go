@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/abcast/abcast/quicremote"
+	"github.com/abcast/abcast/quicremote/transport"
+
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 )
@@ -48,9 +51,29 @@ type Config struct {
 	// and fetches per peer connection and channel. Defaults 128 and 32.
 	UpdateHandlers, FetchHandlers int
 	// MaxRestarts within RestartWindow before a supervisor gives up on a
-	// child (stops it and escalates). Defaults 10 per 10 s.
+	// child. Inside a channel the failure is then escalated: the channel's
+	// actor fails and its own supervisor (the node's, or yours when you
+	// spawned it from Channel.Props) restarts or stops it. The node's
+	// supervisor stops a channel past the same limit and reports it failed
+	// (ChannelFailed on the EventStream, ErrChannelFailed from its calls,
+	// Node.Health). Defaults 10 per 10 s.
 	MaxRestarts   int
 	RestartWindow time.Duration
+	// ConsumerTimeout is how long an event handed to a consumer actor may
+	// stay unconfirmed before it is delivered again (same Seq, Attempt+1).
+	// Lost events are usually redelivered sooner: when the consumer stops
+	// (watched), a delivery dead-letters, a later event is confirmed first
+	// (the earlier one was lost in a crash), or the consumer re-subscribes.
+	// A consumer slower than this sees the event twice. Default 30 s.
+	ConsumerTimeout time.Duration
+	// ConsumerWindow bounds the events handed to a consumer and not yet
+	// confirmed; the rest wait in the channel (their number is bounded by
+	// the receiver's DeliveryCredits and by the ids it holds). Default 64.
+	ConsumerWindow int
+	// Transport configures the node's QUIC transport, Remote the actor
+	// remote that shares it.
+	Transport transport.Config
+	Remote    quicremote.Config
 	// Hooks are test hooks; leave nil in production.
 	Hooks *Hooks
 }
@@ -58,7 +81,8 @@ type Config struct {
 // Hooks let tests inject faults into the actors.
 type Hooks struct {
 	// BeforeReceive runs at the start of every user message an actor of
-	// kind ("sender", "link", "receiver", "fetch", "consumer") receives on
+	// kind ("channel", "sender", "link", "receiver", "fetch", "consumer")
+	// receives on
 	// channel; a panic in it crashes that actor as a bug would.
 	BeforeReceive func(kind, channel string, msg any)
 }
@@ -81,6 +105,10 @@ func DefaultConfig() Config {
 		FetchHandlers:       32,
 		MaxRestarts:         10,
 		RestartWindow:       10 * time.Second,
+		ConsumerTimeout:     30 * time.Second,
+		ConsumerWindow:      64,
+		Transport:           transport.DefaultConfig(),
+		Remote:              quicremote.DefaultConfig(),
 	}
 }
 
@@ -110,6 +138,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("actors: handler limits must be positive")
 	case c.MaxRestarts <= 0 || c.RestartWindow <= 0:
 		return fmt.Errorf("actors: restart limits must be positive")
+	case c.ConsumerTimeout <= 0 || c.ConsumerWindow <= 0:
+		return fmt.Errorf("actors: ConsumerTimeout and ConsumerWindow must be positive")
 	}
-	return nil
+	if err := c.Transport.Validate(); err != nil {
+		return err
+	}
+	return c.Remote.Validate()
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Two replicas on loopback: one publishes a block, the other's consumer
@@ -35,7 +34,7 @@ func Example() {
 	events := make(chan string, 4)
 	var chans []*actors.Channel
 	for i := range 2 {
-		node, err := actors.Start(actors.DefaultConfig(), ids[i], registry, socks[i], zerolog.Nop(), transport.DefaultConfig())
+		node, err := actors.Start(actors.DefaultConfig(), ids[i], registry, socks[i], zerolog.Nop())
 		if err != nil {
 			panic(err)
 		}

@@ -5,127 +5,251 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/abcast/abcast/actors/actorkit"
-
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/eventstream"
 	"github.com/rs/zerolog"
 
+	"github.com/abcast/abcast/actors/actorkit"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote"
 	"github.com/abcast/abcast/quicremote/transport"
 )
 
-// Node is one member of a subnet running Abortable Broadcast: an actor
-// system, a transport to the other members, and the channels opened on it.
-// Its methods are safe for concurrent use.
+// Node is one member of a subnet: one actor system, one transport (one UDP
+// socket, one QUIC connection per member pair) and the actor remote on it,
+// carrying the broadcast channels and actor messages alike. Its methods
+// are safe for concurrent use.
+//
+// A node is created (NewNode), then started (Start): in between, the
+// remote is already installed — every actor spawned on System() has a PID
+// other members can reach — but nothing is dialled, so the channels and
+// actors you set up are in place before the first peer connects. Start
+// alone does both.
 type Node struct {
-	cfg    Config
-	self   membership.NodeID
-	log    zerolog.Logger
-	rpc    transport.RPC
-	system *actor.ActorSystem
-	root   *actor.PID // our supervisor; every actor of the node lives under it
-	source membership.Source
-	conn   net.PacketConn // owned when the node created the transport
+	cfg       Config
+	self      membership.NodeID
+	log       zerolog.Logger
+	rpc       transport.RPC
+	remote    *quicremote.Remote
+	system    *actor.ActorSystem
+	ownSystem bool       // created here: Close shuts it down
+	root      *actor.PID // our supervisor for channels opened with OpenChannel
+	source    membership.Source
+	gate      *gatedSource
+	conn      net.PacketConn // owned when the node created the transport
 
 	ctx    context.Context // ends at Close; parents every goroutine's context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines started by actors (RPCs, timers)
 
-	mu       sync.Mutex
-	channels map[string]*Channel
-	members  *membership.Snapshot
-	up       map[membership.NodeID]uint64
-	closed   bool
+	mu         sync.Mutex
+	channels   map[string]*Channel // declared and not closed
+	handled    map[string]bool     // channel names with transport handlers
+	members    *membership.Snapshot
+	up         map[membership.NodeID]uint64
+	presence   *broadcast.Presence
+	helloTimer *time.Timer
+	helloAt    time.Time
+	started    bool
+	closed     bool
+	closing    atomic.Bool // closed, readable without mu
 
 	restarts    atomic.Uint64
+	giveUps     atomic.Uint64
 	deadLetters atomic.Uint64
 	refused     atomic.Uint64 // messages refused by bounded mailboxes
 	connUps     atomic.Uint64
 	connDowns   atomic.Uint64
-	dlSub       *eventSub
+	badHellos   atomic.Uint64
+	dlSub       *eventstream.Subscription
 }
 
-// Start creates a node that speaks QUIC on conn (a UDP socket; hand quic-go
-// the raw *net.UDPConn in production so it can use segmentation offload).
-// The node owns conn from now on.
-func Start(cfg Config, id *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, tcfg transport.Config) (*Node, error) {
-	n, err := StartWith(cfg, id.ID, source, log, func(events transport.EventFunc) (transport.RPC, error) {
-		return transport.New(tcfg, id, source, conn, log, events)
-	})
+// Option changes how NewNode builds a node.
+type Option func(*nodeOptions)
+
+type nodeOptions struct {
+	system    *actor.ActorSystem
+	transport func(source membership.Source, events transport.EventFunc) (transport.RPC, error)
+}
+
+// WithActorSystem makes the node use your actor system instead of creating
+// one. Create it with nothing spawned on it yet: the remote sets the
+// system's address when the node is created, and an actor spawned before
+// that keeps protoactor's local address, which no other member can reach.
+// The node installs the remote on it; Close leaves the system running.
+func WithActorSystem(system *actor.ActorSystem) Option {
+	return func(o *nodeOptions) { o.system = system }
+}
+
+// WithTransport makes the node use a transport of your own (for example
+// transport.MemNetwork's, in tests) instead of QUIC on a socket. newRPC
+// must build it on source (which admits nobody until the node starts) and
+// deliver peer events to events.
+func WithTransport(newRPC func(source membership.Source, events transport.EventFunc) (transport.RPC, error)) Option {
+	return func(o *nodeOptions) { o.transport = newRPC }
+}
+
+// Start creates a node (see NewNode) and starts it.
+func Start(cfg Config, id *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, opts ...Option) (*Node, error) {
+	n, err := NewNode(cfg, id, source, conn, log, opts...)
 	if err != nil {
-		conn.Close()
 		return nil, err
 	}
-	n.conn = conn
+	if err := n.Start(); err != nil {
+		n.Close()
+		return nil, err
+	}
 	return n, nil
 }
 
-// StartWith creates a node on any transport: newRPC receives the function
-// the transport must call with peer events (it must not block).
-func StartWith(cfg Config, self membership.NodeID, source membership.Source, log zerolog.Logger, newRPC func(transport.EventFunc) (transport.RPC, error)) (*Node, error) {
-	if err := cfg.Validate(); err != nil {
+// NewNode creates a node that speaks QUIC on conn (a UDP socket; hand
+// quic-go the raw *net.UDPConn in production so it can use segmentation
+// offload; conn may be nil with WithTransport). The node owns conn from
+// now on. It creates the actor system (or takes yours, WithActorSystem),
+// the transport and the remote, and installs the remote before anything
+// is spawned. Nothing is dialled until Start.
+func NewNode(cfg Config, id *membership.Identity, source membership.Source, conn net.PacketConn, log zerolog.Logger, opts ...Option) (*Node, error) {
+	var o nodeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	fail := func(err error) (*Node, error) {
+		if conn != nil {
+			conn.Close()
+		}
 		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fail(err)
+	}
+	if id == nil || source == nil {
+		return fail(errors.New("actors: NewNode needs an identity and a registry source"))
+	}
+	if o.transport == nil && conn == nil {
+		return fail(errors.New("actors: NewNode needs a socket (or WithTransport)"))
 	}
 	n := &Node{
 		cfg:      cfg,
-		self:     self,
-		log:      log.With().Str("node", self.Short()).Logger(),
+		self:     id.ID,
+		log:      log.With().Str("node", id.ID.Short()).Logger(),
 		source:   source,
+		gate:     newGatedSource(source),
+		conn:     conn,
 		channels: make(map[string]*Channel),
 		up:       make(map[membership.NodeID]uint64),
 		members:  source.Current(),
+		presence: broadcast.NewPresence(helloRetry),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.system = actorkit.NewActorSystem(n.log, self.String())
-	n.dlSub = subscribeCounts(n)
-	props := actor.PropsFromProducer(func() actor.Actor { return &rootActor{n: n} },
-		actor.WithSupervisor(n.strategy()))
+	n.system, n.ownSystem = o.system, o.system == nil
+	if n.ownSystem {
+		n.system = actorkit.NewActorSystem(log, id.ID.String())
+	} else if quicremote.RemoteOf(n.system) != nil {
+		return fail(errors.New("actors: the actor system already has a remote; give each node its own system"))
+	}
+	undo := func() {
+		n.cancel()
+		if n.ownSystem {
+			n.system.Shutdown()
+		}
+	}
+	remote, err := quicremote.New(n.system, id.ID, membership.LatestMembers(source), cfg.Remote, log)
+	if err != nil {
+		undo()
+		return fail(fmt.Errorf("actors: remote: %w", err))
+	}
+	n.remote = remote
+	events := func(ev transport.PeerEvent) {
+		remote.PeerEvent(ev)
+		n.onPeerEvent(ev)
+	}
+	if o.transport != nil {
+		n.rpc, err = o.transport(n.gate, events)
+	} else {
+		n.rpc, err = transport.New(cfg.Transport, id, n.gate, conn, log, events)
+	}
+	if err != nil {
+		undo()
+		return fail(fmt.Errorf("actors: start transport: %w", err))
+	}
+	closeAll := func(err error) (*Node, error) {
+		remote.Close()
+		n.rpc.Close()
+		undo()
+		return fail(err)
+	}
+	if err := remote.Start(n.rpc); err != nil {
+		return closeAll(fmt.Errorf("actors: remote: %w", err))
+	}
+	if err := n.rpc.Handle(wire.HelloProtocol, n.handleHello, 4); err != nil {
+		return closeAll(fmt.Errorf("actors: %w", err))
+	}
+	n.dlSub = n.system.EventStream.Subscribe(func(evt any) {
+		if _, ok := evt.(*actor.DeadLetterEvent); ok {
+			n.deadLetters.Add(1)
+		}
+	})
+	props := actor.PropsFromProducer(func() actor.Actor { return rootActor{} }, actor.WithSupervisor(n.topStrategy()))
 	root, err := n.system.Root.SpawnNamed(props, "abcast")
 	if err != nil {
-		n.system.Shutdown()
-		return nil, fmt.Errorf("actors: spawn root supervisor: %w", err)
+		n.system.EventStream.Unsubscribe(n.dlSub)
+		return closeAll(fmt.Errorf("actors: spawn root supervisor: %w", err))
 	}
 	n.root = root
-	rpc, err := newRPC(n.onPeerEvent)
-	if err != nil {
-		n.system.Root.StopFuture(root).Wait()
-		n.system.Shutdown()
-		return nil, fmt.Errorf("actors: start transport: %w", err)
-	}
+	n.hide(root)
+	return n, nil
+}
+
+// Start lets the transport dial the other members and admit them. It
+// returns at once; peers come up in the background. Calling it again does
+// nothing.
+func (n *Node) Start() error {
 	n.mu.Lock()
-	n.rpc = rpc
-	n.mu.Unlock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	if n.started {
+		return nil
+	}
+	n.started = true
+	n.gate.start()
 	n.wg.Add(1)
 	go n.watchMembers()
-	return n, nil
+	return nil
 }
 
 // ID returns the node's NodeID.
 func (n *Node) ID() membership.NodeID { return n.self }
 
-// System returns the node's actor system, for users who run their own
-// actors beside abcast's (and want PIDs as consumers).
+// System returns the node's actor system. Every actor spawned on it is
+// reachable from the other members (its PID's address is this node's).
 func (n *Node) System() *actor.ActorSystem { return n.system }
+
+// Remote returns the actor remote installed on the node's system.
+func (n *Node) Remote() *quicremote.Remote { return n.remote }
 
 // Transport returns the node's transport.
 func (n *Node) Transport() transport.RPC { return n.rpc }
 
-// strategy is how every supervisor of ours treats a crashing child:
-// restart it (counted), up to MaxRestarts per RestartWindow.
-func (n *Node) strategy() actor.SupervisorStrategy {
-	return actor.NewOneForOneStrategy(n.cfg.MaxRestarts, n.cfg.RestartWindow, func(reason interface{}) actor.Directive {
-		n.restarts.Add(1)
-		n.log.Warn().Interface("reason", reason).Msg("actor crashed; restarting")
-		return actor.RestartDirective
-	})
-}
+// PID returns the PID of the actor named id on member node.
+func (n *Node) PID(node membership.NodeID, id string) *actor.PID { return n.remote.PID(node, id) }
 
-// onPeerEvent is the transport's callback: hand the event to the actors.
+// hide makes pid (and its children) unreachable from other members.
+func (n *Node) hide(pid *actor.PID) { hideFromPeers(n.remote, pid) }
+
+func (n *Node) unhide(pid *actor.PID) { unhideFromPeers(n.remote, pid) }
+
+// onPeerEvent is the transport's callback: record the connection and tell
+// the presence core, whose effects go to the channels' actors.
 func (n *Node) onPeerEvent(ev transport.PeerEvent) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -136,15 +260,71 @@ func (n *Node) onPeerEvent(ev transport.PeerEvent) {
 	case transport.PeerUp:
 		n.up[ev.Peer] = ev.ConnID
 		n.connUps.Add(1)
+		n.execPresence(n.presence.PeerUp(broadcast.PeerID(ev.Peer.String()), broadcast.ConnID(ev.ConnID)))
 	case transport.PeerDown:
 		n.connDowns.Add(1)
 		if n.up[ev.Peer] == ev.ConnID {
 			delete(n.up, ev.Peer)
 		}
+		n.execPresence(n.presence.PeerDown(broadcast.PeerID(ev.Peer.String()), broadcast.ConnID(ev.ConnID)))
 	}
-	for _, c := range n.channels {
-		n.system.Root.Send(c.senderPID, ev)
+}
+
+// execPresence performs the presence core's effects. Called with n.mu
+// held, so effects reach each channel's actors in the order they were
+// decided.
+func (n *Node) execPresence(eff []broadcast.Effect) {
+	for _, e := range eff {
+		switch e := e.(type) {
+		case broadcast.SendHello:
+			n.sendHello(e)
+		case broadcast.StartSession:
+			if c := n.channels[e.Channel]; c != nil {
+				c.sendToSender(sessionUp{peer: e.Peer, session: e.Session})
+			}
+		case broadcast.EndSession:
+			if c := n.channels[e.Channel]; c != nil {
+				c.sendToSender(sessionDown{peer: e.Peer})
+			}
+		case broadcast.AcceptPeer:
+			if c := n.channels[e.Channel]; c != nil {
+				c.sendToReceiver(acceptPeer{peer: e.Peer, conn: e.Conn})
+			}
+		case broadcast.DropPeer:
+			if c := n.channels[e.Channel]; c != nil {
+				c.sendToReceiver(dropPeer{peer: e.Peer})
+			}
+		case broadcast.RetryHelloAt:
+			n.scheduleHelloRetry(e.At)
+		}
 	}
+}
+
+func (n *Node) scheduleHelloRetry(at time.Time) {
+	if n.helloTimer != nil && !n.helloAt.IsZero() && !at.Before(n.helloAt) {
+		return
+	}
+	if n.helloTimer != nil {
+		n.helloTimer.Stop()
+	}
+	n.helloAt = at
+	n.helloTimer = time.AfterFunc(time.Until(at), func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.closed {
+			return
+		}
+		n.helloAt = time.Time{}
+		n.execPresence(n.presence.Tick(time.Now()))
+	})
+}
+
+// presenceOf returns, for a (re)started channel actor, the sessions its
+// sender may run and the peers its receiver accepts.
+func (n *Node) presenceOf(channel string) (map[broadcast.PeerID]uint64, map[broadcast.PeerID]broadcast.ConnID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.presence.Sessions(channel), n.presence.Accepted(channel)
 }
 
 func (n *Node) watchMembers() {
@@ -156,24 +336,34 @@ func (n *Node) watchMembers() {
 			return
 		}
 		n.members = snap
+		for _, id := range n.presenceGone(snap) {
+			n.execPresence(n.presence.RemovePeer(id))
+		}
 		for _, c := range n.channels {
-			n.system.Root.Send(c.senderPID, membersMsg{snap})
-			n.system.Root.Send(c.receiverPID, membersMsg{snap})
+			c.sendToSender(membersMsg{snap})
+			c.sendToReceiver(membersMsg{snap})
 		}
 		n.mu.Unlock()
 	}
 }
 
-// view returns the current member snapshot and the connected peers with
-// their connection ids.
-func (n *Node) view() (*membership.Snapshot, map[membership.NodeID]uint64) {
+// presenceGone lists the peers the presence core knows that snap no longer
+// lists. Called with n.mu held.
+func (n *Node) presenceGone(snap *membership.Snapshot) []broadcast.PeerID {
+	var out []broadcast.PeerID
+	for id := range n.up {
+		if !snap.Contains(id) {
+			out = append(out, broadcast.PeerID(id.String()))
+		}
+	}
+	return out
+}
+
+// view returns the current member snapshot.
+func (n *Node) view() *membership.Snapshot {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	up := make(map[membership.NodeID]uint64, len(n.up))
-	for k, v := range n.up {
-		up[k] = v
-	}
-	return n.members, up
+	return n.members
 }
 
 // peersOf lists the members other than self, as core peer ids.
@@ -187,7 +377,7 @@ func (n *Node) peersOf(snap *membership.Snapshot) []broadcast.PeerID {
 	return out
 }
 
-// go runs fn on a goroutine that Close waits for.
+// goTracked runs fn on a goroutine that Close waits for.
 func (n *Node) goTracked(fn func()) {
 	n.wg.Add(1)
 	go func() {
@@ -196,10 +386,23 @@ func (n *Node) goTracked(fn func()) {
 	}()
 }
 
+// channelOfActor returns the channel whose actor tree pid belongs to.
+func (n *Node) channelOfActor(pid *actor.PID) *Channel {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, c := range n.channels {
+		if c.owns(pid) {
+			return c
+		}
+	}
+	return nil
+}
+
 // Stats counts node-wide events.
 type Stats struct {
-	// Restarts counts actor crashes that a supervisor restarted.
-	Restarts uint64
+	// Restarts counts actor crashes that a supervisor restarted; GiveUps
+	// the times one gave up on a child (escalated or stopped it).
+	Restarts, GiveUps uint64
 	// DeadLetters counts messages that reached no actor, including those
 	// refused by full bounded mailboxes.
 	DeadLetters uint64
@@ -208,19 +411,51 @@ type Stats struct {
 	// ConnectionsUp and ConnectionsDown count transport PeerUp and PeerDown
 	// events; ConnectionsUp beyond the number of peers are reconnects.
 	ConnectionsUp, ConnectionsDown uint64
+	// BadHellos counts channel announcements from peers that did not
+	// decode.
+	BadHellos uint64
+	// Remote is the actor remote's counters.
+	Remote quicremote.Stats
 }
 
 // Stats returns the node-wide counters.
 func (n *Node) Stats() Stats {
-	return Stats{Restarts: n.restarts.Load(), DeadLetters: n.deadLetters.Load(), MailboxRefusals: n.refused.Load(),
-		ConnectionsUp: n.connUps.Load(), ConnectionsDown: n.connDowns.Load()}
+	return Stats{Restarts: n.restarts.Load(), GiveUps: n.giveUps.Load(), DeadLetters: n.deadLetters.Load(),
+		MailboxRefusals: n.refused.Load(), ConnectionsUp: n.connUps.Load(), ConnectionsDown: n.connDowns.Load(),
+		BadHellos: n.badHellos.Load(), Remote: n.remote.Stats()}
 }
 
-// ErrClosed is returned by operations on a closed node or channel.
-var ErrClosed = errors.New("actors: node closed")
+// MailboxRefusals counts messages that full bounded mailboxes (peer links,
+// fetches, channels) refused instead of blocking. Each is also counted in
+// Stats().DeadLetters.
+func (n *Node) MailboxRefusals() uint64 { return n.refused.Load() }
 
-// Close stops every actor and the transport and returns once every
-// goroutine the node started has ended.
+// Health returns nil while every declared channel is running or waiting to
+// be spawned, and otherwise an error naming each failed channel (wrapping
+// ErrChannelFailed) or ErrClosed.
+func (n *Node) Health() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	var failed []string
+	for name, c := range n.channels {
+		if err := c.failure(); err != nil {
+			failed = append(failed, name)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	sort.Strings(failed)
+	return fmt.Errorf("%w: %s", ErrChannelFailed, strings.Join(failed, ", "))
+}
+
+// Close stops every channel, the remote and the transport, and returns
+// once every goroutine the node started has ended. A system the node
+// created is shut down; one you passed in keeps running (your actors on
+// it lose their remote peers).
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
@@ -228,11 +463,24 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	n.closing.Store(true)
+	chans := make([]*Channel, 0, len(n.channels))
+	for _, c := range n.channels {
+		chans = append(chans, c)
+	}
+	if n.helloTimer != nil {
+		n.helloTimer.Stop()
+	}
 	n.mu.Unlock()
-	// Stop the actors first (their RPCs are cancelled as they stop), then
-	// the transport, then wait for stragglers.
+	// Channels first (including those spawned under your supervisors), so
+	// no actor of ours outlives the transport, then the remote, the
+	// transport, and stragglers.
+	for _, c := range chans {
+		c.stopActor()
+	}
 	_ = n.system.Root.StopFuture(n.root).Wait()
 	n.cancel()
+	_ = n.remote.Close()
 	err := n.rpc.Close()
 	n.wg.Wait()
 	if n.conn != nil {
@@ -240,42 +488,26 @@ func (n *Node) Close() error {
 			err = cerr
 		}
 	}
-	n.dlSub.close()
-	n.system.Shutdown()
+	n.system.EventStream.Unsubscribe(n.dlSub)
+	if n.ownSystem {
+		n.system.Shutdown()
+	}
 	return err
 }
 
-// rootActor supervises the channels.
-type rootActor struct{ n *Node }
+// rootActor supervises the channels opened with OpenChannel.
+type rootActor struct{}
 
-func (r *rootActor) Receive(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
-	case openChannel:
-		c := m.c
-		var err error
-		c.senderPID, c.receiverPID, c.consumerPID, err = spawnChannel(ctx, c)
+type spawnChannel struct{ c *Channel }
+
+func (rootActor) Receive(ctx actor.Context) {
+	if m, ok := ctx.Message().(spawnChannel); ok {
+		_, err := ctx.SpawnNamed(m.c.Props(), m.c.name)
 		ctx.Respond(err)
 	}
 }
 
-type openChannel struct{ c *Channel }
-
 type membersMsg struct{ snap *membership.Snapshot }
-
-// eventSub counts dead letters from the EventStream without doing work on
-// the publisher's goroutine.
-type eventSub struct{ un func() }
-
-func subscribeCounts(n *Node) *eventSub {
-	s := n.system.EventStream.Subscribe(func(evt interface{}) {
-		if _, ok := evt.(*actor.DeadLetterEvent); ok {
-			n.deadLetters.Add(1)
-		}
-	})
-	return &eventSub{un: func() { n.system.EventStream.Unsubscribe(s) }}
-}
-
-func (e *eventSub) close() { e.un() }
 
 // now is the node's clock, read only by actor shells, never by the cores.
 func now() time.Time { return time.Now() }

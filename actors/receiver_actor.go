@@ -35,16 +35,28 @@ type (
 	}
 	fetchRejected struct{ from broadcast.PeerID }
 	consumedMsg   struct{ total uint64 }
-	reevaluateMsg struct{}
-	deliverMsg    struct{ d broadcast.Deliver }
-	withdrawMsg   struct{ id broadcast.ArtifactID }
+	reevaluateMsg struct{ replyTo *actor.PID }
+	// acceptPeer and dropPeer come from the node's presence core: apply
+	// peer's updates arriving on conn from now on; or forget what peer
+	// advertised (it closed the channel) and refuse its updates.
+	acceptPeer struct {
+		peer broadcast.PeerID
+		conn broadcast.ConnID
+	}
+	dropPeer struct{ peer broadcast.PeerID }
 )
+
+// errNotAccepted refuses an update from a peer that has not announced the
+// channel on its connection (a straggler of a closed incarnation, or one
+// quicker than the announcement): the sender retries.
+var errNotAccepted = errors.New("channel not announced by the sender on this connection")
 
 // receiverActor owns the channel's receiver core (kept in the Channel) and
 // one fetch actor per running download.
 type receiverActor struct {
 	c       *Channel
 	fetches map[broadcast.ArtifactID]*actor.PID
+	accept  map[broadcast.PeerID]broadcast.ConnID
 }
 
 func (a *receiverActor) Receive(ctx actor.Context) {
@@ -55,8 +67,8 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		// Events sent while it was down may be lost: re-apply the members
 		// and the consumer's running total of consumed deliveries.
 		a.fetches = make(map[broadcast.ArtifactID]*actor.PID)
-		members, _ := c.n.view()
-		a.applyMembers(ctx, members)
+		a.applyMembers(ctx, c.n.view())
+		_, a.accept = c.n.presenceOf(c.name)
 		a.exec(ctx, c.receiver.RestartFetches())
 		a.applyConsumed(ctx, c.consumedTotal.Load())
 		return
@@ -70,6 +82,11 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 			c.receiver.RecordInvalid(m.peer)
 			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
 			m.reply <- m.decodeErr
+			break
+		}
+		if conn, ok := a.accept[m.peer]; !ok || conn != m.conn {
+			c.updateStats(func(s *ChannelStats) { s.UpdatesNotAccepted++ })
+			m.reply <- errNotAccepted
 			break
 		}
 		eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
@@ -102,6 +119,17 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		c.receiver.RecordFetchFailure(m.from)
 	case reevaluateMsg:
 		a.exec(ctx, c.receiver.Reevaluate())
+		if m.replyTo != nil {
+			ctx.Send(m.replyTo, &Reevaluated{})
+		}
+	case acceptPeer:
+		a.accept[m.peer] = m.conn
+	case dropPeer:
+		delete(a.accept, m.peer)
+		a.exec(ctx, c.receiver.RemovePeer(m.peer))
+		if c.n.view().Contains(mustNodeID(m.peer)) {
+			c.receiver.AddPeer(m.peer)
+		}
 	case inspectMsg:
 		ctx.Respond(fmt.Sprintf("%s; fetch actor %v", c.receiver.DescribeID(m.id), a.fetches[m.id] != nil))
 		return
@@ -154,9 +182,9 @@ func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
 				delete(a.fetches, e.ID)
 			}
 		case broadcast.Deliver:
-			c.pushEvent(deliverMsg{e})
+			c.deliver(e)
 		case broadcast.Withdraw:
-			c.pushEvent(withdrawMsg{e.ID})
+			c.withdraw(e.ID)
 		}
 	}
 }
@@ -313,4 +341,14 @@ func (f *fetchActor) backoff(ctx actor.Context) {
 	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 	seq, self, root := f.seq, ctx.Self(), c.n.system.Root
 	f.timer = time.AfterFunc(d, func() { root.Send(self, retryMsg{seq}) })
+}
+
+// mustNodeID parses a core peer id, which the actors always build from a
+// NodeID.
+func mustNodeID(p broadcast.PeerID) membership.NodeID {
+	id, err := membership.ParseNodeID(string(p))
+	if err != nil {
+		panic(fmt.Sprintf("core peer id %q is not a NodeID", p)) // our bug
+	}
+	return id
 }

@@ -17,12 +17,16 @@ import (
 
 // Messages of the sender side.
 type (
-	wakeMsg   struct{}
-	peerUpMsg struct {
-		peer membership.NodeID
-		conn uint64
+	wakeMsg struct{}
+	// sessionUp and sessionDown come from the node's presence core: the
+	// sender may send to peer in session (a number that grows, used as the
+	// core's ConnID), or must stop.
+	sessionUp struct {
+		peer    broadcast.PeerID
+		session uint64
 	}
-	sendResult struct {
+	sessionDown struct{ peer broadcast.PeerID }
+	sendResult  struct {
 		peer broadcast.PeerID
 		tok  broadcast.Token
 		err  error
@@ -36,22 +40,6 @@ func connIDOf(ctx context.Context, n *Node, peer membership.NodeID) (uint64, boo
 		return id, true
 	}
 	return n.rpc.ConnID(peer)
-}
-
-func spawnChannel(ctx actor.Context, c *Channel) (sender, receiver, consumer *actor.PID, err error) {
-	strategy := actor.WithSupervisor(c.n.strategy())
-	consumer, err = ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &consumerActor{c: c} }), c.name+"-consumer")
-	if err != nil {
-		return
-	}
-	c.consumerPID = consumer
-	receiver, err = ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &receiverActor{c: c} }, strategy), c.name+"-receiver")
-	if err != nil {
-		return
-	}
-	c.receiverPID = receiver
-	sender, err = ctx.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &senderActor{c: c} }, strategy), c.name+"-sender")
-	return
 }
 
 // senderActor owns the channel's sender core (kept in the Channel, so a
@@ -87,17 +75,10 @@ func (a *senderActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case wakeMsg:
 		a.applyOps(ctx, c.takeOps())
-	case peerUpMsg:
-		a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(m.peer.String()), broadcast.ConnID(m.conn)))
-	case transport.PeerUp:
-		a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(m.Peer.String()), broadcast.ConnID(m.ConnID)))
-	case transport.PeerDown:
-		// A PeerDown for an older connection than the current one is
-		// stale; the transport orders events per peer, so compare ids.
-		if cur, ok := c.n.rpc.ConnID(m.Peer); ok && cur != m.ConnID {
-			return
-		}
-		a.exec(ctx, c.sender.PeerDown(broadcast.PeerID(m.Peer.String())))
+	case sessionUp:
+		a.exec(ctx, c.sender.PeerUp(m.peer, broadcast.ConnID(m.session)))
+	case sessionDown:
+		a.exec(ctx, c.sender.PeerDown(m.peer))
 	case membersMsg:
 		a.applyMembers(ctx, m.snap)
 	case sendResult:
@@ -141,24 +122,19 @@ func (a *senderActor) applyMembers(ctx actor.Context, snap *membership.Snapshot)
 	}
 }
 
-// syncPeers brings the core's view of connections and members in line
-// with the node's, for a restarted actor that may have lost events.
+// syncPeers brings the core's view of members and sessions in line with
+// the node's, for a (re)started actor that may have missed events.
 func (a *senderActor) syncPeers(ctx actor.Context) {
 	c := a.c
-	members, up := c.n.view()
-	a.applyMembers(ctx, members)
+	a.applyMembers(ctx, c.n.view())
+	sessions, _ := c.n.presenceOf(c.name)
 	for _, p := range c.sender.Peers() {
-		id, err := membership.ParseNodeID(string(p))
-		if err == nil {
-			if _, ok := up[id]; !ok {
-				a.exec(ctx, c.sender.PeerDown(p))
-			}
+		if _, ok := sessions[p]; !ok {
+			a.exec(ctx, c.sender.PeerDown(p))
 		}
 	}
-	for id, conn := range up {
-		if members.Contains(id) {
-			a.exec(ctx, c.sender.PeerUp(broadcast.PeerID(id.String()), broadcast.ConnID(conn)))
-		}
+	for p, s := range sessions {
+		a.exec(ctx, c.sender.PeerUp(p, broadcast.ConnID(s)))
 	}
 }
 
@@ -185,8 +161,8 @@ func (a *senderActor) reconcile(ctx actor.Context) {
 	c.takeOps()
 	c.mu.Lock()
 	want := make(map[broadcast.ArtifactID]broadcast.Artifact, len(c.pool))
-	for id, art := range c.pool {
-		want[id] = art
+	for id, e := range c.pool {
+		want[id] = e.a
 	}
 	c.mu.Unlock()
 	for _, art := range c.sender.LiveArtifacts() {

@@ -113,7 +113,8 @@ func (RetryHelloAt) isEffect() {}
 // hello that failed while its connection stayed up is sent again after
 // retryDelay.
 func NewPresence(retryDelay time.Duration) *Presence {
-	return &Presence{open: map[string]bool{}, peers: map[PeerID]*presencePeer{}, retryDelay: retryDelay}
+	// Version 1 announces no channel; peers apply only newer versions.
+	return &Presence{open: map[string]bool{}, peers: map[PeerID]*presencePeer{}, retryDelay: retryDelay, version: 1}
 }
 
 // Channels returns the channels open here, sorted.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/testnet"
 	"github.com/abcast/abcast/internal/wire"
@@ -50,6 +51,9 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 		}
 		return nil
 	})
+	if err := abcasttest.Announce(t.Context(), flooder, c.IDs[0].ID, "consensus"); err != nil {
+		t.Fatal(err)
+	}
 	base := heapInUse()
 
 	const updates = 4 * slotLimit
@@ -311,6 +315,9 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				}
 				return nil
 			})
+			if err := abcasttest.Announce(t.Context(), liar, c.IDs[0].ID, "consensus"); err != nil {
+				t.Fatal(err)
+			}
 			// The liar advertises x first; only later does the honest node.
 			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
 			if err := liar.Push(t.Context(), c.IDs[0].ID, "abcast/consensus/update", msg); err != nil {

@@ -139,7 +139,9 @@ func (r *regNet) start(i int, src membership.Source) *regNode {
 	tcfg.ReconnectBackoffMax = 500 * time.Millisecond
 	logs := &lockedBuffer{}
 	log := zerolog.New(logWriter(r.t, logs)).Level(zerolog.DebugLevel).With().Int("node", i).Logger()
-	node, err := actors.Start(actors.DefaultConfig(), r.ids[i], src, pc, log, tcfg)
+	cfg := actors.DefaultConfig()
+	cfg.Transport = tcfg
+	node, err := actors.Start(cfg, r.ids[i], src, pc, log)
 	if err != nil {
 		r.t.Fatalf("start node %d: %v", i, err)
 	}

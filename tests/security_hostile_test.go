@@ -144,6 +144,9 @@ func TestSecurityHostileMember(t *testing.T) {
 			}
 			return nil
 		}))
+		for i := range 2 {
+			must(t, abcasttest.Announce(context.Background(), hostile, s.ID(i), hostileChannel))
+		}
 		baseGoroutines := runtime.NumGoroutine()
 		baseHeap := abcasttest.HeapInUse()
 

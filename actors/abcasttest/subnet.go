@@ -1,17 +1,20 @@
 package abcasttest
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -146,7 +149,8 @@ func (s *Subnet) Start(i int) *actors.Node {
 	s.mu.Unlock()
 	cfg := s.cfg
 	cfg.Hooks = s.hooks(i)
-	node, err := actors.Start(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log, s.tcfg)
+	cfg.Transport = s.tcfg
+	node, err := actors.Start(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log)
 	if err != nil {
 		s.t.Fatalf("abcasttest: start node %d: %v", i, err)
 	}
@@ -364,4 +368,15 @@ func (s *Subnet) hooks(i int) *actors.Hooks {
 			panic(fmt.Sprintf("abcasttest: injected crash of %s on node %d (%T)", kind, i, msg))
 		}
 	}}
+}
+
+// helloVersions numbers the announcements Announce sends: a peer applies
+// only a version newer than the last it saw from the same connection.
+var helloVersions atomic.Uint64
+
+// Announce makes a raw transport (Raw) announce channels to peer, as a
+// node does when it opens them: the peer accepts slot updates on a
+// channel only from members that announced it on their connection.
+func Announce(ctx context.Context, rpc transport.RPC, peer membership.NodeID, channels ...string) error {
+	return rpc.Push(ctx, peer, wire.HelloProtocol, wire.EncodeHello(helloVersions.Add(1)+1, channels))
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
-	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // subnet is N started nodes with the benchmark channel open on each.
@@ -86,7 +85,7 @@ func startSubnet(o options, w workload, t *tally) (*subnet, error) {
 	warm := make(chan struct{}, o.nodes*o.nodes)
 	var warmCh []*actors.Channel
 	for i := range o.nodes {
-		n, err := actors.Start(cfg, ids[i], source, conns[i], log, transport.DefaultConfig())
+		n, err := actors.Start(cfg, ids[i], source, conns[i], log)
 		if err != nil {
 			s.close()
 			return nil, fmt.Errorf("start node %d: %w", i, err)

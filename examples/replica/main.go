@@ -236,7 +236,8 @@ func start(cfg *Config, log zerolog.Logger) (*replica, error) {
 		r.closeReg()
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	r.node, err = actors.Start(acfg, ident, r.registry, udp, r.log, tcfg)
+	acfg.Transport = tcfg
+	r.node, err = actors.Start(acfg, ident, r.registry, udp, r.log)
 	if err != nil {
 		r.closeReg()
 		return nil, err

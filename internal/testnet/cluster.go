@@ -103,9 +103,11 @@ func (c *Cluster) Start(i int) *actors.Node {
 	var n *actors.Node
 	var err error
 	if c.Mem != nil {
-		n, err = actors.StartWith(c.Cfg, c.IDs[i].ID, c.Source, c.Log, func(ev transport.EventFunc) (transport.RPC, error) {
-			return c.Mem.NewTransport(c.TCfg, c.IDs[i].ID, c.Source, ev)
-		})
+		cfg := c.Cfg
+		cfg.Transport = c.TCfg
+		n, err = actors.Start(cfg, c.IDs[i], c.Source, nil, c.Log, actors.WithTransport(func(src membership.Source, ev transport.EventFunc) (transport.RPC, error) {
+			return c.Mem.NewTransport(c.TCfg, c.IDs[i].ID, src, ev)
+		}))
 	} else {
 		if c.conns[i] == nil && c.router != nil {
 			udp, _ := net.ResolveUDPAddr("udp", c.Addrs[i])
@@ -129,7 +131,9 @@ func (c *Cluster) Start(i int) *actors.Node {
 			}
 			c.faults[i] = fc
 		}
-		n, err = actors.Start(c.Cfg, c.IDs[i], c.Source, c.conns[i], c.Log, c.TCfg)
+		cfg := c.Cfg
+		cfg.Transport = c.TCfg
+		n, err = actors.Start(cfg, c.IDs[i], c.Source, c.conns[i], c.Log)
 		c.conns[i] = nil // the node owns it now
 	}
 	if err != nil {

@@ -227,9 +227,10 @@ func (r *run) startNodes() error {
 		return err
 	}
 	cfg := actors.DefaultConfig()
+	cfg.Transport = o.Transport
 	for _, m := range r.members {
 		conn := m.conn
-		m.node, err = actors.Start(cfg, m.ident, registry, conn, o.Log.With().Int("idx", m.idx).Logger(), o.Transport)
+		m.node, err = actors.Start(cfg, m.ident, registry, conn, o.Log.With().Int("idx", m.idx).Logger())
 		if err != nil {
 			m.conn = nil // Start closed it
 			return fmt.Errorf("node %d: %w", m.idx, err)

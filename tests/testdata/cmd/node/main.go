@@ -75,7 +75,9 @@ func run(path string, every time.Duration, live int) error {
 	}
 	tcfg := transport.DefaultConfig()
 	tcfg.ReconnectBackoffMax = time.Second
-	node, err := actors.Start(actors.DefaultConfig(), id, src, pc, log, tcfg)
+	acfg := actors.DefaultConfig()
+	acfg.Transport = tcfg
+	node, err := actors.Start(acfg, id, src, pc, log)
 	if err != nil {
 		return err
 	}
