@@ -150,6 +150,10 @@ type ChannelStats struct {
 	// (StrayConfirmations); events waiting or unconfirmed now (Unconfirmed).
 	Redeliveries, ConsumerTimeouts, ConsumerLost, ConsumerPanics, StrayConfirmations uint64
 	Unconfirmed                                                                      int
+	// CreditsOut is the delivery credits the consumer holds: deliveries
+	// handed out and not yet confirmed (the receiver's DeliveryCredits
+	// bounds it together with running fetches).
+	CreditsOut int
 	// Failed is set once the channel's supervisor gave up on it.
 	Failed        bool
 	ActiveFetches int
@@ -202,7 +206,7 @@ func (n *Node) NewChannel(cfg ChannelConfig) (*Channel, error) {
 	if err := n.handleChannel(cfg.Name); err != nil {
 		return nil, err
 	}
-	n.channels[cfg.Name] = c
+	n.setChannel(cfg.Name, c)
 	return c, nil
 }
 
@@ -574,7 +578,7 @@ func (c *Channel) finish(cause any) {
 	n.mu.Lock()
 	if n.channels[c.name] == c && !n.closed {
 		if !failed {
-			delete(n.channels, c.name)
+			n.setChannel(c.name, nil)
 		}
 		n.execPresence(n.presence.Close(c.name))
 	}

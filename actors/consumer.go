@@ -3,6 +3,7 @@ package actors
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -31,6 +32,9 @@ type delivery struct {
 	binding uint64
 	alive   bool // the bound consumer is known to run (we watch it)
 	wakeup  bool // a consumerWake is on its way; no need for another
+	// consumerID mirrors consumer's Id for lock-free readers (the node's
+	// EventStream handler).
+	consumerID atomic.Pointer[string]
 }
 
 // pending is one event not yet confirmed.
@@ -51,6 +55,16 @@ func (d *delivery) init(consumer *actor.PID) {
 	d.consumer = consumer
 	d.binding = 1
 	d.alive = consumer != nil
+	d.setID(consumer)
+}
+
+func (d *delivery) setID(pid *actor.PID) {
+	if pid == nil {
+		d.consumerID.Store(nil)
+		return
+	}
+	id := pid.Id
+	d.consumerID.Store(&id)
 }
 
 // push queues an event and reports whether the consumer actor needs a
@@ -88,6 +102,7 @@ func (d *delivery) rebind(pid *actor.PID) {
 	d.consumer = pid
 	d.binding++
 	d.alive = pid != nil
+	d.setID(pid)
 	for _, p := range d.q {
 		p.sent = false
 	}
@@ -144,8 +159,9 @@ type consumerActor struct {
 }
 
 type (
-	consumerWake  struct{ rebind bool }
-	consumerTimer struct{}
+	consumerWake    struct{ rebind bool }
+	consumerTimer   struct{}
+	consumerCrashed struct{ who *actor.PID }
 )
 
 func (a *consumerActor) Receive(ctx actor.Context) {
@@ -178,6 +194,8 @@ func (a *consumerActor) Receive(ctx actor.Context) {
 	case consumerTimer:
 		a.timerAt = time.Time{}
 		a.expire(ctx)
+	case consumerCrashed:
+		a.crashed(ctx, m.who)
 	default:
 		c.n.log.Warn().Str("channel", c.name).Str("type", fmt.Sprintf("%T", m)).
 			Str("from", fmt.Sprint(ctx.Sender())).Msg("consumer actor got a message it does not know")
@@ -365,6 +383,36 @@ func (a *consumerActor) confirm(ctx actor.Context, seq uint64) {
 		c.updateStats(func(s *ChannelStats) { s.ConsumerLost += uint64(lost) })
 	}
 	if c.cfg.Consume == nil {
+		a.pump(ctx)
+	}
+}
+
+// crashed handles a crash of the consumer actor that its supervisor
+// handled (restart or resume). The consumer takes its mailbox in order and
+// its confirmations reach us before this notice does (both travel through
+// our mailbox, the notice later), so the oldest event still unconfirmed is
+// the one it crashed on: that one is handed over again; the rest are still
+// in its mailbox. (If it crashed on a message of its own, that event may
+// come twice; its Seq tells.)
+func (a *consumerActor) crashed(ctx actor.Context, who *actor.PID) {
+	c := a.c
+	d := &c.del
+	d.mu.Lock()
+	if d.consumer == nil || who.Id != d.consumer.Id {
+		d.mu.Unlock()
+		return
+	}
+	lost := false
+	for _, p := range d.q {
+		if p.sent && p.binding == d.binding {
+			p.sent = false
+			lost = true
+			break
+		}
+	}
+	d.mu.Unlock()
+	if lost {
+		c.updateStats(func(s *ChannelStats) { s.ConsumerLost++ })
 		a.pump(ctx)
 	}
 }

@@ -51,8 +51,9 @@ type Node struct {
 	wg     sync.WaitGroup // goroutines started by actors (RPCs, timers)
 
 	mu         sync.Mutex
-	channels   map[string]*Channel // declared and not closed
-	handled    map[string]bool     // channel names with transport handlers
+	channels   map[string]*Channel        // declared and not closed
+	chanList   atomic.Pointer[[]*Channel] // the same, for lock-free readers
+	handled    map[string]bool            // channel names with transport handlers
 	members    *membership.Snapshot
 	up         map[membership.NodeID]uint64
 	presence   *broadcast.Presence
@@ -192,9 +193,15 @@ func NewNode(cfg Config, id *membership.Identity, source membership.Source, conn
 	if err := n.rpc.Handle(wire.HelloProtocol, n.handleHello, 4); err != nil {
 		return closeAll(fmt.Errorf("actors: %w", err))
 	}
+	// EventStream handlers run on the publisher's goroutine, which may hold
+	// our locks (a send to a stopped actor publishes a dead letter): they
+	// only count and post, lock-free.
 	n.dlSub = n.system.EventStream.Subscribe(func(evt any) {
-		if _, ok := evt.(*actor.DeadLetterEvent); ok {
+		switch e := evt.(type) {
+		case *actor.DeadLetterEvent:
 			n.deadLetters.Add(1)
+		case *actor.SupervisorEvent:
+			n.consumerCrashed(e.Child)
 		}
 	})
 	props := actor.PropsFromProducer(func() actor.Actor { return rootActor{} }, actor.WithSupervisor(n.topStrategy()))
@@ -384,6 +391,36 @@ func (n *Node) goTracked(fn func()) {
 		defer n.wg.Done()
 		fn()
 	}()
+}
+
+// setChannel records c under its name (nil: forget name) and refreshes
+// the lock-free list. Called with n.mu held.
+func (n *Node) setChannel(name string, c *Channel) {
+	if c == nil {
+		delete(n.channels, name)
+	} else {
+		n.channels[name] = c
+	}
+	list := make([]*Channel, 0, len(n.channels))
+	for _, c := range n.channels {
+		list = append(list, c)
+	}
+	n.chanList.Store(&list)
+}
+
+// consumerCrashed tells the channels whose consumer actor is child that it
+// crashed (a supervisor handled its failure): the event it was handling
+// is lost, and is handed over again at once.
+func (n *Node) consumerCrashed(child *actor.PID) {
+	list := n.chanList.Load()
+	if list == nil || child == nil {
+		return
+	}
+	for _, c := range *list {
+		if id := c.del.consumerID.Load(); id != nil && *id == child.Id {
+			c.sendToConsumer(consumerCrashed{who: child})
+		}
+	}
 }
 
 // channelOfActor returns the channel whose actor tree pid belongs to.

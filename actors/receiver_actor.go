@@ -191,14 +191,14 @@ func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
 
 func (a *receiverActor) publishStats() {
 	c := a.c
-	st, fetching, ids := c.receiver.Stats(), c.receiver.Fetching(), c.receiver.IDs()
+	st, fetching, ids, waiting := c.receiver.Stats(), c.receiver.Fetching(), c.receiver.IDs(), c.receiver.Waiting()
 	peers := c.receiver.Peers()
 	ps := make(map[string]broadcast.PeerStats, len(peers))
 	for _, p := range peers {
 		ps[string(p)] = c.receiver.PeerStats(p)
 	}
 	c.updateStats(func(s *ChannelStats) {
-		s.Receiver, s.ActiveFetches, s.AdvertisedIDs, s.PeerStats = st, fetching, ids, ps
+		s.Receiver, s.ActiveFetches, s.AdvertisedIDs, s.PeerStats, s.CreditsOut = st, fetching, ids, ps, waiting
 	})
 }
 

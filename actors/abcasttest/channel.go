@@ -11,6 +11,7 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
+	"github.com/asynkron/protoactor-go/actor"
 )
 
 // ChannelOptions open a channel on every node of a subnet.
@@ -20,8 +21,17 @@ type ChannelOptions struct {
 	Verify broadcast.VerifyFunc
 	// Consume, if set, returns node i's own consumer (your replica's
 	// code); every event reaches the subnet's Recorder first, then it.
-	// A panic in it is the consumer actor crashing.
+	// A panic in it is not a confirmation: the event comes again.
 	Consume func(node int) func(actors.Event)
+	// ConsumerProps, if set, returns the props of node i's consumer actor
+	// (your replica's actor, which confirms each event with
+	// actors.Confirm): the kit spawns it on the node's actor system, named
+	// "consumer-<channel>", under a guardian that restarts it whenever it
+	// crashes (as a supervisor of yours would), again after every restart
+	// of the node, and opens the channel with its PID. The Recorder then
+	// sees what that actor confirmed, not what was handed to it. Set at
+	// most one of Consume and ConsumerProps.
+	ConsumerProps func(node int) *actor.Props
 }
 
 // Channel is one channel opened on every node of a subnet. Publish and
@@ -67,15 +77,18 @@ func (c *Channel) open(i int) {
 	c.s.t.Helper()
 	rec := c.recs[i]
 	rec.reset()
-	consume := rec.Consume
-	if c.opt.Consume != nil {
+	cfg := actors.ChannelConfig{Name: c.name, Admit: c.opt.Admit, Verify: c.opt.Verify, Consume: rec.Consume}
+	switch {
+	case c.opt.ConsumerProps != nil:
+		cfg.Consume, cfg.ConsumerPID = nil, c.SpawnConsumer(i)
+	case c.opt.Consume != nil:
 		user := c.opt.Consume(i)
-		consume = func(ev actors.Event) {
+		cfg.Consume = func(ev actors.Event) {
+			user(ev) // a panic here is not a confirmation: record nothing
 			rec.Consume(ev)
-			user(ev)
 		}
 	}
-	ch, err := c.s.Node(i).OpenChannel(actors.ChannelConfig{Name: c.name, Admit: c.opt.Admit, Verify: c.opt.Verify, Consume: consume})
+	ch, err := c.s.Node(i).OpenChannel(cfg)
 	if err != nil {
 		c.s.t.Fatalf("abcasttest: open %s on node %d: %v", c.name, i, err)
 	}
@@ -92,6 +105,21 @@ func (c *Channel) open(i int) {
 			c.s.t.Fatalf("abcasttest: republish %x on node %d: %v", []byte(a.ID), i, err)
 		}
 	}
+}
+
+// SpawnConsumer spawns node i's consumer actor from ChannelOptions
+// .ConsumerProps (see there) and returns its PID; after the running one
+// was stopped, this is "respawned under the same name", which the channel
+// finds again by itself.
+func (c *Channel) SpawnConsumer(i int) *actor.PID {
+	c.s.t.Helper()
+	props := c.opt.ConsumerProps(i).Configure(recordConfirmed(c.recs[i])...)
+	root := c.s.Node(i).System().Root.WithGuardian(actor.NewRestartingStrategy())
+	pid, err := root.SpawnNamed(props, "consumer-"+c.name)
+	if err != nil {
+		c.s.t.Fatalf("abcasttest: spawn consumer of %s on node %d: %v", c.name, i, err)
+	}
+	return pid
 }
 
 func compare(a, b broadcast.ArtifactID) int {
@@ -322,6 +350,13 @@ type Recorder struct {
 	from       map[broadcast.ArtifactID]membership.NodeID
 	deliveries map[broadcast.ArtifactID]int
 	problems   []string
+	// seqs are the event numbers recorded in this life of the node: a
+	// redelivered event (same Seq) is counted, not recorded again.
+	seqs        map[uint64]bool
+	redelivered int
+	at          map[broadcast.ArtifactID]time.Time // first delivery, this life
+	lives       int
+	perLife     []int // deliveries recorded in each life
 }
 
 // NewRecorder returns an empty recorder.
@@ -338,15 +373,29 @@ func (r *Recorder) reset() {
 	defer r.mu.Unlock()
 	r.held = map[broadcast.ArtifactID][]byte{}
 	r.from = map[broadcast.ArtifactID]membership.NodeID{}
+	r.seqs = map[uint64]bool{}
+	r.at = map[broadcast.ArtifactID]time.Time{}
 	if r.deliveries == nil {
 		r.deliveries = map[broadcast.ArtifactID]int{}
 	}
+	r.lives++
+	r.perLife = append(r.perLife, 0)
 }
 
-// Consume is a channel consumer function.
+// Consume is a channel consumer function. An event whose Seq it already
+// recorded in this life of the node (a redelivery of one it took) is
+// counted in Redelivered and otherwise ignored, as the consumer contract
+// tells consumers to do.
 func (r *Recorder) Consume(ev actors.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if seq := ev.Sequence(); seq != 0 {
+		if r.seqs[seq] {
+			r.redelivered++
+			return
+		}
+		r.seqs[seq] = true
+	}
 	switch e := ev.(type) {
 	case *actors.Delivered:
 		if _, ok := r.held[e.Artifact.ID]; ok {
@@ -355,6 +404,10 @@ func (r *Recorder) Consume(ev actors.Event) {
 		r.held[e.Artifact.ID] = e.Artifact.Payload
 		r.from[e.Artifact.ID] = e.From
 		r.deliveries[e.Artifact.ID]++
+		if _, ok := r.at[e.Artifact.ID]; !ok {
+			r.at[e.Artifact.ID] = time.Now()
+		}
+		r.perLife[len(r.perLife)-1]++
 	case *actors.Withdrawn:
 		if _, ok := r.held[e.ID]; !ok {
 			r.problems = append(r.problems, fmt.Sprintf("%q withdrawn but not held", e.ID))
@@ -412,9 +465,75 @@ func (r *Recorder) TotalDeliveries() int {
 	return n
 }
 
+// Redelivered counts events handed over again after the consumer had
+// taken them (same Seq): the at-least-once side of the consumer contract.
+func (r *Recorder) Redelivered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.redelivered
+}
+
+// DeliveredAt returns when id was first recorded in the node's current
+// life (time.Now, so virtual inside a synctest bubble).
+func (r *Recorder) DeliveredAt(id broadcast.ArtifactID) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.at[id]
+	return t, ok
+}
+
+// PerLife returns the deliveries recorded in each life of the node (one
+// entry per start).
+func (r *Recorder) PerLife() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.perLife)
+}
+
 // Problems returns the G2 violations seen.
 func (r *Recorder) Problems() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.problems)
+}
+
+// recordConfirmed returns props options that make rec record each event a
+// consumer actor confirms, when it confirms it: a receiver middleware
+// remembers the events handed to the actor by Seq, a sender middleware
+// sees the actor's Consumed replies go out.
+func recordConfirmed(rec *Recorder) []actor.PropsOption {
+	var mu sync.Mutex
+	handed := map[uint64]actors.Event{}
+	recv := func(next actor.ReceiverFunc) actor.ReceiverFunc {
+		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			if ev, ok := env.Message.(actors.Event); ok {
+				mu.Lock()
+				handed[ev.Sequence()] = ev
+				mu.Unlock()
+			}
+			next(ctx, env)
+		}
+	}
+	send := func(next actor.SenderFunc) actor.SenderFunc {
+		return func(ctx actor.SenderContext, target *actor.PID, env *actor.MessageEnvelope) {
+			var seq uint64
+			switch m := env.Message.(type) {
+			case *actors.Consumed:
+				seq = m.Seq
+			case actors.Consumed:
+				seq = m.Seq
+			}
+			if seq != 0 {
+				mu.Lock()
+				ev := handed[seq]
+				delete(handed, seq)
+				mu.Unlock()
+				if ev != nil {
+					rec.Consume(ev)
+				}
+			}
+			next(ctx, target, env)
+		}
+	}
+	return []actor.PropsOption{actor.WithReceiverMiddleware(recv), actor.WithSenderMiddleware(send)}
 }

@@ -38,6 +38,11 @@ type Options struct {
 	// Log receives the nodes' logs; nil means warnings and errors to the
 	// test log (everything when ABCAST_DEBUG is set).
 	Log *zerolog.Logger
+	// OnStart, if set, runs every time node i starts (the first time and
+	// after each Restart), once its actor system and remote exist and
+	// before its channels open and it dials: spawn your actors on
+	// node.System() here so they are there again after a restart.
+	OnStart func(i int, node *actors.Node)
 }
 
 // Subnet is an in-process subnet of abcast nodes: real actors, real QUIC
@@ -49,8 +54,9 @@ type Options struct {
 // the start; NewSubnet does not start them (see StartAll). The subnet
 // closes what is still running when the test ends.
 type Subnet struct {
-	t      testing.TB
-	cfg    actors.Config
+	t       testing.TB
+	onStart func(int, *actors.Node)
+	cfg     actors.Config
 	tcfg   transport.Config
 	log    zerolog.Logger
 	net    *Network
@@ -70,7 +76,7 @@ type Subnet struct {
 // NewSubnet builds identities, addresses and a registry for n nodes.
 func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 	t.Helper()
-	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport,
+	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport, onStart: opt.OnStart,
 		net:   NewNetwork(opt.Seed, opt.Latency, opt.Loss),
 		nodes: make([]*actors.Node, n), raws: make([]*transport.Transport, n), removed: map[int]bool{}}
 	if s.cfg.MailboxCapacity == 0 {
@@ -150,15 +156,21 @@ func (s *Subnet) Start(i int) *actors.Node {
 	cfg := s.cfg
 	cfg.Hooks = s.hooks(i)
 	cfg.Transport = s.tcfg
-	node, err := actors.Start(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log)
+	node, err := actors.NewNode(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log)
 	if err != nil {
 		s.t.Fatalf("abcasttest: start node %d: %v", i, err)
 	}
 	s.mu.Lock()
 	s.nodes[i] = node
 	s.mu.Unlock()
+	if s.onStart != nil {
+		s.onStart(i, node)
+	}
 	for _, c := range chans {
 		c.open(i)
+	}
+	if err := node.Start(); err != nil {
+		s.t.Fatalf("abcasttest: start node %d: %v", i, err)
 	}
 	return node
 }
@@ -173,8 +185,9 @@ func (s *Subnet) StartAll() {
 	}
 }
 
-// Stop closes node i, as a clean shutdown (use Network cuts to simulate a
-// crash that says no goodbye). Its channels' recorders keep what they saw.
+// Stop closes node i, as a clean shutdown: its peers are told at once.
+// Its channels' recorders keep what they saw. A Close error fails the
+// test.
 func (s *Subnet) Stop(i int) {
 	s.t.Helper()
 	s.mu.Lock()
@@ -185,7 +198,27 @@ func (s *Subnet) Stop(i int) {
 		return
 	}
 	if err := node.Close(); err != nil {
-		s.t.Logf("abcasttest: close node %d: %v", i, err)
+		s.t.Errorf("abcasttest: close node %d: %v", i, err)
+	}
+}
+
+// Kill stops node i as a crash would: nothing it sends on the way out
+// reaches anyone, so its peers notice only when their idle timeout
+// expires (or when it comes back, by stateless reset).
+func (s *Subnet) Kill(i int) {
+	s.t.Helper()
+	others := make([]string, 0, s.N()-1)
+	for j := range s.ids {
+		if j != i {
+			others = append(others, s.Addr(j))
+		}
+	}
+	for _, o := range others {
+		s.net.Cut(s.Addr(i), o)
+	}
+	s.Stop(i)
+	for _, o := range others {
+		s.net.Heal(s.Addr(i), o)
 	}
 }
 
@@ -331,6 +364,13 @@ type crashRule struct {
 func (s *Subnet) PanicWhen(match func(node int, kind, channel string, msg any) bool) {
 	s.mu.Lock()
 	s.crash = append(s.crash, crashRule{match: match, left: -1})
+	s.mu.Unlock()
+}
+
+// ClearPanics removes every PanicWhen and Crash rule.
+func (s *Subnet) ClearPanics() {
+	s.mu.Lock()
+	s.crash = nil
 	s.mu.Unlock()
 }
 
