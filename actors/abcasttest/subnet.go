@@ -57,12 +57,12 @@ type Subnet struct {
 	t       testing.TB
 	onStart func(int, *actors.Node)
 	cfg     actors.Config
-	tcfg   transport.Config
-	log    zerolog.Logger
-	net    *Network
-	ids    []*membership.Identity
-	addrs  []*net.UDPAddr
-	source *membership.StaticSource
+	tcfg    transport.Config
+	log     zerolog.Logger
+	net     *Network
+	ids     []*membership.Identity
+	addrs   []*net.UDPAddr
+	source  *membership.StaticSource
 
 	mu      sync.Mutex
 	nodes   []*actors.Node
