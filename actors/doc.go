@@ -1,55 +1,93 @@
-// Package actors runs Abortable Broadcast as supervised protoactor-go
-// actors: it is the concurrent shell around the pure cores of package
-// broadcast, and the public entry point that wires a node.
+// Package actors runs Abortable Broadcast on protoactor-go: it is the
+// concurrent shell around the pure cores of package broadcast, and the
+// public entry point that wires a node.
 //
-// # Using it
+// # One node, one bus
 //
-// Start (real QUIC) or StartWith (any quicremote.RPC, e.g. the in-memory
-// transport) creates a Node from an identity, a registry source and a
-// Config. OpenChannel opens a named channel with its admission function,
-// optional verifier and consumer (a function, or a PID answering Consumed).
-// Channel.Publish and Channel.Abort never block: they update the
-// publisher's pool under a mutex and wake the sender actor; at the
-// live-slot bound Publish fails with broadcast.ErrSlotsExhausted.
-// Node.Close stops every actor and goroutine and returns when they ended.
+// A Node is one actor system (yours, WithActorSystem, or one it creates),
+// one UDP socket and one QUIC connection per member pair, carrying the
+// broadcast channels and actor messages alike: the actor remote
+// (package quicremote) is installed on the system when the node is
+// created, before anything is spawned, so every actor you spawn on
+// Node.System() has a PID the other members can Send, Request, Watch and
+// Stop, and PIDs of their actors work here.
 //
-// # The actor tree
+//	node, _ := actors.NewNode(actors.DefaultConfig(), id, registry, sock, log)
+//	blocks, _ := node.NewChannel(actors.ChannelConfig{Name: "blocks", Admit: admit})
+//	node.System().Root.SpawnNamed(consensusProps(blocks), "consensus") // yours
+//	node.Start() // now it dials; channels and actors are already in place
 //
-//	abcast (root supervisor, one-for-one, restarts counted)
-//	├── <channel>-sender    owns the channel's broadcast.Sender
-//	│   └── link (one per peer, bounded mailbox): one stream per slot update
-//	├── <channel>-receiver  owns the channel's broadcast.Receiver
-//	│   └── fetch (one per running download, bounded mailbox)
-//	└── <channel>-consumer  hands Delivered/Withdrawn to the user, returns credits
+// NewNode dials nobody; Start does. In between, declare channels and
+// spawn your actors, so everything is in place before the first peer
+// connects. Start alone (the package function) does both steps.
 //
-// The cores live in the Channel, not in the actor instances, so a restarted
-// sender or receiver continues from them: the sender resends what was in
-// flight and reconciles its live set with the publisher's pool, the
-// receiver restarts its fetches and re-applies members and consumed
-// credits. A crashed link or fetch actor re-derives its work from the core.
-// Nothing published is lost and nothing delivered is delivered again.
+// # Channels, by actor messages
 //
-// # Flows
+// A channel is declared with NewChannel and run by an actor you spawn
+// where you want it — ctx.Spawn(ch.Props()) under your own supervisor —
+// or by OpenChannel under the node's. The channel's actor answers
+// requests with typed replies, each carrying an error (nil, or wrapping
+// broadcast.ErrSlotsExhausted, broadcast.ErrDuplicate, broadcast.ErrInvalid,
+// broadcast.ErrUnknownID, ErrBusy, ErrChannelClosed, ErrChannelFailed):
 //
-// Publish → sender core → SendUpdate → link → transport Push on
-// "abcast/<channel>/update" → peer's handler → receiver actor → core →
-// the handler answers only after the core applied the update, and only
-// that answer counts as delivered at the sender. An advert starts a fetch
-// actor that Calls "abcast/<channel>/fetch" on advertisers in turn, with a
-// per-attempt timeout that doubles. Abort → cleared updates, cancelled
-// streams, cancelled fetches, Withdrawn at the consumers.
+//	Publish{Artifact} → *Published      Abort{ID} → *Aborted
+//	Reevaluate{}      → *Reevaluated    Subscribe{Consumer} → *Subscribed
+//	ListHeld{}        → *Held           GetStats{} → *ChannelStats
+//
+// The Go methods of Channel (Publish, Abort, Reevaluate, Subscribe, Held,
+// Stats, Close) run the same code. Publish and Abort never block.
+//
+// # The consumer contract
+//
+// A channel hands its events — *Delivered, then *Withdrawn once no peer
+// advertises the artifact — to its consumer: a function
+// (ChannelConfig.Consume) or a local actor (ConsumerPID, or Subscribe).
+// Every event carries a sequence number and must be confirmed:
+// Confirm(ctx) in the actor's Receive (or ctx.Respond(&Consumed{Seq})),
+// or returning from the function. An event that is not confirmed is
+// delivered again — when the consumer crashes on it (its supervisor's
+// restart is noticed), stops (it is watched; an actor of the same name is
+// found again), dead-letters, confirms a later one first, re-subscribes,
+// or after ConsumerTimeout — with its delivery credit kept, so nothing is
+// lost and a failing consumer pauses fetching instead of draining it. A
+// consumer slower than ConsumerTimeout may see an event twice: the same
+// Seq tells it so.
+//
+// # Supervision and failure
+//
+//	<your supervisor, or the node's "abcast">
+//	└── <channel>            answers requests; supervises:
+//	    ├── sender           owns the channel's broadcast.Sender
+//	    │   └── link         one per peer, bounded mailbox
+//	    ├── receiver         owns the channel's broadcast.Receiver
+//	    │   └── fetch        one per running download, bounded mailbox
+//	    └── consumer         the consumer contract
+//
+// A crashing actor is restarted (counted in Stats) and continues from the
+// cores, which live in the Channel, not in the actor instances: nothing
+// published is lost and nothing delivered is delivered again. Past
+// Config.MaxRestarts within RestartWindow the failure is escalated to the
+// channel's supervisor; when the node's supervisor gives up on a channel
+// (or yours stops one after a failure) the channel is reported failed:
+// ChannelFailed on the EventStream, ErrChannelFailed from its calls,
+// ChannelStats.Failed and Node.Health. Its name can be opened again.
+//
+// # Presence: which peer gets which channel
+//
+// Members exchange a channel's artifacts only while both have it open.
+// Each node announces its open channels to every peer on every connection
+// (a hello, acknowledged); a channel's sender starts with a peer once the
+// peer announced the channel and applied our announcement
+// (broadcast.Presence). A channel opened late therefore starts within a
+// few round trips, and a closed one's stragglers are refused.
 //
 // # Bounds
 //
-// Link and fetch mailboxes are [BoundedMailbox]es: a full mailbox refuses
-// instead of blocking, and the refusal is a counted dead letter. The cores
-// bound what is sent to them (in-flight updates per peer, running fetches),
-// so refusals there mean a stuck actor. Sender and receiver mailboxes are
-// bounded by construction: publishes and aborts queue in the channel (at
-// most twice the live-slot bound, then ErrBusy), incoming updates are
-// bounded by the transport's per-protocol handler limit, and deliveries by
-// the receiver's DeliveryCredits.
-//
-// Actor systems are created with [NewActorSystem], so protoactor-go's own
-// logs land in the node's zerolog logger, tagged with the node id.
+// Link, fetch and channel mailboxes are bounded (actorkit.BoundedMailbox):
+// a full mailbox refuses instead of blocking, and the refusal is a counted
+// dead letter. Sender and receiver mailboxes are bounded by construction:
+// publishes and aborts queue in the channel (at most twice the live-slot
+// bound, then ErrBusy), incoming updates are bounded by the transport's
+// per-protocol handler limit, deliveries by the receiver's DeliveryCredits,
+// and a consumer has at most ConsumerWindow events unconfirmed.
 package actors

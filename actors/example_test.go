@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/actors"
@@ -13,9 +14,42 @@ import (
 	"github.com/abcast/abcast/membership"
 )
 
-// Two replicas on loopback: one publishes a block, the other's consumer
-// receives it, then the publisher aborts it and the consumer sees it
-// withdrawn.
+// consensus is a replica's own actor: it runs the "blocks" channel as its
+// child, consumes what peers publish and publishes its own blocks, all by
+// actor messages.
+type consensus struct {
+	blocks *actors.Channel // declared on the node; run here, under us
+	pid    *actor.PID      // the channel's actor
+	out    chan string
+}
+
+func (c *consensus) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		// The channel's actors live under ours: if they fail for good, we
+		// are told (and our own supervisor decides).
+		c.pid = ctx.Spawn(c.blocks.Props())
+		ctx.Request(c.pid, &actors.Subscribe{Consumer: ctx.Self()})
+	case *actors.Subscribed:
+		ctx.Request(c.pid, &actors.Publish{Artifact: broadcast.Artifact{
+			ID: broadcast.ArtifactID("block-" + ctx.Self().Address[:4]), Attribute: []byte("height=42"), Payload: make([]byte, 64<<10),
+		}})
+	case *actors.Published:
+		if m.Err != nil {
+			c.out <- "publish failed: " + m.Err.Error()
+		}
+	case *actors.Delivered:
+		c.out <- fmt.Sprintf("delivered a block of %d bytes", len(m.Artifact.Payload))
+		actors.Confirm(ctx) // the event is taken: its credit returns
+	case *actors.Withdrawn:
+		actors.Confirm(ctx)
+	}
+}
+
+// Two replicas on loopback, each one node: one actor system with the QUIC
+// remote installed, carrying the broadcast channel and actor messages on
+// the same connection. Each node's consensus actor runs the channel under
+// itself, publishes a block by message and receives the other's.
 func Example() {
 	// Each replica has an Ed25519 identity and a UDP socket; the registry
 	// lists both (in production: a file or etcd, see package membership).
@@ -31,46 +65,33 @@ func Example() {
 	snap, _ := membership.NewSnapshot(1, members...)
 	registry, _ := membership.NewStaticSource(snap)
 
-	events := make(chan string, 4)
-	var chans []*actors.Channel
+	out := make(chan string, 4)
 	for i := range 2 {
-		node, err := actors.Start(actors.DefaultConfig(), ids[i], registry, socks[i], zerolog.Nop())
+		// NewNode: the actor system, the transport and the remote, nothing
+		// dialled yet. Declare channels and spawn actors, then Start.
+		node, err := actors.NewNode(actors.DefaultConfig(), ids[i], registry, socks[i], zerolog.Nop())
 		if err != nil {
 			panic(err)
 		}
 		defer node.Close()
-		ch, err := node.OpenChannel(actors.ChannelConfig{
-			Name: "blocks",
-			// Admission: fetch everything. A replica would look at the
-			// attribute (height, say) and answer Later or Drop.
-			Admit: broadcast.AdmitAll,
-			Consume: func(ev actors.Event) {
-				switch e := ev.(type) {
-				case *actors.Delivered:
-					events <- fmt.Sprintf("delivered %s (%d bytes)", e.Artifact.ID, len(e.Artifact.Payload))
-				case *actors.Withdrawn:
-					events <- fmt.Sprintf("withdrawn %s", e.ID)
-				}
-			},
-		})
+		blocks, err := node.NewChannel(actors.ChannelConfig{Name: "blocks", Admit: broadcast.AdmitAll})
 		if err != nil {
 			panic(err)
 		}
-		chans = append(chans, ch)
+		if _, err := node.System().Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor {
+			return &consensus{blocks: blocks, out: out}
+		}), "consensus"); err != nil {
+			panic(err)
+		}
+		if err := node.Start(); err != nil {
+			panic(err)
+		}
 	}
-
-	block := broadcast.Artifact{ID: "block-42", Attribute: []byte("height=42"), Payload: make([]byte, 64<<10)}
-	if err := chans[0].Publish(block); err != nil {
-		panic(err)
-	}
-	fmt.Println(wait(events))
-	if err := chans[0].Abort("block-42"); err != nil {
-		panic(err)
-	}
-	fmt.Println(wait(events))
+	fmt.Println(wait(out))
+	fmt.Println(wait(out))
 	// Output:
-	// delivered block-42 (65536 bytes)
-	// withdrawn block-42
+	// delivered a block of 65536 bytes
+	// delivered a block of 65536 bytes
 }
 
 func wait(events chan string) string {
