@@ -56,6 +56,7 @@ type Node struct {
 	handled    map[string]bool            // channel names with transport handlers
 	members    *membership.Snapshot
 	up         map[membership.NodeID]uint64
+	peerConns  map[membership.NodeID]*PeerInfo // per member ever seen: counted from events
 	presence   *broadcast.Presence
 	helloTimer *time.Timer
 	helloAt    time.Time
@@ -145,7 +146,8 @@ func NewNode(cfg Config, id *membership.Identity, source membership.Source, conn
 		gate:     newGatedSource(source),
 		conn:     conn,
 		channels: make(map[string]*Channel),
-		up:       make(map[membership.NodeID]uint64),
+		up:        make(map[membership.NodeID]uint64),
+		peerConns: make(map[membership.NodeID]*PeerInfo),
 		members:  source.Current(),
 		presence: broadcast.NewPresence(helloRetry),
 	}
@@ -267,14 +269,63 @@ func (n *Node) onPeerEvent(ev transport.PeerEvent) {
 	case transport.PeerUp:
 		n.up[ev.Peer] = ev.ConnID
 		n.connUps.Add(1)
+		n.peerInfo(ev.Peer).Connections++
 		n.execPresence(n.presence.PeerUp(broadcast.PeerID(ev.Peer.String()), broadcast.ConnID(ev.ConnID)))
 	case transport.PeerDown:
 		n.connDowns.Add(1)
+		n.peerInfo(ev.Peer).Disconnections++
 		if n.up[ev.Peer] == ev.ConnID {
 			delete(n.up, ev.Peer)
 		}
 		n.execPresence(n.presence.PeerDown(broadcast.PeerID(ev.Peer.String()), broadcast.ConnID(ev.ConnID)))
 	}
+}
+
+// peerInfo returns the connection counters of peer. Called with n.mu
+// held.
+func (n *Node) peerInfo(peer membership.NodeID) *PeerInfo {
+	p := n.peerConns[peer]
+	if p == nil {
+		p = &PeerInfo{ID: peer}
+		n.peerConns[peer] = p
+	}
+	return p
+}
+
+// PeerInfo describes one peer as the node sees it.
+type PeerInfo struct {
+	ID membership.NodeID
+	// Member reports whether the current registry snapshot lists it; Up
+	// whether a connection to it is up now (never for a non-member).
+	Member, Up bool
+	// Connections and Disconnections count the transport's PeerUp and
+	// PeerDown events for it: every connection, reconnects included.
+	Connections, Disconnections uint64
+	// Channels are the channels it announced on its current connection.
+	Channels []string
+}
+
+// Peers describes every current member other than this node, and every
+// peer that was connected since the node started, sorted by id.
+func (n *Node) Peers() []PeerInfo {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, id := range n.members.IDs() {
+		if id != n.self {
+			n.peerInfo(id)
+		}
+	}
+	out := make([]PeerInfo, 0, len(n.peerConns))
+	for id, p := range n.peerConns {
+		info := *p
+		info.Member = n.members.Contains(id)
+		_, info.Up = n.up[id]
+		info.Up = info.Up && info.Member
+		info.Channels = n.presence.PeerChannels(broadcast.PeerID(id.String()))
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID.Less(out[j].ID) })
+	return out
 }
 
 // execPresence performs the presence core's effects. Called with n.mu

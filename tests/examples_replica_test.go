@@ -422,6 +422,29 @@ func TestExamplesReplicaProcessesPublishAndMetrics(t *testing.T) {
 		t.Errorf("status of %s: %+v, want its id, 2 peers, 1 block held", b.id.Short(), st)
 	}
 
+	// /peers: replica a asks the other replicas' status actors over the
+	// actor remote (the same connections as the broadcast) and shows what
+	// each answered.
+	resp, err = httpClient.Get(a.url("/peers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peers map[string]struct {
+		Status *struct{ ID string }
+		Error  string
+	}
+	err = json.NewDecoder(resp.Body).Decode(&peers)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*replicaProc{b, c} {
+		got := peers[p.id.String()]
+		if got.Status == nil || got.Status.ID != p.id.String() {
+			t.Errorf("replica a's /peers for %s: %+v", p.id.Short(), got)
+		}
+	}
+
 	// SIGTERM: each process shuts down cleanly and exits 0.
 	for _, p := range procs {
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -12,7 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
@@ -28,6 +30,7 @@ func (r *replica) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.promReg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", r.serveStatus)
+	mux.HandleFunc("GET /peers", r.servePeers)
 	mux.HandleFunc("POST /publish", r.servePublish)
 	mux.HandleFunc("POST /abort", r.serveAbort)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
@@ -131,7 +134,9 @@ type channelStatus struct {
 	BytesSent     uint64 `json:"bytes_sent"`
 }
 
-func (r *replica) serveStatus(w http.ResponseWriter, _ *http.Request) {
+func (r *replica) serveStatus(w http.ResponseWriter, _ *http.Request) { writeJSON(w, r.status()) }
+
+func (r *replica) status() status {
 	s := status{ID: r.ident.ID.String(), Listen: r.cfg.Listen, Members: r.registry.Current().Len(), Peers: []string{}, Channels: map[string]channelStatus{}, Restarts: r.node.Stats().Restarts}
 	for _, p := range r.node.Transport().Peers() {
 		s.Peers = append(s.Peers, p.String())
@@ -141,7 +146,57 @@ func (r *replica) serveStatus(w http.ResponseWriter, _ *http.Request) {
 		s.Channels[ch.Name()] = channelStatus{Live: st.Live, Held: r.held.count(ch.Name()), Published: st.Sender.Published, Aborted: st.Sender.Aborted,
 			Delivered: st.Delivered, Withdrawn: st.Withdrawn, ActiveFetches: st.ActiveFetches, BytesSent: st.UpdateBytesSent + st.FetchBytesServed}
 	}
-	writeJSON(w, s)
+	return s
+}
+
+// statusActor is the name of every replica's status actor: the other
+// replicas ask it for this one's status over the actor remote, on the same
+// QUIC connections as the broadcast.
+const statusActor = "status"
+
+// serveStatusActor answers a StringValue "status" with this replica's
+// status as JSON.
+func (r *replica) serveStatusActor(ctx actor.Context) {
+	if m, ok := ctx.Message().(*wrapperspb.StringValue); ok && m.Value == "status" {
+		b, _ := json.Marshal(r.status())
+		ctx.Respond(wrapperspb.String(string(b)))
+	}
+}
+
+// servePeers asks every other member's status actor, by actor message, for
+// its status, and answers with what each said (or why it did not).
+func (r *replica) servePeers(w http.ResponseWriter, req *http.Request) {
+	type answer struct {
+		Status *status `json:"status,omitempty"`
+		Error  string  `json:"error,omitempty"`
+	}
+	ids := r.registry.Current().IDs()
+	out := make(map[string]answer, len(ids))
+	futures := map[string]*actor.Future{}
+	for _, id := range ids {
+		if id == r.ident.ID {
+			continue
+		}
+		futures[id.String()] = r.node.System().Root.RequestFuture(r.node.PID(id, statusActor), wrapperspb.String("status"), 2*time.Second)
+	}
+	for id, f := range futures {
+		res, err := f.Result()
+		switch v := res.(type) {
+		case *wrapperspb.StringValue:
+			var s status
+			if err := json.Unmarshal([]byte(v.Value), &s); err != nil {
+				out[id] = answer{Error: "bad answer: " + err.Error()}
+			} else {
+				out[id] = answer{Status: &s}
+			}
+		default:
+			if err == nil {
+				err = fmt.Errorf("unexpected answer %T", res)
+			}
+			out[id] = answer{Error: err.Error()}
+		}
+	}
+	writeJSON(w, out)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

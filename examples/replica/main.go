@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
@@ -169,10 +170,7 @@ type replica struct {
 	order    []*actors.Channel
 	metrics  *collector
 	promReg  *prometheus.Registry
-	conns    *connWatcher
 	held     *heldSet
-	cancel   context.CancelFunc
-	done     chan struct{}
 }
 
 func start(cfg *Config, log zerolog.Logger) (*replica, error) {
@@ -184,7 +182,7 @@ func start(cfg *Config, log zerolog.Logger) (*replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &replica{cfg: cfg, log: log.With().Str("node", ident.ID.Short()).Logger(), ident: ident, chans: map[string]*actors.Channel{}, held: newHeldSet(), done: make(chan struct{})}
+	r := &replica{cfg: cfg, log: log.With().Str("node", ident.ID.Short()).Logger(), ident: ident, chans: map[string]*actors.Channel{}, held: newHeldSet()}
 	switch {
 	case cfg.Etcd != nil:
 		cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
@@ -237,13 +235,18 @@ func start(cfg *Config, log zerolog.Logger) (*replica, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	acfg.Transport = tcfg
-	r.node, err = actors.Start(acfg, ident, r.registry, udp, r.log)
+	// One node, one bus: the actor system, the QUIC transport and the
+	// remote. Our actors and channels are set up before it dials.
+	r.node, err = actors.NewNode(acfg, ident, r.registry, udp, r.log)
 	if err != nil {
 		r.closeReg()
 		return nil, err
 	}
-	r.conns = newConnWatcher(r.node.Transport(), r.registry)
-	r.metrics = newCollector(r.node, nil, r.conns)
+	if _, err := r.node.System().Root.SpawnNamed(actor.PropsFromFunc(r.serveStatusActor), statusActor); err != nil {
+		r.close()
+		return nil, err
+	}
+	r.metrics = newCollector(r.node, nil)
 	for _, name := range cfg.Channels {
 		ch, err := r.node.OpenChannel(actors.ChannelConfig{Name: name, Admit: broadcast.AdmitAll, Consume: r.consumer(name)})
 		if err != nil {
@@ -256,21 +259,15 @@ func start(cfg *Config, log zerolog.Logger) (*replica, error) {
 	r.metrics.chans = r.order
 	r.promReg = prometheus.NewRegistry()
 	r.promReg.MustRegister(r.metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	go func() {
-		defer close(r.done)
-		r.conns.run(ctx, ident.ID, 100*time.Millisecond)
-	}()
+	if err := r.node.Start(); err != nil {
+		r.close()
+		return nil, err
+	}
 	r.log.Info().Str("id", ident.ID.String()).Str("listen", cfg.Listen).Int("members", snap.Len()).Strs("channels", cfg.Channels).Msg("node started")
 	return r, nil
 }
 
 func (r *replica) close() {
-	if r.cancel != nil {
-		r.cancel()
-		<-r.done
-	}
 	if err := r.node.Close(); err != nil {
 		r.log.Warn().Err(err).Msg("closing the node")
 	}

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"context"
 	"sort"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,7 +18,6 @@ import (
 type collector struct {
 	node  *actors.Node
 	chans []*actors.Channel
-	conns *connWatcher
 
 	latency *prometheus.HistogramVec
 	sizes   *prometheus.HistogramVec
@@ -48,10 +44,11 @@ var (
 	descActive        = prometheus.NewDesc("abcast_active_fetches", "Downloads running.", []string{"channel"}, nil)
 	descAdvertised    = prometheus.NewDesc("abcast_advertised_ids", "Distinct artifact ids peers advertise to this node.", []string{"channel"}, nil)
 	descPanics        = prometheus.NewDesc("abcast_consumer_panics_total", "Panics of the consumer function (recovered).", []string{"channel"}, nil)
-	descPeerUp        = prometheus.NewDesc("abcast_peer_up", "1 while a connection to the peer is up.", []string{"peer"}, nil)
+	descPeerUp        = prometheus.NewDesc("abcast_peer_up", "1 while the peer is a member and a connection to it is up.", []string{"peer"}, nil)
+	descPeerMember    = prometheus.NewDesc("abcast_peer_member", "1 while the registry lists the peer.", []string{"peer"}, nil)
 	descPeerBytes     = prometheus.NewDesc("abcast_peer_sent_bytes_total", "Bytes sent to one peer by kind: updates and fetches_served.", []string{"channel", "peer", "kind"}, nil)
 	descConnEvents    = prometheus.NewDesc("abcast_connection_events_total", "Transport connection events (up, down) seen by the node, all peers together.", []string{"event"}, nil)
-	descConnections   = prometheus.NewDesc("abcast_connections_total", "Connections to the peer that came up (polled every 100 ms).", []string{"peer"}, nil)
+	descConnections   = prometheus.NewDesc("abcast_connections_total", "Connections to the peer that came up (every transport PeerUp event).", []string{"peer"}, nil)
 	descReconnects    = prometheus.NewDesc("abcast_reconnects_total", "Connections to the peer after the first one.", []string{"peer"}, nil)
 	descStreams       = prometheus.NewDesc("abcast_transport_peer_errors_total", "Transport refusals per peer: garbage and oversized frames, refused streams.", []string{"peer", "kind"}, nil)
 	descRestarts      = prometheus.NewDesc("abcast_actor_restarts_total", "Actor crashes a supervisor restarted.", nil, nil)
@@ -59,9 +56,9 @@ var (
 	descRefusals      = prometheus.NewDesc("abcast_mailbox_overflows_total", "Messages refused by full bounded mailboxes.", nil, nil)
 )
 
-func newCollector(node *actors.Node, chans []*actors.Channel, conns *connWatcher) *collector {
+func newCollector(node *actors.Node, chans []*actors.Channel) *collector {
 	return &collector{
-		node: node, chans: chans, conns: conns,
+		node: node, chans: chans,
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "abcast_delivery_latency_seconds",
 			Help:    "Publish-to-delivery time of artifacts whose attribute carries their publish time (those published through this program's HTTP API); clocks of different machines must agree.",
@@ -79,7 +76,7 @@ func newCollector(node *actors.Node, chans []*actors.Channel, conns *connWatcher
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSlotUpdates, descUpdatesRef, descUpdatesOut, descFetchStarted, descFetchOK, descFetchFailed,
 		descFetchAttempts, descFetchCancel, descBadFetch, descPublished, descAborted, descPubRefused, descDelivered, descPushed,
-		descWithdrawn, descBytes, descLive, descActive, descAdvertised, descPanics, descPeerUp, descConnections, descReconnects,
+		descWithdrawn, descBytes, descLive, descActive, descAdvertised, descPanics, descPeerUp, descPeerMember, descConnections, descReconnects,
 		descStreams, descRestarts, descDeadLetters, descRefusals, descPeerBytes, descConnEvents} {
 		ch <- d
 	}
@@ -148,17 +145,20 @@ func (c *collector) Collect(out chan<- prometheus.Metric) {
 		gauge(descAdvertised, float64(s.AdvertisedIDs), name)
 	}
 	statser, _ := c.node.Transport().(peerStatser)
-	for _, p := range c.conns.snapshot() {
-		short := p.id.Short()
-		up := 0.0
-		if p.up {
-			up = 1
+	bool01 := func(b bool) float64 {
+		if b {
+			return 1
 		}
-		gauge(descPeerUp, up, short)
-		counter(descConnections, p.connections, short)
-		counter(descReconnects, max(p.connections, 1)-1, short)
+		return 0
+	}
+	for _, p := range c.node.Peers() {
+		short := p.ID.Short()
+		gauge(descPeerUp, bool01(p.Up), short)
+		gauge(descPeerMember, bool01(p.Member), short)
+		counter(descConnections, p.Connections, short)
+		counter(descReconnects, max(p.Connections, 1)-1, short)
 		if statser != nil {
-			ts := statser.Stats(p.id)
+			ts := statser.Stats(p.ID)
 			counter(descStreams, ts.GarbageFrames, short, "garbage_frames")
 			counter(descStreams, ts.OversizedFrames, short, "oversized_frames")
 			counter(descStreams, ts.RefusedStreams, short, "refused_streams")
@@ -181,74 +181,6 @@ func shortPeer(p string) string {
 		return id.Short()
 	}
 	return p
-}
-
-// connWatcher polls the transport for each member's connection id and
-// counts the distinct ids it sees: the transport reports only the current
-// connection, and a new id means a new connection.
-type connWatcher struct {
-	rpc      transport.RPC
-	registry membership.Source
-
-	mu    sync.Mutex
-	peers map[membership.NodeID]*peerConns
-}
-
-type peerConns struct {
-	id          membership.NodeID
-	up          bool
-	lastConn    uint64
-	connections uint64
-}
-
-func newConnWatcher(rpc transport.RPC, registry membership.Source) *connWatcher {
-	return &connWatcher{rpc: rpc, registry: registry, peers: map[membership.NodeID]*peerConns{}}
-}
-
-func (w *connWatcher) run(ctx context.Context, self membership.NodeID, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		w.poll(self)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (w *connWatcher) poll(self membership.NodeID) {
-	ids := w.registry.Current().IDs()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, id := range ids {
-		if id == self {
-			continue
-		}
-		p := w.peers[id]
-		if p == nil {
-			p = &peerConns{id: id}
-			w.peers[id] = p
-		}
-		conn, up := w.rpc.ConnID(id)
-		p.up = up
-		if up && conn != p.lastConn {
-			p.lastConn = conn
-			p.connections++
-		}
-	}
-}
-
-func (w *connWatcher) snapshot() []peerConns {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := make([]peerConns, 0, len(w.peers))
-	for _, p := range w.peers {
-		out = append(out, *p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].id.Less(out[j].id) })
-	return out
 }
 
 func sortedKeys(m map[string]uint64) []string {
