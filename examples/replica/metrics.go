@@ -45,6 +45,9 @@ var (
 	descAdvertised    = prometheus.NewDesc("abcast_advertised_ids", "Distinct artifact ids peers advertise to this node.", []string{"channel"}, nil)
 	descPanics        = prometheus.NewDesc("abcast_consumer_panics_total", "Panics of the consumer function (recovered).", []string{"channel"}, nil)
 	descPeerUp        = prometheus.NewDesc("abcast_peer_up", "1 while the peer is a member and a connection to it is up.", []string{"peer"}, nil)
+	descChanFailed    = prometheus.NewDesc("abcast_channel_failed", "1 once the channel's supervisor gave up on it (its actors kept crashing); it no longer delivers.", []string{"channel"}, nil)
+	descUnconfirmed   = prometheus.NewDesc("abcast_consumer_unconfirmed", "Events waiting for the consumer or handed to it and not yet confirmed.", []string{"channel"}, nil)
+	descRedelivered   = prometheus.NewDesc("abcast_consumer_redeliveries_total", "Events handed to the consumer again because they were not confirmed.", []string{"channel"}, nil)
 	descPeerMember    = prometheus.NewDesc("abcast_peer_member", "1 while the registry lists the peer.", []string{"peer"}, nil)
 	descPeerBytes     = prometheus.NewDesc("abcast_peer_sent_bytes_total", "Bytes sent to one peer by kind: updates and fetches_served.", []string{"channel", "peer", "kind"}, nil)
 	descConnEvents    = prometheus.NewDesc("abcast_connection_events_total", "Transport connection events (up, down) seen by the node, all peers together.", []string{"event"}, nil)
@@ -76,7 +79,7 @@ func newCollector(node *actors.Node, chans []*actors.Channel) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSlotUpdates, descUpdatesRef, descUpdatesOut, descFetchStarted, descFetchOK, descFetchFailed,
 		descFetchAttempts, descFetchCancel, descBadFetch, descPublished, descAborted, descPubRefused, descDelivered, descPushed,
-		descWithdrawn, descBytes, descLive, descActive, descAdvertised, descPanics, descPeerUp, descPeerMember, descConnections, descReconnects,
+		descWithdrawn, descBytes, descLive, descActive, descAdvertised, descPanics, descChanFailed, descUnconfirmed, descRedelivered, descPeerUp, descPeerMember, descConnections, descReconnects,
 		descStreams, descRestarts, descDeadLetters, descRefusals, descPeerBytes, descConnEvents} {
 		ch <- d
 	}
@@ -140,6 +143,13 @@ func (c *collector) Collect(out chan<- prometheus.Metric) {
 			counter(descPeerBytes, s.BytesServedTo[p], name, shortPeer(p), "fetches_served")
 		}
 		counter(descPanics, s.ConsumerPanics, name)
+		counter(descRedelivered, s.Redeliveries, name)
+		gauge(descUnconfirmed, float64(s.Unconfirmed), name)
+		failed := 0.0
+		if s.Failed {
+			failed = 1
+		}
+		gauge(descChanFailed, failed, name)
 		gauge(descLive, float64(s.Live), name)
 		gauge(descActive, float64(s.ActiveFetches), name)
 		gauge(descAdvertised, float64(s.AdvertisedIDs), name)
