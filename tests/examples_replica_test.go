@@ -422,6 +422,12 @@ func TestExamplesReplicaProcessesPublishAndMetrics(t *testing.T) {
 		t.Errorf("status of %s: %+v, want its id, 2 peers, 1 block held", b.id.Short(), st)
 	}
 
+	if resp, err := httpClient.Get(a.url("/healthz")); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("healthz: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
 	// /peers: replica a asks the other replicas' status actors over the
 	// actor remote (the same connections as the broadcast) and shows what
 	// each answered.

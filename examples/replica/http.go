@@ -31,6 +31,13 @@ func (r *replica) handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.promReg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", r.serveStatus)
 	mux.HandleFunc("GET /peers", r.servePeers)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := r.node.Health(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("POST /publish", r.servePublish)
 	mux.HandleFunc("POST /abort", r.serveAbort)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
