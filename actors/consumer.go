@@ -228,7 +228,6 @@ func (a *consumerActor) pump(ctx actor.Context) {
 	}
 	inflight := 0
 	var send []*pending
-	now := now()
 	for _, p := range d.q {
 		if p.sent && p.binding == binding {
 			inflight++
@@ -237,14 +236,22 @@ func (a *consumerActor) pump(ctx actor.Context) {
 		if inflight+len(send) >= c.n.cfg.ConsumerWindow {
 			break
 		}
-		p.sent, p.binding, p.sentAt = true, binding, now
-		p.attempt++
 		send = append(send, p)
 	}
 	d.mu.Unlock()
 	for _, p := range send {
+		// The test hook may crash us here, as a bug would: the event is not
+		// marked handed over, so it goes out after the restart.
+		c.hook("consumer", p.ev)
+		d.mu.Lock()
+		if p.sent && p.binding == d.binding || d.binding != binding {
+			d.mu.Unlock()
+			continue
+		}
+		p.sent, p.binding, p.sentAt = true, binding, now()
+		p.attempt++
 		ev := p.hand()
-		c.hook("consumer", ev)
+		d.mu.Unlock()
 		if p.attempt > 1 {
 			c.updateStats(func(s *ChannelStats) { s.Redeliveries++ })
 		}
@@ -287,10 +294,12 @@ func (a *consumerActor) pumpFunc(ctx actor.Context) {
 			a.schedule(ctx, p.retryAt)
 			return
 		}
-		p.attempt++
 		d.mu.Unlock()
+		c.hook("consumer", p.ev)
+		d.mu.Lock()
+		p.attempt++
 		ev := p.hand()
-		c.hook("consumer", ev)
+		d.mu.Unlock()
 		if p.attempt > 1 {
 			c.updateStats(func(s *ChannelStats) { s.Redeliveries++ })
 		}
