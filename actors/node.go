@@ -139,17 +139,17 @@ func NewNode(cfg Config, id *membership.Identity, source membership.Source, conn
 		return fail(errors.New("actors: NewNode needs a socket (or WithTransport)"))
 	}
 	n := &Node{
-		cfg:      cfg,
-		self:     id.ID,
-		log:      log.With().Str("node", id.ID.Short()).Logger(),
-		source:   source,
-		gate:     newGatedSource(source),
-		conn:     conn,
-		channels: make(map[string]*Channel),
+		cfg:       cfg,
+		self:      id.ID,
+		log:       log.With().Str("node", id.ID.Short()).Logger(),
+		source:    source,
+		gate:      newGatedSource(source),
+		conn:      conn,
+		channels:  make(map[string]*Channel),
 		up:        make(map[membership.NodeID]uint64),
 		peerConns: make(map[membership.NodeID]*PeerInfo),
-		members:  source.Current(),
-		presence: broadcast.NewPresence(helloRetry),
+		members:   source.Current(),
+		presence:  broadcast.NewPresence(helloRetry),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.system, n.ownSystem = o.system, o.system == nil
