@@ -231,12 +231,16 @@ func TestGarbageDatagramsCountedAndSurvived(t *testing.T) {
 
 // rawMember speaks the wire protocol by hand as node 0 towards node 1.
 func rawMember(t *testing.T, c *cluster) (*quic.Conn, func()) {
+	return rawMemberWith(t, c, &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive})
+}
+
+// rawMemberWith is rawMember with a QUIC config of the test's choosing.
+func rawMemberWith(t *testing.T, c *cluster, qconf *quic.Config) (*quic.Conn, func()) {
 	a, b := c.nodes[0], c.nodes[1]
 	qt := &quic.Transport{Conn: a.pc}
 	raddr, _ := net.ResolveUDPAddr("udp", b.addr)
 	conn, err := qt.Dial(t.Context(), raddr,
-		membership.ClientTLSConfig(a.id, membership.LatestMembers(a.src), b.id.ID, []string{ALPN}),
-		&quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive})
+		membership.ClientTLSConfig(a.id, membership.LatestMembers(a.src), b.id.ID, []string{ALPN}), qconf)
 	if err != nil {
 		t.Fatal(err)
 	}
