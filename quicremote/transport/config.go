@@ -116,7 +116,10 @@ type Config struct {
 	// that really receive at their address can take the rest of
 	// MaxPendingHandshakes. Default 32: a node reconnecting to a few dozen
 	// peers pays no extra round trip, a flood does. Must be in
-	// 0..MaxPendingHandshakes (0: always validate).
+	// 0..MaxPendingHandshakes: 0 validates every handshake,
+	// MaxPendingHandshakes none (the cap alone then refuses the excess,
+	// also from spoofed addresses, so honest newcomers are refused while a
+	// flood lasts).
 	RetryHandshakesAbove int
 
 	// AcceptHandshakeTimeout is the handshake idle timeout of incoming

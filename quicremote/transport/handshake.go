@@ -82,9 +82,10 @@ func (g *handshakeGate) install(qt *quic.Transport) error {
 }
 
 // verifySourceAddress is asked by quic-go about each first packet that
-// carries no valid address token.
+// carries no valid address token. Validation set to start at the cap
+// means no validation: the cap refuses instead.
 func (g *handshakeGate) verifySourceAddress(net.Addr) bool {
-	if g.inProgress.Load() < g.retryAbove {
+	if g.retryAbove >= g.max || g.inProgress.Load() < g.retryAbove {
 		return false
 	}
 	g.retries.Add(1)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/testutils/simnet"
+	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/membership"
 )
@@ -147,8 +148,13 @@ func lowerIdentity(t *testing.T, than membership.NodeID) *membership.Identity {
 // member's side, and neither reports the other up.
 func TestNonMemberHandshakeFails(t *testing.T) {
 	simTest(t, 1, DefaultConfig(), func(t *testing.T, c *cluster) {
-		c.start(0)
 		member := c.nodes[0]
+		var logs lockedLog
+		mtr, err := New(c.cfg, member.id, member.src, member.pc, zerolog.New(&logs), member.events.add)
+		if err != nil {
+			t.Fatal(err)
+		}
+		member.rpc = mtr
 		outsider := lowerIdentity(t, member.id.ID) // lower, so it dials
 		snap, err := membership.NewSnapshot(1, outsider.Member(c.spare.addr), member.id.Member(member.addr))
 		if err != nil {
@@ -168,6 +174,16 @@ func TestNonMemberHandshakeFails(t *testing.T) {
 		if _, err := tr.Call(t.Context(), member.id.ID, "echo", nil); !errors.Is(err, ErrNotConnected) {
 			t.Fatalf("outsider call: %v", err)
 		}
+		// Each refused handshake is counted, and logged at most once a
+		// second.
+		hs := mtr.Handshakes()
+		if hs.Failed < 2 || hs.Completed != 0 || hs.InProgress != 0 {
+			t.Fatalf("member's handshake counters after 20 s of refused dials: %+v", hs)
+		}
+		if n := logs.count("incoming handshake failed"); n == 0 || n > 21 {
+			t.Fatalf("%d log lines for %d failed handshakes in 20 s", n, hs.Failed)
+		}
+		t.Logf("%d failed handshakes, %d log lines", hs.Failed, logs.count("incoming handshake failed"))
 	})
 }
 

@@ -311,7 +311,16 @@ func writeSent(str *quic.Stream, p []byte, d time.Duration) error {
 	}
 	for off := 0; off < len(p); off += progressChunk {
 		_ = str.SetWriteDeadline(time.Now().Add(d))
-		if _, err := str.WriteWithLimit(p[off:min(off+progressChunk, len(p))], sendAll); err != nil {
+		end := min(off+progressChunk, len(p))
+		var err error
+		if end < len(p) {
+			// Write returns with the chunk's last kilobyte still queued,
+			// which keeps the stream busy until the next chunk arrives.
+			_, err = str.Write(p[off:end])
+		} else {
+			_, err = str.WriteWithLimit(p[off:end], sendAll)
+		}
+		if err != nil {
 			return err
 		}
 	}
