@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -57,7 +59,12 @@ func TestAttackTransportUnreadResponses(t *testing.T) {
 			strs = append(strs, str)
 		}
 		limit := int64(cfg.DefaultProtocolLimit)
-		eventuallyWithin(t, time.Minute, "the victim's handlers to run", func() bool { return served.Load() >= limit })
+		must(t, abcasttest.Eventually(time.Minute, func() error {
+			if n := served.Load(); n < limit {
+				return fmt.Errorf("%d of %d handlers run", n, limit)
+			}
+			return nil
+		}))
 
 		// While the attacker sits on its streams, what the victim retains
 		// for it is bounded by its budget; the honest peer is served.

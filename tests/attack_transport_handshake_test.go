@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net"
 	"runtime"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -136,7 +138,12 @@ func TestAttackTransportHandshakeFlood(t *testing.T) {
 					t.Errorf("%d handshakes refused in %d log lines over %v, want some, logged at most once a second", hs.Refused, refusedLines, dur)
 				}
 				// The flooded handshakes that got state end as abandoned.
-				eventuallyWithin(t, time.Minute, "the unfinished handshakes to end", func() bool { return victim.Handshakes().InProgress == 0 })
+				must(t, abcasttest.Eventually(time.Minute, func() error {
+					if n := victim.Handshakes().InProgress; n != 0 {
+						return fmt.Errorf("%d handshakes still in progress", n)
+					}
+					return nil
+				}))
 				if hs := victim.Handshakes(); hs.Abandoned == 0 {
 					t.Errorf("no abandoned handshake counted: %+v", hs)
 				}

@@ -19,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go/testutils/simnet"
 	"github.com/rs/zerolog"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -85,22 +86,12 @@ func (a *attackNet) start(i int, cfg transport.Config) *transport.Transport {
 // waitUp waits (virtual time) until tr sees peer up.
 func waitUp(t *testing.T, tr *transport.Transport, peer membership.NodeID) {
 	t.Helper()
-	eventuallyWithin(t, time.Minute, "peer "+peer.Short()+" up", func() bool {
-		_, up := tr.ConnID(peer)
-		return up
-	})
-}
-
-// eventuallyWithin polls f every 10 ms of virtual time, failing after d.
-func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+	must(t, abcasttest.Eventually(time.Minute, func() error {
+		if _, up := tr.ConnID(peer); !up {
+			return fmt.Errorf("peer %s not up", peer.Short())
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	}))
 }
 
 // rawMember dials endpoint to from endpoint from (which must have the lower

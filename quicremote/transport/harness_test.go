@@ -4,11 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -348,20 +349,14 @@ func mustHandle(t *testing.T, r RPC, protocol string, h Handler, limit int) {
 	}
 }
 
-// lockedLog collects log lines written from several goroutines.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), s)
+// countingLogger returns a logger that counts the lines whose message is
+// msg, for tests that check what is logged and how often.
+func countingLogger(msg string) (zerolog.Logger, *atomic.Int64) {
+	var n atomic.Int64
+	log := zerolog.New(io.Discard).Hook(zerolog.HookFunc(func(_ *zerolog.Event, _ zerolog.Level, m string) {
+		if m == msg {
+			n.Add(1)
+		}
+	}))
+	return log, &n
 }

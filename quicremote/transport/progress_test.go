@@ -56,12 +56,8 @@ func TestStalledRequestIsTimedOut(t *testing.T) {
 	cfg.MaxFrameSize = 1 << 20
 	cfg.MaxBytesPerPeer = 1 << 20
 	simTest(t, 2, cfg, func(t *testing.T, c *cluster) {
-		c.start(1)
-		b := c.nodes[1]
-		mustHandle(t, b.rpc, "echo", echo, 0)
-		conn, closeRaw := rawMember(t, c)
+		b, conn, closeRaw := rawAgainstNode1(t, c, nil)
 		defer closeRaw()
-		b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
 
 		whole := append(appendRequestHeader(nil, kindCall, "echo", cfg.MaxFrameSize), make([]byte, cfg.MaxFrameSize)...)
 		hdr := 3 + len("echo")
@@ -103,15 +99,11 @@ func TestStalledRequestIsTimedOut(t *testing.T) {
 // still wait in quic-go for a window that never opens.
 func TestUnreadSmallResponsesAreReset(t *testing.T) {
 	simTest(t, 2, DefaultConfig(), func(t *testing.T, c *cluster) {
-		c.start(1)
-		b := c.nodes[1]
-		mustHandle(t, b.rpc, "echo", echo, 0)
-		conn, closeRaw := rawMemberWith(t, c, &quic.Config{
+		b, conn, closeRaw := rawAgainstNode1(t, c, &quic.Config{
 			MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive,
 			InitialStreamReceiveWindow: 1, MaxStreamReceiveWindow: 1,
 		})
 		defer closeRaw()
-		b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
 
 		const streams = 10
 		var strs []*quic.Stream
@@ -150,11 +142,8 @@ func TestAnswersBoundedOnReading(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.MaxErrorText = 100
 	simTest(t, 2, cfg, func(t *testing.T, c *cluster) {
-		c.start(1)
-		b := c.nodes[1]
-		conn, closeRaw := rawMember(t, c)
+		b, conn, closeRaw := rawAgainstNode1(t, c, nil)
 		defer closeRaw()
-		b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
 		answers := map[string][]byte{
 			"push-payload": append(appendResponseHeader(nil, statusOK, 5), "hello"...),
 			"push-empty":   appendResponseHeader(nil, statusOK, 0),

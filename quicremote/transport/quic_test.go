@@ -17,7 +17,6 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/testutils/simnet"
-	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/membership"
 )
@@ -149,8 +148,8 @@ func lowerIdentity(t *testing.T, than membership.NodeID) *membership.Identity {
 func TestNonMemberHandshakeFails(t *testing.T) {
 	simTest(t, 1, DefaultConfig(), func(t *testing.T, c *cluster) {
 		member := c.nodes[0]
-		var logs lockedLog
-		mtr, err := New(c.cfg, member.id, member.src, member.pc, zerolog.New(&logs), member.events.add)
+		log, logged := countingLogger("incoming handshake failed")
+		mtr, err := New(c.cfg, member.id, member.src, member.pc, log, member.events.add)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,10 +179,10 @@ func TestNonMemberHandshakeFails(t *testing.T) {
 		if hs.Failed < 2 || hs.Completed != 0 || hs.InProgress != 0 {
 			t.Fatalf("member's handshake counters after 20 s of refused dials: %+v", hs)
 		}
-		if n := logs.count("incoming handshake failed"); n == 0 || n > 21 {
+		if n := logged.Load(); n == 0 || n > 21 {
 			t.Fatalf("%d log lines for %d failed handshakes in 20 s", n, hs.Failed)
 		}
-		t.Logf("%d failed handshakes, %d log lines", hs.Failed, logs.count("incoming handshake failed"))
+		t.Logf("%d failed handshakes, %d log lines", hs.Failed, logged.Load())
 	})
 }
 
@@ -250,6 +249,21 @@ func rawMember(t *testing.T, c *cluster) (*quic.Conn, func()) {
 	return rawMemberWith(t, c, &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive})
 }
 
+// rawAgainstNode1 starts node 1 with an echo handler and connects to it as
+// node 0 speaking the protocol by hand (rawMemberWith), once node 1 sees
+// node 0 up.
+func rawAgainstNode1(t *testing.T, c *cluster, qconf *quic.Config) (*tnode, *quic.Conn, func()) {
+	c.start(1)
+	b := c.nodes[1]
+	mustHandle(t, b.rpc, "echo", echo, 0)
+	if qconf == nil {
+		qconf = &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive}
+	}
+	conn, closeRaw := rawMemberWith(t, c, qconf)
+	b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
+	return b, conn, closeRaw
+}
+
 // rawMemberWith is rawMember with a QUIC config of the test's choosing.
 func rawMemberWith(t *testing.T, c *cluster, qconf *quic.Config) (*quic.Conn, func()) {
 	a, b := c.nodes[0], c.nodes[1]
@@ -301,12 +315,8 @@ func rawRequest(t *testing.T, conn *quic.Conn, b []byte, fin bool) (quic.StreamE
 // its connection keeps working.
 func TestGarbageStreamFramesCountedAndSurvived(t *testing.T) {
 	simTest(t, 2, DefaultConfig(), func(t *testing.T, c *cluster) {
-		c.start(1)
-		b := c.nodes[1]
-		mustHandle(t, b.rpc, "echo", echo, 0)
-		conn, closeRaw := rawMember(t, c)
+		b, conn, closeRaw := rawAgainstNode1(t, c, nil)
 		defer closeRaw()
-		b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
 
 		req := func(kind byte, name string, payload []byte) []byte {
 			return append(appendRequestHeader(nil, kind, name, len(payload)), payload...)

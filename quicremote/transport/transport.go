@@ -650,10 +650,7 @@ func (t *Transport) heartbeat(conn *quic.Conn) {
 func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream) {
 	defer t.wg.Done()
 	defer str.ReleaseStreamCredit()
-	reset := func(code quic.StreamErrorCode) {
-		str.CancelRead(code)
-		str.CancelWrite(code)
-	}
+	reset := func(code quic.StreamErrorCode) { resetStream(str, code) }
 	log := t.log.With().Str("peer", peer.Short()).Int64("stream", int64(str.StreamID())).Logger()
 
 	// HeaderTimeout covers the header and, for a request, its frame
@@ -753,16 +750,31 @@ func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID,
 	_ = str.Close()
 }
 
+// readLastFrame reads a payload of n bytes and the end of the stream that
+// must follow, under the progress rule.
+func readLastFrame(str *quic.Stream, n int, d time.Duration) ([]byte, error) {
+	pr := &progressReader{str: str, d: d}
+	defer pr.done()
+	b, err := readPayload(pr, n)
+	if err == nil {
+		err = expectEOF(pr)
+	}
+	return b, err
+}
+
+// resetStream abandons both directions of str with code.
+func resetStream(str *quic.Stream, code quic.StreamErrorCode) {
+	str.CancelRead(code)
+	str.CancelWrite(code)
+}
+
 // readRequest reads a request's frame length (under the header deadline
 // already set), charges it to the peer's budget and reads the payload and
 // the end of the stream under the progress rule. It returns the payload
 // and the bytes charged (for the caller to release), or resets the stream
 // and reports false.
 func (t *Transport) readRequest(str *quic.Stream, ctrs *peerCounters, log zerolog.Logger) ([]byte, int, bool) {
-	reset := func(code quic.StreamErrorCode) {
-		str.CancelRead(code)
-		str.CancelWrite(code)
-	}
+	reset := func(code quic.StreamErrorCode) { resetStream(str, code) }
 	n, err := readFrameLen(str, t.cfg.MaxFrameSize)
 	if errors.Is(err, errTooLarge) {
 		ctrs.oversized.Add(1)
@@ -778,13 +790,7 @@ func (t *Transport) readRequest(str *quic.Stream, ctrs *peerCounters, log zerolo
 	}
 	var req []byte
 	if err == nil {
-		pr := &progressReader{str: str, d: t.cfg.ProgressTimeout}
-		req, err = readPayload(pr, n)
-		if err == nil {
-			err = expectEOF(pr)
-		}
-		pr.done()
-		if err != nil {
+		if req, err = readLastFrame(str, n, t.cfg.ProgressTimeout); err != nil {
 			ctrs.unhold(n)
 		}
 	}
@@ -976,12 +982,7 @@ func (t *Transport) exchange(str *quic.Stream, peer membership.NodeID, protocol 
 			return nil, ErrRefused, nil, fmt.Sprintf("response of %d bytes does not fit our memory budget for the peer", n)
 		}
 		defer ctrs.unhold(n)
-		pr := &progressReader{str: str, d: t.cfg.ProgressTimeout}
-		resp, err = readPayload(pr, n)
-		if err == nil {
-			err = expectEOF(pr)
-		}
-		pr.done()
+		resp, err = readLastFrame(str, n, t.cfg.ProgressTimeout)
 	}
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
