@@ -80,9 +80,10 @@ func TestAttackTransportUnreadResponses(t *testing.T) {
 		}
 		peak.see(retainedHeap())
 		// Bound: the peer's budget (responses being written and requests),
-		// plus 8 MiB for both QUIC stacks' windows and buffers (the
-		// attacker's own receive buffers live in this process too).
-		bound := uint64(cfg.MaxBytesPerPeer) + 8<<20
+		// plus one response for the honest fetch and 8 MiB for the QUIC
+		// stacks' windows and buffers: the honest node and the attacker
+		// live in this process too.
+		bound := uint64(cfg.MaxBytesPerPeer) + respSize + 8<<20
 		growth := int64(peak.get()) - int64(base)
 		t.Logf("retained heap: base %.1f MiB, peak %.1f MiB, growth %.1f MiB, bound %.1f MiB; handlers run %d",
 			mib(base), mib(peak.get()), float64(growth)/(1<<20), mib(bound), served.Load())
