@@ -15,6 +15,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Messages of the receiver side.
@@ -325,7 +326,10 @@ func (f *fetchActor) try(ctx actor.Context) {
 	}
 	c.n.goTracked(func() {
 		defer cancel()
-		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req)
+		// An answer is at most the largest artifact the wire limits allow
+		// (MaxMessageLen covers the fetch response); the transport refuses
+		// anything larger before reading it.
+		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxMessageLen()))
 		var art *broadcast.Artifact
 		if err == nil {
 			art, err = wire.DecodeFetchResponse(resp, c.limit)

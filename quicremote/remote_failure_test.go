@@ -539,7 +539,7 @@ func TestRemoteBatchesFitMaxBatchBytes(t *testing.T) {
 	const limit = 1024
 	c := newRCluster(t, 2, rclusterOpts{mem: true,
 		remote: func(_ int, rc *quicremote.Config) { rc.MaxBatchBytes = limit },
-		tcfg:   func(tc *transport.Config) { tc.MaxFrameSize = limit; tc.MaxRequestBytesPerPeer = 1 << 20 },
+		tcfg:   func(tc *transport.Config) { tc.MaxFrameSize = limit; tc.MaxBytesPerPeer = 1 << 20 },
 	})
 	a, b := c.nodes[0], c.nodes[1]
 	c.waitMesh()

@@ -227,8 +227,8 @@ func (c *Config) nodeConfigs() (actors.Config, transport.Config, *membership.Sna
 		acfg.Wire.MaxPayloadLen = int(l.MaxPayload)
 		// A frame carries the payload plus id, attribute and framing.
 		tcfg.MaxFrameSize = int(l.MaxPayload) + acfg.Wire.MaxIDLen + acfg.Wire.MaxAttributeLen + 4096
-		// A peer may have two maximal requests in our memory at once.
-		tcfg.MaxRequestBytesPerPeer = max(tcfg.MaxRequestBytesPerPeer, 2*tcfg.MaxFrameSize)
+		// A peer may have two maximal frames in our memory at once.
+		tcfg.MaxBytesPerPeer = max(tcfg.MaxBytesPerPeer, 2*tcfg.MaxFrameSize)
 	}
 	if l.KeepAlive != 0 {
 		tcfg.KeepAlive = time.Duration(l.KeepAlive)

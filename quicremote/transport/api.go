@@ -36,13 +36,20 @@ type RPC interface {
 	// ends as well. When the peer is slow (all its stream credits for us
 	// taken by running handlers), Call waits for a credit until ctx ends
 	// and then fails with ErrCancelled; when the protocol is at its limit
-	// on the peer, Call fails at once with ErrRefused. Errors are *Error.
-	Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte) ([]byte, error)
+	// on the peer, Call fails at once with ErrRefused. A response above
+	// the call's limit (MaxResponse, else Config.MaxFrameSize) fails with
+	// ErrTooLarge before its payload is read; one that does not fit the
+	// peer's memory budget on either side (MaxBytesPerPeer) fails with
+	// ErrRefused although the handler ran. A handler's error text is cut
+	// to our MaxErrorText. Errors are *Error.
+	Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte, opts ...CallOption) ([]byte, error)
 
 	// Push is Call without a response payload: it returns nil once the
 	// peer's handler has returned nil for msg. Waiting for the handler
 	// (rather than only for delivery) gives the sender a definite answer
-	// and keeps sequential pushes from one goroutine in order.
+	// and keeps sequential pushes from one goroutine in order. An answer
+	// that carries a payload breaks the protocol: Push fails with
+	// ErrProtocol without reading it, and counts it as a garbage frame.
 	Push(ctx context.Context, peer membership.NodeID, protocol string, msg []byte) error
 
 	// HandleStream registers h for protocol's long-lived streams, at most
@@ -69,7 +76,7 @@ type RPC interface {
 	Peers() []membership.NodeID
 
 	// Reserve charges n bytes to peer's memory budget
-	// (Config.MaxRequestBytesPerPeer), the budget that also bounds the
+	// (Config.MaxBytesPerPeer), the budget that also bounds the
 	// transport's own frames held for that peer. Layers above charge here
 	// what a peer makes them hold beyond a frame (decoded copies, queued
 	// messages, responses being written), so that one figure bounds a
@@ -108,11 +115,23 @@ type Stream interface {
 
 	// Recv returns the next frame, or io.EOF once the peer has closed its
 	// sending side and every frame before that was returned. A frame
-	// returned by Recv counts against the peer's MaxRequestBytesPerPeer
-	// until the next Recv or Close; one that would exceed it, or exceeds
-	// MaxFrameSize, resets the stream (ErrRefused, ErrTooLarge). Errors
-	// other than io.EOF are *Error. Close unblocks a waiting Recv.
+	// returned by Recv counts against the peer's MaxBytesPerPeer until the
+	// next Recv or Close; one that would exceed it, or exceeds the
+	// stream's receive limit (SetRecvLimit), resets the stream
+	// (ErrRefused, ErrTooLarge) before its payload is read. A frame whose
+	// payload stops arriving for ProgressTimeout resets it too
+	// (ErrProtocol). Errors other than io.EOF are *Error. Close unblocks a
+	// waiting Recv.
 	Recv() ([]byte, error)
+
+	// SetRecvLimit bounds the frames Recv accepts from now on, in bytes:
+	// a larger one is refused as described under Recv and counted as an
+	// oversized frame. n <= 0, or above MaxFrameSize, means MaxFrameSize
+	// (the default). A protocol that knows what a direction can carry
+	// (acknowledgements of a few bytes, batches of at most its own size
+	// limit) sets it so that a peer cannot make it hold MaxFrameSize there.
+	// Call it before Recv or on Recv's goroutine.
+	SetRecvLimit(n int)
 
 	// CloseSend ends our direction after the frames already sent; the peer
 	// sees io.EOF once it has read them. Recv keeps working.
@@ -162,21 +181,60 @@ func (PeerDown) peerEvent() {}
 // channel or actor) but may call ConnID and Peers.
 type EventFunc func(PeerEvent)
 
+// CallOption adjusts one Call.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	maxResponse int
+}
+
+// MaxResponse bounds the response a Call accepts to n bytes (n < 0 counts
+// as 0). A larger one fails the Call with ErrTooLarge from its length
+// alone, its payload unread, and is counted against the peer as an
+// oversized frame. Without it a Call accepts up to Config.MaxFrameSize;
+// give every Call the most its request can legitimately return (a fetch:
+// the largest encoded artifact), so that a peer cannot make us read more.
+func MaxResponse(n int) CallOption {
+	return func(o *callOptions) { o.maxResponse = max(n, 0) }
+}
+
+// responseLimit is what a Call with opts accepts under cfg.
+func responseLimit(cfg Config, opts []CallOption) int {
+	o := callOptions{maxResponse: cfg.MaxFrameSize}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return min(o.maxResponse, cfg.MaxFrameSize)
+}
+
 // PeerStats counts one peer's misbehaviour and our refusals.
 type PeerStats struct {
-	GarbageFrames   uint64 // undecodable headers/frames, trailing bytes, header timeouts
-	OversizedFrames uint64 // frames above MaxFrameSize (either direction)
-	RefusedStreams  uint64 // incoming streams refused: no handler or protocol busy
+	// GarbageFrames: frames that break the wire protocol: undecodable
+	// headers, frames or responses, trailing bytes, a Push answered with a
+	// payload, and requests or stream frames that stalled part way
+	// (HeaderTimeout, ProgressTimeout).
+	GarbageFrames uint64
+	// OversizedFrames: frames above MaxFrameSize (either direction), above
+	// a stream's receive limit, or responses above a Call's MaxResponse.
+	OversizedFrames uint64
+	// RefusedStreams: incoming streams refused (no handler, protocol busy)
+	// and requests, responses and stream frames refused because the peer's
+	// memory budget (MaxBytesPerPeer) could not take them.
+	RefusedStreams uint64
+	// StalledWrites: requests or responses we were writing to the peer
+	// that made no progress for ProgressTimeout (the peer stopped reading);
+	// their streams were reset.
+	StalledWrites uint64
 }
 
 type peerCounters struct {
-	garbage, oversized, refused atomic.Uint64
-	// held is the request bytes of this peer in memory now (read, handler
-	// not yet returned), bounded by Config.MaxRequestBytesPerPeer.
+	garbage, oversized, refused, stalled atomic.Uint64
+	// held is what this peer makes us hold in memory now, in bytes,
+	// bounded by Config.MaxBytesPerPeer (see there for what is charged).
 	held atomic.Int64
 }
 
-// hold reserves n bytes of the peer's request budget, or reports false.
+// hold reserves n bytes of the peer's memory budget, or reports false.
 func (c *peerCounters) hold(n, limit int) bool {
 	if c.held.Add(int64(n)) > int64(limit) {
 		c.held.Add(-int64(n))
@@ -188,5 +246,5 @@ func (c *peerCounters) hold(n, limit int) bool {
 func (c *peerCounters) unhold(n int) { c.held.Add(-int64(n)) }
 
 func (c *peerCounters) snapshot() PeerStats {
-	return PeerStats{GarbageFrames: c.garbage.Load(), OversizedFrames: c.oversized.Load(), RefusedStreams: c.refused.Load()}
+	return PeerStats{GarbageFrames: c.garbage.Load(), OversizedFrames: c.oversized.Load(), RefusedStreams: c.refused.Load(), StalledWrites: c.stalled.Load()}
 }

@@ -15,18 +15,30 @@ const ALPN = "abcast/1"
 type Config struct {
 	// MaxFrameSize is the largest request or response payload, in bytes.
 	// Default 128 MiB, the reference's maximum artifact size. A frame is
-	// held in memory whole; MaxRequestBytesPerPeer bounds how many a peer
-	// may have us hold at once.
-	// Must be in 1..2^32-1 (the length prefix is 32 bits).
+	// held in memory whole; MaxBytesPerPeer bounds how many a peer may have
+	// us hold at once. Must be in 1..2^32-1 (the length prefix is 32 bits).
 	MaxFrameSize int
 
-	// MaxRequestBytesPerPeer bounds the request bytes one peer may have
-	// in our memory at once (read and not yet answered by their handlers).
-	// A request that would exceed it is refused before its payload is read
-	// (ErrRefused at the caller, who may retry). Without it a peer could make
-	// us hold MaxIncomingStreams × MaxFrameSize (12.8 GiB with the
-	// defaults). Must be at least MaxFrameSize. Default 256 MiB.
-	MaxRequestBytesPerPeer int
+	// MaxBytesPerPeer bounds everything one peer can make us hold in
+	// memory at once, in bytes. Charged to it, each for as long as it is
+	// held:
+	//   - a request frame it sent, from its length prefix until its handler
+	//     returned;
+	//   - a frame on a long-lived stream, from Recv until the next Recv;
+	//   - a response we write to it, until the last byte was taken by QUIC
+	//     (or the stream was reset);
+	//   - a response we read from it, while Call reads it;
+	//   - whatever the layers above charge with RPC.Reserve (decoded
+	//     copies, queued messages).
+	// What does not fit is refused without waiting: a request before its
+	// payload is read, a response before it is written or read (the caller
+	// sees ErrRefused and may retry), a stream frame by resetting the
+	// stream. Without it a peer could make us hold MaxIncomingStreams ×
+	// MaxFrameSize (12.8 GiB with the defaults) in requests alone, and as
+	// much again in responses it never reads. Must be at least
+	// MaxFrameSize. Default 256 MiB: two frames of the largest size, so one
+	// large transfer each way fits beside small traffic.
+	MaxBytesPerPeer int
 
 	// MaxIncomingStreams bounds the streams a peer may have open towards us
 	// at once on one connection, counting streams whose handler is still
@@ -61,10 +73,65 @@ type Config struct {
 	WelcomeTimeout time.Duration
 
 	// HeaderTimeout is how long an incoming stream may take to deliver its
-	// header (protocol name) before it is reset and counted as garbage. It
-	// stops a peer from holding stream slots without saying what it wants.
-	// Default 5 s.
+	// header (protocol name and, for a request, the frame length) before it
+	// is reset and counted as garbage. It stops a peer from holding stream
+	// slots without saying what it wants. Default 5 s.
 	HeaderTimeout time.Duration
+
+	// ProgressTimeout is how long a frame in transit may go without moving
+	// one chunk (64 KiB) further: a request or response payload we read
+	// (or the end of a request), a stream frame once its length arrived,
+	// and a request or response we write. A write that stalls means the
+	// peer stopped reading (its flow control holds us); a read that stalls
+	// means it stopped sending part way. Either way the stream is reset,
+	// what it held of the peer's budget is given back, and it is counted
+	// (StalledWrites, or GarbageFrames for reads). Not applied to writes
+	// on long-lived streams, where a reader that falls behind is the
+	// intended pushback (Stream.Send takes a context instead), nor to the
+	// wait for a handler's answer. Default 5 s, the IdleTimeout: a path
+	// that cannot move 64 KiB in that long (13 KB/s) would take hours for
+	// one large artifact, while an honest reader, which reads promptly,
+	// keeps the window open.
+	ProgressTimeout time.Duration
+
+	// MaxPendingHandshakes bounds incoming QUIC handshakes in progress
+	// (from the client's first packet until we accept the connection). A
+	// handshake costs state before the client has proved anything, not
+	// even its address: about 25 KB of heap and four goroutines in quic-go
+	// (measured on v0.65), for up to 2 × AcceptHandshakeTimeout. One
+	// beyond the bound is refused at once (CONNECTION_REFUSED, counted in
+	// Handshakes().Refused and logged at most once a second). So the
+	// unauthenticated world can cost us at most MaxPendingHandshakes ×
+	// (25 KB + 4 goroutines): 6.4 MB and 1,024 goroutines with the
+	// default. Default 256, far above what honest members need (one
+	// handshake per lower-id member reconnecting, all at once after a
+	// restart of ours).
+	MaxPendingHandshakes int
+
+	// RetryHandshakesAbove is the number of handshakes in progress above
+	// which a new one must first prove its source address with a QUIC Retry
+	// (one extra round trip; quic-go's Transport.VerifySourceAddress).
+	// Spoofed packets never complete a Retry, so a flood from forged or
+	// silent addresses holds at most this many handshakes; only clients
+	// that really receive at their address can take the rest of
+	// MaxPendingHandshakes. Default 32: a node reconnecting to a few dozen
+	// peers pays no extra round trip, a flood does. Must be in
+	// 0..MaxPendingHandshakes: 0 validates every handshake,
+	// MaxPendingHandshakes none (the cap alone then refuses the excess,
+	// also from spoofed addresses, so honest newcomers are refused while a
+	// flood lasts).
+	RetryHandshakesAbove int
+
+	// AcceptHandshakeTimeout is the handshake idle timeout of incoming
+	// connections (quic-go's HandshakeIdleTimeout on the listener): a client
+	// silent this long is dropped, and any handshake is dropped after twice
+	// this. It bounds how long a silent handshake holds one of
+	// MaxPendingHandshakes. Default 1 s: an honest client retransmits well
+	// within that (quic-go's first retransmission timeouts are a few
+	// hundred milliseconds on our paths); one unlucky enough to lose three
+	// in a row redials after ReconnectBackoffMin. Dials keep
+	// HandshakeTimeout.
+	AcceptHandshakeTimeout time.Duration
 
 	// ReconnectBackoffMin and ReconnectBackoffMax bound the delay between
 	// dial attempts to a peer: it starts at Min, doubles after each failure
@@ -97,7 +164,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxFrameSize:            128 << 20,
-		MaxRequestBytesPerPeer:  256 << 20,
+		MaxBytesPerPeer:         256 << 20,
 		MaxIncomingStreams:      100,
 		DefaultProtocolLimit:    32,
 		KeepAlive:               time.Second,
@@ -105,6 +172,10 @@ func DefaultConfig() Config {
 		HandshakeTimeout:        5 * time.Second,
 		WelcomeTimeout:          5 * time.Second,
 		HeaderTimeout:           5 * time.Second,
+		ProgressTimeout:         5 * time.Second,
+		MaxPendingHandshakes:    256,
+		RetryHandshakesAbove:    32,
+		AcceptHandshakeTimeout:  time.Second,
 		ReconnectBackoffMin:     250 * time.Millisecond,
 		ReconnectBackoffMax:     3 * time.Second,
 		InitialStreamWindow:     512 << 10,
@@ -124,7 +195,7 @@ func (c Config) Validate() error {
 		}
 	}
 	check(c.MaxFrameSize > 0 && uint64(c.MaxFrameSize) <= 1<<32-1, "MaxFrameSize %d out of 1..2^32-1", c.MaxFrameSize)
-	check(c.MaxRequestBytesPerPeer >= c.MaxFrameSize, "MaxRequestBytesPerPeer %d below MaxFrameSize %d", c.MaxRequestBytesPerPeer, c.MaxFrameSize)
+	check(c.MaxBytesPerPeer >= c.MaxFrameSize, "MaxBytesPerPeer %d below MaxFrameSize %d", c.MaxBytesPerPeer, c.MaxFrameSize)
 	check(c.MaxIncomingStreams > 0, "MaxIncomingStreams %d must be positive", c.MaxIncomingStreams)
 	check(c.DefaultProtocolLimit > 0 && c.DefaultProtocolLimit <= c.MaxIncomingStreams,
 		"DefaultProtocolLimit %d out of 1..MaxIncomingStreams", c.DefaultProtocolLimit)
@@ -133,6 +204,11 @@ func (c Config) Validate() error {
 	check(c.HandshakeTimeout > 0, "HandshakeTimeout %v must be positive", c.HandshakeTimeout)
 	check(c.WelcomeTimeout > 0, "WelcomeTimeout %v must be positive", c.WelcomeTimeout)
 	check(c.HeaderTimeout > 0, "HeaderTimeout %v must be positive", c.HeaderTimeout)
+	check(c.ProgressTimeout > 0, "ProgressTimeout %v must be positive", c.ProgressTimeout)
+	check(c.MaxPendingHandshakes > 0, "MaxPendingHandshakes %d must be positive", c.MaxPendingHandshakes)
+	check(c.RetryHandshakesAbove >= 0 && c.RetryHandshakesAbove <= c.MaxPendingHandshakes,
+		"RetryHandshakesAbove %d out of 0..MaxPendingHandshakes", c.RetryHandshakesAbove)
+	check(c.AcceptHandshakeTimeout > 0, "AcceptHandshakeTimeout %v must be positive", c.AcceptHandshakeTimeout)
 	check(c.ReconnectBackoffMin > 0 && c.ReconnectBackoffMax >= c.ReconnectBackoffMin,
 		"reconnect backoff %v..%v invalid", c.ReconnectBackoffMin, c.ReconnectBackoffMax)
 	check(c.InitialStreamWindow > 0 && c.MaxStreamWindow >= c.InitialStreamWindow,

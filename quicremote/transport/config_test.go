@@ -21,6 +21,12 @@ func TestConfigValidateRejects(t *testing.T) {
 		"backoff inverted":    func(c *Config) { c.ReconnectBackoffMax = time.Millisecond },
 		"window inverted":     func(c *Config) { c.MaxStreamWindow = c.InitialStreamWindow - 1 },
 		"conn < stream":       func(c *Config) { c.InitialConnectionWindow = c.InitialStreamWindow - 1 },
+		"budget < frame":      func(c *Config) { c.MaxBytesPerPeer = c.MaxFrameSize - 1 },
+		"no progress timeout": func(c *Config) { c.ProgressTimeout = 0 },
+		"no handshakes":       func(c *Config) { c.MaxPendingHandshakes = 0 },
+		"retry above cap":     func(c *Config) { c.RetryHandshakesAbove = c.MaxPendingHandshakes + 1 },
+		"negative retry":      func(c *Config) { c.RetryHandshakesAbove = -1 },
+		"no accept timeout":   func(c *Config) { c.AcceptHandshakeTimeout = 0 },
 	} {
 		c := DefaultConfig()
 		mut(&c)

@@ -39,7 +39,106 @@ var conformanceCases = []conformanceCase{
 	{"PushOrderFromOneSender", 2, nil, testPushOrder},
 	{"HandlerKnowsItsConnection", 2, nil, testHandlerConnID},
 	{"ProtocolLimitIsPerPeer", 3, nil, testProtocolLimitPerPeer},
-	{"RequestBytesBudgetPerPeer", 3, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxRequestBytesPerPeer = 128 << 10 }, testRequestBudget},
+	{"RequestBytesBudgetPerPeer", 3, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxBytesPerPeer = 128 << 10 }, testRequestBudget},
+	{"CallResponseLimit", 2, nil, testCallResponseLimit},
+	{"ResponsesChargedToBothBudgets", 2, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxBytesPerPeer = 128 << 10 }, testResponseBudget},
+	{"RequestReleasedBeforeResponseCharged", 2, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxBytesPerPeer = 64 << 10 }, testEchoOfBudgetSize},
+}
+
+// testCallResponseLimit: a response above the call's MaxResponse fails the
+// Call with ErrTooLarge and is counted against the peer; one within it is
+// returned; MaxResponse(0) (or below) admits only empty responses; the
+// connection survives.
+func testCallResponseLimit(t *testing.T, c *cluster) {
+	idx := startAll(c)
+	a, b := c.nodes[0], c.nodes[1]
+	mustHandle(t, b.rpc, "two-k", func(context.Context, membership.NodeID, []byte) ([]byte, error) {
+		return make([]byte, 2<<10), nil
+	}, 0)
+	mustHandle(t, b.rpc, "empty", func(context.Context, membership.NodeID, []byte) ([]byte, error) { return nil, nil }, 0)
+	mustHandle(t, b.rpc, "echo", echo, 0)
+	c.waitMesh(idx...)
+	ctx := t.Context()
+	_, err := a.rpc.Call(ctx, b.id.ID, "two-k", nil, MaxResponse(2<<10-1))
+	wantKind(t, "response one byte above MaxResponse", err, ErrTooLarge)
+	_, err = a.rpc.Call(ctx, b.id.ID, "two-k", nil, MaxResponse(0))
+	wantKind(t, "response with MaxResponse(0)", err, ErrTooLarge)
+	if resp, err := a.rpc.Call(ctx, b.id.ID, "two-k", nil, MaxResponse(2<<10)); err != nil || len(resp) != 2<<10 {
+		t.Fatalf("response of exactly MaxResponse: %d bytes, %v", len(resp), err)
+	}
+	for _, n := range []int{0, -1} {
+		if resp, err := a.rpc.Call(ctx, b.id.ID, "empty", nil, MaxResponse(n)); err != nil || len(resp) != 0 {
+			t.Fatalf("empty response with MaxResponse(%d): %d bytes, %v", n, len(resp), err)
+		}
+	}
+	if got := statsOf(a.rpc, b.id.ID).OversizedFrames; got != 2 {
+		t.Fatalf("oversized responses counted %d, want 2", got)
+	}
+	if resp, err := a.rpc.Call(ctx, b.id.ID, "echo", []byte("still"), MaxResponse(5)); err != nil || string(resp) != "still" {
+		t.Fatalf("echo after refused responses: %q %v", resp, err)
+	}
+}
+
+// testResponseBudget: a response is charged to the peer's memory budget
+// on the side that writes it (the callee) and on the side that reads it
+// (the caller); when either cannot take it the Call fails with ErrRefused
+// (the handler ran) and the refusal is counted there. Budget given back,
+// the same call succeeds. A Push carries no response and is never refused
+// for one.
+func testResponseBudget(t *testing.T, c *cluster) {
+	idx := startAll(c)
+	a, b := c.nodes[0], c.nodes[1]
+	var ran atomic.Int32
+	mustHandle(t, b.rpc, "big", func(context.Context, membership.NodeID, []byte) ([]byte, error) {
+		ran.Add(1)
+		return make([]byte, 64<<10), nil
+	}, 0)
+	c.waitMesh(idx...)
+	ctx := t.Context()
+	const taken = 100 << 10 // leaves 28 KiB of the 128 KiB budget
+	for _, side := range []struct {
+		name        string
+		holder      *tnode
+		peer        membership.NodeID
+		refusedHere RPC
+	}{
+		{"callee (writing)", b, a.id.ID, b.rpc},
+		{"caller (reading)", a, b.id.ID, a.rpc},
+	} {
+		if !side.holder.rpc.Reserve(side.peer, taken) {
+			t.Fatalf("%s: Reserve of %d bytes refused", side.name, taken)
+		}
+		before := ran.Load()
+		_, err := a.rpc.Call(ctx, b.id.ID, "big", nil)
+		wantKind(t, side.name+": response beyond the budget", err, ErrRefused)
+		if ran.Load() != before+1 {
+			t.Fatalf("%s: handler did not run", side.name)
+		}
+		if got := statsOf(side.refusedHere, side.peer).RefusedStreams; got != 1 {
+			t.Fatalf("%s: refusals counted %d, want 1", side.name, got)
+		}
+		if err := a.rpc.Push(ctx, b.id.ID, "big", nil); err != nil {
+			t.Fatalf("%s: push whose handler returns a payload: %v", side.name, err)
+		}
+		side.holder.rpc.Release(side.peer, taken)
+		if resp, err := a.rpc.Call(ctx, b.id.ID, "big", nil); err != nil || len(resp) != 64<<10 {
+			t.Fatalf("%s: after Release: %d bytes, %v", side.name, len(resp), err)
+		}
+	}
+}
+
+// testEchoOfBudgetSize: with the budget exactly MaxFrameSize, an echo of a
+// MaxFrameSize request is served: the request is released when its
+// handler returns, before the response is charged.
+func testEchoOfBudgetSize(t *testing.T, c *cluster) {
+	idx := startAll(c)
+	a, b := c.nodes[0], c.nodes[1]
+	mustHandle(t, b.rpc, "echo", echo, 0)
+	c.waitMesh(idx...)
+	req := bytes.Repeat([]byte{7}, 64<<10)
+	if resp, err := a.rpc.Call(t.Context(), b.id.ID, "echo", req); err != nil || !bytes.Equal(resp, req) {
+		t.Fatalf("echo of MaxFrameSize under a budget of MaxFrameSize: %d bytes, %v", len(resp), err)
+	}
 }
 
 // testRequestBudget: node 1 has two 64 KiB requests held by a handler that

@@ -37,9 +37,19 @@
 // Call and Push each open a bidirectional stream: version, kind and
 // protocol name, then one length-prefixed frame; the answer is a status
 // byte and one length-prefixed frame (the response, or the handler's error
-// text). Push waits for the handler to return but carries no response.
-// Cancelling the caller's context resets the stream; the handler's context
-// ends. Frames above MaxFrameSize are refused on either side.
+// text). Push waits for the handler to return but carries no response: an
+// answer with a payload is a protocol violation. Cancelling the caller's
+// context resets the stream; the handler's context ends. Frames above
+// MaxFrameSize are refused on either side, and a Call refuses a response
+// above its MaxResponse from the length alone.
+//
+// Bytes in transit must keep moving. An incoming stream has HeaderTimeout
+// to deliver its header and frame length; after that every 64 KiB of a
+// payload we read (request, response, stream frame) and of a request or
+// response we write must move within ProgressTimeout, or the stream is
+// reset and counted: a stalled read as a garbage frame, a stalled write
+// (the peer stopped reading) in StalledWrites. Only the wait for a handler
+// and writes on long-lived streams are exempt.
 //
 // # Streams
 //
@@ -50,18 +60,20 @@
 // request where a sender has a steady flow (the actor remote's batches).
 // A stream holds one of the peer's stream credits and one slot of its
 // protocol's per-peer limit for as long as it lives; each frame is bounded
-// by MaxFrameSize and, while the receiver holds it (until its next Recv),
-// charged to MaxRequestBytesPerPeer; QUIC's stream flow control makes a
-// writer whose reader is slow block in Send.
+// by the receiver's limit (MaxFrameSize, or less with SetRecvLimit) and,
+// while the receiver holds it (until its next Recv), charged to
+// MaxBytesPerPeer; QUIC's stream flow control makes a writer whose reader
+// is slow block in Send.
 //
 // # What a caller sees when the peer is slow
 //
 //   - A connection admits at most MaxIncomingStreams concurrent requests
 //     from the peer, and a request's stream credit is handed back only when
-//     its handler has returned (quic-go's RequireStreamCreditRelease). When
-//     they are all taken, the next Call/Push blocks while opening its stream
-//     and fails with ErrCancelled when its context ends. Nothing is queued
-//     on the receiver beyond that bound.
+//     its handler has returned and its response has been sent (quic-go's
+//     RequireStreamCreditRelease). When they are all taken, the next
+//     Call/Push blocks while opening its stream and fails with ErrCancelled
+//     when its context ends. Nothing is queued on the receiver beyond that
+//     bound.
 //   - Each protocol has its own concurrency limit (Handle's limit), counted
 //     per peer, so a peer that saturates a protocol never gets another
 //     peer's requests refused. A request whose peer is at the protocol's
@@ -73,20 +85,39 @@
 //     connection and never stalls another protocol. Keep each protocol's
 //     limit below MaxIncomingStreams (and their sum, for protocols that may
 //     stall together) so that stuck handlers cannot take every credit.
-//   - Memory per peer is bounded by MaxRequestBytesPerPeer for requests
-//     read and not yet answered (a request that would exceed it is refused
-//     before its payload is read, so the caller sees ErrRefused), plus the
-//     connection's flow-control windows.
+//
+// # Memory bounds
+//
+// Per peer, what it can make us hold is bounded by MaxBytesPerPeer: its
+// requests from their length prefix until their handler returns, the
+// stream frames it sent until the next Recv, the responses we write to it
+// until sent, the responses we read from it while reading, and what the
+// layers above Reserve for it. What does not fit is refused without
+// waiting (ErrRefused for requests and responses; the stream reset for
+// stream frames). On top of that come the connection's flow-control
+// windows (MaxConnectionWindow) and quic-go's own per-connection state.
+//
+// Before a peer is known at all, incoming handshakes are bounded by
+// MaxPendingHandshakes: about 25 KB of heap and four goroutines each
+// (quic-go v0.65, measured), for at most 2 × AcceptHandshakeTimeout. Above
+// RetryHandshakesAbove in progress, a new handshake must first prove its
+// address with a QUIC Retry, so a flood of spoofed or silent first packets
+// holds at most RetryHandshakesAbove of them; above MaxPendingHandshakes
+// new handshakes are refused. Handshakes counts all of this; refusals and
+// failed handshakes (TLS refusals of non-members among them) are logged at
+// most once a second with the number left out. Connections already up are
+// not affected by either limit.
 //
 // # Errors and counters
 //
 // Every Call/Push error is an *Error naming the peer and protocol, matching
 // one of ErrUnknownPeer, ErrNotConnected, ErrCancelled, ErrTooLarge,
 // ErrRefused, ErrRemote, ErrProtocol or ErrClosed with errors.Is and
-// unwrapping to its cause. Undecodable or oversized frames and refused
-// streams are counted per peer (Stats); non-QUIC datagrams are counted per
-// transport (GarbageDatagrams). Peer input never panics the node; a
-// panicking handler is reported to the caller as ErrRemote.
+// unwrapping to its cause. Undecodable, stalled or oversized frames,
+// refusals and stalled writes are counted per peer (Stats); non-QUIC
+// datagrams per transport (GarbageDatagrams), and incoming handshakes in
+// Handshakes. Peer input never panics the node; a panicking handler is
+// reported to the caller as ErrRemote.
 //
 // # Sockets
 //

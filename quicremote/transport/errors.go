@@ -23,17 +23,21 @@ var (
 	// The stream was reset, so the peer's handler context ends too.
 	ErrCancelled = errors.New("cancelled")
 	// ErrTooLarge: a request or response exceeded Config.MaxFrameSize, on
-	// our side or on the peer's.
+	// our side or on the peer's, a response exceeded the Call's
+	// MaxResponse, or a stream frame exceeded the receiver's limit.
 	ErrTooLarge = errors.New("frame too large")
-	// ErrRefused: the peer declined the stream before running a handler: no
+	// ErrRefused: the peer declined the stream before running a handler (no
 	// handler for the protocol, the protocol is at its concurrency limit,
-	// or the peer is shutting down. Nothing was processed; retry later.
+	// its memory budget for us is spent, or it is shutting down: nothing
+	// was processed), or a Call's response did not fit the memory budget
+	// of the side that had to hold it (the handler did run). Retry later.
 	ErrRefused = errors.New("refused")
 	// ErrRemote: the peer's handler returned an error; its text is in the
 	// message.
 	ErrRemote = errors.New("remote handler error")
-	// ErrProtocol: the peer sent bytes that do not follow the wire format.
-	// The stream was reset and the peer's garbage counter incremented.
+	// ErrProtocol: the peer sent bytes that do not follow the wire format,
+	// or stopped sending in the middle of a frame for ProgressTimeout. The
+	// stream was reset and the peer's garbage counter incremented.
 	ErrProtocol = errors.New("protocol violation")
 	// ErrClosed: this transport has been closed.
 	ErrClosed = errors.New("transport closed")

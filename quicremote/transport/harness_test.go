@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -345,4 +347,16 @@ func mustHandle(t *testing.T, r RPC, protocol string, h Handler, limit int) {
 	if err := r.Handle(protocol, h, limit); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// countingLogger returns a logger that counts the lines whose message is
+// msg, for tests that check what is logged and how often.
+func countingLogger(msg string) (zerolog.Logger, *atomic.Int64) {
+	var n atomic.Int64
+	log := zerolog.New(io.Discard).Hook(zerolog.HookFunc(func(_ *zerolog.Event, _ zerolog.Level, m string) {
+		if m == msg {
+			n.Add(1)
+		}
+	}))
+	return log, &n
 }

@@ -248,17 +248,20 @@ func (m *MemTransport) Close() error {
 }
 
 // Call implements RPC.
-func (m *MemTransport) Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte) ([]byte, error) {
-	return m.roundTrip(ctx, peer, protocol, kindCall, req)
+func (m *MemTransport) Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte, opts ...CallOption) ([]byte, error) {
+	return m.roundTrip(ctx, peer, protocol, kindCall, req, responseLimit(m.cfg, opts))
 }
 
 // Push implements RPC.
 func (m *MemTransport) Push(ctx context.Context, peer membership.NodeID, protocol string, msg []byte) error {
-	_, err := m.roundTrip(ctx, peer, protocol, kindPush, msg)
+	_, err := m.roundTrip(ctx, peer, protocol, kindPush, msg, 0)
 	return err
 }
 
-var errMemLinkDown = errors.New("memory link down")
+var (
+	errMemLinkDown       = errors.New("memory link down")
+	errMemRespOverBudget = errors.New("the response does not fit the peer's memory budget for us (the handler ran)")
+)
 
 // memAdmission is what a request or stream holds on the remote side once
 // admitted: a stream credit (given back by release) and a slot of the
@@ -324,7 +327,11 @@ func (m *MemTransport) admit(ctx context.Context, peer membership.NodeID, protoc
 	return &memAdmission{link: link, rlink: rlink, remote: remote, he: he, rctr: rctr, release: release}, nil
 }
 
-func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte) ([]byte, error) {
+// roundTrip runs one request; maxResp is the largest response payload it
+// accepts (0 for a Push). A response is "written" the moment the handler
+// returns it, so the remote charges it to our budget only for that moment:
+// it is refused when the budget is full then, as on QUIC.
+func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte, maxResp int) ([]byte, error) {
 	fail := func(k error, cause error, detail string) ([]byte, error) {
 		return nil, newErr(peer, protocol, k, cause, detail)
 	}
@@ -339,11 +346,11 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		return nil, err
 	}
 	link, rlink, remote, he, rctr, release := a.link, a.rlink, a.remote, a.he, a.rctr, a.release
-	if !rctr.hold(len(req), remote.cfg.MaxRequestBytesPerPeer) {
+	if !rctr.hold(len(req), remote.cfg.MaxBytesPerPeer) {
 		he.release(m.id)
 		release()
 		rctr.refused.Add(1)
-		return fail(ErrRefused, errors.New("request budget for this peer exhausted"), "")
+		return fail(ErrRefused, errors.New("the peer's memory budget for us is exhausted"), "")
 	}
 
 	// The handler's context ends with the caller's, the link, or the
@@ -366,8 +373,19 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		defer remote.wg.Done()
 		defer release()
 		defer he.release(m.id)
-		defer rctr.unhold(len(reqCopy))
 		resp, err := runMemHandler(hctx, he.h, m.id, reqCopy)
+		rctr.unhold(len(reqCopy))
+		if kind == kindPush {
+			resp = nil
+		}
+		if err == nil && len(resp) <= remote.cfg.MaxFrameSize {
+			if !rctr.hold(len(resp), remote.cfg.MaxBytesPerPeer) {
+				rctr.refused.Add(1)
+				resp, err = nil, errMemRespOverBudget
+			} else {
+				rctr.unhold(len(resp))
+			}
+		}
 		done <- result{resp, err}
 	}()
 	select {
@@ -378,19 +396,30 @@ func (m *MemTransport) roundTrip(ctx context.Context, peer membership.NodeID, pr
 		if link.ctx.Err() != nil || remote.ctx.Err() != nil {
 			return fail(ErrNotConnected, errMemLinkDown, "")
 		}
+		if r.err == errMemRespOverBudget {
+			return fail(ErrRefused, r.err, "")
+		}
 		if r.err != nil {
+			// Cut by the peer's limit when it sends, by ours when we read.
 			msg := r.err.Error()
-			if len(msg) > remote.cfg.MaxErrorText {
-				msg = msg[:remote.cfg.MaxErrorText]
-			}
+			msg = msg[:min(len(msg), remote.cfg.MaxErrorText, m.cfg.MaxErrorText)]
 			return fail(ErrRemote, nil, msg)
 		}
+		ctrs := m.counter(peer)
+		switch n := len(r.resp); {
+		case n > m.cfg.MaxFrameSize || n > remote.cfg.MaxFrameSize:
+			ctrs.oversized.Add(1)
+			return fail(ErrTooLarge, nil, "response")
+		case n > maxResp:
+			ctrs.oversized.Add(1)
+			return fail(ErrTooLarge, nil, fmt.Sprintf("response of %d bytes exceeds the call's limit of %d", n, maxResp))
+		case !ctrs.hold(n, m.cfg.MaxBytesPerPeer):
+			ctrs.refused.Add(1)
+			return fail(ErrRefused, nil, fmt.Sprintf("response of %d bytes does not fit our memory budget for the peer", n))
+		}
+		defer ctrs.unhold(len(r.resp))
 		if kind == kindPush {
 			return nil, nil
-		}
-		if len(r.resp) > m.cfg.MaxFrameSize || len(r.resp) > remote.cfg.MaxFrameSize {
-			m.counter(peer).oversized.Add(1)
-			return fail(ErrTooLarge, nil, "response")
 		}
 		return slices.Clone(r.resp), nil
 	case <-ctx.Done():
@@ -416,7 +445,7 @@ func runMemHandler(ctx context.Context, h Handler, peer membership.NodeID, req [
 
 // Reserve implements RPC.
 func (m *MemTransport) Reserve(peer membership.NodeID, n int) bool {
-	return m.counter(peer).hold(n, m.cfg.MaxRequestBytesPerPeer)
+	return m.counter(peer).hold(n, m.cfg.MaxBytesPerPeer)
 }
 
 // Release implements RPC.

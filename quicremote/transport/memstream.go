@@ -126,6 +126,7 @@ type memStream struct {
 	local    context.Context // this end's transport; done once it closed
 	finished bool            // CloseSend was called (writer-side only)
 	gone     func()          // on a handler's end: ends its context when the stream is reset
+	limit    int             // SetRecvLimit; only Recv's goroutine touches it
 
 	held heldFrame
 }
@@ -149,7 +150,7 @@ func (s *memStream) resetBoth(kind, cause error) {
 var (
 	errMemAbandoned  = errors.New("stream abandoned")
 	errMemHandler    = errors.New("peer's stream handler failed")
-	errMemOverBudget = errors.New("request budget for this peer exhausted")
+	errMemOverBudget = errors.New("the peer's memory budget for us is exhausted")
 	errMemTooLarge   = errors.New("peer refused the frame size")
 	errMemFinished   = errors.New("peer's handler finished")
 )
@@ -193,18 +194,21 @@ func (s *memStream) Recv() ([]byte, error) {
 	if !ok {
 		return nil, io.EOF
 	}
-	if len(f) > s.cfg.MaxFrameSize {
+	if len(f) > recvLimit(s.limit, s.cfg) {
 		s.ctrs.oversized.Add(1)
 		s.resetBoth(ErrTooLarge, errMemTooLarge)
 		return nil, s.fail(ErrTooLarge, nil, "incoming frame")
 	}
-	if !s.held.take(len(f), s.cfg.MaxRequestBytesPerPeer) {
+	if !s.held.take(len(f), s.cfg.MaxBytesPerPeer) {
 		s.ctrs.refused.Add(1)
 		s.resetBoth(ErrRefused, errMemOverBudget)
-		return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", len(f)))
+		return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's memory budget", len(f)))
 	}
 	return f, nil
 }
+
+// SetRecvLimit implements Stream.
+func (s *memStream) SetRecvLimit(n int) { s.limit = n }
 
 // CloseSend implements Stream.
 func (s *memStream) CloseSend() error {

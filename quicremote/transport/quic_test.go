@@ -147,8 +147,13 @@ func lowerIdentity(t *testing.T, than membership.NodeID) *membership.Identity {
 // member's side, and neither reports the other up.
 func TestNonMemberHandshakeFails(t *testing.T) {
 	simTest(t, 1, DefaultConfig(), func(t *testing.T, c *cluster) {
-		c.start(0)
 		member := c.nodes[0]
+		log, logged := countingLogger("incoming handshake failed")
+		mtr, err := New(c.cfg, member.id, member.src, member.pc, log, member.events.add)
+		if err != nil {
+			t.Fatal(err)
+		}
+		member.rpc = mtr
 		outsider := lowerIdentity(t, member.id.ID) // lower, so it dials
 		snap, err := membership.NewSnapshot(1, outsider.Member(c.spare.addr), member.id.Member(member.addr))
 		if err != nil {
@@ -168,6 +173,16 @@ func TestNonMemberHandshakeFails(t *testing.T) {
 		if _, err := tr.Call(t.Context(), member.id.ID, "echo", nil); !errors.Is(err, ErrNotConnected) {
 			t.Fatalf("outsider call: %v", err)
 		}
+		// Each refused handshake is counted, and logged at most once a
+		// second.
+		hs := mtr.Handshakes()
+		if hs.Failed < 2 || hs.Completed != 0 || hs.InProgress != 0 {
+			t.Fatalf("member's handshake counters after 20 s of refused dials: %+v", hs)
+		}
+		if n := logged.Load(); n == 0 || n > 21 {
+			t.Fatalf("%d log lines for %d failed handshakes in 20 s", n, hs.Failed)
+		}
+		t.Logf("%d failed handshakes, %d log lines", hs.Failed, logged.Load())
 	})
 }
 
@@ -231,12 +246,31 @@ func TestGarbageDatagramsCountedAndSurvived(t *testing.T) {
 
 // rawMember speaks the wire protocol by hand as node 0 towards node 1.
 func rawMember(t *testing.T, c *cluster) (*quic.Conn, func()) {
+	return rawMemberWith(t, c, &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive})
+}
+
+// rawAgainstNode1 starts node 1 with an echo handler and connects to it as
+// node 0 speaking the protocol by hand (rawMemberWith), once node 1 sees
+// node 0 up.
+func rawAgainstNode1(t *testing.T, c *cluster, qconf *quic.Config) (*tnode, *quic.Conn, func()) {
+	c.start(1)
+	b := c.nodes[1]
+	mustHandle(t, b.rpc, "echo", echo, 0)
+	if qconf == nil {
+		qconf = &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive}
+	}
+	conn, closeRaw := rawMemberWith(t, c, qconf)
+	b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
+	return b, conn, closeRaw
+}
+
+// rawMemberWith is rawMember with a QUIC config of the test's choosing.
+func rawMemberWith(t *testing.T, c *cluster, qconf *quic.Config) (*quic.Conn, func()) {
 	a, b := c.nodes[0], c.nodes[1]
 	qt := &quic.Transport{Conn: a.pc}
 	raddr, _ := net.ResolveUDPAddr("udp", b.addr)
 	conn, err := qt.Dial(t.Context(), raddr,
-		membership.ClientTLSConfig(a.id, membership.LatestMembers(a.src), b.id.ID, []string{ALPN}),
-		&quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive})
+		membership.ClientTLSConfig(a.id, membership.LatestMembers(a.src), b.id.ID, []string{ALPN}), qconf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,12 +315,8 @@ func rawRequest(t *testing.T, conn *quic.Conn, b []byte, fin bool) (quic.StreamE
 // its connection keeps working.
 func TestGarbageStreamFramesCountedAndSurvived(t *testing.T) {
 	simTest(t, 2, DefaultConfig(), func(t *testing.T, c *cluster) {
-		c.start(1)
-		b := c.nodes[1]
-		mustHandle(t, b.rpc, "echo", echo, 0)
-		conn, closeRaw := rawMember(t, c)
+		b, conn, closeRaw := rawAgainstNode1(t, c, nil)
 		defer closeRaw()
-		b.events.waitUp(t, c.nodes[0].id.ID, 0, 5*time.Second)
 
 		req := func(kind byte, name string, payload []byte) []byte {
 			return append(appendRequestHeader(nil, kind, name, len(payload)), payload...)

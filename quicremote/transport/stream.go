@@ -38,7 +38,7 @@ func registerHandler(mu *sync.RWMutex, handlers map[string]*handlerEntry, protoc
 }
 
 // heldFrame is the size of the last frame a stream's Recv returned,
-// charged to the peer's request budget until the next Recv or Close.
+// charged to the peer's memory budget until the next Recv or Close.
 type heldFrame struct {
 	ctrs *peerCounters
 	mu   sync.Mutex // Recv may race Close
@@ -76,6 +76,9 @@ type quicStream struct {
 	connID   uint64
 	ctrs     *peerCounters
 	hdr      []byte // Send's scratch header
+	// recvLimit is the largest frame Recv accepts (SetRecvLimit); only
+	// Recv's goroutine touches it.
+	recvLimit int
 
 	held heldFrame
 	// gone, on a handler's end, ends the handler's context when Recv sees
@@ -135,10 +138,23 @@ func (s *quicStream) Send(ctx context.Context, frame []byte) error {
 	return s.fail(k, c, "")
 }
 
+// SetRecvLimit implements Stream.
+func (s *quicStream) SetRecvLimit(n int) { s.recvLimit = recvLimit(n, s.t.cfg) }
+
+// recvLimit is the frame limit SetRecvLimit(n) means under cfg.
+func recvLimit(n int, cfg Config) int {
+	if n <= 0 || n > cfg.MaxFrameSize {
+		return cfg.MaxFrameSize
+	}
+	return n
+}
+
 // Recv implements Stream.
 func (s *quicStream) Recv() ([]byte, error) {
 	s.held.release()
-	n, err := readFrameLen(s.str, s.t.cfg.MaxFrameSize)
+	// The wait for a frame's length has no deadline (a stream may idle);
+	// once it arrived, the payload moves under the progress rule.
+	n, err := readFrameLen(s.str, recvLimit(s.recvLimit, s.t.cfg))
 	if err == io.EOF {
 		return nil, io.EOF
 	}
@@ -148,15 +164,17 @@ func (s *quicStream) Recv() ([]byte, error) {
 		return nil, s.fail(ErrTooLarge, err, "incoming frame")
 	}
 	if err == nil {
-		if !s.held.take(n, s.t.cfg.MaxRequestBytesPerPeer) {
+		if !s.held.take(n, s.t.cfg.MaxBytesPerPeer) {
 			s.ctrs.refused.Add(1)
 			s.abort(codeOverBudget)
-			return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's request budget", n))
+			return nil, s.fail(ErrRefused, nil, fmt.Sprintf("frame of %d bytes exceeds the peer's memory budget", n))
 		}
 	}
 	var frame []byte
 	if err == nil {
-		frame, err = readPayload(s.str, n)
+		pr := &progressReader{str: s.str, d: s.t.cfg.ProgressTimeout}
+		frame, err = readPayload(pr, n)
+		pr.done()
 	}
 	if err != nil {
 		s.held.release()
@@ -169,7 +187,7 @@ func (s *quicStream) Recv() ([]byte, error) {
 		}
 		s.ctrs.garbage.Add(1)
 		s.abort(codeGarbage)
-		return nil, s.fail(ErrProtocol, err, "truncated frame")
+		return nil, s.fail(ErrProtocol, err, "truncated or stalled frame")
 	}
 	return frame, nil
 }

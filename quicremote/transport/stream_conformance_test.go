@@ -32,12 +32,84 @@ var streamConformanceCases = []conformanceCase{
 	{"OpenerCloseEndsHandler", 2, nil, testStreamOpenerClose},
 	{"LinkDown", 3, nil, testStreamLinkDown},
 	{"TransportClose", 2, nil, testStreamTransportClose},
-	{"PeerBudget", 3, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxRequestBytesPerPeer = 128 << 10 }, testStreamPeerBudget},
+	{"PeerBudget", 3, func(c *Config) { c.MaxFrameSize = 64 << 10; c.MaxBytesPerPeer = 128 << 10 }, testStreamPeerBudget},
 	// Beyond the brief's list, from the same doc comments:
 	{"OpenCtxOnlyBoundsOpening", 2, nil, testStreamOpenCtx},
 	{"OpenWaitsForCredit", 2, func(c *Config) { c.MaxIncomingStreams = 4; c.DefaultProtocolLimit = 4 }, testStreamOpenWaitsForCredit},
 	{"HandlerReturnsNil", 2, nil, testStreamHandlerReturnsNil},
 	{"HandlerHalfCloseKeepsCtx", 2, nil, testStreamHandlerHalfClose},
+	{"RecvLimit", 2, nil, testStreamRecvLimit},
+}
+
+// testStreamRecvLimit: each end bounds what its Recv accepts. The handler
+// takes frames of up to 16 bytes and the opener answers of up to 4: a
+// frame at the limit passes, one byte more resets the stream (ErrTooLarge
+// at the receiver, counted against the sender as an oversized frame).
+func testStreamRecvLimit(t *testing.T, c *cluster) {
+	idx := startAll(c)
+	type report struct {
+		frame []byte
+		err   error
+	}
+	reports := make(chan report, 4)
+	mustHandleStream(t, c.nodes[0].rpc, "small", func(ctx context.Context, _ membership.NodeID, s Stream) error {
+		s.SetRecvLimit(16)
+		for {
+			f, err := s.Recv()
+			reports <- report{f, err}
+			if err != nil {
+				return nil
+			}
+			if err := s.Send(ctx, []byte("ack")); err != nil {
+				return err
+			}
+		}
+	}, 0)
+	c.waitMesh(idx...)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	// Handler side: 16 bytes pass, 17 do not.
+	s := mustOpen(t, c, 1, 0, "small")
+	s.SetRecvLimit(4)
+	if err := s.Send(ctx, make([]byte, 16)); err != nil {
+		t.Fatal(err)
+	}
+	if r := within(t, reports, time.Minute, "the 16-byte frame"); r.err != nil || len(r.frame) != 16 {
+		t.Fatalf("frame at the handler's limit: %d bytes, %v", len(r.frame), r.err)
+	}
+	if got, err := recvWithin(t, s, time.Minute, "the ack"); err != nil || string(got) != "ack" {
+		t.Fatalf("ack within the opener's limit: %q %v", got, err)
+	}
+	if err := s.Send(ctx, make([]byte, 17)); err != nil {
+		t.Fatal(err)
+	}
+	wantKind(t, "handler's Recv of a frame above its limit", within(t, reports, time.Minute, "the 17-byte frame").err, ErrTooLarge)
+	_, err := recvWithin(t, s, time.Minute, "the reset")
+	wantKind(t, "opener after the handler refused its frame", err, ErrTooLarge)
+	s.Close()
+	eventually(t, time.Minute, "the oversized frame counted", func() bool {
+		return statsOf(c.nodes[0].rpc, c.nodes[1].id.ID).OversizedFrames == 1
+	})
+
+	// Opener side: an answer of 5 bytes exceeds its limit of 4.
+	mustHandleStream(t, c.nodes[0].rpc, "chatty", func(ctx context.Context, _ membership.NodeID, s Stream) error {
+		if _, err := s.Recv(); err != nil {
+			return err
+		}
+		return s.Send(ctx, []byte("12345"))
+	}, 0)
+	s = mustOpen(t, c, 1, 0, "chatty")
+	defer s.Close()
+	s.SetRecvLimit(4)
+	if err := s.Send(ctx, []byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = recvWithin(t, s, time.Minute, "the oversized answer")
+	wantKind(t, "opener's Recv of a frame above its limit", err, ErrTooLarge)
+	if got := statsOf(c.nodes[1].rpc, c.nodes[0].id.ID).OversizedFrames; got != 1 {
+		t.Fatalf("opener counted %d oversized frames, want 1", got)
+	}
 }
 
 func TestStreamConformance(t *testing.T) { runConformance(t, streamConformanceCases) }
@@ -775,7 +847,7 @@ func testStreamTransportClose(t *testing.T, c *cluster) {
 // ---- 10. peer budget ----
 
 // testStreamPeerBudget: frames returned by Recv count against the sending
-// peer's MaxRequestBytesPerPeer (128 KiB here) until the next Recv. Node 1
+// peer's MaxBytesPerPeer (128 KiB here) until the next Recv. Node 1
 // has three streams whose handlers each read one 64 KiB frame and hold it:
 // exactly two succeed, the third Recv fails with ErrRefused and resets that
 // stream. Node 2's budget is separate. Once the holders return, node 1 is

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,7 @@ type Transport struct {
 	wg     sync.WaitGroup
 
 	garbageDatagrams atomic.Uint64
+	handshakes       *handshakeGate
 
 	hmu      sync.RWMutex
 	handlers map[string]*handlerEntry
@@ -138,6 +140,9 @@ func New(cfg Config, self *membership.Identity, source membership.Source, conn n
 
 // NewWithTransport is New on a quic.Transport the caller built (and closes
 // after Close). Give it StatelessResetKey(self) for fast restart detection.
+// It sets qt's ConnContext and VerifySourceAddress, which bound incoming
+// handshakes (MaxPendingHandshakes, RetryHandshakesAbove), and refuses a
+// qt that has either set already.
 func NewWithTransport(cfg Config, self *membership.Identity, source membership.Source, qt *quic.Transport, log zerolog.Logger, events EventFunc) (*Transport, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -176,12 +181,22 @@ func NewWithTransport(cfg Config, self *membership.Identity, source membership.S
 		// full, so they cost at most a few kilobytes per connection.
 		EnableDatagrams: true,
 	}
-	ln, err := qt.Listen(membership.ServerTLSConfig(self, t.members, []string{ALPN}), t.qconf)
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.handshakes = newHandshakeGate(t.ctx, cfg, t.log)
+	if err := t.handshakes.install(qt); err != nil {
+		t.cancel()
+		return nil, err
+	}
+	// Incoming handshakes get the shorter idle timeout: until it completes
+	// a handshake may come from anyone.
+	lconf := t.qconf.Clone()
+	lconf.HandshakeIdleTimeout = cfg.AcceptHandshakeTimeout
+	ln, err := qt.Listen(membership.ServerTLSConfig(self, t.members, []string{ALPN}), lconf)
 	if err != nil {
+		t.cancel()
 		return nil, fmt.Errorf("quicremote: listen: %w", err)
 	}
 	t.ln = ln
-	t.ctx, t.cancel = context.WithCancel(context.Background())
 
 	t.applySnapshot(source.Current())
 	watch := source.Watch(t.ctx)
@@ -242,6 +257,9 @@ func (t *Transport) Stats(peer membership.NodeID) PeerStats {
 	}
 	return c.snapshot()
 }
+
+// Handshakes returns the counters of incoming QUIC handshakes.
+func (t *Transport) Handshakes() HandshakeStats { return t.handshakes.stats() }
 
 // GarbageDatagrams counts UDP datagrams that were not QUIC at all. Packets
 // that look like QUIC but fail decryption are dropped inside quic-go.
@@ -479,6 +497,7 @@ func (t *Transport) acceptLoop() {
 		if err != nil {
 			return
 		}
+		t.handshakes.complete(conn)
 		t.wg.Add(1)
 		go t.handleIncoming(conn)
 	}
@@ -631,12 +650,11 @@ func (t *Transport) heartbeat(conn *quic.Conn) {
 func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID, connID uint64, ctrs *peerCounters, str *quic.Stream) {
 	defer t.wg.Done()
 	defer str.ReleaseStreamCredit()
-	reset := func(code quic.StreamErrorCode) {
-		str.CancelRead(code)
-		str.CancelWrite(code)
-	}
+	reset := func(code quic.StreamErrorCode) { resetStream(str, code) }
 	log := t.log.With().Str("peer", peer.Short()).Int64("stream", int64(str.StreamID())).Logger()
 
+	// HeaderTimeout covers the header and, for a request, its frame
+	// length; the payload then moves under ProgressTimeout.
 	_ = str.SetReadDeadline(time.Now().Add(t.cfg.HeaderTimeout))
 	kind, protocol, err := readRequestHeader(str)
 	if err != nil {
@@ -647,7 +665,6 @@ func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID,
 		reset(codeGarbage)
 		return
 	}
-	_ = str.SetReadDeadline(time.Time{})
 	log = log.With().Str("protocol", protocol).Logger()
 
 	t.hmu.RLock()
@@ -667,39 +684,13 @@ func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID,
 	}
 	defer he.release(peer)
 	if kind == kindStream {
+		_ = str.SetReadDeadline(time.Time{})
 		t.serveLongStream(connCtx, peer, connID, ctrs, str, protocol, he.sh, log)
 		return
 	}
 
-	n, err := readFrameLen(str, t.cfg.MaxFrameSize)
-	if errors.Is(err, errTooLarge) {
-		ctrs.oversized.Add(1)
-		log.Debug().Err(err).Msg("request too large")
-		reset(codeTooLarge)
-		return
-	}
-	if err == nil {
-		if !ctrs.hold(n, t.cfg.MaxRequestBytesPerPeer) {
-			ctrs.refused.Add(1)
-			log.Debug().Int("bytes", n).Msg("peer's request budget exhausted")
-			reset(codeOverBudget)
-			return
-		}
-		defer ctrs.unhold(n)
-	}
-	var req []byte
-	if err == nil {
-		req, err = readPayload(str, n)
-	}
-	if err == nil {
-		err = expectEOF(str)
-	}
-	if err != nil {
-		if !isStreamOrConnErr(err) {
-			ctrs.garbage.Add(1)
-			log.Debug().Err(err).Msg("bad request frame")
-		}
-		reset(codeGarbage)
+	req, held, ok := t.readRequest(str, ctrs, log)
+	if !ok {
 		return
 	}
 
@@ -710,6 +701,9 @@ func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID,
 	stop := context.AfterFunc(t.ctx, cancel)
 	defer stop()
 	resp, herr := t.runHandler(ctx, he.h, peer, req)
+	// The request is the handler's now; what we hold from here on is the
+	// response.
+	ctrs.unhold(held)
 	if ctx.Err() != nil {
 		reset(codeCancelled)
 		return
@@ -731,13 +725,84 @@ func (t *Transport) serveStream(connCtx context.Context, peer membership.NodeID,
 			reset(codeTooLarge)
 			return
 		}
+		// A response is charged to the peer until it has been sent: a peer
+		// that asks for large answers and does not read them would
+		// otherwise pin as many as it has streams.
+		if !ctrs.hold(len(resp), t.cfg.MaxBytesPerPeer) {
+			ctrs.refused.Add(1)
+			log.Debug().Int("bytes", len(resp)).Msg("response does not fit the peer's memory budget")
+			reset(codeRespOverBudget)
+			return
+		}
+		defer ctrs.unhold(len(resp))
 		hdr = appendResponseHeader(make([]byte, 0, 5), statusOK, len(resp))
 	}
-	if err := writeFrame(str, hdr, resp); err != nil {
+	if err := writeWithProgress(str, hdr, resp, t.cfg.ProgressTimeout); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			ctrs.stalled.Add(1)
+			log.Debug().Int("bytes", len(resp)).Dur("progress_timeout", t.cfg.ProgressTimeout).Msg("peer stopped reading its response")
+			reset(codeStalled)
+			return
+		}
 		reset(codeCancelled)
 		return
 	}
 	_ = str.Close()
+}
+
+// readLastFrame reads a payload of n bytes and the end of the stream that
+// must follow, under the progress rule.
+func readLastFrame(str *quic.Stream, n int, d time.Duration) ([]byte, error) {
+	pr := &progressReader{str: str, d: d}
+	defer pr.done()
+	b, err := readPayload(pr, n)
+	if err == nil {
+		err = expectEOF(pr)
+	}
+	return b, err
+}
+
+// resetStream abandons both directions of str with code.
+func resetStream(str *quic.Stream, code quic.StreamErrorCode) {
+	str.CancelRead(code)
+	str.CancelWrite(code)
+}
+
+// readRequest reads a request's frame length (under the header deadline
+// already set), charges it to the peer's budget and reads the payload and
+// the end of the stream under the progress rule. It returns the payload
+// and the bytes charged (for the caller to release), or resets the stream
+// and reports false.
+func (t *Transport) readRequest(str *quic.Stream, ctrs *peerCounters, log zerolog.Logger) ([]byte, int, bool) {
+	reset := func(code quic.StreamErrorCode) { resetStream(str, code) }
+	n, err := readFrameLen(str, t.cfg.MaxFrameSize)
+	if errors.Is(err, errTooLarge) {
+		ctrs.oversized.Add(1)
+		log.Debug().Err(err).Msg("request too large")
+		reset(codeTooLarge)
+		return nil, 0, false
+	}
+	if err == nil && !ctrs.hold(n, t.cfg.MaxBytesPerPeer) {
+		ctrs.refused.Add(1)
+		log.Debug().Int("bytes", n).Msg("peer's memory budget exhausted")
+		reset(codeOverBudget)
+		return nil, 0, false
+	}
+	var req []byte
+	if err == nil {
+		if req, err = readLastFrame(str, n, t.cfg.ProgressTimeout); err != nil {
+			ctrs.unhold(n)
+		}
+	}
+	if err != nil {
+		if !isStreamOrConnErr(err) {
+			ctrs.garbage.Add(1)
+			log.Debug().Err(err).Msg("bad or stalled request frame")
+		}
+		reset(codeGarbage)
+		return nil, 0, false
+	}
+	return req, n, true
 }
 
 // runHandler calls h, turning a panic into an error: a bug in one handler
@@ -753,9 +818,11 @@ func (t *Transport) runHandler(ctx context.Context, h Handler, peer membership.N
 }
 
 // writeFrame writes hdr then payload; small payloads go in one write so the
-// whole request usually leaves in one packet.
+// whole frame usually leaves in one packet. It has no progress rule: the
+// long-lived streams that use it block on purpose while their reader is
+// behind.
 func writeFrame(str *quic.Stream, hdr, payload []byte) error {
-	if len(payload) <= 16<<10 {
+	if len(hdr)+len(payload) <= smallFrame {
 		b := append(hdr, payload...)
 		_, err := str.Write(b)
 		return err
@@ -793,17 +860,19 @@ func (t *Transport) countGarbageDatagrams() {
 // ---- calls ----
 
 // Call implements RPC.
-func (t *Transport) Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte) ([]byte, error) {
-	return t.roundTrip(ctx, peer, protocol, kindCall, req)
+func (t *Transport) Call(ctx context.Context, peer membership.NodeID, protocol string, req []byte, opts ...CallOption) ([]byte, error) {
+	return t.roundTrip(ctx, peer, protocol, kindCall, req, responseLimit(t.cfg, opts))
 }
 
 // Push implements RPC.
 func (t *Transport) Push(ctx context.Context, peer membership.NodeID, protocol string, msg []byte) error {
-	_, err := t.roundTrip(ctx, peer, protocol, kindPush, msg)
+	_, err := t.roundTrip(ctx, peer, protocol, kindPush, msg, 0)
 	return err
 }
 
-func (t *Transport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte) ([]byte, error) {
+// roundTrip runs one request; maxResp is the largest response payload it
+// accepts (0 for a Push).
+func (t *Transport) roundTrip(ctx context.Context, peer membership.NodeID, protocol string, kind byte, req []byte, maxResp int) ([]byte, error) {
 	fail := func(k error, cause error, detail string) ([]byte, error) {
 		return nil, newErr(peer, protocol, k, cause, detail)
 	}
@@ -821,7 +890,7 @@ func (t *Transport) roundTrip(ctx context.Context, peer membership.NodeID, proto
 		str.CancelWrite(codeCancelled)
 		str.CancelRead(codeCancelled)
 	})
-	resp, kindErr, cause, detail := t.exchange(str, peer, protocol, kind, req)
+	resp, kindErr, cause, detail := t.exchange(str, peer, protocol, kind, req, maxResp)
 	if !stop() || ctx.Err() != nil {
 		if kindErr == nil {
 			return resp, nil // finished just as ctx ended
@@ -872,12 +941,21 @@ func (t *Transport) openQUICStream(ctx context.Context, peer membership.NodeID, 
 	return str, connID, nil
 }
 
-// exchange writes the request and reads the response on str.
-func (t *Transport) exchange(str *quic.Stream, peer membership.NodeID, protocol string, kind byte, req []byte) (resp []byte, kindErr, cause error, detail string) {
+// exchange writes the request and reads the response on str. The
+// response is refused from its header when it is larger than maxResp (or,
+// for a Push, not empty) or does not fit the peer's memory budget; an
+// error text is read up to MaxErrorText. The caller resets the stream on
+// any error, so what was not read is discarded.
+func (t *Transport) exchange(str *quic.Stream, peer membership.NodeID, protocol string, kind byte, req []byte, maxResp int) (resp []byte, kindErr, cause error, detail string) {
+	ctrs := t.counter(peer)
 	hdr := appendRequestHeader(make([]byte, 0, 8+len(protocol)), kind, protocol, len(req))
-	werr := writeFrame(str, hdr, req)
+	werr := writeWithProgress(str, hdr, req, t.cfg.ProgressTimeout)
 	if werr == nil {
 		werr = str.Close()
+	}
+	if errors.Is(werr, os.ErrDeadlineExceeded) {
+		ctrs.stalled.Add(1)
+		return nil, ErrNotConnected, werr, fmt.Sprintf("peer read none of the request for %v", t.cfg.ProgressTimeout)
 	}
 	if werr != nil {
 		// A refusal resets our write side; the reason is in the code.
@@ -890,27 +968,57 @@ func (t *Transport) exchange(str *quic.Stream, peer membership.NodeID, protocol 
 		n, err = readFrameLen(str, t.cfg.MaxFrameSize)
 	}
 	if err == nil {
-		resp, err = readPayload(str, n)
-	}
-	if err == nil {
-		err = expectEOF(str)
+		switch {
+		case status == statusError:
+			return t.readErrorText(str, ctrs, n)
+		case kind == kindPush && n > 0:
+			ctrs.garbage.Add(1)
+			return nil, ErrProtocol, nil, fmt.Sprintf("push answered with a %d-byte payload", n)
+		case n > maxResp:
+			ctrs.oversized.Add(1)
+			return nil, ErrTooLarge, nil, fmt.Sprintf("response of %d bytes exceeds the call's limit of %d", n, maxResp)
+		case !ctrs.hold(n, t.cfg.MaxBytesPerPeer):
+			ctrs.refused.Add(1)
+			return nil, ErrRefused, nil, fmt.Sprintf("response of %d bytes does not fit our memory budget for the peer", n)
+		}
+		defer ctrs.unhold(n)
+		resp, err = readLastFrame(str, n, t.cfg.ProgressTimeout)
 	}
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
-			t.counter(peer).oversized.Add(1)
+			ctrs.oversized.Add(1)
 			return nil, ErrTooLarge, err, "response"
 		}
-		if isStreamOrConnErr(err) || errors.Is(err, net.ErrClosed) {
+		if isStreamOrConnErr(err) {
 			k, c := classify(err)
 			return nil, k, c, ""
 		}
-		t.counter(peer).garbage.Add(1)
-		return nil, ErrProtocol, err, "bad response"
-	}
-	if status == statusError {
-		return nil, ErrRemote, nil, string(resp)
+		ctrs.garbage.Add(1)
+		return nil, ErrProtocol, err, "bad or stalled response"
 	}
 	return resp, nil, nil, ""
+}
+
+// readErrorText reads a handler's error text of n bytes, keeping at most
+// MaxErrorText of it (the peer's own limit may be larger; the rest is
+// discarded unread when the caller resets the stream).
+func (t *Transport) readErrorText(str *quic.Stream, ctrs *peerCounters, n int) (resp []byte, kindErr, cause error, detail string) {
+	pr := &progressReader{str: str, d: t.cfg.ProgressTimeout}
+	defer pr.done()
+	text, err := readPayload(pr, min(n, t.cfg.MaxErrorText))
+	if err == nil && n <= t.cfg.MaxErrorText {
+		err = expectEOF(pr)
+	}
+	switch {
+	case err == nil:
+		return nil, ErrRemote, nil, string(text)
+	case isStreamOrConnErr(err):
+		k, c := classify(err)
+		return nil, k, c, ""
+	default:
+		ctrs.garbage.Add(1)
+		return nil, ErrProtocol, err, "bad or stalled error text"
+	}
 }
 
 // classify maps a stream or connection error to our error kinds.
@@ -923,7 +1031,11 @@ func classify(err error) (kind, cause error) {
 		case codeBusy:
 			return ErrRefused, errors.New("protocol at its concurrency limit")
 		case codeOverBudget:
-			return ErrRefused, errors.New("request budget for this peer exhausted")
+			return ErrRefused, errors.New("the peer's memory budget for us is exhausted")
+		case codeRespOverBudget:
+			return ErrRefused, errors.New("the response does not fit the peer's memory budget for us (the handler ran)")
+		case codeStalled:
+			return ErrNotConnected, errors.New("the peer gave up: we read none of its response for its progress timeout")
 		case codeShutdown:
 			return ErrRefused, errors.New("peer shutting down")
 		case codeTooLarge:
@@ -939,7 +1051,7 @@ func classify(err error) (kind, cause error) {
 
 // Reserve implements RPC.
 func (t *Transport) Reserve(peer membership.NodeID, n int) bool {
-	return t.counter(peer).hold(n, t.cfg.MaxRequestBytesPerPeer)
+	return t.counter(peer).hold(n, t.cfg.MaxBytesPerPeer)
 }
 
 // Release implements RPC.

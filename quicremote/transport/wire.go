@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/abcast/abcast/membership"
 
@@ -45,14 +46,16 @@ const (
 
 // Stream reset codes (both directions).
 const (
-	codeCancelled    quic.StreamErrorCode = 0x10 + iota // caller gave up
-	codeNoHandler                                       // no handler for the protocol
-	codeBusy                                            // protocol at its concurrency limit
-	codeTooLarge                                        // frame above MaxFrameSize
-	codeGarbage                                         // undecodable header or frame
-	codeShutdown                                        // receiver is closing
-	codeHandlerError                                    // a stream handler returned an error
-	codeOverBudget                                      // the peer's request budget is spent
+	codeCancelled      quic.StreamErrorCode = 0x10 + iota // caller gave up
+	codeNoHandler                                         // no handler for the protocol
+	codeBusy                                              // protocol at its concurrency limit
+	codeTooLarge                                          // frame above MaxFrameSize
+	codeGarbage                                           // undecodable header or frame
+	codeShutdown                                          // receiver is closing
+	codeHandlerError                                      // a stream handler returned an error
+	codeOverBudget                                        // the peer's memory budget is spent
+	codeRespOverBudget                                    // the response does not fit the caller's budget at the callee
+	codeStalled                                           // the reader made no progress for ProgressTimeout
 )
 
 // Connection close codes.
@@ -269,3 +272,85 @@ func (r *sliceReader) Read(p []byte) (int, error) {
 	r.b = r.b[n:]
 	return n, nil
 }
+
+// smallFrame is the size up to which a frame is written in one piece.
+const smallFrame = 16 << 10
+
+// progressChunk is the unit of the progress rule (Config.ProgressTimeout):
+// each chunk of a frame in transit gets the whole timeout to move.
+const progressChunk = 64 << 10
+
+// writeWithProgress writes hdr then payload, giving every chunk d to be
+// sent. QUIC sends bytes only as fast as the peer's flow control allows,
+// i.e. as fast as the peer reads, so a reader that stopped makes the write
+// fail with os.ErrDeadlineExceeded instead of pinning the payload and the
+// stream forever. It returns only once every byte has left (bar
+// retransmissions): quic-go's Write would otherwise keep the last
+// kilobyte queued and return, and a peer that grants no window could
+// pile up such streams after we gave their credits back.
+func writeWithProgress(str *quic.Stream, hdr, payload []byte, d time.Duration) error {
+	defer func() { _ = str.SetWriteDeadline(time.Time{}) }()
+	if len(hdr)+len(payload) <= smallFrame {
+		return writeSent(str, append(hdr, payload...), d)
+	}
+	if err := writeSent(str, hdr, d); err != nil {
+		return err
+	}
+	return writeSent(str, payload, d)
+}
+
+// writeSent writes p as described under writeWithProgress. A small p
+// that the peer's window takes at once is queued whole (quic-go copies
+// it, and has the window to send it), so that the FIN that usually follows
+// goes out in the same packet.
+func writeSent(str *quic.Stream, p []byte, d time.Duration) error {
+	if len(p) <= smallFrame {
+		if err := str.TryWriteAll(p); !errors.Is(err, quic.ErrWouldBlock) {
+			return err
+		}
+	}
+	for off := 0; off < len(p); off += progressChunk {
+		_ = str.SetWriteDeadline(time.Now().Add(d))
+		end := min(off+progressChunk, len(p))
+		var err error
+		if end < len(p) {
+			// Write returns with the chunk's last kilobyte still queued,
+			// which keeps the stream busy until the next chunk arrives.
+			_, err = str.Write(p[off:end])
+		} else {
+			_, err = str.WriteWithLimit(p[off:end], sendAll)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendAll is a write limiter that limits nothing; passing one makes
+// quic-go's Write wait until the bytes are sent rather than buffered.
+func sendAll(n int) int { return n }
+
+// progressReader reads from a stream giving each chunk of progressChunk
+// bytes d to arrive; a peer that stops part way makes Read fail with
+// os.ErrDeadlineExceeded. done clears the deadline.
+type progressReader struct {
+	str  *quic.Stream
+	d    time.Duration
+	left int // bytes still allowed under the current deadline
+}
+
+func (r *progressReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		_ = r.str.SetReadDeadline(time.Now().Add(r.d))
+		r.left = progressChunk
+	}
+	if len(p) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.str.Read(p)
+	r.left -= n
+	return n, err
+}
+
+func (r *progressReader) done() { _ = r.str.SetReadDeadline(time.Time{}) }
