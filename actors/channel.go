@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -188,6 +189,9 @@ func (n *Node) NewChannel(cfg ChannelConfig) (*Channel, error) {
 	}
 	c.rcfg.Admit, c.rcfg.Verify = cfg.Admit, cfg.Verify
 	c.del.init(cfg.ConsumerPID)
+	if c.rcfg.Seed == 0 {
+		c.rcfg.Seed = rand.Uint64() // nodes must not pick peers and jitter retries in step
+	}
 	var err error
 	if c.sender, err = broadcast.NewSender(c.scfg); err != nil {
 		return nil, err

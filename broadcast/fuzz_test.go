@@ -154,6 +154,8 @@ func FuzzReceiverEvents(f *testing.F) {
 		}
 		delivered := map[ArtifactID]bool{}
 		fetching := map[ArtifactID]bool{}
+		var attempts []FetchAttempt
+		now := t0
 		rd := &opReader{data: data}
 		for step := 0; ; step++ {
 			op, ok := rd.next()
@@ -164,7 +166,7 @@ func FuzzReceiverEvents(f *testing.F) {
 			peer := peers[int(a)%len(peers)]
 			id := ArtifactID(fmt.Sprintf("i%d", b%8))
 			var eff []Effect
-			switch op % 9 {
+			switch op % 11 {
 			case 0, 1, 2:
 				kind := UpdateKind(1 + b%5) // includes KindSync and an invalid kind
 				u := SlotUpdate{Commit: CommitID(a / 3), Slot: Slot(b % 9), Kind: kind,
@@ -174,11 +176,24 @@ func FuzzReceiverEvents(f *testing.F) {
 				}
 				eff, _ = r.HandleUpdate(peer, ConnID(a%3), u)
 			case 3:
-				art := Artifact{ID: id, Payload: []byte("ok")}
-				if b&0x40 != 0 {
-					art.Payload = []byte("bad")
+				if len(attempts) == 0 {
+					break
 				}
-				eff, _ = r.FetchDone(id, peer, art)
+				i := int(a) % len(attempts)
+				at := attempts[i]
+				attempts = append(attempts[:i], attempts[i+1:]...)
+				switch b % 4 {
+				case 0, 1:
+					art := Artifact{ID: at.ID, Payload: []byte("ok")}
+					if b&0x40 != 0 {
+						art.Payload = []byte("bad")
+					}
+					eff, _ = r.FetchDone(at.Token, art, now)
+				case 2:
+					eff = r.FetchFailed(at.Token, now)
+				default:
+					eff = r.FetchInvalid(at.Token, now)
+				}
 			case 4:
 				eff = r.Consumed()
 			case 5:
@@ -187,6 +202,12 @@ func FuzzReceiverEvents(f *testing.F) {
 				eff = r.RemovePeer(peer)
 			case 7:
 				r.AddPeer(peer)
+			case 9:
+				now = now.Add(time.Duration(b) * 20 * time.Millisecond)
+				eff = r.Tick(now)
+			case 10:
+				eff = r.RestartFetches()
+				attempts = nil
 			default:
 				eff, _ = r.HandleUpdate(peer, ConnID(a%3), SlotUpdate{Kind: KindSync})
 			}
@@ -206,11 +227,12 @@ func FuzzReceiverEvents(f *testing.F) {
 						t.Fatalf("step %d: withdraw of undelivered %s", step, e.ID)
 					}
 					delete(delivered, e.ID)
-				case StartFetch:
-					if fetching[e.ID] || delivered[e.ID] {
-						t.Fatalf("step %d: fetch of %s which is fetching or delivered", step, e.ID)
+				case FetchAttempt:
+					if delivered[e.ID] {
+						t.Fatalf("step %d: fetch of %s which is delivered", step, e.ID)
 					}
 					fetching[e.ID] = true
+					attempts = append(attempts, e)
 				case CancelFetch:
 					if !fetching[e.ID] {
 						t.Fatalf("step %d: cancel of %s which is not fetching", step, e.ID)
@@ -219,7 +241,7 @@ func FuzzReceiverEvents(f *testing.F) {
 				}
 			}
 			if err := r.CheckInvariants(); err != nil {
-				t.Fatalf("step %d (op %d): %v", step, op%9, err)
+				t.Fatalf("step %d (op %d): %v", step, op%11, err)
 			}
 		}
 	})

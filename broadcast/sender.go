@@ -24,16 +24,34 @@ type SenderConfig struct {
 	// doubles per consecutive failure. Defaults 250 ms and 60 s.
 	RetryBackoffMin time.Duration
 	RetryBackoffMax time.Duration
+	// UpdateTimeout bounds one transmission of an update, plus
+	// UpdateTimeoutPerMiB for every MiB it carries (pro rata: pushed
+	// artifacts can be large). Every failed transmission of the same state
+	// to the same peer doubles it, up to UpdateTimeoutMax, so a large push
+	// over a slow, lossy link eventually gets the time it needs instead of
+	// restarting on the same deadline forever. A timed-out update counts as
+	// failed and is retried after the backoff. Dead connections are found
+	// by the transport's idle timeout, so this only has to catch a peer
+	// that takes a stream and never answers; it must be generous enough
+	// for a large push over a lossy link (5% loss at 100 ms RTT moves about
+	// 60 KB/s). Defaults 30 s, 20 s and 5 min; UpdateTimeoutMax must leave
+	// at least the first attempt's timeout to the largest push there can be.
+	UpdateTimeout       time.Duration
+	UpdateTimeoutPerMiB time.Duration
+	UpdateTimeoutMax    time.Duration
 }
 
 // DefaultSenderConfig returns the documented defaults.
 func DefaultSenderConfig() SenderConfig {
 	return SenderConfig{
-		MaxSlots:           50_000,
-		PushThreshold:      1024,
-		MaxInFlightPerPeer: 64,
-		RetryBackoffMin:    250 * time.Millisecond,
-		RetryBackoffMax:    60 * time.Second,
+		MaxSlots:            50_000,
+		PushThreshold:       1024,
+		MaxInFlightPerPeer:  64,
+		RetryBackoffMin:     250 * time.Millisecond,
+		RetryBackoffMax:     60 * time.Second,
+		UpdateTimeout:       30 * time.Second,
+		UpdateTimeoutPerMiB: 20 * time.Second,
+		UpdateTimeoutMax:    5 * time.Minute,
 	}
 }
 
@@ -48,6 +66,9 @@ func (c SenderConfig) Validate() error {
 		return fmt.Errorf("%w: SenderConfig.MaxInFlightPerPeer must be positive, got %d", ErrInvalid, c.MaxInFlightPerPeer)
 	case c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin:
 		return fmt.Errorf("%w: SenderConfig retry backoff must satisfy 0 < min <= max, got %v..%v", ErrInvalid, c.RetryBackoffMin, c.RetryBackoffMax)
+	case c.UpdateTimeout <= 0 || c.UpdateTimeoutPerMiB < 0 || c.UpdateTimeoutMax < c.UpdateTimeout:
+		return fmt.Errorf("%w: SenderConfig update timeouts must satisfy 0 < UpdateTimeout <= UpdateTimeoutMax and UpdateTimeoutPerMiB >= 0, got %v, %v, %v",
+			ErrInvalid, c.UpdateTimeout, c.UpdateTimeoutPerMiB, c.UpdateTimeoutMax)
 	}
 	return nil
 }
@@ -64,12 +85,9 @@ type SendUpdate struct {
 	Conn   ConnID
 	Token  Token
 	Update SlotUpdate
-	// Attempt counts earlier transmissions of this same state to this peer
-	// that failed (0 on the first). A caller with a per-attempt timeout
-	// grows it with Attempt, so a large update over a slow, lossy link
-	// eventually gets the time it needs instead of restarting from zero on
-	// the same deadline forever.
-	Attempt int
+	// Timeout is how long the caller waits for the peer's response before
+	// it reports Failed (SenderConfig.UpdateTimeout and what follows it).
+	Timeout time.Duration
 }
 
 // CancelSend asks the caller to abandon the transmission Token (reset its
@@ -77,13 +95,6 @@ type SendUpdate struct {
 type CancelSend struct {
 	Peer  PeerID
 	Token Token
-}
-
-// RetryAt asks the caller to call Tick at or after At: Peer is backing off
-// after a failure and has updates waiting.
-type RetryAt struct {
-	Peer PeerID
-	At   time.Time
 }
 
 // SenderStats counts what the sender did and refused. Updates* count slot
@@ -325,7 +336,7 @@ func (s *Sender) pump(p *peerTx, eff []Effect) []Effect {
 		if ps.failedAt == st.commit {
 			attempt = int(ps.failures)
 		}
-		eff = append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: s.nextToken, Update: st.update, Attempt: attempt})
+		eff = append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: s.nextToken, Update: st.update, Timeout: s.updateTimeout(st.update, attempt)})
 	}
 	p.compact()
 	return s.maybeSync(p, eff)
@@ -347,7 +358,23 @@ func (s *Sender) maybeSync(p *peerTx, eff []Effect) []Effect {
 	s.nextToken++
 	p.syncToken = s.nextToken
 	s.stats.SyncsSent++
-	return append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: p.syncToken, Update: SlotUpdate{Commit: s.commit, Kind: KindSync}})
+	u := SlotUpdate{Commit: s.commit, Kind: KindSync}
+	return append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: p.syncToken, Update: u, Timeout: s.updateTimeout(u, 0)})
+}
+
+// updateTimeout is the response deadline of one transmission of u after
+// attempt failed ones: the base plus its share per MiB carried, doubled per
+// failure, capped.
+func (s *Sender) updateTimeout(u SlotUpdate, attempt int) time.Duration {
+	size := int64(EncodedSize(u.Artifact))
+	d := s.cfg.UpdateTimeout + time.Duration(int64(s.cfg.UpdateTimeoutPerMiB)*size>>20)
+	for range min(attempt, 16) {
+		if d >= s.cfg.UpdateTimeoutMax {
+			break
+		}
+		d *= 2
+	}
+	return min(d, s.cfg.UpdateTimeoutMax)
 }
 
 // PeerUp reports a connection to peer with local connection id conn. A
@@ -505,21 +532,28 @@ func (s *Sender) Failed(peer PeerID, tok Token, now time.Time) []Effect {
 }
 
 // Tick ends the backoff of every peer whose pause has passed and sends what
-// is due. Peers still backing off are named again in RetryAt effects, so a
-// caller that keeps only its earliest timer never loses a later one.
+// is due. If peers are still backing off, it ends with one RetryAt for the
+// earliest of them, so a caller that keeps only one timer (at the earliest
+// RetryAt it was given) and calls Tick when it fires never loses a retry.
 func (s *Sender) Tick(now time.Time) []Effect {
 	var eff []Effect
+	var next RetryAt
 	for _, id := range s.sortedPeers() {
 		p := s.peers[id]
 		if !p.waiting {
 			continue
 		}
 		if now.Before(p.waitUntil) {
-			eff = append(eff, RetryAt{Peer: id, At: p.waitUntil})
+			if next.At.IsZero() || p.waitUntil.Before(next.At) {
+				next = RetryAt{Peer: id, At: p.waitUntil}
+			}
 			continue
 		}
 		p.waiting = false
 		eff = s.pump(p, eff)
+	}
+	if !next.At.IsZero() {
+		eff = append(eff, next)
 	}
 	return eff
 }

@@ -34,25 +34,19 @@ func large(id string) Artifact {
 	return Artifact{ID: ArtifactID(id), Attribute: []byte("a"), Payload: []byte(strings.Repeat("x", 4096))}
 }
 
-func sends(eff []Effect) []SendUpdate {
-	var out []SendUpdate
+// only returns the effects of type T, in order.
+func only[T Effect](eff []Effect) []T {
+	var out []T
 	for _, e := range eff {
-		if s, ok := e.(SendUpdate); ok {
-			out = append(out, s)
+		if x, ok := e.(T); ok {
+			out = append(out, x)
 		}
 	}
 	return out
 }
 
-func cancels(eff []Effect) []CancelSend {
-	var out []CancelSend
-	for _, e := range eff {
-		if c, ok := e.(CancelSend); ok {
-			out = append(out, c)
-		}
-	}
-	return out
-}
+func sends(eff []Effect) []SendUpdate   { return only[SendUpdate](eff) }
+func cancels(eff []Effect) []CancelSend { return only[CancelSend](eff) }
 
 // ackAll acknowledges every send in eff (and what those acks release) and
 // returns all updates the peer ended up receiving.
@@ -474,20 +468,23 @@ func TestCoalesceDropsUpdatesCancelledInTheSameBatch(t *testing.T) {
 	}
 }
 
-func TestSenderCountsAttemptsOfTheSameState(t *testing.T) {
-	s := newTestSender(t, func(c *SenderConfig) { c.RetryBackoffMax = time.Second })
+func TestSenderUpdateTimeoutGrowsPerFailedAttemptOfTheSameState(t *testing.T) {
+	s := newTestSender(t, func(c *SenderConfig) {
+		c.RetryBackoffMax = time.Second
+		c.UpdateTimeout, c.UpdateTimeoutPerMiB, c.UpdateTimeoutMax = time.Second, 0, 5*time.Second
+	})
 	ackAll(t, s, s.PeerUp("p", 1))
 	su := sends(mustPublish(t, s, large("a")))[0]
 	now := t0
-	for want := 0; want < 4; want++ {
-		if su.Attempt != want {
-			t.Fatalf("attempt %d, want %d", su.Attempt, want)
+	for _, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
+		if su.Timeout != want {
+			t.Fatalf("timeout %v, want %v", su.Timeout, want)
 		}
 		r := s.Failed("p", su.Token, now)[0].(RetryAt)
 		now = r.At
 		su = sends(s.Tick(now))[0]
 	}
-	// A new state of the slot starts again from zero.
+	// A new state of the slot starts again from the base.
 	eff, _ := s.Abort("a")
 	eff = append(eff, mustPublish(t, s, large("b"))...)
 	checkS(t, s)
@@ -496,8 +493,21 @@ func TestSenderCountsAttemptsOfTheSameState(t *testing.T) {
 		t.Fatal("nothing sent for the new states")
 	}
 	for _, e := range got {
-		if e.Attempt != 0 {
-			t.Fatalf("new state %v sent as attempt %d", e.Update.Kind, e.Attempt)
+		if e.Timeout != time.Second {
+			t.Fatalf("new state %v sent with timeout %v", e.Update.Kind, e.Timeout)
 		}
+	}
+}
+
+func TestSenderUpdateTimeoutGrowsProRataWithSize(t *testing.T) {
+	s := newTestSender(t, func(c *SenderConfig) {
+		c.UpdateTimeout, c.UpdateTimeoutPerMiB, c.UpdateTimeoutMax = time.Second, 4*time.Second, time.Minute
+	})
+	ackAll(t, s, s.PeerUp("p", 1))
+	a := Artifact{ID: "half", Payload: make([]byte, 512<<10), LatencySensitive: true}
+	su := sends(mustPublish(t, s, a))[0]
+	want := time.Second + time.Duration(int64(4*time.Second)*int64(EncodedSize(a))>>20)
+	if su.Update.Kind != KindPush || su.Timeout != want || su.Timeout < 3*time.Second {
+		t.Fatalf("push of 512 KiB: %v with timeout %v, want %v (about 3 s)", su.Update.Kind, su.Timeout, want)
 	}
 }

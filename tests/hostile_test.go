@@ -276,7 +276,7 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 	for _, mode := range []string{"wrong-bytes", "silent"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := actors.DefaultConfig()
-			cfg.FetchTimeoutMin = 300 * time.Millisecond
+			cfg.Receiver.FetchTimeoutMin = 300 * time.Millisecond
 			c := testnet.NewQUIC(t, 3, cfg)
 			c.Start(0)
 			c.Start(1)

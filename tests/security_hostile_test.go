@@ -102,8 +102,8 @@ func TestSecurityHostileMember(t *testing.T) {
 			cfg.Receiver.SlotLimit = updates / 2
 			cfg.Sender.MaxSlots = min(cfg.Sender.MaxSlots, updates/2)
 		}
-		cfg.FetchTimeoutMin = time.Second
-		cfg.FetchTimeoutMax = 4 * time.Second
+		cfg.Receiver.FetchTimeoutMin = time.Second
+		cfg.Receiver.FetchTimeoutMax = 4 * time.Second
 		tcfg := transport.DefaultConfig()
 		tcfg.MaxFrameSize = honestFrameSize
 		s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Config: cfg, Transport: tcfg, Latency: 10 * time.Millisecond, Seed: 9})

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -58,7 +59,10 @@ func DefaultConfig(seed uint64) Config {
 	sc := broadcast.DefaultSenderConfig()
 	sc.MaxSlots = 64
 	sc.MaxInFlightPerPeer = 4
+	sc.UpdateTimeout, sc.UpdateTimeoutPerMiB, sc.UpdateTimeoutMax = 2*time.Second, 20*time.Second, 16*time.Second
 	rc := broadcast.DefaultReceiverConfig()
+	rc.FetchTimeoutMin, rc.FetchTimeoutMax = time.Second, 10*time.Second
+	rc.FetchBackoffMin, rc.FetchBackoffMax = 50*time.Millisecond, 5*time.Second
 	rc.SlotLimit = 64
 	rc.MaxActiveFetches = 8
 	rc.MaxFetchesPerPeer = 3
@@ -86,7 +90,6 @@ type Result struct {
 }
 
 const (
-	rpcTimeout     = 2 * time.Second
 	detectDelay    = 3 * time.Second // keep-alive / idle timeout
 	reconnectDelay = 500 * time.Millisecond
 	restartDown    = 2 * time.Second
@@ -125,7 +128,10 @@ type node struct {
 	r         *broadcast.Receiver
 	connSeq   map[int]broadcast.ConnID
 	sends     map[broadcast.Token]*sendRec
-	fetches   map[broadcast.ArtifactID]*fetch
+	attempts  map[broadcast.Token]*attemptRec
+	fetching  map[broadcast.ArtifactID]bool
+	timerAt   time.Time // the node's one timer (both cores), zero if unset
+	timerGen  uint64
 	delivered map[broadcast.ArtifactID]bool
 	times     map[broadcast.ArtifactID]int // deliveries in this incarnation
 	owned     []broadcast.ArtifactID       // live artifacts it published, in order
@@ -163,11 +169,14 @@ type sendRec struct {
 	cancelled bool
 }
 
-type fetch struct {
-	id          broadcast.ArtifactID
-	advertisers []broadcast.PeerID
-	attempt     int
-	seq         uint64
+// attemptRec is one fetch attempt the node's receiver asked for; it is
+// reported once, unless CancelFetch came first.
+type attemptRec struct {
+	id        broadcast.ArtifactID
+	peer      int
+	done      bool
+	cancelled bool
+	abort     func() // reports the attempt failed: its connection closed
 }
 
 // New builds a simulation; it does not run yet.
@@ -358,7 +367,9 @@ func (s *Sim) boot(n *node) error {
 	n.inc++
 	n.connSeq = make(map[int]broadcast.ConnID)
 	n.sends = make(map[broadcast.Token]*sendRec)
-	n.fetches = make(map[broadcast.ArtifactID]*fetch)
+	n.attempts = make(map[broadcast.Token]*attemptRec)
+	n.fetching = make(map[broadcast.ArtifactID]bool)
+	n.timerAt = time.Time{}
 	n.delivered = make(map[broadcast.ArtifactID]bool)
 	n.times = make(map[broadcast.ArtifactID]int)
 	if n.byz {
@@ -368,7 +379,9 @@ func (s *Sim) boot(n *node) error {
 	if n.s, err = broadcast.NewSender(s.cfg.Sender); err != nil {
 		return err
 	}
-	if n.r, err = broadcast.NewReceiver(s.cfg.Receiver); err != nil {
+	rc := s.cfg.Receiver
+	rc.Seed = s.cfg.Seed*1000003 + uint64(n.idx)*7919 + uint64(n.inc)
+	if n.r, err = broadcast.NewReceiver(rc); err != nil {
 		return err
 	}
 	for _, m := range s.nodes {
@@ -443,6 +456,12 @@ func (s *Sim) disconnect(a, b int) {
 		for tok, rec := range n.sends {
 			if rec.to == peer.idx {
 				delete(n.sends, tok)
+			}
+		}
+		// Calls on the closed connection fail at once, in token order.
+		for _, tok := range slices.Sorted(maps.Keys(n.attempts)) {
+			if rec := n.attempts[tok]; rec.peer == peer.idx {
+				s.after(0, rec.abort)
 			}
 		}
 		s.exec(n, n.s.PeerDown(peer.id))
@@ -653,27 +672,23 @@ func (s *Sim) exec(n *node, eff []broadcast.Effect) {
 				delete(n.sends, e.Token)
 			}
 		case broadcast.RetryAt:
-			inc := n.inc
-			s.schedule(e.At, func() {
-				if n.alive && n.inc == inc {
-					s.exec(n, n.s.Tick(s.now))
-				}
-			})
-		case broadcast.StartFetch:
-			f := &fetch{id: e.ID, advertisers: e.Advertisers}
-			n.fetches[e.ID] = f
-			s.fetchAttempt(n, f)
-		case broadcast.AdvertisersChanged:
-			if f, ok := n.fetches[e.ID]; ok {
-				f.advertisers = e.Advertisers
-			} else {
-				s.fail("%s: advertisers changed for %s which is not fetching", n.id, e.ID)
+			s.setTimer(n, e.At)
+		case broadcast.FetchAttempt:
+			if n.delivered[e.ID] {
+				s.fail("%s: fetch attempt for %s which is delivered", n.id, e.ID)
 			}
+			n.fetching[e.ID] = true
+			s.fetchAttempt(n, e)
 		case broadcast.CancelFetch:
-			if _, ok := n.fetches[e.ID]; !ok {
+			if !n.fetching[e.ID] {
 				s.fail("%s: cancel of %s which is not fetching", n.id, e.ID)
 			}
-			delete(n.fetches, e.ID)
+			delete(n.fetching, e.ID)
+			for _, a := range n.attempts {
+				if a.id == e.ID {
+					a.cancelled = true
+				}
+			}
 		case broadcast.Deliver:
 			s.deliver(n, e)
 		case broadcast.Withdraw:
@@ -688,8 +703,29 @@ func (s *Sim) exec(n *node, eff []broadcast.Effect) {
 	}
 }
 
+// setTimer keeps the node's one timer at the earliest deadline either
+// core announced, as the cores' time contract (broadcast.RetryAt) asks:
+// when it fires both cores Tick, and each announces its next deadline.
+func (s *Sim) setTimer(n *node, at time.Time) {
+	if !n.timerAt.IsZero() && !at.Before(n.timerAt) {
+		return
+	}
+	n.timerAt = at
+	n.timerGen++
+	gen, inc := n.timerGen, n.inc
+	s.schedule(at, func() {
+		if !n.alive || n.inc != inc || n.timerGen != gen {
+			return
+		}
+		n.timerAt = time.Time{}
+		s.exec(n, n.s.Tick(s.now))
+		s.exec(n, n.r.Tick(s.now))
+	})
+}
+
 func (s *Sim) deliver(n *node, d broadcast.Deliver) {
 	id := d.Artifact.ID
+	delete(n.fetching, id)
 	if n.delivered[id] {
 		s.fail("G2: %s delivered %s twice while advertised", n.id, id)
 		return
@@ -736,7 +772,7 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	rec := &sendRec{to: peer.idx, c: c}
 	n.sends[e.Token] = rec
 	inc := n.inc
-	s.after(rpcTimeout, func() {
+	s.after(e.Timeout, func() {
 		if n.alive && n.inc == inc && n.sends[e.Token] == rec {
 			delete(n.sends, e.Token)
 			s.exec(n, n.s.Failed(peer.id, e.Token, s.now))
@@ -809,50 +845,42 @@ func (s *Sim) nodeByID(id broadcast.PeerID) *node {
 	return s.nodes[0]
 }
 
-// fetchAttempt asks one connected advertiser for the artifact, with a
-// per-attempt timeout that grows, and retries until the fetch is cancelled.
-func (s *Sim) fetchAttempt(n *node, f *fetch) {
-	if n.fetches[f.id] != f {
-		return
-	}
-	f.attempt++
-	s.seq++
-	f.seq = s.seq
-	seq := f.seq
+// fetchAttempt performs one attempt the receiver asked for: a request to
+// the peer and its response, each subject to loss and delay, and the
+// attempt's timeout. The peer and the timeout are the core's choice; the
+// simulator only reports what happened.
+func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
+	peer := s.nodeByID(e.Peer)
+	rec := &attemptRec{id: e.ID, peer: peer.idx}
+	n.attempts[e.Token] = rec
 	inc := n.inc
-	// retry waits a growing, jittered pause and tries again; the pause
-	// replaces this attempt's timeout.
-	retry := func() {
-		s.seq++
-		f.seq = s.seq
-		wait := f.seq
-		backoff := min(50*time.Millisecond<<min(f.attempt, 8), 5*time.Second)
-		s.after(backoff/2+time.Duration(s.rng.Int64N(int64(backoff/2)+1)), func() {
-			if n.alive && n.inc == inc && n.fetches[f.id] == f && f.seq == wait {
-				s.fetchAttempt(n, f)
-			}
-		})
-	}
-	var candidates []*node
-	for _, id := range f.advertisers {
-		p := s.nodeByID(id)
-		if c := s.linkOf(n.idx, p.idx).conn; c != nil {
-			candidates = append(candidates, p)
+	// report delivers an outcome to the receiver once, unless the fetch was
+	// cancelled (the actor shell cancels the call and drops its result).
+	report := func(outcome func() ([]broadcast.Effect, error)) {
+		if !n.alive || n.inc != inc || rec.done {
+			return
+		}
+		rec.done = true
+		delete(n.attempts, e.Token)
+		if rec.cancelled {
+			return
+		}
+		eff, err := outcome()
+		s.exec(n, eff)
+		if err != nil && !s.nodeByID(e.Peer).byz {
+			s.fail("%s: honest %s served bad bytes for %s: %v", n.id, e.Peer, e.ID, err)
 		}
 	}
-	if len(candidates) == 0 {
-		retry()
-		return
-	}
-	peer := candidates[s.rng.IntN(len(candidates))]
+	failed := func() ([]broadcast.Effect, error) { return n.r.FetchFailed(e.Token, s.now), nil }
+	rec.abort = func() { report(failed) }
 	l := s.linkOf(n.idx, peer.idx)
 	c := l.conn
-	timeout := min(time.Second<<min(f.attempt-1, 4), 10*time.Second)
-	s.after(timeout, func() {
-		if n.alive && n.inc == inc && n.fetches[f.id] == f && f.seq == seq {
-			s.fetchAttempt(n, f)
-		}
-	})
+	if c == nil {
+		// Not connected: the transport refuses the call at once.
+		s.after(0, func() { report(failed) })
+		return
+	}
+	s.after(e.Timeout, func() { report(failed) })
 	s.res.Messages++
 	if s.rng.Float64() < s.cfg.Loss {
 		s.res.Lost++
@@ -862,8 +890,8 @@ func (s *Sim) fetchAttempt(n *node, f *fetch) {
 		if !c.alive || l.cut || !peer.alive {
 			return
 		}
-		art, found := s.serve(peer, f.id)
-		if peer.byz && !found {
+		resp := s.serve(peer, e.ID)
+		if resp.silent {
 			return // never answers
 		}
 		s.res.Messages++
@@ -872,36 +900,43 @@ func (s *Sim) fetchAttempt(n *node, f *fetch) {
 			return
 		}
 		s.after(s.delay(), func() {
-			if !c.alive || l.cut || !n.alive || n.inc != inc || n.fetches[f.id] != f || f.seq != seq {
+			if !c.alive || l.cut {
 				return
 			}
-			if !found {
-				retry()
-				return
+			switch {
+			case resp.garbage:
+				report(func() ([]broadcast.Effect, error) { return n.r.FetchInvalid(e.Token, s.now), nil })
+			case !resp.found:
+				report(failed)
+			default:
+				report(func() ([]broadcast.Effect, error) { return n.r.FetchDone(e.Token, resp.a, s.now) })
 			}
-			eff, err := n.r.FetchDone(f.id, peer.id, art)
-			if err != nil {
-				if !peer.byz {
-					s.fail("%s: honest %s served bad bytes for %s: %v", n.id, peer.id, f.id, err)
-					return
-				}
-				retry()
-				return
-			}
-			s.exec(n, eff)
 		})
 	})
 }
 
-func (s *Sim) serve(peer *node, id broadcast.ArtifactID) (broadcast.Artifact, bool) {
+// response is what a peer answers to a fetch.
+type response struct {
+	a       broadcast.Artifact
+	found   bool
+	silent  bool // no answer at all
+	garbage bool // bytes that do not decode
+}
+
+func (s *Sim) serve(peer *node, id broadcast.ArtifactID) response {
 	if peer.byz {
-		if s.rng.IntN(2) == 0 {
-			return broadcast.Artifact{}, false
+		switch s.rng.IntN(4) {
+		case 0, 1:
+			return response{silent: true}
+		case 2:
+			return response{garbage: true}
+		default:
+			// Wrong bytes for the id.
+			return response{a: broadcast.Artifact{ID: id, Payload: []byte("forged")}, found: true}
 		}
-		// Wrong bytes for the id.
-		return broadcast.Artifact{ID: id, Payload: []byte("forged")}, true
 	}
-	return peer.s.Lookup(id)
+	a, ok := peer.s.Lookup(id)
+	return response{a: a, found: ok}
 }
 
 // ---- Byzantine behaviour
@@ -1001,7 +1036,7 @@ func (s *Sim) converged() error {
 			if !r.aborted && !n.delivered[id] {
 				owner := s.nodes[r.owner]
 				return fmt.Errorf("G1: %s has not delivered %s (published by node%02d, live there: %v); receiver: %s; sim fetch: %v",
-					n.id, id, r.owner, owner.s.Live() > 0 && has(owner.s, id), n.r.DescribeID(id), n.fetches[id] != nil)
+					n.id, id, r.owner, owner.s.Live() > 0 && has(owner.s, id), n.r.DescribeID(id), n.fetching[id])
 			}
 			if r.aborted && n.delivered[id] && !s.byzantineAdvertises(n, id) {
 				return fmt.Errorf("G3: %s still holds aborted %s", n.id, id)
