@@ -55,19 +55,35 @@ func FuzzSenderEvents(f *testing.F) {
 			}
 			arg := r.byteOr0()
 			var eff []Effect
+			before := s.snapshot()
+			// A refused publish or abort changes nothing and sends nothing.
+			refused := func(err error, allowed ...error) {
+				t.Helper()
+				if err == nil {
+					return
+				}
+				for _, a := range allowed {
+					if errors.Is(err, a) {
+						if after := s.snapshot(); after != before || len(eff) != 0 {
+							t.Fatalf("step %d: refused (%v) but changed the sender (effects %v):\n%s\n---\n%s", step, err, eff, before, after)
+						}
+						return
+					}
+				}
+				t.Fatalf("step %d: unexpected error %v", step, err)
+			}
 			switch op % 10 {
 			case 0:
 				id := ArtifactID(fmt.Sprintf("a%d", arg%16))
 				size := int(arg) * 40
-				eff, err = s.Publish(Artifact{ID: id, Payload: make([]byte, size), LatencySensitive: arg%7 == 0})
-				if err != nil && !errors.Is(err, ErrDuplicate) && !errors.Is(err, ErrSlotsExhausted) {
-					t.Fatalf("publish: %v", err)
+				if arg == 255 {
+					id = "" // invalid
 				}
+				eff, err = s.Publish(Artifact{ID: id, Payload: make([]byte, size), LatencySensitive: arg%7 == 0})
+				refused(err, ErrDuplicate, ErrSlotsExhausted, ErrInvalid)
 			case 1:
 				eff, err = s.Abort(ArtifactID(fmt.Sprintf("a%d", arg%16)))
-				if err != nil && !errors.Is(err, ErrUnknownID) {
-					t.Fatalf("abort: %v", err)
-				}
+				refused(err, ErrUnknownID)
 			case 2:
 				p := peers[int(arg)%len(peers)]
 				if arg&0x80 == 0 {
@@ -132,6 +148,7 @@ func FuzzReceiverEvents(f *testing.F) {
 		cfg.MaxFetchesPerPeer = 2
 		cfg.DeliveryCredits = 4
 		cfg.MaxIDLen = 8
+		cfg.MaxPushSize = 64
 		cfg.Admit = func(id ArtifactID, attr []byte) Decision {
 			if len(attr) == 0 {
 				return Fetch
@@ -166,15 +183,44 @@ func FuzzReceiverEvents(f *testing.F) {
 			peer := peers[int(a)%len(peers)]
 			id := ArtifactID(fmt.Sprintf("i%d", b%8))
 			var eff []Effect
+			tables, runs := r.snapshot(), r.runsSnapshot()
+			unchanged := func(what string, err error, withRuns bool) {
+				t.Helper()
+				if r.snapshot() != tables || (withRuns && r.runsSnapshot() != runs) {
+					t.Fatalf("step %d: %s refused (%v) but changed the receiver:\n%s%s\n---\n%s%s", step, what, err, tables, runs, r.snapshot(), r.runsSnapshot())
+				}
+			}
 			switch op % 11 {
 			case 0, 1, 2:
 				kind := UpdateKind(1 + b%5) // includes KindSync and an invalid kind
 				u := SlotUpdate{Commit: CommitID(a / 3), Slot: Slot(b % 9), Kind: kind,
 					Artifact: Artifact{ID: id, Attribute: []byte{a}, Payload: []byte("ok")}}
-				if b&0x80 != 0 {
+				switch {
+				case b&0x80 != 0:
 					u.Artifact.Payload = []byte("bad")
+				case b&0x40 != 0 && kind == KindPush:
+					u.Artifact.Payload = make([]byte, cfg.MaxPushSize) // over the limit once encoded
 				}
-				eff, _ = r.HandleUpdate(peer, ConnID(a%3), u)
+				var err error
+				eff, err = r.HandleUpdate(peer, ConnID(a%3), u)
+				switch {
+				case err == nil:
+				case errors.Is(err, ErrStale), errors.Is(err, ErrSlotLimit), errors.Is(err, ErrInvalid), errors.Is(err, ErrUnknownPeer):
+					// "A refused update changes nothing."
+					unchanged("update", err, true)
+					if len(eff) != 0 {
+						t.Fatalf("step %d: refused update (%v) had effects %v", step, err, eff)
+					}
+				case errors.Is(err, ErrMismatch):
+					// The advert part stands; the pushed copy is not delivered.
+					for _, e := range eff {
+						if d, ok := e.(Deliver); ok && d.Artifact.ID == u.Artifact.ID {
+							t.Fatalf("step %d: push that failed verification was delivered", step)
+						}
+					}
+				default:
+					t.Fatalf("step %d: unexpected error %v", step, err)
+				}
 			case 3:
 				if len(attempts) == 0 {
 					break
@@ -188,7 +234,21 @@ func FuzzReceiverEvents(f *testing.F) {
 					if b&0x40 != 0 {
 						art.Payload = []byte("bad")
 					}
-					eff, _ = r.FetchDone(at.Token, art, now)
+					var err error
+					eff, err = r.FetchDone(at.Token, art, now)
+					if err != nil {
+						if !errors.Is(err, ErrMismatch) {
+							t.Fatalf("step %d: unexpected error %v", step, err)
+						}
+						// Wrong bytes change no table: only the fetch's
+						// choice of peer moves on.
+						unchanged("fetched artifact", err, false)
+						for _, e := range eff {
+							if _, ok := e.(Deliver); ok {
+								t.Fatalf("step %d: wrong bytes delivered something: %v", step, eff)
+							}
+						}
+					}
 				case 2:
 					eff = r.FetchFailed(at.Token, now)
 				default:
@@ -209,7 +269,14 @@ func FuzzReceiverEvents(f *testing.F) {
 				eff = r.RestartFetches()
 				attempts = nil
 			default:
-				eff, _ = r.HandleUpdate(peer, ConnID(a%3), SlotUpdate{Kind: KindSync})
+				var err error
+				eff, err = r.HandleUpdate(peer, ConnID(a%3), SlotUpdate{Kind: KindSync})
+				if err != nil {
+					if !errors.Is(err, ErrStale) && !errors.Is(err, ErrUnknownPeer) {
+						t.Fatalf("step %d: sync: %v", step, err)
+					}
+					unchanged("sync", err, true)
+				}
 			}
 			for _, e := range eff {
 				switch e := e.(type) {

@@ -19,6 +19,12 @@ type ReceiverConfig struct {
 	// Defaults 128 and 1024 bytes.
 	MaxIDLen        int
 	MaxAttributeLen int
+	// MaxPushSize is the largest encoded artifact accepted as a push.
+	// Honest senders advertise anything larger (SenderConfig.MaxPushSize),
+	// so a larger push is refused as invalid and counted against the
+	// peer: pushes arrive unasked, and the bound keeps what a peer makes us
+	// hold per update small. Bytes; default 1 MiB.
+	MaxPushSize int
 	// MaxActiveFetches is the most downloads running at once, except that
 	// a peer with no download charged to it may always start one (so a few
 	// peers advertising ids they never serve cannot starve the rest): the
@@ -61,6 +67,7 @@ func DefaultReceiverConfig() ReceiverConfig {
 		SlotLimit:         50_000,
 		MaxIDLen:          128,
 		MaxAttributeLen:   1024,
+		MaxPushSize:       1 << 20,
 		MaxActiveFetches:  32,
 		MaxFetchesPerPeer: 8,
 		DeliveryCredits:   64,
@@ -80,6 +87,8 @@ func (c ReceiverConfig) Validate() error {
 		return fmt.Errorf("%w: ReceiverConfig.MaxIDLen must be positive, got %d", ErrInvalid, c.MaxIDLen)
 	case c.MaxAttributeLen < 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxAttributeLen must not be negative, got %d", ErrInvalid, c.MaxAttributeLen)
+	case c.MaxPushSize <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxPushSize must be positive, got %d", ErrInvalid, c.MaxPushSize)
 	case c.MaxActiveFetches <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxActiveFetches must be positive, got %d", ErrInvalid, c.MaxActiveFetches)
 	case c.MaxFetchesPerPeer <= 0:
@@ -335,15 +344,19 @@ func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effec
 		p.stats.Stale++
 		return nil, fmt.Errorf("%w: from %s on connection %d, already on %d", ErrStale, peer, conn, p.conn)
 	}
-	p.conn = conn
 	switch u.Kind {
 	case KindSync:
+		p.conn = conn
 		p.stats.Syncs++
 		return r.pump(r.sync(p, conn, nil)), nil
 	case KindAdvert, KindPush:
 		if err := r.checkArtifact(u.Artifact); err != nil {
 			p.stats.Invalid++
 			return nil, fmt.Errorf("update from %s slot %d: %w", peer, u.Slot, err)
+		}
+		if size := EncodedSize(u.Artifact); u.Kind == KindPush && size > r.cfg.MaxPushSize {
+			p.stats.Invalid++
+			return nil, fmt.Errorf("%w: push from %s slot %d of %d bytes, limit %d", ErrInvalid, peer, u.Slot, size, r.cfg.MaxPushSize)
 		}
 	case KindCleared:
 	default:
@@ -372,6 +385,9 @@ func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effec
 		e = &entry{}
 		p.slots[u.Slot] = e
 	}
+	// Only an accepted update moves the peer to its newer connection: a
+	// refused one changes nothing.
+	p.conn = conn
 	p.stats.Accepted++
 	newID := u.Artifact.ID
 	filled := u.Kind != KindCleared

@@ -489,3 +489,18 @@ func TestReceiverOlderConnectionEntriesCountAgainstSlotLimit(t *testing.T) {
 	}
 	checkR(t, r)
 }
+
+func TestReceiverRefusesPushesAboveMaxPushSize(t *testing.T) {
+	// G4: a push is unasked-for memory, so a peer may not push more than
+	// honest senders ever do; the same artifact advertised is fine.
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.MaxPushSize = 100 }, "p")
+	big := SlotUpdate{Commit: 1, Slot: 0, Kind: KindPush, Artifact: Artifact{ID: "big", Payload: make([]byte, 200), LatencySensitive: true}}
+	if _, err := r.HandleUpdate("p", 1, big); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("oversized push: %v, want ErrInvalid", err)
+	}
+	if st := r.PeerStats("p"); st.Invalid != 1 || r.Entries("p") != 0 || r.IDs() != 0 {
+		t.Fatalf("oversized push left state: stats %+v, entries %d, ids %d", st, r.Entries("p"), r.IDs())
+	}
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "big")), "fetch(big) ")
+	expect(t, apply(t, r, "p", 1, push(2, 1, "small")), "deliver(small from p) ")
+}

@@ -16,6 +16,12 @@ type SenderConfig struct {
 	// PushThreshold: an artifact whose encoded size is below it is pushed
 	// whole; a larger one is advertised and fetched. Bytes; default 1 KiB.
 	PushThreshold int
+	// MaxPushSize is the largest encoded artifact ever pushed, latency-
+	// sensitive ones included: a larger one is advertised and fetched, so
+	// what one update makes a receiver hold stays small (receivers refuse
+	// larger pushes; see ReceiverConfig.MaxPushSize, which must not be
+	// smaller). Bytes; default 1 MiB.
+	MaxPushSize int
 	// MaxInFlightPerPeer is the most updates outstanding to one peer. More
 	// parallelism hides latency; fewer streams keep QUIC efficient. Default 64.
 	MaxInFlightPerPeer int
@@ -46,6 +52,7 @@ func DefaultSenderConfig() SenderConfig {
 	return SenderConfig{
 		MaxSlots:            50_000,
 		PushThreshold:       1024,
+		MaxPushSize:         1 << 20,
 		MaxInFlightPerPeer:  64,
 		RetryBackoffMin:     250 * time.Millisecond,
 		RetryBackoffMax:     60 * time.Second,
@@ -62,6 +69,8 @@ func (c SenderConfig) Validate() error {
 		return fmt.Errorf("%w: SenderConfig.MaxSlots must be positive, got %d", ErrInvalid, c.MaxSlots)
 	case c.PushThreshold < 0:
 		return fmt.Errorf("%w: SenderConfig.PushThreshold must not be negative, got %d", ErrInvalid, c.PushThreshold)
+	case c.MaxPushSize < c.PushThreshold:
+		return fmt.Errorf("%w: SenderConfig.MaxPushSize %d is below PushThreshold %d", ErrInvalid, c.MaxPushSize, c.PushThreshold)
 	case c.MaxInFlightPerPeer <= 0:
 		return fmt.Errorf("%w: SenderConfig.MaxInFlightPerPeer must be positive, got %d", ErrInvalid, c.MaxInFlightPerPeer)
 	case c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin:
@@ -233,7 +242,7 @@ func (s *Sender) Publish(a Artifact) ([]Effect, error) {
 	st.commit = s.commit
 	st.art = a
 	st.update = SlotUpdate{Commit: s.commit, Slot: slot}
-	if a.LatencySensitive || EncodedSize(a) < s.cfg.PushThreshold {
+	if size := EncodedSize(a); (a.LatencySensitive || size < s.cfg.PushThreshold) && size <= s.cfg.MaxPushSize {
 		st.update.Kind = KindPush
 		st.update.Artifact = a
 	} else {

@@ -1,6 +1,7 @@
 package broadcast
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -122,13 +123,22 @@ func TestSenderLiveSlotBoundRefusesAndChangesNothing(t *testing.T) {
 func TestSenderPushOrAdvertDecision(t *testing.T) {
 	s := newTestSender(t, nil)
 	s.PeerUp("p", 1)
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*131 + i/251)
+		}
+		return b
+	}
 	cases := []struct {
 		a    Artifact
 		want UpdateKind
 	}{
 		{small("small"), KindPush},
 		{large("large"), KindAdvert},
-		{Artifact{ID: "urgent", Payload: make([]byte, 1<<20), LatencySensitive: true}, KindPush},
+		{Artifact{ID: "urgent", Attribute: []byte("u"), Payload: random(100 << 10), LatencySensitive: true}, KindPush},
+		// Latency-sensitive but above MaxPushSize: advertised all the same.
+		{Artifact{ID: "huge", Payload: random(1 << 20), LatencySensitive: true}, KindAdvert},
 		{Artifact{ID: "edge", Payload: make([]byte, 1024)}, KindAdvert},
 	}
 	for _, c := range cases {
@@ -137,11 +147,15 @@ func TestSenderPushOrAdvertDecision(t *testing.T) {
 		if len(got) != 1 || got[0].Update.Kind != c.want {
 			t.Fatalf("%s: got %+v, want kind %v", c.a.ID, got, c.want)
 		}
-		if c.want == KindAdvert && got[0].Update.Artifact.Payload != nil {
+		u := got[0].Update.Artifact
+		if u.ID != c.a.ID || !bytes.Equal(u.Attribute, c.a.Attribute) {
+			t.Fatalf("%s: update names %q with attribute %q", c.a.ID, u.ID, u.Attribute)
+		}
+		if c.want == KindAdvert && u.Payload != nil {
 			t.Fatalf("%s: advert carries the payload", c.a.ID)
 		}
-		if c.want == KindPush && len(got[0].Update.Artifact.Payload) != len(c.a.Payload) {
-			t.Fatalf("%s: push lacks the payload", c.a.ID)
+		if c.want == KindPush && (!bytes.Equal(u.Payload, c.a.Payload) || u.LatencySensitive != c.a.LatencySensitive) {
+			t.Fatalf("%s: push does not carry the published payload and flag", c.a.ID)
 		}
 	}
 }
@@ -394,6 +408,10 @@ func TestSenderConfigValidation(t *testing.T) {
 		func(c *SenderConfig) { c.MaxInFlightPerPeer = 0 },
 		func(c *SenderConfig) { c.RetryBackoffMin = 0 },
 		func(c *SenderConfig) { c.RetryBackoffMax = c.RetryBackoffMin / 2 },
+		func(c *SenderConfig) { c.MaxPushSize = c.PushThreshold - 1 },
+		func(c *SenderConfig) { c.UpdateTimeout = 0 },
+		func(c *SenderConfig) { c.UpdateTimeoutPerMiB = -1 },
+		func(c *SenderConfig) { c.UpdateTimeoutMax = c.UpdateTimeout / 2 },
 	}
 	for i, mut := range bad {
 		cfg := DefaultSenderConfig()

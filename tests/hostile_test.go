@@ -269,11 +269,12 @@ func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 	})
 }
 
-// A peer that advertises an id and then serves wrong bytes, or never
-// answers, costs the receiver retries, never a wrong delivery: the fetch
-// moves on to the other advertiser (with a growing per-attempt timeout).
+// A peer that advertises an id and then serves wrong bytes, bytes that do
+// not decode, or never answers, costs the receiver retries, never a wrong
+// delivery: the fetch moves on to the other advertiser (with a growing
+// per-attempt timeout), and the misbehaviour is counted against the peer.
 func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
-	for _, mode := range []string{"wrong-bytes", "silent"} {
+	for _, mode := range []string{"wrong-bytes", "garbage", "silent"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := actors.DefaultConfig()
 			cfg.Receiver.FetchTimeoutMin = 300 * time.Millisecond
@@ -301,9 +302,12 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 			served := make(chan struct{}, 100)
 			if err := liar.Handle("abcast/consensus/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
 				served <- struct{}{}
-				if mode == "silent" {
+				switch mode {
+				case "silent":
 					<-ctx.Done()
 					return nil, ctx.Err()
+				case "garbage":
+					return []byte{0xff, 0xff, 0xff}, nil
 				}
 				return wire.EncodeFetchResponse(&broadcast.Artifact{ID: "x", Payload: []byte("forged")})
 			}, 0); err != nil {
@@ -335,8 +339,17 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 			})
 			st := recv.Stats()
 			t.Logf("%s: fetch attempts %d, failures %d, bad responses %d", mode, st.FetchAttempts, st.FetchFailures, st.BadFetchResponses)
-			if mode == "wrong-bytes" && st.PeerStats[c.IDs[2].ID.String()].Mismatch == 0 {
-				t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
+			liarStats := st.PeerStats[c.IDs[2].ID.String()]
+			switch mode {
+			case "wrong-bytes":
+				if liarStats.Mismatch == 0 {
+					t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
+				}
+			case "garbage":
+				// Undecodable answers are bad responses, not mere failures.
+				if liarStats.BadResponses == 0 || liarStats.FetchFailures != 0 || st.BadFetchResponses == 0 {
+					t.Fatalf("undecodable responses not counted as bad responses of the liar: %+v, channel %+v", liarStats, st)
+				}
 			}
 		})
 	}

@@ -52,7 +52,16 @@ type Config struct {
 	// Check calls CheckInvariants after every event (on by default in
 	// DefaultConfig; expensive for large tables).
 	Check bool
+	// MaxEvents bounds the events a run may process and hold pending at
+	// once; a run beyond it fails with its seed instead of growing until
+	// the test times out (a timer storm, a livelock). Zero means
+	// DefaultMaxEvents.
+	MaxEvents int
 }
+
+// DefaultMaxEvents is far above what a run needs: the sweep's largest runs
+// process a few tens of thousands of events.
+const DefaultMaxEvents = 2_000_000
 
 // DefaultConfig returns a small, fault-heavy simulation for seed.
 func DefaultConfig(seed uint64) Config {
@@ -60,9 +69,13 @@ func DefaultConfig(seed uint64) Config {
 	sc.MaxSlots = 64
 	sc.MaxInFlightPerPeer = 4
 	sc.UpdateTimeout, sc.UpdateTimeoutPerMiB, sc.UpdateTimeoutMax = 2*time.Second, 20*time.Second, 16*time.Second
+	// Some latency-sensitive artifacts (up to 5,000 bytes) exceed it and
+	// are advertised instead.
+	sc.MaxPushSize = 4096
 	rc := broadcast.DefaultReceiverConfig()
 	rc.FetchTimeoutMin, rc.FetchTimeoutMax = time.Second, 10*time.Second
 	rc.FetchBackoffMin, rc.FetchBackoffMax = 50*time.Millisecond, 5*time.Second
+	rc.MaxPushSize = 4096
 	rc.SlotLimit = 64
 	rc.MaxActiveFetches = 8
 	rc.MaxFetchesPerPeer = 3
@@ -81,12 +94,18 @@ type Result struct {
 	Deliveries, Withdrawals   int
 	Restarts, Cuts, Flaps     int
 	Messages, Lost            int
+	Duplicates, Reordered     int
 	ByzantineUpdates          int
 	RefusedStale, RefusedOver int
 	RefusedInvalid, Mismatch  int
+	BadResponses              int
 	SettledAfter              time.Duration
 	VirtualTime               time.Duration
 	Events                    int
+	// PeakPending is the most events that were waiting at once, and
+	// PeakTimers the most timer events one node had waiting (superseded
+	// ones included: the heap does not remove them).
+	PeakPending, PeakTimers int
 }
 
 const (
@@ -106,6 +125,7 @@ type Sim struct {
 	nodes  []*node
 	links  [][]*link // links[a][b] for a < b
 	reg    map[broadcast.ArtifactID]*record
+	order  map[[2]int]*linkOrder
 	pubSeq int
 	res    Result
 	err    error
@@ -132,6 +152,7 @@ type node struct {
 	fetching  map[broadcast.ArtifactID]bool
 	timerAt   time.Time // the node's one timer (both cores), zero if unset
 	timerGen  uint64
+	timers    int // timer events pending, superseded ones included
 	delivered map[broadcast.ArtifactID]bool
 	times     map[broadcast.ArtifactID]int // deliveries in this incarnation
 	owned     []broadcast.ArtifactID       // live artifacts it published, in order
@@ -193,12 +214,16 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Settle <= 0 {
 		cfg.Settle = 10 * time.Minute
 	}
+	if cfg.MaxEvents <= 0 {
+		cfg.MaxEvents = DefaultMaxEvents
+	}
 	cfg.Receiver.Verify = verifyPayload
 	s := &Sim{
 		cfg:   cfg,
 		rng:   rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		now:   time.Unix(1_000_000, 0),
 		reg:   make(map[broadcast.ArtifactID]*record),
+		order: make(map[[2]int]*linkOrder),
 		links: make([][]*link, cfg.Nodes),
 	}
 	s.start = s.now
@@ -330,6 +355,11 @@ func (s *Sim) runUntil(t time.Time) {
 		s.now = ev.at
 		ev.fn()
 		s.res.Events++
+		s.res.PeakPending = max(s.res.PeakPending, s.events.Len())
+		if s.res.Events > s.cfg.MaxEvents || s.events.Len() > s.cfg.MaxEvents {
+			s.fail("event budget of %d exceeded: %d processed, %d pending (a timer storm or a livelock)", s.cfg.MaxEvents, s.res.Events, s.events.Len())
+			return
+		}
 		if s.cfg.Check && s.err == nil {
 			s.checkAll()
 		}
@@ -713,7 +743,10 @@ func (s *Sim) setTimer(n *node, at time.Time) {
 	n.timerAt = at
 	n.timerGen++
 	gen, inc := n.timerGen, n.inc
+	n.timers++
+	s.res.PeakTimers = max(s.res.PeakTimers, n.timers)
 	s.schedule(at, func() {
+		n.timers--
 		if !n.alive || n.inc != inc || n.timerGen != gen {
 			return
 		}
@@ -781,14 +814,10 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	copies := 1
 	if s.rng.Float64() < s.cfg.Duplicate {
 		copies = 2
+		s.res.Duplicates++
 	}
 	for range copies {
-		s.res.Messages++
-		if s.rng.Float64() < s.cfg.Loss {
-			s.res.Lost++
-			continue
-		}
-		s.after(s.delay(), func() {
+		s.transmit(n, peer, func() {
 			if !c.alive || l.cut || !peer.alive {
 				return
 			}
@@ -797,12 +826,7 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 				return
 			}
 			ok := s.handleUpdate(peer, n, c, e.Update)
-			s.res.Messages++
-			if s.rng.Float64() < s.cfg.Loss {
-				s.res.Lost++
-				return
-			}
-			s.after(s.delay(), func() {
+			s.transmit(peer, n, func() {
 				if !c.alive || l.cut || !n.alive || n.inc != inc || n.sends[e.Token] != rec {
 					return
 				}
@@ -817,6 +841,35 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	}
 }
 
+// transmit sends one message from a to b: it is lost with probability
+// Loss, or arrives after a random delay, perhaps overtaking earlier ones
+// (counted as reordered when it does).
+func (s *Sim) transmit(a, b *node, arrive func()) {
+	s.res.Messages++
+	if s.rng.Float64() < s.cfg.Loss {
+		s.res.Lost++
+		return
+	}
+	ord := s.order[[2]int{a.idx, b.idx}]
+	if ord == nil {
+		ord = &linkOrder{}
+		s.order[[2]int{a.idx, b.idx}] = ord
+	}
+	ord.sent++
+	seq := ord.sent
+	s.after(s.delay(), func() {
+		if seq < ord.arrived {
+			s.res.Reordered++
+		}
+		ord.arrived = max(ord.arrived, seq)
+		arrive()
+	})
+}
+
+// linkOrder numbers the messages sent one way over a link, to notice those
+// that overtake others.
+type linkOrder struct{ sent, arrived uint64 }
+
 // handleUpdate runs at the receiving node and says whether the response is
 // a success. Stale updates are acknowledged: a newer state is already there.
 func (s *Sim) handleUpdate(to, from *node, c *conn, u broadcast.SlotUpdate) bool {
@@ -827,7 +880,7 @@ func (s *Sim) handleUpdate(to, from *node, c *conn, u broadcast.SlotUpdate) bool
 	s.exec(to, eff)
 	if err != nil && !from.byz {
 		switch {
-		case errors.Is(err, broadcast.ErrStale), errors.Is(err, broadcast.ErrMismatch):
+		case errors.Is(err, broadcast.ErrStale):
 		default:
 			s.fail("%s refused an honest update from %s: %v", to.id, from.id, err)
 		}
@@ -881,12 +934,7 @@ func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
 		return
 	}
 	s.after(e.Timeout, func() { report(failed) })
-	s.res.Messages++
-	if s.rng.Float64() < s.cfg.Loss {
-		s.res.Lost++
-		return
-	}
-	s.after(s.delay(), func() {
+	s.transmit(n, peer, func() {
 		if !c.alive || l.cut || !peer.alive {
 			return
 		}
@@ -894,12 +942,7 @@ func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
 		if resp.silent {
 			return // never answers
 		}
-		s.res.Messages++
-		if s.rng.Float64() < s.cfg.Loss {
-			s.res.Lost++
-			return
-		}
-		s.after(s.delay(), func() {
+		s.transmit(peer, n, func() {
 			if !c.alive || l.cut {
 				return
 			}
@@ -984,11 +1027,13 @@ func (s *Sim) byzantineOp(b *node) {
 					Artifact: broadcast.Artifact{ID: id}})
 			}
 		}
-	default: // garbage: invalid kinds and oversized ids
+	default: // garbage: invalid kinds, oversized ids, pushes beyond MaxPushSize
 		b.byzCommit++
 		batch = append(batch,
 			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 1, Kind: broadcast.UpdateKind(77)},
-			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 2, Kind: broadcast.KindPush, Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(strings.Repeat("x", 10_000))}})
+			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 2, Kind: broadcast.KindPush, Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(strings.Repeat("x", 10_000))}},
+			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 3, Kind: broadcast.KindPush,
+				Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(fmt.Sprintf("big-%d-%d", b.idx, b.byzCommit)), Payload: make([]byte, s.cfg.Receiver.MaxPushSize+1)}})
 	}
 	c := s.linkOf(b.idx, to.idx).conn
 	for _, u := range batch {
@@ -1092,6 +1137,7 @@ func (s *Sim) collectStats() {
 			s.res.RefusedOver += int(st.OverLimit)
 			s.res.RefusedInvalid += int(st.Invalid)
 			s.res.Mismatch += int(st.Mismatch)
+			s.res.BadResponses += int(st.BadResponses)
 		}
 	}
 }
