@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/abcast/abcast/actors/actorkit"
 
@@ -25,11 +26,13 @@ type (
 		decodeErr error
 		reply     chan<- error // buffered; the handler waits on it
 	}
-	// fetchOutcome is how one fetch attempt ended: an artifact, or err.
+	// fetchOutcome is how one fetch attempt ended: what it brought in
+	// elapsed, or err.
 	fetchOutcome struct {
-		tok broadcast.Token
-		a   *broadcast.Artifact
-		err error
+		tok     broadcast.Token
+		got     broadcast.Fetched
+		elapsed time.Duration
+		err     error
 	}
 	fetchRestarted struct{}
 	fetchTick      struct{}
@@ -158,22 +161,24 @@ func (a *receiverActor) applyConsumed(ctx actor.Context, total uint64) {
 	}
 }
 
-// fetchOutcome hands the core how an attempt ended: an artifact (which the
-// core checks), a response that did not decode (the peer's fault), or
-// nothing (timeout, transport error, not found).
+// fetchOutcome hands the core how an attempt ended: a manifest or chunk
+// (which the core checks), a response that did not decode (the peer's
+// fault), or nothing (timeout, transport error, not found).
 func (a *receiverActor) fetchOutcome(ctx actor.Context, m fetchOutcome) {
 	c := a.c
 	var eff []broadcast.Effect
 	switch {
 	case m.err == nil:
 		var err error
-		eff, err = c.receiver.FetchDone(m.tok, *m.a, now())
-		switch {
-		case err != nil:
+		eff, err = c.receiver.FetchDone(m.tok, m.got, m.elapsed, now())
+		if err != nil {
 			c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
-			c.n.log.Debug().Str("channel", c.name).Err(err).Msg("fetched artifact refused")
-		case len(eff) > 0: // a late result changes nothing and returns nothing
-			c.updateStats(func(s *ChannelStats) { s.FetchesSucceeded++ })
+			c.n.log.Debug().Str("channel", c.name).Err(err).Msg("fetched part refused")
+		}
+		for _, e := range eff {
+			if _, ok := e.(broadcast.Deliver); ok {
+				c.updateStats(func(s *ChannelStats) { s.FetchesSucceeded++ })
+			}
 		}
 	case errors.Is(m.err, broadcast.ErrInvalid):
 		c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
@@ -190,7 +195,7 @@ func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
 	c := a.c
 	for _, e := range eff {
 		switch e := e.(type) {
-		case broadcast.FetchAttempt, broadcast.CancelFetch:
+		case broadcast.FetchAttempt, broadcast.CancelFetch, broadcast.CancelAttempt:
 			ctx.Send(a.fetcher, e)
 		case broadcast.RetryAt:
 			a.timer.set(ctx, c.n.system.Root, e.At, fetchTick{})
@@ -216,9 +221,10 @@ func (a *receiverActor) publishStats() {
 }
 
 // fetchActor performs the receiver core's fetch attempts, each a call to
-// the chosen peer with the core's timeout, and reports how each ended. It
-// makes no choices of its own: which peer, how long and when to try again
-// are the core's (broadcast/fetch.go).
+// the chosen peer for a manifest or a chunk with the core's timeout, and
+// reports how each ended and how long it took. It makes no choices of its
+// own: which part, which peer, how long and when to try again are the
+// core's (broadcast/fetch.go).
 type fetchActor struct {
 	c     *Channel
 	calls map[broadcast.Token]fetchCall
@@ -259,6 +265,11 @@ func (f *fetchActor) Receive(ctx actor.Context) {
 				delete(f.calls, tok)
 			}
 		}
+	case broadcast.CancelAttempt:
+		if call, ok := f.calls[m.Token]; ok {
+			call.cancel()
+			delete(f.calls, m.Token)
+		}
 	case attemptEnded:
 		if call, ok := f.calls[m.tok]; ok {
 			call.cancel()
@@ -275,7 +286,7 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 		ctx.Send(parent, fetchOutcome{tok: m.Token, err: fmt.Errorf("fetch of %x: peer %q: %w", []byte(m.ID), m.Peer, err)})
 		return
 	}
-	req, err := wire.EncodeFetchRequest(m.ID)
+	req, err := wire.EncodeFetchRequest(wire.FetchRequest{ID: m.ID, Digest: m.Digest, Chunk: m.Chunk})
 	if err != nil {
 		ctx.Send(parent, fetchOutcome{tok: m.Token, err: fmt.Errorf("fetch of %x from %s: %w", []byte(m.ID), peer.Short(), err)})
 		return
@@ -285,13 +296,15 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 	c.updateStats(func(s *ChannelStats) { s.FetchAttempts++ })
 	c.n.goTracked(func() {
 		defer cancel()
-		// An answer is at most the largest artifact the wire limits allow
-		// (MaxMessageLen covers the fetch response); the transport refuses
-		// anything larger before reading it.
-		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxMessageLen()))
-		var art *broadcast.Artifact
+		// An answer is a manifest or one chunk, never a whole large
+		// artifact: the transport refuses anything larger than the wire
+		// limits allow for one before reading it.
+		start := time.Now()
+		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
+		elapsed := time.Since(start)
+		var got broadcast.Fetched
 		if err == nil {
-			art, err = wire.DecodeFetchResponse(resp, c.limit)
+			got, err = wire.DecodeFetchResponse(resp, c.limit)
 		}
 		// A cancelled call was abandoned by the core (or the node is
 		// closing): nobody waits for its outcome.
@@ -299,7 +312,7 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 			if err != nil {
 				err = fmt.Errorf("fetch of %x from %s: %w", []byte(m.ID), peer.Short(), err)
 			}
-			root.Send(parent, fetchOutcome{tok: m.Token, a: art, err: err})
+			root.Send(parent, fetchOutcome{tok: m.Token, got: got, elapsed: elapsed, err: err})
 		}
 		root.Send(self, attemptEnded{m.Token})
 	})

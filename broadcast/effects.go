@@ -11,13 +11,14 @@ import (
 // fetch, deliver. Cores return effects as data and never perform I/O.
 type Effect interface{ isEffect() }
 
-func (SendUpdate) isEffect()   {}
-func (CancelSend) isEffect()   {}
-func (RetryAt) isEffect()      {}
-func (FetchAttempt) isEffect() {}
-func (CancelFetch) isEffect()  {}
-func (Deliver) isEffect()      {}
-func (Withdraw) isEffect()     {}
+func (SendUpdate) isEffect()    {}
+func (CancelSend) isEffect()    {}
+func (RetryAt) isEffect()       {}
+func (FetchAttempt) isEffect()  {}
+func (CancelFetch) isEffect()   {}
+func (CancelAttempt) isEffect() {}
+func (Deliver) isEffect()       {}
+func (Withdraw) isEffect()      {}
 
 // RetryAt asks the caller to call the core's Tick at or after At. Both cores
 // follow one time contract: the caller keeps a single timer per core, set to

@@ -23,7 +23,7 @@ func invariantReceiver(t *testing.T) *Receiver {
 		c.MaxFetchesPerPeer = 1
 		c.DeliveryCredits = 6
 		c.FetchTimeoutMin, c.FetchTimeoutMax = time.Second, time.Second
-	}, "p", "q", "s")
+	}, "p", "q", "s", "u")
 	apply(t, r, "p", 1, advert(1, 0, "a"))
 	apply(t, r, "p", 1, advert(2, 1, "b"))
 	apply(t, r, "p", 1, advert(3, 2, "c"))
@@ -33,7 +33,13 @@ func invariantReceiver(t *testing.T) *Receiver {
 	apply(t, r, "s", 1, advert(1, 0, "g"))
 	apply(t, r, "p", 2, advert(1, 0, "f")) // a@1 stays as p's legacy entry
 	// s's only fetch fails: it pauses.
-	r.FetchFailed(r.ids["g"].run.tok, t0)
+	r.FetchFailed(sortedKeys(r.ids["g"].run.reqs)[0], t0)
+	// u's fetch of a large artifact holds its manifest and one chunk, and
+	// asks for two more.
+	big := bigPayload(1)
+	m := attempts(apply(t, r, "u", 1, advertOf(1, 0, "h", big)))[0]
+	as := attempts(answer(t, r, m, big, t0))
+	answer(t, r, as[0], big, t0)
 	checkR(t, r)
 	return r
 }
@@ -44,7 +50,7 @@ func idIn(t *testing.T, r *Receiver, ph phase, attempting bool) (ArtifactID, *id
 	t.Helper()
 	for _, id := range sortedIDs(r.ids) {
 		st := r.ids[id]
-		if st.phase == ph && (ph != phaseFetching || (st.run.tok != 0) == attempting) {
+		if st.phase == ph && (ph != phaseFetching || (len(st.run.reqs) != 0) == attempting) {
 			return id, st
 		}
 	}
@@ -114,16 +120,33 @@ func TestReceiverCheckInvariantsReportsEachBrokenInvariant(t *testing.T) {
 		}},
 		{"attempt not indexed", "not indexed", func(t *testing.T, r *Receiver) {
 			_, st := idIn(t, r, phaseFetching, true)
-			delete(r.attempts, st.run.tok)
+			delete(r.attempts, sortedKeys(st.run.reqs)[0])
 		}},
-		{"neither attempt nor pause", "neither an attempt nor a pause", func(t *testing.T, r *Receiver) {
+		{"pause not indexed", "but pausing", func(t *testing.T, r *Receiver) {
 			id, _ := idIn(t, r, phaseFetching, false)
 			delete(r.pausing, id)
 		}},
-		{"avoiding more peers than advertise", "avoids 3 peers", func(t *testing.T, r *Receiver) {
-			_, st := idIn(t, r, phaseFetching, false)
-			st.run.avoid = []avoidance{{"p", 1}, {"q", 1}, {"s", 1}}
+		{"neither attempt nor pause", "neither an attempt, nor a pause", func(t *testing.T, r *Receiver) {
+			id, st := idIn(t, r, phaseFetching, false)
+			delete(r.pausing, id)
+			st.run.pause = time.Time{}
 		}},
+		{"requests above FetchParallel", "requests, above 1", func(t *testing.T, r *Receiver) { r.cfg.FetchParallel = 1 }},
+		{"requests above FetchWindow", "(window 1)", func(t *testing.T, r *Receiver) { r.cfg.FetchWindow = 1 }},
+		{"held bytes above MaxFetchSize", "bytes, above 1", func(t *testing.T, r *Receiver) { r.cfg.MaxFetchSize = 1 }},
+		{"run's per-peer request count", "requests counted", func(t *testing.T, r *Receiver) { r.ids["h"].run.peer("u").inflight++ }},
+		{"peer's request bytes", "bytes counted", func(t *testing.T, r *Receiver) { r.peers["u"].inflightBytes++ }},
+		{"chunks without a manifest", "without a manifest", func(t *testing.T, r *Receiver) { r.ids["g"].run.held = 1 }},
+		{"held chunk not matching the manifest", "does not match its manifest", func(t *testing.T, r *Receiver) {
+			r.ids["h"].run.chunks[0][0] ^= 1
+		}},
+		{"data of a chunk not held", "keeps data of chunk 5", func(t *testing.T, r *Receiver) {
+			r.ids["h"].run.chunks[5] = []byte{1}
+		}},
+		{"chunk asked without a request", "chunk 5 state 1, 0 requests", func(t *testing.T, r *Receiver) {
+			r.ids["h"].run.state[5] = chunkAsked
+		}},
+		{"missing counter", "missing and", func(t *testing.T, r *Receiver) { r.ids["h"].run.missing++ }},
 		{"stray attempt", "attempts indexed", func(t *testing.T, r *Receiver) {
 			id, _ := idIn(t, r, phaseFetching, true)
 			r.attempts[9999] = id

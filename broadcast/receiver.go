@@ -42,13 +42,27 @@ type ReceiverConfig struct {
 	// for the consumer). A slow consumer therefore pauses fetching instead of
 	// growing a queue. Default 64.
 	DeliveryCredits int
-	// FetchTimeoutMin and FetchTimeoutMax bound one fetch attempt; the
-	// timeout doubles with every round of attempts over an id's
-	// advertisers. Defaults 5 s and 120 s (the reference's values).
+	// MaxFetchSize is the largest artifact a fetch may assemble: a
+	// manifest describing more proves its digest false. It bounds what one
+	// fetch holds. Bytes; default 128 MiB (the wire's payload limit).
+	MaxFetchSize int
+	// FetchWindow is the most requests of one fetch in flight to one peer
+	// (two keep a link busy while an answer is on its way back), and
+	// FetchParallel the most in flight for one fetch, spread over the
+	// advertisers of its digest. Defaults 2 and 8.
+	FetchWindow, FetchParallel int
+	// FetchTimeoutMin and FetchTimeoutMax bound one request's timeout,
+	// which otherwise follows the rate the peer delivered at recently
+	// (four times the bytes queued to it over that rate, on top of the
+	// minimum) and doubles with the peer's consecutive failures. A fetch
+	// progresses from a peer that moves at least one chunk within
+	// FetchTimeoutMax (256 KiB in 120 s by default: 2 KiB/s). Defaults 5 s
+	// and 120 s.
 	FetchTimeoutMin, FetchTimeoutMax time.Duration
-	// FetchBackoffMin and FetchBackoffMax bound the jittered pause of a
-	// fetch after a whole round of its advertisers failed; it doubles with
-	// the attempts made. Defaults 100 ms and 5 s.
+	// FetchBackoffMin and FetchBackoffMax bound the jittered pause before
+	// a peer that failed a request is asked again; it doubles with the
+	// peer's consecutive failures (a wrong or undecodable answer counts
+	// four). Defaults 100 ms and 5 s.
 	FetchBackoffMin, FetchBackoffMax time.Duration
 	// Seed seeds the receiver's random choices (the first advertiser a fetch
 	// asks, backoff jitter). The core draws from no other source, so a seed
@@ -71,6 +85,9 @@ func DefaultReceiverConfig() ReceiverConfig {
 		MaxActiveFetches:  32,
 		MaxFetchesPerPeer: 8,
 		DeliveryCredits:   64,
+		MaxFetchSize:      128 << 20,
+		FetchWindow:       2,
+		FetchParallel:     8,
 		FetchTimeoutMin:   5 * time.Second,
 		FetchTimeoutMax:   120 * time.Second,
 		FetchBackoffMin:   100 * time.Millisecond,
@@ -95,6 +112,10 @@ func (c ReceiverConfig) Validate() error {
 		return fmt.Errorf("%w: ReceiverConfig.MaxFetchesPerPeer must be positive, got %d", ErrInvalid, c.MaxFetchesPerPeer)
 	case c.DeliveryCredits <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.DeliveryCredits must be positive, got %d", ErrInvalid, c.DeliveryCredits)
+	case c.MaxFetchSize < 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxFetchSize must not be negative, got %d", ErrInvalid, c.MaxFetchSize)
+	case c.FetchWindow <= 0 || c.FetchParallel < c.FetchWindow:
+		return fmt.Errorf("%w: ReceiverConfig needs 0 < FetchWindow <= FetchParallel, got %d and %d", ErrInvalid, c.FetchWindow, c.FetchParallel)
 	case c.FetchTimeoutMin <= 0 || c.FetchTimeoutMax < c.FetchTimeoutMin:
 		return fmt.Errorf("%w: ReceiverConfig fetch timeouts must satisfy 0 < min <= max, got %v..%v", ErrInvalid, c.FetchTimeoutMin, c.FetchTimeoutMax)
 	case c.FetchBackoffMin <= 0 || c.FetchBackoffMax < c.FetchBackoffMin:
@@ -127,23 +148,30 @@ type PeerStats struct {
 	// did not decode (FetchInvalid). Wrong artifacts count as Mismatch.
 	FetchFailures uint64
 	BadResponses  uint64
+	// Rate is the peer's recent delivery rate to us, in bytes per second
+	// (0 until it served a fetch request).
+	Rate int64
 }
 
 // ReceiverStats counts what the receiver did.
 type ReceiverStats struct {
 	FetchesStarted, FetchesCancelled uint64
 	FetchAttempts                    uint64
-	Delivered, Withdrawn             uint64
-	DeliveredFromPush                uint64
-	LateFetchResults                 uint64
-	UnknownPeerUpdates               uint64
+	// FetchedBytes counts the payload bytes of artifacts assembled from
+	// fetched chunks; FalseDigests the digests proven false.
+	FetchedBytes, FalseDigests uint64
+	Delivered, Withdrawn       uint64
+	DeliveredFromPush          uint64
+	LateFetchResults           uint64
+	UnknownPeerUpdates         uint64
 }
 
 type entry struct {
 	conn   ConnID
 	commit CommitID
 	id     ArtifactID
-	filled bool // false: a cleared slot kept for ordering
+	filled bool   // false: a cleared slot kept for ordering
+	digest Digest // of an advert: the manifest to fetch
 }
 
 type peerRx struct {
@@ -157,6 +185,12 @@ type peerRx struct {
 	head  int
 	// active counts running fetches charged to this peer.
 	active int
+	// inflight and inflightBytes count the fetch requests running to this
+	// peer and the bytes they expect; rate is the peer's recent delivery
+	// rate (bytes per second, 0 unknown), which sets their timeouts.
+	inflight      int
+	inflightBytes int64
+	rate          int64
 	// legacy keeps, per id, an entry from an older connection that an
 	// update on a newer one displaced, until the sender's Sync: a restarted
 	// sender republishes its artifacts in whatever slots it likes (perhaps
@@ -169,8 +203,9 @@ type peerRx struct {
 // legacyEntry is the slot whose (peer, slot) pair still advertises an id
 // for a peer's older connection.
 type legacyEntry struct {
-	slot Slot
-	conn ConnID
+	slot   Slot
+	conn   ConnID
+	digest Digest
 }
 
 type advKey struct {
@@ -224,6 +259,12 @@ type Receiver struct {
 	pausing   map[ArtifactID]struct{}
 	announced time.Time
 	rng       uint64
+	// now is the latest time a call brought, which backoffs are measured
+	// against between calls that bring none.
+	now time.Time
+	// lastFalse is the reason the last digest was proven false, reported
+	// by the FetchDone call during which that happened.
+	lastFalse error
 }
 
 // NewReceiver returns a receiver with no peers.
@@ -244,7 +285,9 @@ func (r *Receiver) Stats() ReceiverStats { return r.stats }
 // PeerStats returns one peer's counters.
 func (r *Receiver) PeerStats(peer PeerID) PeerStats {
 	if p, ok := r.peers[peer]; ok {
-		return p.stats
+		st := p.stats
+		st.Rate = p.rate
+		return st
 	}
 	return PeerStats{}
 }
@@ -283,7 +326,12 @@ func (r *Receiver) DescribeID(id ArtifactID) string {
 	names := [...]string{"idle", "queued", "fetching", "delivered"}
 	run := ""
 	if f := st.run; f != nil {
-		run = fmt.Sprintf(", attempt %d to %q (token %d), pausing until %v, avoiding %v", f.attempts, f.peer, f.tok, f.pause, f.avoid)
+		held := "no manifest"
+		if f.man != nil {
+			held = fmt.Sprintf("%d of %d chunks (%d bytes)", len(f.chunks)-f.missing, len(f.chunks), f.held)
+		}
+		run = fmt.Sprintf(", digest %v (chosen %v, stalled %v), %s, %d requests, pausing until %v, peers %+v, false digests %v",
+			f.digest, f.chosen, f.stalled, held, len(f.reqs), f.pause, f.peers, f.bad)
 	}
 	return fmt.Sprintf("decision %v, %s, charged to %q, advertisers %v (%d pairs), fetching %d/%d, credits %d/%d%s",
 		st.decision, names[st.phase], st.charged, st.peerList(), st.adv.len(), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits, run)
@@ -319,7 +367,25 @@ func (r *Receiver) RemovePeer(peer PeerID) []Effect {
 		delete(p.slots, slot)
 	}
 	eff = r.dropLegacy(p, eff)
+	// Requests to the peer still running for fetches others serve end
+	// here: it may come back as a new member, with nothing in flight.
+	resume := make(map[ArtifactID]bool)
+	for _, tok := range sortedKeys(r.attempts) {
+		id := r.attempts[tok]
+		f := r.ids[id].run
+		if f.reqs[tok].peer == peer {
+			r.endRequest(f, tok)
+			delete(r.attempts, tok)
+			eff = append(eff, CancelAttempt{ID: id, Token: tok})
+			resume[id] = true
+		}
+	}
 	delete(r.peers, peer)
+	for _, id := range sortedKeys(resume) {
+		if st, ok := r.ids[id]; ok && st.phase == phaseFetching {
+			eff = r.announceRun(st, r.advance(id, st, eff))
+		}
+	}
 	for i, id := range r.order {
 		if id == peer {
 			r.order = append(r.order[:i], r.order[i+1:]...)
@@ -393,13 +459,13 @@ func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effec
 	filled := u.Kind != KindCleared
 	if e.filled && filled && e.id == newID {
 		// The same artifact again (a resend on a new connection, say).
-		e.conn, e.commit = conn, u.Commit
+		e.conn, e.commit, e.digest = conn, u.Commit, u.Digest
 		return r.pump(eff), nil
 	}
 	if e.filled {
 		eff = r.displace(p, u.Slot, e, conn, eff)
 	}
-	e.conn, e.commit, e.filled, e.id = conn, u.Commit, filled, ""
+	e.conn, e.commit, e.filled, e.id, e.digest = conn, u.Commit, filled, "", u.Digest
 	if !filled {
 		return r.pump(eff), nil
 	}
@@ -422,7 +488,7 @@ func (r *Receiver) displace(p *peerRx, slot Slot, e *entry, conn ConnID, eff []E
 		if p.legacy == nil {
 			p.legacy = make(map[ArtifactID]legacyEntry)
 		}
-		p.legacy[e.id] = legacyEntry{slot: slot, conn: e.conn}
+		p.legacy[e.id] = legacyEntry{slot: slot, conn: e.conn, digest: e.digest}
 		return eff
 	}
 	return r.unlink(p, slot, e, eff)
@@ -474,9 +540,6 @@ func (r *Receiver) unlinkID(p *peerRx, slot Slot, id ArtifactID, eff []Effect) [
 	key := advKey{p.id, slot}
 	peerGone := st.adv.remove(key)
 	if st.adv.len() > 0 {
-		if peerGone && st.phase == phaseFetching {
-			st.run.dropAvoid(st)
-		}
 		if peerGone && st.phase == phaseFetching && st.charged == p.id {
 			list := st.peerList()
 			p.active--

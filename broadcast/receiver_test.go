@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 func newTestReceiver(t *testing.T, mut func(*ReceiverConfig), peers ...PeerID) *Receiver {
@@ -29,8 +30,27 @@ func checkR(t *testing.T, r *Receiver) {
 	}
 }
 
+// payloadOf is the payload the tests publish under id.
+func payloadOf(id ArtifactID) []byte { return []byte("payload of " + id) }
+
+const testChunk = MinChunkSize
+
 func advert(commit CommitID, slot Slot, id string) SlotUpdate {
-	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindAdvert, Artifact: Artifact{ID: ArtifactID(id), Attribute: []byte("attr")}}
+	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindAdvert, Artifact: Artifact{ID: ArtifactID(id), Attribute: []byte("attr")},
+		Digest: Describe(payloadOf(ArtifactID(id)), testChunk).Digest()}
+}
+
+// serve answers attempt a as an honest peer holding payload would.
+func serve(a FetchAttempt, payload []byte) Fetched {
+	m := Describe(payload, testChunk)
+	if a.Chunk == ManifestPart {
+		got := Fetched{Manifest: &m}
+		if m.Chunks() == 1 {
+			got.Data = payload
+		}
+		return got
+	}
+	return Fetched{Data: m.Chunk(payload, a.Chunk)}
 }
 
 func push(commit CommitID, slot Slot, id string) SlotUpdate {
@@ -59,6 +79,8 @@ func kindsOf(eff []Effect) string {
 			s += fmt.Sprintf("fetch(%s) ", e.ID)
 		case CancelFetch:
 			s += fmt.Sprintf("cancel(%s) ", e.ID)
+		case CancelAttempt:
+			s += fmt.Sprintf("cancelattempt(%s) ", e.ID)
 		case Deliver:
 			s += fmt.Sprintf("deliver(%s from %s) ", e.Artifact.ID, e.From)
 		case Withdraw:
@@ -127,7 +149,7 @@ func TestReceiverOverwriteCancelsOldFetch(t *testing.T) {
 	r := newTestReceiver(t, nil, "p")
 	aTok := apply(t, r, "p", 1, advert(1, 0, "a"))[0].(FetchAttempt).Token
 	expect(t, apply(t, r, "p", 1, advert(2, 0, "b")), "cancel(a) fetch(b) ")
-	if eff, err := r.FetchDone(aTok, Artifact{ID: "a"}, t0); err != nil || len(eff) != 0 {
+	if eff, err := r.FetchDone(aTok, Fetched{}, time.Second, t0); err != nil || len(eff) != 0 {
 		t.Fatalf("late result for cancelled fetch: %v %v", eff, err)
 	}
 	if r.Stats().LateFetchResults != 1 {
@@ -148,9 +170,9 @@ func TestReceiverTwoPeersOneFetch(t *testing.T) {
 	expect(t, apply(t, r, "q", 1, clearedU(10, 4)), "withdraw(a) ")
 }
 
-// attemptTo fails id's attempts until one goes to from (ticking through
-// pauses) and returns its token.
-func attemptTo(t *testing.T, r *Receiver, id ArtifactID, from PeerID) Token {
+// attemptTo fails id's requests to other peers until one goes to from
+// (ticking through pauses) and returns it.
+func attemptTo(t *testing.T, r *Receiver, id ArtifactID, from PeerID) FetchAttempt {
 	t.Helper()
 	now := t0
 	for range 100 {
@@ -158,30 +180,46 @@ func attemptTo(t *testing.T, r *Receiver, id ArtifactID, from PeerID) Token {
 		if !ok || st.run == nil {
 			t.Fatalf("%s is not fetching: %s", id, r.DescribeID(id))
 		}
-		if st.run.tok == 0 {
-			now = st.run.pause
+		f := st.run
+		if len(f.reqs) == 0 {
+			if f.pause.IsZero() {
+				t.Fatalf("%s: no request and no pause: %s", id, r.DescribeID(id))
+			}
+			now = f.pause
 			r.Tick(now)
 			checkR(t, r)
 			continue
 		}
-		if st.run.peer == from {
-			return st.run.tok
+		for _, tok := range sortedKeys(f.reqs) {
+			q := f.reqs[tok]
+			if q.peer == from {
+				return FetchAttempt{ID: id, Peer: q.peer, Token: tok, Digest: f.digest, Chunk: q.chunk}
+			}
 		}
-		r.FetchFailed(st.run.tok, now)
+		r.FetchFailed(sortedKeys(f.reqs)[0], now)
 		checkR(t, r)
 	}
 	t.Fatalf("no attempt of %s went to %s: %s", id, from, r.DescribeID(id))
-	return 0
+	return FetchAttempt{}
 }
 
+// mustFetch has from serve id's payload until it is delivered and returns
+// the last answer's effects.
 func mustFetch(t *testing.T, r *Receiver, id ArtifactID, from PeerID) []Effect {
 	t.Helper()
-	eff, err := r.FetchDone(attemptTo(t, r, id, from), Artifact{ID: id, Payload: []byte("payload")}, t0)
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		a := attemptTo(t, r, id, from)
+		eff, err := r.FetchDone(a.Token, serve(a, payloadOf(id)), time.Millisecond, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkR(t, r)
+		if r.IsDelivered(id) {
+			return eff
+		}
 	}
-	checkR(t, r)
-	return eff
+	t.Fatalf("%s not delivered: %s", id, r.DescribeID(id))
+	return nil
 }
 
 func TestReceiverReadvertiseAfterFinishDeliversAgain(t *testing.T) {
@@ -212,7 +250,8 @@ func TestReceiverTopologyChangeDropsPeerSlots(t *testing.T) {
 	apply(t, r, "p", 1, push(3, 2, "c")) // delivered, only p
 	eff := r.RemovePeer("p")
 	checkR(t, r)
-	expect(t, eff, "cancel(a) withdraw(c) ")
+	// b's request to p is cancelled and made to q.
+	expect(t, eff, "cancel(a) withdraw(c) cancelattempt(b) fetch(b) ")
 	if r.Entries("p") != 0 {
 		t.Fatal("removed peer still has entries")
 	}
@@ -241,17 +280,23 @@ func TestReceiverPushDeliversAtOnceAndVerifies(t *testing.T) {
 	}
 	checkR(t, r)
 	expect(t, eff, "fetch(f) ")
-	// Wrong bytes from a fetch are refused; the fetch stays open.
-	if _, err := r.FetchDone(attemptTo(t, r, "f", "q"), Artifact{ID: "f", Payload: []byte("forged")}, t0); !errors.Is(err, ErrMismatch) {
+	// q serves the forged bytes again: refused, and q (whose manifest named
+	// them) is not asked for f again; the fetch waits for another advertiser.
+	a := attemptTo(t, r, "f", "q")
+	eff, err = r.FetchDone(a.Token, serve(a, []byte("forged")), time.Millisecond, t0)
+	if !errors.Is(err, ErrMismatch) || !errors.Is(err, bad) {
 		t.Fatalf("forged fetch: %v", err)
 	}
-	if _, err := r.FetchDone(attemptTo(t, r, "f", "q"), Artifact{ID: "other"}, t0); !errors.Is(err, ErrMismatch) {
-		t.Fatalf("wrong id: %v", err)
+	checkR(t, r)
+	expect(t, eff, "")
+	if r.PeerStats("q").Mismatch != 2 || r.Fetching() != 1 || !r.ids["f"].run.stalled {
+		t.Fatalf("stats %+v fetching %d: %s", r.PeerStats("q"), r.Fetching(), r.DescribeID("f"))
 	}
-	if r.PeerStats("q").Mismatch != 3 || r.Fetching() != 1 {
-		t.Fatalf("stats %+v fetching %d", r.PeerStats("q"), r.Fetching())
-	}
-	expect(t, mustFetch(t, r, "f", "q"), "deliver(f from q) ")
+	// An honest advertiser appears: it is asked at once.
+	u := advert(3, 2, "f")
+	u.Digest = Describe(payloadOf("f"), testChunk).Digest()
+	expect(t, apply(t, r, "p", 1, u), "fetch(f) ")
+	expect(t, mustFetch(t, r, "f", "p"), "deliver(f from p) ")
 }
 
 func TestReceiverAdmissionDropAndLater(t *testing.T) {

@@ -22,6 +22,13 @@ type SenderConfig struct {
 	// larger pushes; see ReceiverConfig.MaxPushSize, which must not be
 	// smaller). Bytes; default 1 MiB.
 	MaxPushSize int
+	// ChunkSize is the size of the chunks an advertised artifact is
+	// fetched in (the last one shorter); the advert carries the digest of
+	// their hashes (see Manifest). Larger chunks mean fewer requests;
+	// smaller ones waste less when a request times out, and need less of a
+	// slow link per request. Bytes, MinChunkSize to MaxChunkSize; default
+	// 256 KiB.
+	ChunkSize int
 	// MaxInFlightPerPeer is the most updates outstanding to one peer. More
 	// parallelism hides latency; fewer streams keep QUIC efficient. Default 64.
 	MaxInFlightPerPeer int
@@ -53,6 +60,7 @@ func DefaultSenderConfig() SenderConfig {
 		MaxSlots:            50_000,
 		PushThreshold:       1024,
 		MaxPushSize:         1 << 20,
+		ChunkSize:           256 << 10,
 		MaxInFlightPerPeer:  64,
 		RetryBackoffMin:     250 * time.Millisecond,
 		RetryBackoffMax:     60 * time.Second,
@@ -69,6 +77,8 @@ func (c SenderConfig) Validate() error {
 		return fmt.Errorf("%w: SenderConfig.MaxSlots must be positive, got %d", ErrInvalid, c.MaxSlots)
 	case c.PushThreshold < 0:
 		return fmt.Errorf("%w: SenderConfig.PushThreshold must not be negative, got %d", ErrInvalid, c.PushThreshold)
+	case c.ChunkSize < MinChunkSize || c.ChunkSize > MaxChunkSize:
+		return fmt.Errorf("%w: SenderConfig.ChunkSize %d outside %d..%d", ErrInvalid, c.ChunkSize, MinChunkSize, MaxChunkSize)
 	case c.MaxPushSize < c.PushThreshold:
 		return fmt.Errorf("%w: SenderConfig.MaxPushSize %d is below PushThreshold %d", ErrInvalid, c.MaxPushSize, c.PushThreshold)
 	case c.MaxInFlightPerPeer <= 0:
@@ -248,6 +258,7 @@ func (s *Sender) Publish(a Artifact) ([]Effect, error) {
 	} else {
 		st.update.Kind = KindAdvert
 		st.update.Artifact = Artifact{ID: a.ID, Attribute: a.Attribute, LatencySensitive: a.LatencySensitive}
+		st.update.Digest = Describe(a.Payload, s.cfg.ChunkSize).Digest()
 	}
 	s.byID[a.ID] = slot
 	s.live++

@@ -300,6 +300,7 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			served := make(chan struct{}, 100)
+			forged := []byte("forged")
 			if err := liar.Handle("abcast/consensus/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
 				served <- struct{}{}
 				switch mode {
@@ -309,7 +310,9 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				case "garbage":
 					return []byte{0xff, 0xff, 0xff}, nil
 				}
-				return wire.EncodeFetchResponse(&broadcast.Artifact{ID: "x", Payload: []byte("forged")})
+				// The manifest its advert named, with forged bytes that
+				// match it: they assemble, and the verifier refuses them.
+				return wire.EncodeFetchManifest(broadcast.Describe(forged, broadcast.MinChunkSize), forged)
 			}, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -323,7 +326,8 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The liar advertises x first; only later does the honest node.
-			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
+			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"},
+				Digest: broadcast.Describe(forged, broadcast.MinChunkSize).Digest()})
 			if err := liar.Push(t.Context(), c.IDs[0].ID, "abcast/consensus/update", msg); err != nil {
 				t.Fatal(err)
 			}

@@ -37,6 +37,11 @@ type Config struct {
 	// MinDelay and MaxDelay bound one-way message delay; messages overtake
 	// each other when the range is wide.
 	MinDelay, MaxDelay time.Duration
+	// Bandwidth is each link's capacity per direction, in bytes per
+	// second: a message occupies its link for its size over the bandwidth,
+	// after the messages sent before it. Zero means unlimited (sizes cost
+	// no time).
+	Bandwidth int
 	// Faults enables link cuts, connection flaps and node restarts.
 	Faults bool
 	// Ops is the number of workload operations (publish, abort, faults).
@@ -72,6 +77,9 @@ func DefaultConfig(seed uint64) Config {
 	// Some latency-sensitive artifacts (up to 5,000 bytes) exceed it and
 	// are advertised instead.
 	sc.MaxPushSize = 4096
+	// Advertised artifacts (2,000 to 8,000 bytes) are fetched in several
+	// chunks.
+	sc.ChunkSize = broadcast.MinChunkSize
 	rc := broadcast.DefaultReceiverConfig()
 	rc.FetchTimeoutMin, rc.FetchTimeoutMax = time.Second, 10*time.Second
 	rc.FetchBackoffMin, rc.FetchBackoffMax = 50*time.Millisecond, 5*time.Second
@@ -139,26 +147,29 @@ type record struct {
 }
 
 type node struct {
-	idx       int
-	id        broadcast.PeerID
-	byz       bool
-	alive     bool
-	inc       int
-	s         *broadcast.Sender
-	r         *broadcast.Receiver
-	connSeq   map[int]broadcast.ConnID
-	sends     map[broadcast.Token]*sendRec
-	attempts  map[broadcast.Token]*attemptRec
-	fetching  map[broadcast.ArtifactID]bool
-	timerAt   time.Time // the node's one timer (both cores), zero if unset
-	timerGen  uint64
-	timers    int // timer events pending, superseded ones included
-	delivered map[broadcast.ArtifactID]bool
-	times     map[broadcast.ArtifactID]int // deliveries in this incarnation
-	owned     []broadcast.ArtifactID       // live artifacts it published, in order
-	byzSent   []sentUpdate                 // Byzantine: what it sent, to replay
-	byzCommit broadcast.CommitID
-	dirty     bool // a core changed since its invariants were checked
+	idx      int
+	id       broadcast.PeerID
+	byz      bool
+	alive    bool
+	inc      int
+	s        *broadcast.Sender
+	r        *broadcast.Receiver
+	connSeq  map[int]broadcast.ConnID
+	sends    map[broadcast.Token]*sendRec
+	attempts map[broadcast.Token]*attemptRec
+	fetching map[broadcast.ArtifactID]bool
+	timerAt  time.Time // the node's one timer (both cores), zero if unset
+	timerGen uint64
+	timers   int // timer events pending, superseded ones included
+	// fetchedBytes counts the chunk bytes each id's fetch received in this
+	// incarnation.
+	fetchedBytes map[broadcast.ArtifactID]int
+	delivered    map[broadcast.ArtifactID]bool
+	times        map[broadcast.ArtifactID]int // deliveries in this incarnation
+	owned        []broadcast.ArtifactID       // live artifacts it published, in order
+	byzSent      []sentUpdate                 // Byzantine: what it sent, to replay
+	byzCommit    broadcast.CommitID
+	dirty        bool // a core changed since its invariants were checked
 }
 
 type sentUpdate struct {
@@ -398,6 +409,7 @@ func (s *Sim) boot(n *node) error {
 	n.connSeq = make(map[int]broadcast.ConnID)
 	n.sends = make(map[broadcast.Token]*sendRec)
 	n.attempts = make(map[broadcast.Token]*attemptRec)
+	n.fetchedBytes = make(map[broadcast.ArtifactID]int)
 	n.fetching = make(map[broadcast.ArtifactID]bool)
 	n.timerAt = time.Time{}
 	n.delivered = make(map[broadcast.ArtifactID]bool)
@@ -622,6 +634,31 @@ func (s *Sim) publish() {
 		size = 2000 + s.rng.IntN(3000)
 		ls = true // pushed although large
 	}
+	s.publishSized(n, size, ls)
+}
+
+// PublishAt makes honest node publish an artifact of size random bytes at
+// virtual time at after the start, besides the random workload: a test can
+// place the artifact its scenario needs. Call it before Run.
+func (s *Sim) PublishAt(at time.Duration, node, size int) {
+	s.schedule(s.start.Add(at), func() {
+		if n := s.nodes[node]; n.alive && !n.byz {
+			s.publishSized(n, size, false)
+		}
+	})
+}
+
+// AbortAt makes honest node abort the last artifact it published (if it
+// is still live) at virtual time at after the start. Call it before Run.
+func (s *Sim) AbortAt(at time.Duration, node int) {
+	s.schedule(s.start.Add(at), func() {
+		if n := s.nodes[node]; n.alive && !n.byz && len(n.owned) > 0 {
+			s.abortOwned(n, len(n.owned)-1)
+		}
+	})
+}
+
+func (s *Sim) publishSized(n *node, size int, ls bool) {
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = byte(s.rng.Uint32())
@@ -652,7 +689,11 @@ func (s *Sim) abort() {
 		return
 	}
 	n := candidates[s.rng.IntN(len(candidates))]
-	i := s.rng.IntN(len(n.owned))
+	s.abortOwned(n, s.rng.IntN(len(n.owned)))
+}
+
+// abortOwned aborts the i-th live artifact n published.
+func (s *Sim) abortOwned(n *node, i int) {
 	id := n.owned[i]
 	n.owned = slices.Delete(n.owned, i, i+1)
 	s.reg[id].aborted = true
@@ -718,6 +759,10 @@ func (s *Sim) exec(n *node, eff []broadcast.Effect) {
 				if a.id == e.ID {
 					a.cancelled = true
 				}
+			}
+		case broadcast.CancelAttempt:
+			if a, ok := n.attempts[e.Token]; ok {
+				a.cancelled = true
 			}
 		case broadcast.Deliver:
 			s.deliver(n, e)
@@ -816,8 +861,9 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 		copies = 2
 		s.res.Duplicates++
 	}
+	size := broadcast.EncodedSize(e.Update.Artifact) + 24
 	for range copies {
-		s.transmit(n, peer, func() {
+		s.transmit(n, peer, size, func() {
 			if !c.alive || l.cut || !peer.alive {
 				return
 			}
@@ -826,7 +872,7 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 				return
 			}
 			ok := s.handleUpdate(peer, n, c, e.Update)
-			s.transmit(peer, n, func() {
+			s.transmit(peer, n, 16, func() {
 				if !c.alive || l.cut || !n.alive || n.inc != inc || n.sends[e.Token] != rec {
 					return
 				}
@@ -841,23 +887,33 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	}
 }
 
-// transmit sends one message from a to b: it is lost with probability
-// Loss, or arrives after a random delay, perhaps overtaking earlier ones
-// (counted as reordered when it does).
-func (s *Sim) transmit(a, b *node, arrive func()) {
+// transmit sends a message of size bytes from a to b: it is lost with
+// probability Loss, or arrives after it has had its turn on the link (with
+// a Bandwidth) and a random delay, perhaps overtaking earlier ones (counted
+// as reordered when it does).
+func (s *Sim) transmit(a, b *node, size int, arrive func()) {
 	s.res.Messages++
-	if s.rng.Float64() < s.cfg.Loss {
-		s.res.Lost++
-		return
-	}
 	ord := s.order[[2]int{a.idx, b.idx}]
 	if ord == nil {
 		ord = &linkOrder{}
 		s.order[[2]int{a.idx, b.idx}] = ord
 	}
+	wait := time.Duration(0)
+	if s.cfg.Bandwidth > 0 {
+		start := s.now
+		if ord.busyUntil.After(start) {
+			start = ord.busyUntil
+		}
+		ord.busyUntil = start.Add(time.Duration(int64(size) * int64(time.Second) / int64(s.cfg.Bandwidth)))
+		wait = ord.busyUntil.Sub(s.now)
+	}
+	if s.rng.Float64() < s.cfg.Loss {
+		s.res.Lost++
+		return
+	}
 	ord.sent++
 	seq := ord.sent
-	s.after(s.delay(), func() {
+	s.after(wait+s.delay(), func() {
 		if seq < ord.arrived {
 			s.res.Reordered++
 		}
@@ -867,8 +923,11 @@ func (s *Sim) transmit(a, b *node, arrive func()) {
 }
 
 // linkOrder numbers the messages sent one way over a link, to notice those
-// that overtake others.
-type linkOrder struct{ sent, arrived uint64 }
+// that overtake others, and says until when the link is busy.
+type linkOrder struct {
+	sent, arrived uint64
+	busyUntil     time.Time
+}
 
 // handleUpdate runs at the receiving node and says whether the response is
 // a success. Stale updates are acknowledged: a newer state is already there.
@@ -934,15 +993,20 @@ func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
 		return
 	}
 	s.after(e.Timeout, func() { report(failed) })
-	s.transmit(n, peer, func() {
+	asked := s.now
+	s.transmit(n, peer, 64, func() {
 		if !c.alive || l.cut || !peer.alive {
 			return
 		}
-		resp := s.serve(peer, e.ID)
+		resp := s.serve(peer, e)
 		if resp.silent {
 			return // never answers
 		}
-		s.transmit(peer, n, func() {
+		size := len(resp.got.Data) + 16
+		if m := resp.got.Manifest; m != nil {
+			size += len(m.Hashes) + 16
+		}
+		s.transmit(peer, n, size, func() {
 			if !c.alive || l.cut {
 				return
 			}
@@ -952,7 +1016,13 @@ func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
 			case !resp.found:
 				report(failed)
 			default:
-				report(func() ([]broadcast.Effect, error) { return n.r.FetchDone(e.Token, resp.a, s.now) })
+				report(func() ([]broadcast.Effect, error) {
+					eff, err := n.r.FetchDone(e.Token, resp.got, s.now.Sub(asked), s.now)
+					if err == nil {
+						n.fetchedBytes[e.ID] += len(resp.got.Data)
+					}
+					return eff, err
+				})
 			}
 		})
 	})
@@ -960,27 +1030,67 @@ func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
 
 // response is what a peer answers to a fetch.
 type response struct {
-	a       broadcast.Artifact
+	got     broadcast.Fetched
 	found   bool
 	silent  bool // no answer at all
 	garbage bool // bytes that do not decode
 }
 
-func (s *Sim) serve(peer *node, id broadcast.ArtifactID) response {
+// serve answers a fetch request at peer. An honest peer answers for the
+// artifact it holds under the id if its digest is the one asked for (or
+// none is named); a Byzantine one stays silent, sends bytes that do not
+// decode, or answers with its forged version of the artifact.
+func (s *Sim) serve(peer *node, e broadcast.FetchAttempt) response {
+	var payload []byte
 	if peer.byz {
 		switch s.rng.IntN(4) {
 		case 0, 1:
 			return response{silent: true}
 		case 2:
 			return response{garbage: true}
-		default:
-			// Wrong bytes for the id.
-			return response{a: broadcast.Artifact{ID: id, Payload: []byte("forged")}, found: true}
 		}
+		payload = forgedPayload(e.ID)
+		if e.Digest != s.manifest(forgedPayload(e.ID)).Digest() && s.rng.IntN(2) == 0 {
+			// Lie under the honest digest: its manifest, chunks of nothing.
+			if r, ok := s.reg[e.ID]; ok {
+				m := s.manifest(r.payload)
+				if e.Chunk == broadcast.ManifestPart {
+					return response{got: broadcast.Fetched{Manifest: &m, Data: []byte("forged")}, found: true}
+				}
+				return response{got: broadcast.Fetched{Data: make([]byte, m.ChunkLen(min(e.Chunk, m.Chunks()-1)))}, found: true}
+			}
+		}
+	} else {
+		a, ok := peer.s.Lookup(e.ID)
+		if !ok {
+			return response{}
+		}
+		payload = a.Payload
 	}
-	a, ok := peer.s.Lookup(id)
-	return response{a: a, found: ok}
+	m := s.manifest(payload)
+	if e.Digest != (broadcast.Digest{}) && e.Digest != m.Digest() && !peer.byz {
+		return response{} // another artifact under this id
+	}
+	if e.Chunk == broadcast.ManifestPart {
+		got := broadcast.Fetched{Manifest: &m}
+		if m.Chunks() == 1 {
+			got.Data = payload
+		}
+		return response{got: got, found: true}
+	}
+	if e.Chunk >= m.Chunks() {
+		return response{}
+	}
+	return response{got: broadcast.Fetched{Data: m.Chunk(payload, e.Chunk)}, found: true}
 }
+
+// manifest describes payload with the senders' chunk size.
+func (s *Sim) manifest(payload []byte) broadcast.Manifest {
+	return broadcast.Describe(payload, s.cfg.Sender.ChunkSize)
+}
+
+// forgedPayload is what Byzantine nodes serve under an id.
+func forgedPayload(id broadcast.ArtifactID) []byte { return []byte("forged " + string(id)) }
 
 // ---- Byzantine behaviour
 
@@ -1019,12 +1129,16 @@ func (s *Sim) byzantineOp(b *node) {
 			b.byzCommit++
 			batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(s.rng.IntN(10 * limit)), Kind: broadcast.KindCleared})
 		}
-	case 3: // advertise honest ids it will serve wrongly
+	case 3: // advertise honest ids it will serve wrongly, under their digest or its own
 		for id, r := range s.sortedRecords() {
 			if s.rng.IntN(3) == 0 && !r.aborted {
 				b.byzCommit++
+				digest := s.manifest(r.payload).Digest()
+				if s.rng.IntN(2) == 0 {
+					digest = s.manifest(forgedPayload(id)).Digest()
+				}
 				batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(s.rng.IntN(limit)), Kind: broadcast.KindAdvert,
-					Artifact: broadcast.Artifact{ID: id}})
+					Artifact: broadcast.Artifact{ID: id}, Digest: digest})
 			}
 		}
 	default: // garbage: invalid kinds, oversized ids, pushes beyond MaxPushSize
@@ -1111,6 +1225,13 @@ func (s *Sim) checkBounds() {
 	for _, n := range s.nodes {
 		if n.byz {
 			continue
+		}
+		// G3: an artifact aborted before a node delivered it is never
+		// fetched in full by that node.
+		for id, r := range s.sortedRecords() {
+			if r.aborted && n.times[id] == 0 && len(r.payload) > 0 && n.fetchedBytes[id] >= len(r.payload) {
+				s.fail("G3: %s fetched all %d bytes of aborted %s without delivering it", n.id, len(r.payload), id)
+			}
 		}
 		for _, m := range s.nodes {
 			if m == n {

@@ -250,3 +250,62 @@ func TestSimReplay(t *testing.T) {
 	res := run(t, cfg)
 	t.Logf("%+v", res)
 }
+
+// TestSimLargeArtifactOutlastingTheFetchTimeoutCapIsDelivered: G1 for an
+// artifact whose transfer over the link needs far longer than the largest
+// fetch attempt timeout (30 s at 10 KB/s against a 10 s cap). A fetch that
+// starts again from zero on every attempt never completes.
+func TestSimLargeArtifactOutlastingTheFetchTimeoutCapIsDelivered(t *testing.T) {
+	cfg := DefaultConfig(21)
+	cfg.Nodes, cfg.Ops = 2, 0
+	cfg.Faults, cfg.Loss, cfg.Duplicate = false, 0, 0
+	cfg.Bandwidth = 10_000
+	cfg.Settle = 5 * time.Minute
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.PublishAt(0, 0, 300_000)
+	res, err := s.Run()
+	if err != nil {
+		t.Fatalf("%v\nfetch timeout cap %v, link 10 KB/s", err, cfg.Receiver.FetchTimeoutMax)
+	}
+	if res.Deliveries != 1 {
+		t.Fatalf("deliveries %d, want 1: %+v", res.Deliveries, res)
+	}
+	t.Logf("delivered; settled after %v", res.SettledAfter)
+}
+
+// TestSimAbortedLargeArtifactIsNeverFetchedInFull: G3 for a transfer in
+// progress: an artifact aborted a tenth of the way through its transfer
+// stops costing bandwidth, and what arrived of it is dropped.
+func TestSimAbortedLargeArtifactIsNeverFetchedInFull(t *testing.T) {
+	cfg := DefaultConfig(22)
+	cfg.Nodes, cfg.Ops = 3, 0
+	cfg.Faults, cfg.Loss, cfg.Duplicate = false, 0, 0
+	cfg.Bandwidth = 10_000
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.PublishAt(0, 0, 300_000)
+	s.AbortAt(3*time.Second, 0)
+	res, err := s.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 3; i++ {
+		got := s.nodes[i].fetchedBytes
+		for id, n := range got {
+			if n == 0 || n >= 100_000 {
+				t.Fatalf("node %d fetched %d bytes of %s, aborted after 3 s of a 30 s transfer", i, n, id)
+			}
+		}
+		if len(got) == 0 {
+			t.Fatalf("node %d fetched nothing before the abort: the test shows nothing", i)
+		}
+	}
+	if res.Deliveries != 0 {
+		t.Fatalf("aborted artifact delivered: %+v", res)
+	}
+}
