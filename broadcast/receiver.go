@@ -11,9 +11,10 @@ type ReceiverConfig struct {
 	// SlotLimit is the most slot entries kept per peer (cleared slots whose
 	// order still matters included). An update for a new slot beyond it is
 	// refused with ErrSlotLimit. Memory per peer is at most about
-	// SlotLimit × (MaxIDLen + MaxAttributeLen + 300 bytes): measured 1,428
-	// bytes per entry with 128-byte ids and 1 KiB attributes, so a peer
-	// flooding the default limit costs about 70 MiB. Default 50,000.
+	// SlotLimit × (MaxIDLen + MaxAttributeLen + 330 bytes): measured 1,428
+	// bytes per entry with 128-byte ids and 1 KiB attributes before adverts
+	// carried a 32-byte digest, so a peer flooding the default limit costs
+	// about 70 MiB. Default 50,000.
 	SlotLimit int
 	// MaxIDLen and MaxAttributeLen bound what one advert may store.
 	// Defaults 128 and 1024 bytes.
@@ -43,8 +44,9 @@ type ReceiverConfig struct {
 	// growing a queue. Default 64.
 	DeliveryCredits int
 	// MaxFetchSize is the largest artifact a fetch may assemble: a
-	// manifest describing more proves its digest false. It bounds what one
-	// fetch holds. Bytes; default 128 MiB (the wire's payload limit).
+	// manifest describing more proves its digest false. It bounds the
+	// chunks one fetch holds (at most MaxActiveFetches plus one per peer
+	// run at once). Bytes; default 128 MiB (the wire's payload limit).
 	MaxFetchSize int
 	// FetchWindow is the most requests of one fetch in flight to one peer
 	// (two keep a link busy while an answer is on its way back), and
@@ -218,7 +220,7 @@ type phase uint8
 const (
 	phaseIdle     phase = iota // Later or Drop
 	phaseQueued                // admitted, waiting for fetch capacity
-	phaseFetching              // StartFetch emitted
+	phaseFetching              // a fetch run exists (fetch.go)
 	phaseDelivered
 )
 
