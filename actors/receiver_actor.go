@@ -180,7 +180,7 @@ func (a *receiverActor) fetchOutcome(ctx actor.Context, m fetchOutcome) {
 				c.updateStats(func(s *ChannelStats) { s.FetchesSucceeded++ })
 			}
 		}
-	case errors.Is(m.err, broadcast.ErrInvalid):
+	case errors.Is(m.err, broadcast.ErrInvalid), errors.Is(m.err, transport.ErrTooLarge):
 		c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
 		c.n.log.Debug().Str("channel", c.name).Err(m.err).Msg("fetch response refused")
 		eff = c.receiver.FetchInvalid(m.tok, now())
