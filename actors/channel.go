@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,11 +106,11 @@ const (
 	stateFailed
 )
 
-// poolEntry is one live artifact of the publisher, with the fetch response
-// that serves it, encoded once and shared by every fetch of it.
+// poolEntry is one live artifact of the publisher, with the manifest that
+// fetches of it are served from, made on first use (fetch_serve.go).
 type poolEntry struct {
-	a    broadcast.Artifact
-	resp []byte
+	a   broadcast.Artifact
+	man *servedManifest
 }
 
 type poolOp struct {
@@ -188,6 +189,9 @@ func (n *Node) NewChannel(cfg ChannelConfig) (*Channel, error) {
 	}
 	c.rcfg.Admit, c.rcfg.Verify = cfg.Admit, cfg.Verify
 	c.del.init(cfg.ConsumerPID)
+	if c.rcfg.Seed == 0 {
+		c.rcfg.Seed = rand.Uint64() // nodes must not pick peers and jitter retries in step
+	}
 	var err error
 	if c.sender, err = broadcast.NewSender(c.scfg); err != nil {
 		return nil, err
@@ -638,65 +642,6 @@ func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-}
-
-// handleFetch serves an artifact from the publisher's pool, which is the
-// truth about what is live. The response is encoded once per artifact and
-// shared by every fetch of it (and released when the artifact is
-// aborted), so concurrent fetches of a large artifact cost no copies.
-func (c *Channel) handleFetch(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
-	id, err := wire.DecodeFetchRequest(req, c.limit)
-	if err != nil {
-		return nil, fmt.Errorf("fetch from %s: %w", peer.Short(), err)
-	}
-	resp, err := c.fetchResponse(id)
-	if err != nil || resp == nil {
-		if err == nil {
-			return wire.EncodeFetchResponse(nil)
-		}
-		return nil, err
-	}
-	c.updateStats(func(s *ChannelStats) {
-		s.FetchBytesServed += uint64(len(resp))
-		if s.BytesServedTo == nil {
-			s.BytesServedTo = make(map[string]uint64)
-		}
-		s.BytesServedTo[peer.String()] += uint64(len(resp))
-	})
-	return resp, nil
-}
-
-// fetchResponse returns the shared encoded response for id, building it on
-// first use; nil if id is not live.
-func (c *Channel) fetchResponse(id broadcast.ArtifactID) ([]byte, error) {
-	c.mu.Lock()
-	e := c.pool[id]
-	if e == nil {
-		c.mu.Unlock()
-		return nil, nil
-	}
-	if e.resp != nil {
-		r := e.resp
-		c.mu.Unlock()
-		return r, nil
-	}
-	a := e.a
-	c.mu.Unlock()
-	// Encoding a large artifact outside the lock; two first fetches racing
-	// may both encode, and the first to store wins.
-	resp, err := wire.EncodeFetchResponse(&a)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e := c.pool[id]; e != nil {
-		if e.resp == nil {
-			e.resp = resp
-		}
-		return e.resp, nil
-	}
-	return nil, nil
 }
 
 func (c *Channel) hook(kind string, msg any) {

@@ -15,29 +15,14 @@ import (
 // DefaultConfig; Validate reports the first one out of range.
 type Config struct {
 	// Sender and Receiver are the per-channel core limits used when a
-	// ChannelConfig leaves its own zero.
+	// ChannelConfig leaves its own zero. They include the protocol's
+	// timing: Sender's update timeouts and retry backoff, Receiver's fetch
+	// attempt timeouts and backoff.
 	Sender   broadcast.SenderConfig
 	Receiver broadcast.ReceiverConfig
 	// Wire bounds what a peer's message may contain (ids, attributes,
 	// payloads); larger messages are refused and counted.
 	Wire wire.Limits
-	// UpdateTimeout bounds one slot update transmission, plus
-	// UpdateTimeoutPerMiB for every MiB it carries (pushed artifacts can be
-	// large). A timed-out update counts as failed and is retried after the
-	// sender's backoff. Dead connections are detected by the transport's
-	// idle timeout, so this only has to catch a peer that takes a stream and
-	// never answers; it must be generous enough for a large push over a
-	// lossy link (5% loss at 100 ms RTT moves about 60 KB/s). Defaults 30 s
-	// and 20 s.
-	UpdateTimeout       time.Duration
-	UpdateTimeoutPerMiB time.Duration
-	// FetchTimeoutMin and FetchTimeoutMax bound one fetch attempt; the
-	// timeout doubles with every failed attempt of the same fetch.
-	// Defaults 5 s and 120 s (the reference's values).
-	FetchTimeoutMin, FetchTimeoutMax time.Duration
-	// FetchBackoffMin and FetchBackoffMax bound the pause between fetch
-	// attempts when no advertiser could serve. Defaults 100 ms and 5 s.
-	FetchBackoffMin, FetchBackoffMax time.Duration
 	// HandlerTimeout bounds how long an incoming update waits for the
 	// receiver actor; past it the update is refused and the sender retries.
 	// Default 5 s.
@@ -90,25 +75,19 @@ type Hooks struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		Sender:              broadcast.DefaultSenderConfig(),
-		Receiver:            broadcast.DefaultReceiverConfig(),
-		Wire:                wire.DefaultLimits(),
-		UpdateTimeout:       30 * time.Second,
-		UpdateTimeoutPerMiB: 20 * time.Second,
-		FetchTimeoutMin:     5 * time.Second,
-		FetchTimeoutMax:     120 * time.Second,
-		FetchBackoffMin:     100 * time.Millisecond,
-		FetchBackoffMax:     5 * time.Second,
-		HandlerTimeout:      5 * time.Second,
-		MailboxCapacity:     1024,
-		UpdateHandlers:      128,
-		FetchHandlers:       32,
-		MaxRestarts:         10,
-		RestartWindow:       10 * time.Second,
-		ConsumerTimeout:     30 * time.Second,
-		ConsumerWindow:      64,
-		Transport:           transport.DefaultConfig(),
-		Remote:              quicremote.DefaultConfig(),
+		Sender:          broadcast.DefaultSenderConfig(),
+		Receiver:        broadcast.DefaultReceiverConfig(),
+		Wire:            wire.DefaultLimits(),
+		HandlerTimeout:  5 * time.Second,
+		MailboxCapacity: 1024,
+		UpdateHandlers:  128,
+		FetchHandlers:   32,
+		MaxRestarts:     10,
+		RestartWindow:   10 * time.Second,
+		ConsumerTimeout: 30 * time.Second,
+		ConsumerWindow:  64,
+		Transport:       transport.DefaultConfig(),
+		Remote:          quicremote.DefaultConfig(),
 	}
 }
 
@@ -124,12 +103,6 @@ func (c Config) Validate() error {
 		return err
 	}
 	switch {
-	case c.UpdateTimeout <= 0 || c.UpdateTimeoutPerMiB < 0:
-		return fmt.Errorf("actors: UpdateTimeout must be positive")
-	case c.FetchTimeoutMin <= 0 || c.FetchTimeoutMax < c.FetchTimeoutMin:
-		return fmt.Errorf("actors: fetch timeouts must satisfy 0 < min <= max")
-	case c.FetchBackoffMin <= 0 || c.FetchBackoffMax < c.FetchBackoffMin:
-		return fmt.Errorf("actors: fetch backoff must satisfy 0 < min <= max")
 	case c.HandlerTimeout <= 0:
 		return fmt.Errorf("actors: HandlerTimeout must be positive")
 	case c.MailboxCapacity < 4*c.Sender.MaxInFlightPerPeer:

@@ -15,7 +15,7 @@ import (
 
 func testConfig() actors.Config {
 	cfg := actors.DefaultConfig()
-	cfg.FetchTimeoutMin = 2 * time.Second
+	cfg.Receiver.FetchTimeoutMin = 2 * time.Second
 	return cfg
 }
 

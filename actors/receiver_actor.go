@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/abcast/abcast/actors/actorkit"
@@ -28,15 +26,18 @@ type (
 		decodeErr error
 		reply     chan<- error // buffered; the handler waits on it
 	}
-	fetchFailed struct{ from broadcast.PeerID }
-	fetchResult struct {
-		id   broadcast.ArtifactID
-		from broadcast.PeerID
-		a    broadcast.Artifact
+	// fetchOutcome is how one fetch attempt ended: what it brought in
+	// elapsed, or err.
+	fetchOutcome struct {
+		tok     broadcast.Token
+		got     broadcast.Fetched
+		elapsed time.Duration
+		err     error
 	}
-	fetchRejected struct{ from broadcast.PeerID }
-	consumedMsg   struct{ total uint64 }
-	reevaluateMsg struct{ replyTo *actor.PID }
+	fetchRestarted struct{}
+	fetchTick      struct{}
+	consumedMsg    struct{ total uint64 }
+	reevaluateMsg  struct{ replyTo *actor.PID }
 	// acceptPeer and dropPeer come from the node's presence core: apply
 	// peer's updates arriving on conn from now on; or forget what peer
 	// advertised (it closed the channel) and refuse its updates.
@@ -53,10 +54,11 @@ type (
 var errNotAccepted = errors.New("channel not announced by the sender on this connection")
 
 // receiverActor owns the channel's receiver core (kept in the Channel) and
-// one fetch actor per running download.
+// the fetch actor that performs the core's fetch attempts.
 type receiverActor struct {
 	c       *Channel
-	fetches map[broadcast.ArtifactID]*actor.PID
+	fetcher *actor.PID
+	timer   coreTimer
 	accept  map[broadcast.PeerID]broadcast.ConnID
 }
 
@@ -64,14 +66,22 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 	c := a.c
 	switch ctx.Message().(type) {
 	case *actor.Started:
-		// After a restart the fetch actors are gone: start them again.
-		// Events sent while it was down may be lost: re-apply the members
-		// and the consumer's running total of consumed deliveries.
-		a.fetches = make(map[broadcast.ArtifactID]*actor.PID)
+		// After a restart the fetch actor and its attempts are gone, and
+		// so is the timer: the core makes the attempts again and announces
+		// its next deadline. Events sent while it was down may be lost:
+		// re-apply the members, the peers' presence and the consumer's
+		// running total of consumed deliveries.
+		props := actor.PropsFromProducer(func() actor.Actor { return &fetchActor{c: c} },
+			actor.WithMailbox(actorkit.BoundedMailbox(c.n.cfg.MailboxCapacity, actorkit.WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
+		a.fetcher = ctx.Spawn(props)
+		a.timer = coreTimer{}
 		a.applyMembers(ctx, c.n.view())
 		_, a.accept = c.n.presenceOf(c.name)
 		a.exec(ctx, c.receiver.RestartFetches())
 		a.applyConsumed(ctx, c.consumedTotal.Load())
+		return
+	case *actor.Stopping, *actor.Restarting:
+		a.timer.stop()
 		return
 	case actor.SystemMessage, actor.AutoReceiveMessage:
 		return
@@ -99,25 +109,15 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		m.reply <- err
 	case membersMsg:
 		a.applyMembers(ctx, m.snap)
-	case fetchResult:
-		eff, err := c.receiver.FetchDone(m.id, m.from, m.a)
-		if err != nil {
-			c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
-			if pid, ok := a.fetches[m.id]; ok {
-				ctx.Send(pid, fetchRejected{from: m.from})
-			}
-			return
-		}
-		c.updateStats(func(s *ChannelStats) { s.FetchesSucceeded++ })
-		if pid, ok := a.fetches[m.id]; ok && c.receiver.IsDelivered(m.id) {
-			ctx.Stop(pid)
-			delete(a.fetches, m.id)
-		}
-		a.exec(ctx, eff)
+	case fetchOutcome:
+		a.fetchOutcome(ctx, m)
+	case fetchRestarted:
+		a.exec(ctx, c.receiver.RestartFetches())
+	case fetchTick:
+		a.timer.fired()
+		a.exec(ctx, c.receiver.Tick(now()))
 	case consumedMsg:
 		a.applyConsumed(ctx, m.total)
-	case fetchFailed:
-		c.receiver.RecordFetchFailure(m.from)
 	case reevaluateMsg:
 		a.exec(ctx, c.receiver.Reevaluate())
 		if m.replyTo != nil {
@@ -132,7 +132,7 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 			c.receiver.AddPeer(m.peer)
 		}
 	case inspectMsg:
-		ctx.Respond(fmt.Sprintf("%s; fetch actor %v", c.receiver.DescribeID(m.id), a.fetches[m.id] != nil))
+		ctx.Respond(c.receiver.DescribeID(m.id))
 		return
 	}
 	a.publishStats()
@@ -161,27 +161,44 @@ func (a *receiverActor) applyConsumed(ctx actor.Context, total uint64) {
 	}
 }
 
+// fetchOutcome hands the core how an attempt ended: a manifest or chunk
+// (which the core checks), a response that did not decode (the peer's
+// fault), or nothing (timeout, transport error, not found).
+func (a *receiverActor) fetchOutcome(ctx actor.Context, m fetchOutcome) {
+	c := a.c
+	var eff []broadcast.Effect
+	switch {
+	case m.err == nil:
+		var err error
+		eff, err = c.receiver.FetchDone(m.tok, m.got, m.elapsed, now())
+		if err != nil {
+			c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
+			c.n.log.Debug().Str("channel", c.name).Err(err).Msg("fetched part refused")
+		}
+		for _, e := range eff {
+			if _, ok := e.(broadcast.Deliver); ok {
+				c.updateStats(func(s *ChannelStats) { s.FetchesSucceeded++ })
+			}
+		}
+	case errors.Is(m.err, broadcast.ErrInvalid), errors.Is(m.err, transport.ErrTooLarge):
+		c.updateStats(func(s *ChannelStats) { s.BadFetchResponses++ })
+		c.n.log.Debug().Str("channel", c.name).Err(m.err).Msg("fetch response refused")
+		eff = c.receiver.FetchInvalid(m.tok, now())
+	default:
+		c.updateStats(func(s *ChannelStats) { s.FetchFailures++ })
+		eff = c.receiver.FetchFailed(m.tok, now())
+	}
+	a.exec(ctx, eff)
+}
+
 func (a *receiverActor) exec(ctx actor.Context, eff []broadcast.Effect) {
 	c := a.c
 	for _, e := range eff {
 		switch e := e.(type) {
-		case broadcast.StartFetch:
-			if old, ok := a.fetches[e.ID]; ok {
-				ctx.Stop(old)
-			}
-			start := e
-			props := actor.PropsFromProducer(func() actor.Actor { return &fetchActor{c: c, id: start.ID, advertisers: start.Advertisers} },
-				actor.WithMailbox(actorkit.BoundedMailbox(c.n.cfg.MailboxCapacity, actorkit.WithOnRefused(func(*actor.PID, interface{}) { c.n.refused.Add(1) }))))
-			a.fetches[e.ID] = ctx.Spawn(props)
-		case broadcast.AdvertisersChanged:
-			if pid, ok := a.fetches[e.ID]; ok {
-				ctx.Send(pid, e)
-			}
-		case broadcast.CancelFetch:
-			if pid, ok := a.fetches[e.ID]; ok {
-				ctx.Stop(pid)
-				delete(a.fetches, e.ID)
-			}
+		case broadcast.FetchAttempt, broadcast.CancelFetch, broadcast.CancelAttempt:
+			ctx.Send(a.fetcher, e)
+		case broadcast.RetryAt:
+			a.timer.set(ctx, c.n.system.Root, e.At, fetchTick{})
 		case broadcast.Deliver:
 			c.deliver(e)
 		case broadcast.Withdraw:
@@ -203,148 +220,109 @@ func (a *receiverActor) publishStats() {
 	})
 }
 
-// fetchActor downloads one artifact: it asks one advertiser at a time, with
-// a per-attempt timeout that doubles, and tries the others on failure,
-// until it succeeds or is stopped (no one advertises the id any more).
+// fetchActor performs the receiver core's fetch attempts, each a call to
+// the chosen peer for a manifest or a chunk with the core's timeout, and
+// reports how each ended and how long it took. It makes no choices of its
+// own: which part, which peer, how long and when to try again are the
+// core's (broadcast/fetch.go).
 type fetchActor struct {
-	c           *Channel
-	id          broadcast.ArtifactID
-	advertisers []broadcast.PeerID
-	attempt     int
-	seq         int
-	cancel      context.CancelFunc
-	timer       *time.Timer
-	avoid       map[broadcast.PeerID]int // attempt number until which a peer is skipped
-	next        int
+	c     *Channel
+	calls map[broadcast.Token]fetchCall
 }
 
-type attemptDone struct {
-	seq  int
-	from broadcast.PeerID
-	a    *broadcast.Artifact
-	err  error
+type fetchCall struct {
+	id     broadcast.ArtifactID
+	cancel context.CancelFunc
 }
-type retryMsg struct{ seq int }
+
+type attemptEnded struct{ tok broadcast.Token }
 
 func (f *fetchActor) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
 	case *actor.Started:
-		f.avoid = make(map[broadcast.PeerID]int)
-		f.next = rand.IntN(len(f.advertisers) + 1)
-		f.try(ctx)
+		f.calls = make(map[broadcast.Token]fetchCall)
 		return
-	case *actor.Stopping, *actor.Restarting:
-		f.stop()
+	case *actor.Restarting:
+		// The attempts in flight die with their calls: the core makes
+		// them again.
+		f.cancelAll()
+		ctx.Send(ctx.Parent(), fetchRestarted{})
+		return
+	case *actor.Stopping:
+		f.cancelAll()
 		return
 	case actor.SystemMessage, actor.AutoReceiveMessage:
 		return
 	}
 	f.c.hook("fetch", ctx.Message())
 	switch m := ctx.Message().(type) {
-	case broadcast.AdvertisersChanged:
-		f.advertisers = m.Advertisers
-	case attemptDone:
-		if m.seq != f.seq {
-			return
-		}
-		f.stop()
-		if m.err == nil && m.a != nil {
-			f.c.updateStats(func(s *ChannelStats) { s.FetchAttempts++ })
-			ctx.Send(ctx.Parent(), fetchResult{id: f.id, from: m.from, a: *m.a})
-			return // the parent stops us on success, or says fetchRejected
-		}
-		f.c.updateStats(func(s *ChannelStats) { s.FetchAttempts++; s.FetchFailures++ })
-		if m.from != "" {
-			ctx.Send(ctx.Parent(), fetchFailed{from: m.from})
-		}
-		f.avoid[m.from] = f.attempt + len(f.advertisers)
-		f.backoff(ctx)
-	case fetchRejected:
-		f.avoid[m.from] = f.attempt + 4*len(f.advertisers) // it served wrong bytes
-		f.backoff(ctx)
-	case retryMsg:
-		if m.seq == f.seq {
-			f.try(ctx)
-		}
-	}
-}
-
-func (f *fetchActor) stop() {
-	if f.cancel != nil {
-		f.cancel()
-		f.cancel = nil
-	}
-	if f.timer != nil {
-		f.timer.Stop()
-		f.timer = nil
-	}
-}
-
-// pick chooses the next advertiser that is connected and not avoided,
-// rotating so successive attempts spread over the advertisers.
-func (f *fetchActor) pick() (membership.NodeID, broadcast.PeerID, bool) {
-	up := f.c.n.rpc.Peers()
-	for pass := 0; pass < 2; pass++ {
-		for i := range f.advertisers {
-			p := f.advertisers[(f.next+i)%len(f.advertisers)]
-			if pass == 0 && f.avoid[p] > f.attempt {
-				continue
+	case broadcast.FetchAttempt:
+		f.attempt(ctx, m)
+	case broadcast.CancelFetch:
+		for tok, call := range f.calls {
+			if call.id == m.ID {
+				call.cancel()
+				delete(f.calls, tok)
 			}
-			id, err := membership.ParseNodeID(string(p))
-			if err != nil || !slices.Contains(up, id) {
-				continue
-			}
-			f.next = (f.next + i + 1) % len(f.advertisers)
-			return id, p, true
+		}
+	case broadcast.CancelAttempt:
+		if call, ok := f.calls[m.Token]; ok {
+			call.cancel()
+			delete(f.calls, m.Token)
+		}
+	case attemptEnded:
+		if call, ok := f.calls[m.tok]; ok {
+			call.cancel()
+			delete(f.calls, m.tok)
 		}
 	}
-	return membership.NodeID{}, "", false
 }
 
-func (f *fetchActor) try(ctx actor.Context) {
+func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 	c := f.c
-	f.seq++
-	if len(f.advertisers) == 0 {
-		f.backoff(ctx)
-		return
-	}
-	peer, pid, ok := f.pick()
-	if !ok {
-		f.backoff(ctx)
-		return
-	}
-	f.attempt++
-	timeout := min(c.n.cfg.FetchTimeoutMin<<min(f.attempt/max(len(f.advertisers), 1), 10), c.n.cfg.FetchTimeoutMax)
-	cctx, cancel := context.WithTimeout(c.n.ctx, timeout)
-	f.cancel = cancel
-	seq, self, root, id := f.seq, ctx.Self(), c.n.system.Root, f.id
-	req, err := wire.EncodeFetchRequest(id)
+	parent, self, root := ctx.Parent(), ctx.Self(), c.n.system.Root
+	peer, err := membership.ParseNodeID(string(m.Peer))
 	if err != nil {
-		cancel()
-		f.backoff(ctx)
+		ctx.Send(parent, fetchOutcome{tok: m.Token, err: fmt.Errorf("fetch of %x: peer %q: %w", []byte(m.ID), m.Peer, err)})
 		return
 	}
+	req, err := wire.EncodeFetchRequest(wire.FetchRequest{ID: m.ID, Digest: m.Digest, Chunk: m.Chunk})
+	if err != nil {
+		ctx.Send(parent, fetchOutcome{tok: m.Token, err: fmt.Errorf("fetch of %x from %s: %w", []byte(m.ID), peer.Short(), err)})
+		return
+	}
+	cctx, cancel := context.WithTimeout(c.n.ctx, m.Timeout)
+	f.calls[m.Token] = fetchCall{id: m.ID, cancel: cancel}
+	c.updateStats(func(s *ChannelStats) { s.FetchAttempts++ })
 	c.n.goTracked(func() {
 		defer cancel()
-		// An answer is at most the largest artifact the wire limits allow
-		// (MaxMessageLen covers the fetch response); the transport refuses
-		// anything larger before reading it.
-		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxMessageLen()))
-		var art *broadcast.Artifact
+		// An answer is a manifest or one chunk, never a whole large
+		// artifact: the transport refuses anything larger than the wire
+		// limits allow for one before reading it.
+		start := time.Now()
+		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
+		elapsed := time.Since(start)
+		var got broadcast.Fetched
 		if err == nil {
-			art, err = wire.DecodeFetchResponse(resp, c.limit)
+			got, err = wire.DecodeFetchResponse(resp, c.limit)
 		}
-		root.Send(self, attemptDone{seq: seq, from: pid, a: art, err: err})
+		// A cancelled call was abandoned by the core (or the node is
+		// closing): nobody waits for its outcome.
+		if !errors.Is(cctx.Err(), context.Canceled) {
+			if err != nil {
+				err = fmt.Errorf("fetch of %x from %s: %w", []byte(m.ID), peer.Short(), err)
+			}
+			root.Send(parent, fetchOutcome{tok: m.Token, got: got, elapsed: elapsed, err: err})
+		}
+		root.Send(self, attemptEnded{m.Token})
 	})
 }
 
-func (f *fetchActor) backoff(ctx actor.Context) {
-	c := f.c
-	f.seq++
-	d := min(c.n.cfg.FetchBackoffMin<<min(f.attempt, 16), c.n.cfg.FetchBackoffMax)
-	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-	seq, self, root := f.seq, ctx.Self(), c.n.system.Root
-	f.timer = time.AfterFunc(d, func() { root.Send(self, retryMsg{seq}) })
+func (f *fetchActor) cancelAll() {
+	for tok, call := range f.calls {
+		call.cancel()
+		delete(f.calls, tok)
+	}
 }
 
 // mustNodeID parses a core peer id, which the actors always build from a

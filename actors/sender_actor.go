@@ -45,10 +45,9 @@ func connIDOf(ctx context.Context, n *Node, peer membership.NodeID) (uint64, boo
 // senderActor owns the channel's sender core (kept in the Channel, so a
 // restart continues from it) and one link actor per peer.
 type senderActor struct {
-	c         *Channel
-	links     map[broadcast.PeerID]*actor.PID
-	tickAt    time.Time
-	tickTimer *time.Timer
+	c     *Channel
+	links map[broadcast.PeerID]*actor.PID
+	timer coreTimer
 }
 
 func (a *senderActor) Receive(ctx actor.Context) {
@@ -64,9 +63,7 @@ func (a *senderActor) Receive(ctx actor.Context) {
 		a.syncPeers(ctx)
 		return
 	case *actor.Stopping, *actor.Restarting:
-		if a.tickTimer != nil {
-			a.tickTimer.Stop()
-		}
+		a.timer.stop()
 		return
 	case actor.SystemMessage, actor.AutoReceiveMessage:
 		return
@@ -89,7 +86,7 @@ func (a *senderActor) Receive(ctx actor.Context) {
 			a.exec(ctx, c.sender.Failed(m.peer, m.tok, now()))
 		}
 	case tickMsg:
-		a.tickAt = time.Time{}
+		a.timer.fired()
 		a.exec(ctx, c.sender.Tick(now()))
 	case linkRestarted:
 		a.exec(ctx, c.sender.ResetTransmissions())
@@ -189,7 +186,7 @@ func (a *senderActor) exec(ctx actor.Context, eff []broadcast.Effect) {
 				ctx.Send(pid, e)
 			}
 		case broadcast.RetryAt:
-			a.scheduleTick(ctx, e.At)
+			a.timer.set(ctx, a.c.n.system.Root, e.At, tickMsg{})
 		}
 	}
 }
@@ -210,16 +207,35 @@ func (a *senderActor) link(ctx actor.Context, peer broadcast.PeerID) *actor.PID 
 	return pid
 }
 
-func (a *senderActor) scheduleTick(ctx actor.Context, at time.Time) {
-	if !a.tickAt.IsZero() && !at.Before(a.tickAt) {
+// coreTimer is the one timer a core's time contract asks its owner to keep
+// (broadcast.RetryAt): set to the earliest deadline announced, it sends msg
+// to the actor when it fires, and the actor then calls the core's Tick.
+type coreTimer struct {
+	at time.Time
+	t  *time.Timer
+}
+
+func (ct *coreTimer) set(ctx actor.Context, root *actor.RootContext, at time.Time, msg any) {
+	if !ct.at.IsZero() && !at.Before(ct.at) {
 		return
 	}
-	a.tickAt = at
-	if a.tickTimer != nil {
-		a.tickTimer.Stop()
+	ct.at = at
+	if ct.t != nil {
+		ct.t.Stop()
 	}
-	self, root := ctx.Self(), a.c.n.system.Root
-	a.tickTimer = time.AfterFunc(time.Until(at), func() { root.Send(self, tickMsg{}) })
+	self := ctx.Self()
+	ct.t = time.AfterFunc(time.Until(at), func() { root.Send(self, msg) })
+}
+
+// fired forgets the deadline: the actor is about to Tick, and the core
+// announces its next one.
+func (ct *coreTimer) fired() { ct.at = time.Time{} }
+
+func (ct *coreTimer) stop() {
+	if ct.t != nil {
+		ct.t.Stop()
+	}
+	ct.at = time.Time{}
 }
 
 func (a *senderActor) publishStats() {
@@ -281,13 +297,9 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 		return
 	}
 	c.updateStats(func(s *ChannelStats) { s.UpdatesTransmitted++ })
-	// The per-attempt timeout grows with the size (pro rata, not per whole
-	// MiB) and doubles with every failed attempt of this same state, up to
-	// 16×: over a slow, lossy link a large push otherwise times out and
-	// restarts from zero forever.
-	timeout := c.n.cfg.UpdateTimeout + time.Duration(int64(c.n.cfg.UpdateTimeoutPerMiB)*int64(len(data))>>20)
-	timeout <<= min(m.Attempt, 4)
-	cctx, cancel := context.WithTimeout(c.n.ctx, timeout)
+	// The timeout is the core's (it grows with the size and the failed
+	// attempts of this state).
+	cctx, cancel := context.WithTimeout(c.n.ctx, m.Timeout)
 	l.calls[m.Token] = cancel
 	peer := l.peer
 	c.n.goTracked(func() {

@@ -91,6 +91,19 @@ func (a *advSet) remove(k advKey) bool {
 	return a.peerCount(k.peer) == 0
 }
 
+// each calls fn for every pair.
+func (a *advSet) each(fn func(advKey)) {
+	if a.big != nil {
+		for k := range a.big {
+			fn(k)
+		}
+		return
+	}
+	for _, k := range a.small {
+		fn(k)
+	}
+}
+
 // peerList returns the distinct peers, sorted.
 func (a *advSet) peerList() []PeerID {
 	var out []PeerID

@@ -2,12 +2,23 @@
 // protocol decisions with no goroutines, no clock, no network and no logging.
 //
 // A channel has one Sender and one Receiver per node. Each takes events as
-// method calls (publish, abort, peer up/down, update received, fetch done,
-// consumer took a delivery, tick) and returns the resulting work as Effect
-// values (send this update, cancel that transmission, start a fetch,
-// deliver, withdraw). The caller — an actor in package actors — performs
-// the effects and reports their outcomes back. Time enters only as
-// arguments; the cores never read a clock and never draw random numbers.
+// method calls (publish, abort, peer up/down, update received, fetch
+// request done or failed, consumer took a delivery, tick) and returns the
+// resulting work as Effect values (send this update, cancel that
+// transmission, request this part of an artifact from that peer, deliver,
+// withdraw, call Tick at). The caller — an actor in package actors, or the
+// simulator in broadcasttest — performs the effects and reports their
+// outcomes back. Time enters only as arguments and randomness only through
+// ReceiverConfig.Seed; the cores never read a clock.
+//
+// # Time
+//
+// Both cores ask for at most one timer (RetryAt): the caller keeps one per
+// core at the earliest deadline announced and calls Tick when it fires;
+// each Tick announces the next deadline. Timeouts of transmissions and
+// fetch requests travel on the effects that start them (SendUpdate.Timeout,
+// FetchAttempt.Timeout): the caller gives up when they pass and reports a
+// failure.
 //
 // # Sender contract
 //
@@ -38,8 +49,20 @@
 // delivered again. Fetches and undelivered artifacts together use at most
 // DeliveryCredits; Consumed returns one, so a slow consumer pauses fetching.
 //
-// Errors returned for peer input (ErrStale, ErrSlotLimit, ErrInvalid,
-// ErrMismatch) are the peer's fault, are counted in PeerStats, and leave the
-// state unchanged. Both cores have CheckInvariants, which tests call after
-// every step.
+// # Fetching
+//
+// An advert names the digest of the artifact's Manifest (its chunk
+// hashes). The receiver decides every request (fetch.go): the manifest
+// from one advertiser of the digest, then the missing chunks from all of
+// them at once, each checked against its hash before it is kept, so a
+// transfer resumes wherever it stopped. The caller performs FetchAttempt
+// effects and reports each with FetchDone (what arrived and how long it
+// took), FetchFailed or FetchInvalid; CancelFetch and CancelAttempt end
+// requests no longer wanted.
+//
+// Errors returned for peer input (ErrStale, ErrSlotLimit, ErrInvalid) are
+// the peer's fault, are counted in PeerStats, and leave the state
+// unchanged; ErrMismatch (wrong bytes pushed or fetched) is counted too,
+// and the fetch goes on elsewhere. Both cores have CheckInvariants, which
+// tests call after every step.
 package broadcast

@@ -1,22 +1,37 @@
 package broadcast
 
 import (
+	"cmp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Effect is an instruction the caller of a core carries out: send, cancel,
 // fetch, deliver. Cores return effects as data and never perform I/O.
 type Effect interface{ isEffect() }
 
-func (SendUpdate) isEffect()         {}
-func (CancelSend) isEffect()         {}
-func (RetryAt) isEffect()            {}
-func (StartFetch) isEffect()         {}
-func (AdvertisersChanged) isEffect() {}
-func (CancelFetch) isEffect()        {}
-func (Deliver) isEffect()            {}
-func (Withdraw) isEffect()           {}
+func (SendUpdate) isEffect()    {}
+func (CancelSend) isEffect()    {}
+func (RetryAt) isEffect()       {}
+func (FetchAttempt) isEffect()  {}
+func (CancelFetch) isEffect()   {}
+func (CancelAttempt) isEffect() {}
+func (Deliver) isEffect()       {}
+func (Withdraw) isEffect()      {}
+
+// RetryAt asks the caller to call the core's Tick at or after At. Both cores
+// follow one time contract: the caller keeps a single timer per core, set to
+// the earliest At it was given that has not passed, and calls Tick(now) when
+// it fires. A core returns a RetryAt whenever a call makes its earliest
+// deadline earlier than any it announced since the last Tick, and every Tick
+// ends with a RetryAt for the earliest deadline still pending, so a later
+// deadline is never lost by keeping only the earliest timer. Peer is the
+// sender's peer that is backing off; the receiver leaves it empty.
+type RetryAt struct {
+	Peer PeerID
+	At   time.Time
+}
 
 func sortPeers(ids []PeerID) {
 	slices.SortFunc(ids, func(a, b PeerID) int { return strings.Compare(string(a), string(b)) })
@@ -47,10 +62,14 @@ func sortedSlots(m map[Slot]*entry) []Slot {
 	return out
 }
 
-func sortedIDs(m map[ArtifactID]*idState) []ArtifactID {
-	out := make([]ArtifactID, 0, len(m))
-	for id := range m {
-		out = append(out, id)
+func sortedIDs(m map[ArtifactID]*idState) []ArtifactID { return sortedKeys(m) }
+
+// sortedKeys returns m's keys in order, so that output built from map
+// iteration is deterministic.
+func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
+	out := make([]K, 0, len(m))
+	for k := range m {
+		out = append(out, k)
 	}
 	slices.Sort(out)
 	return out

@@ -3,6 +3,7 @@ package broadcast
 import (
 	"fmt"
 	"slices"
+	"time"
 )
 
 // ReceiverConfig bounds one channel's receiver.
@@ -10,14 +11,21 @@ type ReceiverConfig struct {
 	// SlotLimit is the most slot entries kept per peer (cleared slots whose
 	// order still matters included). An update for a new slot beyond it is
 	// refused with ErrSlotLimit. Memory per peer is at most about
-	// SlotLimit × (MaxIDLen + MaxAttributeLen + 300 bytes): measured 1,428
-	// bytes per entry with 128-byte ids and 1 KiB attributes, so a peer
-	// flooding the default limit costs about 70 MiB. Default 50,000.
+	// SlotLimit × (MaxIDLen + MaxAttributeLen + 330 bytes): measured 1,428
+	// bytes per entry with 128-byte ids and 1 KiB attributes before adverts
+	// carried a 32-byte digest, so a peer flooding the default limit costs
+	// about 70 MiB. Default 50,000.
 	SlotLimit int
 	// MaxIDLen and MaxAttributeLen bound what one advert may store.
 	// Defaults 128 and 1024 bytes.
 	MaxIDLen        int
 	MaxAttributeLen int
+	// MaxPushSize is the largest encoded artifact accepted as a push.
+	// Honest senders advertise anything larger (SenderConfig.MaxPushSize),
+	// so a larger push is refused as invalid and counted against the
+	// peer: pushes arrive unasked, and the bound keeps what a peer makes us
+	// hold per update small. Bytes; default 1 MiB.
+	MaxPushSize int
 	// MaxActiveFetches is the most downloads running at once, except that
 	// a peer with no download charged to it may always start one (so a few
 	// peers advertising ids they never serve cannot starve the rest): the
@@ -35,6 +43,34 @@ type ReceiverConfig struct {
 	// for the consumer). A slow consumer therefore pauses fetching instead of
 	// growing a queue. Default 64.
 	DeliveryCredits int
+	// MaxFetchSize is the largest artifact a fetch may assemble: a
+	// manifest describing more proves its digest false. It bounds the
+	// chunks one fetch holds (at most MaxActiveFetches plus one per peer
+	// run at once). Bytes; default 128 MiB (the wire's payload limit).
+	MaxFetchSize int
+	// FetchWindow is the most requests of one fetch in flight to one peer
+	// (two keep a link busy while an answer is on its way back), and
+	// FetchParallel the most in flight for one fetch, spread over the
+	// advertisers of its digest. Defaults 2 and 8.
+	FetchWindow, FetchParallel int
+	// FetchTimeoutMin and FetchTimeoutMax bound one request's timeout,
+	// which otherwise follows the rate the peer delivered at recently
+	// (four times the bytes queued to it over that rate, on top of the
+	// minimum) and doubles with the peer's consecutive failures. A fetch
+	// progresses from a peer that moves at least one chunk within
+	// FetchTimeoutMax (256 KiB in 120 s by default: 2 KiB/s). Defaults 5 s
+	// and 120 s.
+	FetchTimeoutMin, FetchTimeoutMax time.Duration
+	// FetchBackoffMin and FetchBackoffMax bound the jittered pause before
+	// a peer that failed a request is asked again; it doubles with the
+	// peer's consecutive failures (a wrong or undecodable answer counts
+	// four). Defaults 100 ms and 5 s.
+	FetchBackoffMin, FetchBackoffMax time.Duration
+	// Seed seeds the receiver's random choices (the first advertiser a fetch
+	// asks, backoff jitter). The core draws from no other source, so a seed
+	// replays exactly; give every node its own (the actors draw one per
+	// channel) so that nodes do not ask the same peers and retry in step.
+	Seed uint64
 	// Admit decides per new advert; nil means AdmitAll.
 	Admit AdmissionFunc
 	// Verify checks an artifact before delivery; nil checks only the id.
@@ -47,9 +83,17 @@ func DefaultReceiverConfig() ReceiverConfig {
 		SlotLimit:         50_000,
 		MaxIDLen:          128,
 		MaxAttributeLen:   1024,
+		MaxPushSize:       1 << 20,
 		MaxActiveFetches:  32,
 		MaxFetchesPerPeer: 8,
 		DeliveryCredits:   64,
+		MaxFetchSize:      128 << 20,
+		FetchWindow:       2,
+		FetchParallel:     8,
+		FetchTimeoutMin:   5 * time.Second,
+		FetchTimeoutMax:   120 * time.Second,
+		FetchBackoffMin:   100 * time.Millisecond,
+		FetchBackoffMax:   5 * time.Second,
 	}
 }
 
@@ -62,33 +106,25 @@ func (c ReceiverConfig) Validate() error {
 		return fmt.Errorf("%w: ReceiverConfig.MaxIDLen must be positive, got %d", ErrInvalid, c.MaxIDLen)
 	case c.MaxAttributeLen < 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxAttributeLen must not be negative, got %d", ErrInvalid, c.MaxAttributeLen)
+	case c.MaxPushSize <= 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxPushSize must be positive, got %d", ErrInvalid, c.MaxPushSize)
 	case c.MaxActiveFetches <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxActiveFetches must be positive, got %d", ErrInvalid, c.MaxActiveFetches)
 	case c.MaxFetchesPerPeer <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxFetchesPerPeer must be positive, got %d", ErrInvalid, c.MaxFetchesPerPeer)
 	case c.DeliveryCredits <= 0:
 		return fmt.Errorf("%w: ReceiverConfig.DeliveryCredits must be positive, got %d", ErrInvalid, c.DeliveryCredits)
+	case c.MaxFetchSize < 0:
+		return fmt.Errorf("%w: ReceiverConfig.MaxFetchSize must not be negative, got %d", ErrInvalid, c.MaxFetchSize)
+	case c.FetchWindow <= 0 || c.FetchParallel < c.FetchWindow:
+		return fmt.Errorf("%w: ReceiverConfig needs 0 < FetchWindow <= FetchParallel, got %d and %d", ErrInvalid, c.FetchWindow, c.FetchParallel)
+	case c.FetchTimeoutMin <= 0 || c.FetchTimeoutMax < c.FetchTimeoutMin:
+		return fmt.Errorf("%w: ReceiverConfig fetch timeouts must satisfy 0 < min <= max, got %v..%v", ErrInvalid, c.FetchTimeoutMin, c.FetchTimeoutMax)
+	case c.FetchBackoffMin <= 0 || c.FetchBackoffMax < c.FetchBackoffMin:
+		return fmt.Errorf("%w: ReceiverConfig fetch backoff must satisfy 0 < min <= max, got %v..%v", ErrInvalid, c.FetchBackoffMin, c.FetchBackoffMax)
 	}
 	return nil
 }
-
-// StartFetch asks the caller to download ID from one of Advertisers (sorted,
-// distinct) and report it with FetchDone. The caller retries other
-// advertisers on failure until CancelFetch.
-type StartFetch struct {
-	ID          ArtifactID
-	Attribute   []byte
-	Advertisers []PeerID
-}
-
-// AdvertisersChanged updates the peers a running fetch may use.
-type AdvertisersChanged struct {
-	ID          ArtifactID
-	Advertisers []PeerID
-}
-
-// CancelFetch stops the download of ID: no peer advertises it any more.
-type CancelFetch struct{ ID ArtifactID }
 
 // Deliver hands an artifact to the consumer, at most once while it stays
 // advertised. The caller reports Consumed when the consumer has taken it.
@@ -109,25 +145,35 @@ type PeerStats struct {
 	Invalid   uint64
 	Mismatch  uint64
 	Syncs     uint64
-	// FetchFailures counts fetches from this peer that failed or timed
-	// out (reported by the caller with RecordFetchFailure).
+	// FetchFailures counts fetch attempts to this peer that brought
+	// nothing (FetchFailed); BadResponses those answered with bytes that
+	// did not decode (FetchInvalid). Wrong artifacts count as Mismatch.
 	FetchFailures uint64
+	BadResponses  uint64
+	// Rate is the peer's recent delivery rate to us, in bytes per second
+	// (0 until it served a fetch request).
+	Rate int64
 }
 
 // ReceiverStats counts what the receiver did.
 type ReceiverStats struct {
 	FetchesStarted, FetchesCancelled uint64
-	Delivered, Withdrawn             uint64
-	DeliveredFromPush                uint64
-	LateFetchResults                 uint64
-	UnknownPeerUpdates               uint64
+	FetchAttempts                    uint64
+	// FetchedBytes counts the payload bytes of artifacts assembled from
+	// fetched chunks; FalseDigests the digests proven false.
+	FetchedBytes, FalseDigests uint64
+	Delivered, Withdrawn       uint64
+	DeliveredFromPush          uint64
+	LateFetchResults           uint64
+	UnknownPeerUpdates         uint64
 }
 
 type entry struct {
 	conn   ConnID
 	commit CommitID
 	id     ArtifactID
-	filled bool // false: a cleared slot kept for ordering
+	filled bool   // false: a cleared slot kept for ordering
+	digest Digest // of an advert: the manifest to fetch
 }
 
 type peerRx struct {
@@ -141,11 +187,27 @@ type peerRx struct {
 	head  int
 	// active counts running fetches charged to this peer.
 	active int
-	// legacy keeps entries from an older connection that an update on a
-	// newer one displaced, until the sender's Sync: a restarted sender
-	// republishes its artifacts in whatever slots it likes, and an id must
-	// not be withdrawn (and delivered again) just because it moved slots.
-	legacy map[Slot]*entry
+	// inflight and inflightBytes count the fetch requests running to this
+	// peer and the bytes they expect; rate is the peer's recent delivery
+	// rate (bytes per second, 0 unknown), which sets their timeouts.
+	inflight      int
+	inflightBytes int64
+	rate          int64
+	// legacy keeps, per id, an entry from an older connection that an
+	// update on a newer one displaced, until the sender's Sync: a restarted
+	// sender republishes its artifacts in whatever slots it likes (perhaps
+	// restarting again before its Sync), and an id must not be withdrawn
+	// and delivered again just because it moved slots. Legacy entries count
+	// against SlotLimit like the others.
+	legacy map[ArtifactID]legacyEntry
+}
+
+// legacyEntry is the slot whose (peer, slot) pair still advertises an id
+// for a peer's older connection.
+type legacyEntry struct {
+	slot   Slot
+	conn   ConnID
+	digest Digest
 }
 
 type advKey struct {
@@ -158,7 +220,7 @@ type phase uint8
 const (
 	phaseIdle     phase = iota // Later or Drop
 	phaseQueued                // admitted, waiting for fetch capacity
-	phaseFetching              // StartFetch emitted
+	phaseFetching              // a fetch run exists (fetch.go)
 	phaseDelivered
 )
 
@@ -173,6 +235,7 @@ type idState struct {
 	// charged to that peer.
 	charged PeerID
 	adv     advSet
+	run     *fetchRun // while fetching: the attempt policy's state
 }
 
 // Receiver is the pure receiver half of one channel: per peer a mirror of
@@ -190,6 +253,20 @@ type Receiver struct {
 	// waiting counts deliveries the consumer has not yet Consumed.
 	waiting int
 	stats   ReceiverStats
+	// Fetch attempts (fetch.go): the running attempts by token, the
+	// fetches pausing between attempts, the earliest pause announced to the
+	// caller since the last Tick, and the random generator's state.
+	nextToken Token
+	attempts  map[Token]ArtifactID
+	pausing   map[ArtifactID]struct{}
+	announced time.Time
+	rng       uint64
+	// now is the latest time a call brought, which backoffs are measured
+	// against between calls that bring none.
+	now time.Time
+	// lastFalse is the reason the last digest was proven false, reported
+	// by the FetchDone call during which that happened.
+	lastFalse error
 }
 
 // NewReceiver returns a receiver with no peers.
@@ -200,7 +277,8 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if cfg.Admit == nil {
 		cfg.Admit = AdmitAll
 	}
-	return &Receiver{cfg: cfg, peers: make(map[PeerID]*peerRx), ids: make(map[ArtifactID]*idState)}, nil
+	return &Receiver{cfg: cfg, peers: make(map[PeerID]*peerRx), ids: make(map[ArtifactID]*idState),
+		attempts: make(map[Token]ArtifactID), pausing: make(map[ArtifactID]struct{}), rng: cfg.Seed}, nil
 }
 
 // Stats returns the receiver's counters.
@@ -209,18 +287,23 @@ func (r *Receiver) Stats() ReceiverStats { return r.stats }
 // PeerStats returns one peer's counters.
 func (r *Receiver) PeerStats(peer PeerID) PeerStats {
 	if p, ok := r.peers[peer]; ok {
-		return p.stats
+		st := p.stats
+		st.Rate = p.rate
+		return st
 	}
 	return PeerStats{}
 }
 
-// Entries returns how many slot entries peer occupies.
+// Entries returns how many slot entries peer occupies, those kept from its
+// older connections included (what SlotLimit bounds).
 func (r *Receiver) Entries(peer PeerID) int {
 	if p, ok := r.peers[peer]; ok {
-		return len(p.slots)
+		return p.entries()
 	}
 	return 0
 }
+
+func (p *peerRx) entries() int { return len(p.slots) + len(p.legacy) }
 
 // IDs returns how many distinct ids are advertised.
 func (r *Receiver) IDs() int { return len(r.ids) }
@@ -243,8 +326,17 @@ func (r *Receiver) DescribeID(id ArtifactID) string {
 		return "unknown"
 	}
 	names := [...]string{"idle", "queued", "fetching", "delivered"}
-	return fmt.Sprintf("decision %v, %s, charged to %q, advertisers %v (%d pairs), fetching %d/%d, credits %d/%d",
-		st.decision, names[st.phase], st.charged, st.peerList(), st.adv.len(), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits)
+	run := ""
+	if f := st.run; f != nil {
+		held := "no manifest"
+		if f.man != nil {
+			held = fmt.Sprintf("%d of %d chunks (%d bytes)", len(f.chunks)-f.missing, len(f.chunks), f.held)
+		}
+		run = fmt.Sprintf(", digest %v (chosen %v, stalled %v), %s, %d requests, pausing until %v, peers %+v, false digests %v",
+			f.digest, f.chosen, f.stalled, held, len(f.reqs), f.pause, f.peers, f.bad)
+	}
+	return fmt.Sprintf("decision %v, %s, charged to %q, advertisers %v (%d pairs), fetching %d/%d, credits %d/%d%s",
+		st.decision, names[st.phase], st.charged, st.peerList(), st.adv.len(), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits, run)
 }
 
 // IsDelivered reports whether id is currently delivered.
@@ -277,7 +369,25 @@ func (r *Receiver) RemovePeer(peer PeerID) []Effect {
 		delete(p.slots, slot)
 	}
 	eff = r.dropLegacy(p, eff)
+	// Requests to the peer still running for fetches others serve end
+	// here: it may come back as a new member, with nothing in flight.
+	resume := make(map[ArtifactID]bool)
+	for _, tok := range sortedKeys(r.attempts) {
+		id := r.attempts[tok]
+		f := r.ids[id].run
+		if f.reqs[tok].peer == peer {
+			r.endRequest(f, tok)
+			delete(r.attempts, tok)
+			eff = append(eff, CancelAttempt{ID: id, Token: tok})
+			resume[id] = true
+		}
+	}
 	delete(r.peers, peer)
+	for _, id := range sortedKeys(resume) {
+		if st, ok := r.ids[id]; ok && st.phase == phaseFetching {
+			eff = r.announceRun(st, r.advance(id, st, eff))
+		}
+	}
 	for i, id := range r.order {
 		if id == peer {
 			r.order = append(r.order[:i], r.order[i+1:]...)
@@ -302,15 +412,19 @@ func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effec
 		p.stats.Stale++
 		return nil, fmt.Errorf("%w: from %s on connection %d, already on %d", ErrStale, peer, conn, p.conn)
 	}
-	p.conn = conn
 	switch u.Kind {
 	case KindSync:
+		p.conn = conn
 		p.stats.Syncs++
 		return r.pump(r.sync(p, conn, nil)), nil
 	case KindAdvert, KindPush:
 		if err := r.checkArtifact(u.Artifact); err != nil {
 			p.stats.Invalid++
 			return nil, fmt.Errorf("update from %s slot %d: %w", peer, u.Slot, err)
+		}
+		if size := EncodedSize(u.Artifact); u.Kind == KindPush && size > r.cfg.MaxPushSize {
+			p.stats.Invalid++
+			return nil, fmt.Errorf("%w: push from %s slot %d of %d bytes, limit %d", ErrInvalid, peer, u.Slot, size, r.cfg.MaxPushSize)
 		}
 	case KindCleared:
 	default:
@@ -323,50 +437,63 @@ func (r *Receiver) HandleUpdate(peer PeerID, conn ConnID, u SlotUpdate) ([]Effec
 			p.stats.Stale++
 			return nil, fmt.Errorf("%w: from %s slot %d (%d,%d) not after (%d,%d)", ErrStale, peer, u.Slot, conn, u.Commit, e.conn, e.commit)
 		}
-	} else {
-		if len(p.slots) >= r.cfg.SlotLimit {
-			p.stats.OverLimit++
-			return nil, fmt.Errorf("%w: %s already holds %d slots", ErrSlotLimit, peer, len(p.slots))
+	}
+	var eff []Effect
+	if !ok {
+		if p.entries() >= r.cfg.SlotLimit {
+			if len(p.legacy) == 0 {
+				p.stats.OverLimit++
+				return nil, fmt.Errorf("%w: %s already holds %d slots", ErrSlotLimit, peer, p.entries())
+			}
+			// Entries kept from older connections give way to current
+			// ones: at the bound the sender's slot moves may cost a
+			// withdrawal and a second delivery, never memory.
+			eff = r.dropLegacy(p, eff)
 		}
 		e = &entry{}
 		p.slots[u.Slot] = e
 	}
+	// Only an accepted update moves the peer to its newer connection: a
+	// refused one changes nothing.
+	p.conn = conn
 	p.stats.Accepted++
-	var eff []Effect
 	newID := u.Artifact.ID
 	filled := u.Kind != KindCleared
 	if e.filled && filled && e.id == newID {
 		// The same artifact again (a resend on a new connection, say).
-		e.conn, e.commit = conn, u.Commit
-		return nil, nil
-	}
-	if lg, ok := p.legacy[u.Slot]; ok && filled && lg.id == newID {
-		// The displaced entry comes back: its pair already advertises the id.
-		delete(p.legacy, u.Slot)
-		eff = r.unlink(p, u.Slot, e, eff)
-		e.conn, e.commit, e.filled, e.id = conn, u.Commit, true, newID
+		e.conn, e.commit, e.digest = conn, u.Commit, u.Digest
 		return r.pump(eff), nil
 	}
-	if e.filled && e.conn < conn {
-		// Keep the older connection's entry advertising until the Sync.
+	if e.filled {
+		eff = r.displace(p, u.Slot, e, conn, eff)
+	}
+	e.conn, e.commit, e.filled, e.id, e.digest = conn, u.Commit, filled, "", u.Digest
+	if !filled {
+		return r.pump(eff), nil
+	}
+	e.id = newID
+	if lg, ok := p.legacy[newID]; ok && lg.slot == u.Slot {
+		// The displaced entry comes back: its pair still advertises the id.
+		delete(p.legacy, newID)
+		return r.pump(eff), nil
+	}
+	eff, err := r.link(p, u.Slot, u, eff)
+	return r.pump(eff), err
+}
+
+// displace takes the filled entry e out of slot for an update on conn. An
+// entry from an older connection keeps advertising its id until the Sync
+// (as a legacy entry) unless the id already has one or the peer is at its
+// slot limit; otherwise its pair leaves the id's advertiser set.
+func (r *Receiver) displace(p *peerRx, slot Slot, e *entry, conn ConnID, eff []Effect) []Effect {
+	if _, kept := p.legacy[e.id]; e.conn < conn && !kept && p.entries() < r.cfg.SlotLimit {
 		if p.legacy == nil {
-			p.legacy = make(map[Slot]*entry)
+			p.legacy = make(map[ArtifactID]legacyEntry)
 		}
-		if old, ok := p.legacy[u.Slot]; ok {
-			eff = r.unlink(p, u.Slot, old, eff)
-		}
-		p.legacy[u.Slot] = &entry{conn: e.conn, commit: e.commit, id: e.id, filled: true}
-	} else {
-		eff = r.unlink(p, u.Slot, e, eff)
+		p.legacy[e.id] = legacyEntry{slot: slot, conn: e.conn, digest: e.digest}
+		return eff
 	}
-	e.conn, e.commit, e.filled, e.id = conn, u.Commit, filled, ""
-	if filled {
-		e.id = newID
-		var err error
-		eff, err = r.link(p, u.Slot, u, eff)
-		return r.pump(eff), err
-	}
-	return r.pump(eff), nil
+	return r.unlink(p, slot, e, eff)
 }
 
 func (r *Receiver) checkArtifact(a Artifact) error {
@@ -395,8 +522,8 @@ func (r *Receiver) sync(p *peerRx, conn ConnID, eff []Effect) []Effect {
 }
 
 func (r *Receiver) dropLegacy(p *peerRx, eff []Effect) []Effect {
-	for _, slot := range sortedSlots(p.legacy) {
-		eff = r.unlink(p, slot, p.legacy[slot], eff)
+	for _, id := range sortedKeys(p.legacy) {
+		eff = r.unlinkID(p, p.legacy[id].slot, id, eff)
 	}
 	p.legacy = nil
 	return eff
@@ -407,23 +534,24 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 	if !e.filled {
 		return eff
 	}
-	st := r.ids[e.id]
+	return r.unlinkID(p, slot, e.id, eff)
+}
+
+func (r *Receiver) unlinkID(p *peerRx, slot Slot, id ArtifactID, eff []Effect) []Effect {
+	st := r.ids[id]
 	key := advKey{p.id, slot}
 	peerGone := st.adv.remove(key)
 	if st.adv.len() > 0 {
-		if peerGone && st.phase == phaseFetching {
+		if peerGone && st.phase == phaseFetching && st.charged == p.id {
 			list := st.peerList()
-			if st.charged == p.id {
-				p.active--
-				st.charged = list[0]
-				for _, q := range list[1:] {
-					if r.peers[q].active < r.peers[st.charged].active {
-						st.charged = q
-					}
+			p.active--
+			st.charged = list[0]
+			for _, q := range list[1:] {
+				if r.peers[q].active < r.peers[st.charged].active {
+					st.charged = q
 				}
-				r.peers[st.charged].active++
 			}
-			eff = append(eff, AdvertisersChanged{ID: e.id, Advertisers: list})
+			r.peers[st.charged].active++
 		}
 		return eff
 	}
@@ -431,14 +559,14 @@ func (r *Receiver) unlink(p *peerRx, slot Slot, e *entry, eff []Effect) []Effect
 	case phaseQueued:
 		r.queued--
 	case phaseFetching:
-		r.endFetch(st)
+		r.endFetch(id, st)
 		r.stats.FetchesCancelled++
-		eff = append(eff, CancelFetch{ID: e.id})
+		eff = append(eff, CancelFetch{ID: id})
 	case phaseDelivered:
 		r.stats.Withdrawn++
-		eff = append(eff, Withdraw{ID: e.id})
+		eff = append(eff, Withdraw{ID: id})
 	}
-	delete(r.ids, e.id)
+	delete(r.ids, id)
 	return eff
 }
 
@@ -450,7 +578,7 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 		if st.adv.add(advKey{p.id, slot}) {
 			switch st.phase {
 			case phaseFetching:
-				eff = append(eff, AdvertisersChanged{ID: id, Advertisers: st.peerList()})
+				eff = r.advertiserJoined(id, st, eff)
 			case phaseQueued:
 				r.pushQ(p, id)
 			}
@@ -560,7 +688,7 @@ func (r *Receiver) pump(eff []Effect) []Effect {
 			r.queued--
 			r.fetching++
 			r.stats.FetchesStarted++
-			eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
+			eff = r.startRun(id, st, eff)
 			r.rr = (k + 1) % len(r.order)
 			started = true
 			break
@@ -583,33 +711,11 @@ func (r *Receiver) canStart(p *peerRx) bool {
 	return r.fetching < r.cfg.MaxActiveFetches && r.fetching+r.waiting < r.cfg.DeliveryCredits
 }
 
-func (r *Receiver) endFetch(st *idState) {
+func (r *Receiver) endFetch(id ArtifactID, st *idState) {
 	r.peers[st.charged].active--
 	st.charged = ""
 	r.fetching--
-}
-
-// FetchDone reports a downloaded artifact for id from peer. A result for an
-// id no longer being fetched is ignored. An artifact that fails the id check
-// or the verifier returns ErrMismatch, is counted against peer, and leaves
-// the fetch running so the caller can try another advertiser.
-func (r *Receiver) FetchDone(id ArtifactID, from PeerID, a Artifact) ([]Effect, error) {
-	st, ok := r.ids[id]
-	if !ok || st.phase != phaseFetching {
-		r.stats.LateFetchResults++
-		return nil, nil
-	}
-	if err := r.verify(id, a); err != nil {
-		if p, ok := r.peers[from]; ok {
-			p.stats.Mismatch++
-		}
-		return nil, fmt.Errorf("fetch from %s: %w", from, err)
-	}
-	r.endFetch(st)
-	st.phase = phaseDelivered
-	r.waiting++
-	r.stats.Delivered++
-	return r.pump([]Effect{Deliver{Artifact: a, From: from}}), nil
+	r.endRun(id, st)
 }
 
 // Consumed returns one delivery credit: the consumer has taken a delivered
@@ -641,24 +747,24 @@ func (r *Receiver) Reevaluate() []Effect {
 func (r *Receiver) CheckInvariants() error {
 	count := make(map[ArtifactID]int)
 	for pid, p := range r.peers {
-		if len(p.slots) > r.cfg.SlotLimit {
-			return fmt.Errorf("peer %s holds %d slots above limit %d", pid, len(p.slots), r.cfg.SlotLimit)
+		if p.entries() > r.cfg.SlotLimit {
+			return fmt.Errorf("peer %s holds %d slots and %d older entries, above limit %d", pid, len(p.slots), len(p.legacy), r.cfg.SlotLimit)
 		}
-		for slot, e := range p.legacy {
-			if _, ok := p.slots[slot]; !ok || !e.filled {
-				return fmt.Errorf("peer %s legacy entry for slot %d without a current entry", pid, slot)
+		for id, lg := range p.legacy {
+			if cur, ok := p.slots[lg.slot]; ok && cur.filled && cur.id == id {
+				return fmt.Errorf("peer %s slot %d holds %x both current and legacy", pid, lg.slot, []byte(id))
 			}
-			if cur := p.slots[slot]; cur.filled && cur.id == e.id {
-				return fmt.Errorf("peer %s slot %d holds %x both current and legacy", pid, slot, []byte(e.id))
+			if lg.conn >= p.conn {
+				return fmt.Errorf("peer %s legacy entry of %x from connection %d, not older than %d", pid, []byte(id), lg.conn, p.conn)
 			}
-			st, ok := r.ids[e.id]
+			st, ok := r.ids[id]
 			if !ok {
-				return fmt.Errorf("peer %s legacy slot %d holds %x which has no advertiser set", pid, slot, []byte(e.id))
+				return fmt.Errorf("peer %s legacy slot %d holds %x which has no advertiser set", pid, lg.slot, []byte(id))
 			}
-			if !st.adv.has(advKey{pid, slot}) {
-				return fmt.Errorf("advertiser set of %x lacks legacy (%s, %d)", []byte(e.id), pid, slot)
+			if !st.adv.has(advKey{pid, lg.slot}) {
+				return fmt.Errorf("advertiser set of %x lacks legacy (%s, %d)", []byte(id), pid, lg.slot)
 			}
-			count[e.id]++
+			count[id]++
 		}
 		for slot, e := range p.slots {
 			if !e.filled {
@@ -736,6 +842,9 @@ func (r *Receiver) CheckInvariants() error {
 			}
 		}
 	}
+	if err := r.checkRuns(); err != nil {
+		return err
+	}
 	for pid, p := range r.peers {
 		// A peer may exceed MaxFetchesPerPeer only through charges moved
 		// to it; it then starts nothing until it is below the limit again.
@@ -751,20 +860,6 @@ func (r *Receiver) CheckInvariants() error {
 
 func (st *idState) peerList() []PeerID { return st.adv.peerList() }
 
-// RestartFetches returns a StartFetch for every fetch in progress, for a
-// caller that lost its running downloads (for example after the actor that
-// ran them restarted). The fetches keep their charges and credits.
-func (r *Receiver) RestartFetches() []Effect {
-	var eff []Effect
-	for _, id := range sortedIDs(r.ids) {
-		st := r.ids[id]
-		if st.phase == phaseFetching {
-			eff = append(eff, StartFetch{ID: id, Attribute: st.attr, Advertisers: st.peerList()})
-		}
-	}
-	return eff
-}
-
 // Peers returns the peers the receiver accepts updates from, sorted.
 func (r *Receiver) Peers() []PeerID { return slices.Clone(r.order) }
 
@@ -773,12 +868,5 @@ func (r *Receiver) Peers() []PeerID { return slices.Clone(r.order) }
 func (r *Receiver) RecordInvalid(peer PeerID) {
 	if p, ok := r.peers[peer]; ok {
 		p.stats.Invalid++
-	}
-}
-
-// RecordFetchFailure counts against peer a fetch it did not serve.
-func (r *Receiver) RecordFetchFailure(peer PeerID) {
-	if p, ok := r.peers[peer]; ok {
-		p.stats.FetchFailures++
 	}
 }

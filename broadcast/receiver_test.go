@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 func newTestReceiver(t *testing.T, mut func(*ReceiverConfig), peers ...PeerID) *Receiver {
@@ -29,8 +30,27 @@ func checkR(t *testing.T, r *Receiver) {
 	}
 }
 
+// payloadOf is the payload the tests publish under id.
+func payloadOf(id ArtifactID) []byte { return []byte("payload of " + id) }
+
+const testChunk = MinChunkSize
+
 func advert(commit CommitID, slot Slot, id string) SlotUpdate {
-	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindAdvert, Artifact: Artifact{ID: ArtifactID(id), Attribute: []byte("attr")}}
+	return SlotUpdate{Commit: commit, Slot: slot, Kind: KindAdvert, Artifact: Artifact{ID: ArtifactID(id), Attribute: []byte("attr")},
+		Digest: Describe(payloadOf(ArtifactID(id)), testChunk).Digest()}
+}
+
+// serve answers attempt a as an honest peer holding payload would.
+func serve(a FetchAttempt, payload []byte) Fetched {
+	m := Describe(payload, testChunk)
+	if a.Chunk == ManifestPart {
+		got := Fetched{Manifest: &m}
+		if m.Chunks() == 1 {
+			got.Data = payload
+		}
+		return got
+	}
+	return Fetched{Data: m.Chunk(payload, a.Chunk)}
 }
 
 func push(commit CommitID, slot Slot, id string) SlotUpdate {
@@ -55,12 +75,12 @@ func kindsOf(eff []Effect) string {
 	s := ""
 	for _, e := range eff {
 		switch e := e.(type) {
-		case StartFetch:
-			s += fmt.Sprintf("start(%s:%v) ", e.ID, e.Advertisers)
-		case AdvertisersChanged:
-			s += fmt.Sprintf("advertisers(%s:%v) ", e.ID, e.Advertisers)
+		case FetchAttempt:
+			s += fmt.Sprintf("fetch(%s) ", e.ID)
 		case CancelFetch:
 			s += fmt.Sprintf("cancel(%s) ", e.ID)
+		case CancelAttempt:
+			s += fmt.Sprintf("cancelattempt(%s) ", e.ID)
 		case Deliver:
 			s += fmt.Sprintf("deliver(%s from %s) ", e.Artifact.ID, e.From)
 		case Withdraw:
@@ -81,9 +101,9 @@ func expect(t *testing.T, eff []Effect, want string) {
 
 func TestReceiverCommitIDOrdering(t *testing.T) {
 	r := newTestReceiver(t, nil, "p")
-	expect(t, apply(t, r, "p", 1, advert(5, 0, "a")), "start(a:[p]) ")
+	expect(t, apply(t, r, "p", 1, advert(5, 0, "a")), "fetch(a) ")
 	// Higher commit on the same slot replaces a: a's fetch is cancelled.
-	expect(t, apply(t, r, "p", 1, advert(7, 0, "b")), "cancel(a) start(b:[p]) ")
+	expect(t, apply(t, r, "p", 1, advert(7, 0, "b")), "cancel(a) fetch(b) ")
 	// Lower commit is stale, whatever it carries.
 	if _, err := r.HandleUpdate("p", 1, advert(6, 0, "c")); !errors.Is(err, ErrStale) {
 		t.Fatalf("older commit: %v, want ErrStale", err)
@@ -94,7 +114,7 @@ func TestReceiverCommitIDOrdering(t *testing.T) {
 	}
 	// A newer connection wins even with a lower commit (sender restarted);
 	// the displaced b keeps its advertiser until the sender's Sync.
-	expect(t, apply(t, r, "p", 2, advert(1, 0, "d")), "start(d:[p]) ")
+	expect(t, apply(t, r, "p", 2, advert(1, 0, "d")), "fetch(d) ")
 	expect(t, apply(t, r, "p", 2, SlotUpdate{Kind: KindSync}), "cancel(b) ")
 	// And updates from the old connection are now stale.
 	if _, err := r.HandleUpdate("p", 1, advert(100, 3, "e")); !errors.Is(err, ErrStale) {
@@ -127,9 +147,9 @@ func TestReceiverSlotLimitRefusesNewSlotsOnly(t *testing.T) {
 
 func TestReceiverOverwriteCancelsOldFetch(t *testing.T) {
 	r := newTestReceiver(t, nil, "p")
-	apply(t, r, "p", 1, advert(1, 0, "a"))
-	expect(t, apply(t, r, "p", 1, advert(2, 0, "b")), "cancel(a) start(b:[p]) ")
-	if eff, err := r.FetchDone("a", "p", Artifact{ID: "a"}); err != nil || len(eff) != 0 {
+	aTok := apply(t, r, "p", 1, advert(1, 0, "a"))[0].(FetchAttempt).Token
+	expect(t, apply(t, r, "p", 1, advert(2, 0, "b")), "cancel(a) fetch(b) ")
+	if eff, err := r.FetchDone(aTok, Fetched{}, time.Second, t0); err != nil || len(eff) != 0 {
 		t.Fatalf("late result for cancelled fetch: %v %v", eff, err)
 	}
 	if r.Stats().LateFetchResults != 1 {
@@ -139,25 +159,67 @@ func TestReceiverOverwriteCancelsOldFetch(t *testing.T) {
 
 func TestReceiverTwoPeersOneFetch(t *testing.T) {
 	r := newTestReceiver(t, nil, "p", "q")
-	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "start(a:[p]) ")
-	expect(t, apply(t, r, "q", 1, advert(9, 4, "a")), "advertisers(a:[p q]) ")
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "fetch(a) ")
+	expect(t, apply(t, r, "q", 1, advert(9, 4, "a")), "")
 	if r.Fetching() != 1 {
 		t.Fatalf("%d fetches for one id", r.Fetching())
 	}
 	// p stops advertising: the fetch goes on with q.
-	expect(t, apply(t, r, "p", 1, clearedU(2, 0)), "advertisers(a:[q]) ")
+	expect(t, apply(t, r, "p", 1, clearedU(2, 0)), "")
 	expect(t, mustFetch(t, r, "a", "q"), "deliver(a from q) ")
 	expect(t, apply(t, r, "q", 1, clearedU(10, 4)), "withdraw(a) ")
 }
 
+// attemptTo fails id's requests to other peers until one goes to from
+// (ticking through pauses) and returns it.
+func attemptTo(t *testing.T, r *Receiver, id ArtifactID, from PeerID) FetchAttempt {
+	t.Helper()
+	now := t0
+	for range 100 {
+		st, ok := r.ids[id]
+		if !ok || st.run == nil {
+			t.Fatalf("%s is not fetching: %s", id, r.DescribeID(id))
+		}
+		f := st.run
+		if len(f.reqs) == 0 {
+			if f.pause.IsZero() {
+				t.Fatalf("%s: no request and no pause: %s", id, r.DescribeID(id))
+			}
+			now = f.pause
+			r.Tick(now)
+			checkR(t, r)
+			continue
+		}
+		for _, tok := range sortedKeys(f.reqs) {
+			q := f.reqs[tok]
+			if q.peer == from {
+				return FetchAttempt{ID: id, Peer: q.peer, Token: tok, Digest: f.digest, Chunk: q.chunk}
+			}
+		}
+		r.FetchFailed(sortedKeys(f.reqs)[0], now)
+		checkR(t, r)
+	}
+	t.Fatalf("no attempt of %s went to %s: %s", id, from, r.DescribeID(id))
+	return FetchAttempt{}
+}
+
+// mustFetch has from serve id's payload until it is delivered and returns
+// the last answer's effects.
 func mustFetch(t *testing.T, r *Receiver, id ArtifactID, from PeerID) []Effect {
 	t.Helper()
-	eff, err := r.FetchDone(id, from, Artifact{ID: id, Payload: []byte("payload")})
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		a := attemptTo(t, r, id, from)
+		eff, err := r.FetchDone(a.Token, serve(a, payloadOf(id)), time.Millisecond, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkR(t, r)
+		if r.IsDelivered(id) {
+			return eff
+		}
 	}
-	checkR(t, r)
-	return eff
+	t.Fatalf("%s not delivered: %s", id, r.DescribeID(id))
+	return nil
 }
 
 func TestReceiverReadvertiseAfterFinishDeliversAgain(t *testing.T) {
@@ -166,7 +228,7 @@ func TestReceiverReadvertiseAfterFinishDeliversAgain(t *testing.T) {
 	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
 	r.Consumed()
 	expect(t, apply(t, r, "p", 1, clearedU(2, 0)), "withdraw(a) ")
-	expect(t, apply(t, r, "p", 1, advert(3, 0, "a")), "start(a:[p]) ")
+	expect(t, apply(t, r, "p", 1, advert(3, 0, "a")), "fetch(a) ")
 	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
 }
 
@@ -188,7 +250,8 @@ func TestReceiverTopologyChangeDropsPeerSlots(t *testing.T) {
 	apply(t, r, "p", 1, push(3, 2, "c")) // delivered, only p
 	eff := r.RemovePeer("p")
 	checkR(t, r)
-	expect(t, eff, "cancel(a) advertisers(b:[q]) withdraw(c) ")
+	// b's request to p is cancelled and made to q.
+	expect(t, eff, "cancel(a) withdraw(c) cancelattempt(b) fetch(b) ")
 	if r.Entries("p") != 0 {
 		t.Fatal("removed peer still has entries")
 	}
@@ -216,18 +279,24 @@ func TestReceiverPushDeliversAtOnceAndVerifies(t *testing.T) {
 		t.Fatalf("forged push: %v", err)
 	}
 	checkR(t, r)
-	expect(t, eff, "start(f:[q]) ")
-	// Wrong bytes from a fetch are refused; the fetch stays open.
-	if _, err := r.FetchDone("f", "q", Artifact{ID: "f", Payload: []byte("forged")}); !errors.Is(err, ErrMismatch) {
+	expect(t, eff, "fetch(f) ")
+	// q serves the forged bytes again: refused, and q (whose manifest named
+	// them) is not asked for f again; the fetch waits for another advertiser.
+	a := attemptTo(t, r, "f", "q")
+	eff, err = r.FetchDone(a.Token, serve(a, []byte("forged")), time.Millisecond, t0)
+	if !errors.Is(err, ErrMismatch) || !errors.Is(err, bad) {
 		t.Fatalf("forged fetch: %v", err)
 	}
-	if _, err := r.FetchDone("f", "q", Artifact{ID: "other"}); !errors.Is(err, ErrMismatch) {
-		t.Fatalf("wrong id: %v", err)
+	checkR(t, r)
+	expect(t, eff, "")
+	if r.PeerStats("q").Mismatch != 2 || r.Fetching() != 1 || !r.ids["f"].run.stalled {
+		t.Fatalf("stats %+v fetching %d: %s", r.PeerStats("q"), r.Fetching(), r.DescribeID("f"))
 	}
-	if r.PeerStats("q").Mismatch != 3 || r.Fetching() != 1 {
-		t.Fatalf("stats %+v fetching %d", r.PeerStats("q"), r.Fetching())
-	}
-	expect(t, mustFetch(t, r, "f", "q"), "deliver(f from q) ")
+	// An honest advertiser appears: it is asked at once.
+	u := advert(3, 2, "f")
+	u.Digest = Describe(payloadOf("f"), testChunk).Digest()
+	expect(t, apply(t, r, "p", 1, u), "fetch(f) ")
+	expect(t, mustFetch(t, r, "f", "p"), "deliver(f from p) ")
 }
 
 func TestReceiverAdmissionDropAndLater(t *testing.T) {
@@ -246,24 +315,24 @@ func TestReceiverAdmissionDropAndLater(t *testing.T) {
 	expect(t, r.Reevaluate(), "")
 	decision["l"] = Fetch
 	decision["d"] = Fetch // Drop is final while advertised
-	expect(t, r.Reevaluate(), "start(l:[p]) ")
+	expect(t, r.Reevaluate(), "fetch(l) ")
 	checkR(t, r)
 	expect(t, r.Reevaluate(), "")
 }
 
 func TestReceiverCreditsPauseFetching(t *testing.T) {
 	r := newTestReceiver(t, func(c *ReceiverConfig) { c.DeliveryCredits = 2; c.MaxActiveFetches = 10 }, "p")
-	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "start(a:[p]) ")
-	expect(t, apply(t, r, "p", 1, advert(2, 1, "b")), "start(b:[p]) ")
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "fetch(a) ")
+	expect(t, apply(t, r, "p", 1, advert(2, 1, "b")), "fetch(b) ")
 	expect(t, apply(t, r, "p", 1, advert(3, 2, "c")), "")
 	// A push with no credit is not held in memory: it is fetched later.
 	expect(t, apply(t, r, "p", 1, push(4, 3, "d")), "")
 	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
 	expect(t, mustFetch(t, r, "b", "p"), "deliver(b from p) ")
 	// Nothing starts until the consumer takes a delivery.
-	expect(t, r.Consumed(), "start(c:[p]) ")
+	expect(t, r.Consumed(), "fetch(c) ")
 	checkR(t, r)
-	expect(t, r.Consumed(), "start(d:[p]) ")
+	expect(t, r.Consumed(), "fetch(d) ")
 	checkR(t, r)
 }
 
@@ -339,10 +408,10 @@ func TestReceiverPeerThatNeverServesCannotStarveOthers(t *testing.T) {
 	if r.Fetching() != 3 {
 		t.Fatalf("byz got %d fetches, want its cap of 3", r.Fetching())
 	}
-	expect(t, apply(t, r, "honest", 1, advert(1, 0, "good")), "start(good:[honest]) ")
+	expect(t, apply(t, r, "honest", 1, advert(1, 0, "good")), "fetch(good) ")
 	// An id both advertise is served through whichever peer has room.
 	expect(t, apply(t, r, "byz", 1, advert(200, 100, "shared")), "")
-	expect(t, apply(t, r, "honest", 1, advert(2, 1, "shared")), "start(shared:[byz honest]) ")
+	expect(t, apply(t, r, "honest", 1, advert(2, 1, "shared")), "fetch(shared) ")
 }
 
 func TestReceiverRestartFetchesRepeatsRunningOnes(t *testing.T) {
@@ -350,7 +419,7 @@ func TestReceiverRestartFetchesRepeatsRunningOnes(t *testing.T) {
 	apply(t, r, "p", 1, advert(1, 0, "a"))
 	apply(t, r, "p", 1, advert(2, 1, "b"))
 	mustFetch(t, r, "a", "p")
-	expect(t, r.RestartFetches(), "start(b:[p]) ")
+	expect(t, r.RestartFetches(), "fetch(b) ")
 	checkR(t, r)
 }
 
@@ -397,9 +466,86 @@ func TestReceiverLargeAdvertiserSets(t *testing.T) {
 			eff := apply(t, r, peer, 1, clearedU(commit, slot))
 			if peer == "s" && slot == 11 {
 				expect(t, eff, "withdraw(a) ")
-			} else if len(eff) > 0 && kindsOf(eff) != fmt.Sprintf("advertisers(a:%v) ", r.Advertisers("a")) {
-				t.Fatalf("unexpected %s", kindsOf(eff))
+			} else {
+				expect(t, eff, "")
 			}
 		}
 	}
+}
+
+func TestReceiverDisplacedEntryComingBackKeepsTheCurrentOneUntilSync(t *testing.T) {
+	// A sender restarts twice without finishing a Sync in between. Its third
+	// incarnation puts a back in the slot where the first had it; b, which
+	// the second incarnation put there, must stay advertised until the Sync
+	// (the third incarnation republishes it elsewhere), not be withdrawn and
+	// delivered again.
+	r := newTestReceiver(t, nil, "p")
+	expect(t, apply(t, r, "p", 1, push(7, 4, "a")), "deliver(a from p) ")
+	expect(t, apply(t, r, "p", 2, push(3, 4, "b")), "deliver(b from p) ")
+	expect(t, apply(t, r, "p", 3, push(1, 4, "a")), "")
+	expect(t, apply(t, r, "p", 3, push(2, 9, "b")), "")
+	expect(t, apply(t, r, "p", 3, SlotUpdate{Kind: KindSync}), "")
+	if r.Entries("p") != 2 || !r.IsDelivered("a") || !r.IsDelivered("b") {
+		t.Fatalf("entries %d, a delivered %v, b delivered %v", r.Entries("p"), r.IsDelivered("a"), r.IsDelivered("b"))
+	}
+}
+
+func TestReceiverEntriesOfEveryEarlierIncarnationStayUntilSync(t *testing.T) {
+	// Three incarnations of a sender before any Sync: b was in slot 3 on
+	// connection 2 and was displaced on connection 3; when connection 4
+	// overwrites slot 3 again, b must still stay advertised, because the
+	// fourth incarnation republishes it (in slot 1) before its Sync.
+	r := newTestReceiver(t, nil, "p")
+	expect(t, apply(t, r, "p", 2, push(8, 3, "b")), "deliver(b from p) ")
+	expect(t, apply(t, r, "p", 3, push(4, 3, "c")), "deliver(c from p) ")
+	expect(t, apply(t, r, "p", 4, push(4, 3, "d")), "deliver(d from p) ")
+	expect(t, apply(t, r, "p", 4, push(2, 1, "b")), "")
+	expect(t, apply(t, r, "p", 4, SlotUpdate{Kind: KindSync}), "withdraw(c) ")
+	if r.Entries("p") != 2 {
+		t.Fatalf("entries %d after sync, want 2", r.Entries("p"))
+	}
+}
+
+func TestReceiverOlderConnectionEntriesCountAgainstSlotLimit(t *testing.T) {
+	// G4: entries a peer's earlier connection left behind count against
+	// SlotLimit, so a peer that reconnects and never Syncs cannot hold
+	// twice the bound.
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.SlotLimit = 4 }, "p")
+	for i := range 4 {
+		apply(t, r, "p", 1, advert(CommitID(i+1), Slot(i), fmt.Sprintf("old%d", i)))
+	}
+	for i := range 4 {
+		apply(t, r, "p", 2, advert(CommitID(i+1), Slot(i), fmt.Sprintf("new%d", i)))
+		if r.Entries("p") > 4 || r.IDs() > 4 {
+			t.Fatalf("after %d updates on the new connection: %d entries for %d ids, limit 4", i+1, r.Entries("p"), r.IDs())
+		}
+	}
+	// The new connection's ids all stay; what gave way were old entries.
+	for i := range 4 {
+		if len(r.Advertisers(ArtifactID(fmt.Sprintf("new%d", i)))) != 1 {
+			t.Fatalf("new%d not advertised", i)
+		}
+	}
+	// A new slot beyond the bound drops what is left of the old
+	// connection rather than refusing a current update.
+	apply(t, r, "p", 2, clearedU(9, 3))
+	if _, err := r.HandleUpdate("p", 2, advert(10, 7, "more")); !errors.Is(err, ErrSlotLimit) {
+		t.Fatalf("fifth current slot: %v, want ErrSlotLimit", err)
+	}
+	checkR(t, r)
+}
+
+func TestReceiverRefusesPushesAboveMaxPushSize(t *testing.T) {
+	// G4: a push is unasked-for memory, so a peer may not push more than
+	// honest senders ever do; the same artifact advertised is fine.
+	r := newTestReceiver(t, func(c *ReceiverConfig) { c.MaxPushSize = 100 }, "p")
+	big := SlotUpdate{Commit: 1, Slot: 0, Kind: KindPush, Artifact: Artifact{ID: "big", Payload: make([]byte, 200), LatencySensitive: true}}
+	if _, err := r.HandleUpdate("p", 1, big); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("oversized push: %v, want ErrInvalid", err)
+	}
+	if st := r.PeerStats("p"); st.Invalid != 1 || r.Entries("p") != 0 || r.IDs() != 0 {
+		t.Fatalf("oversized push left state: stats %+v, entries %d, ids %d", st, r.Entries("p"), r.IDs())
+	}
+	expect(t, apply(t, r, "p", 1, advert(1, 0, "big")), "fetch(big) ")
+	expect(t, apply(t, r, "p", 1, push(2, 1, "small")), "deliver(small from p) ")
 }

@@ -16,6 +16,19 @@ type SenderConfig struct {
 	// PushThreshold: an artifact whose encoded size is below it is pushed
 	// whole; a larger one is advertised and fetched. Bytes; default 1 KiB.
 	PushThreshold int
+	// MaxPushSize is the largest encoded artifact ever pushed, latency-
+	// sensitive ones included: a larger one is advertised and fetched, so
+	// what one update makes a receiver hold stays small (receivers refuse
+	// larger pushes; see ReceiverConfig.MaxPushSize, which must not be
+	// smaller). Bytes; default 1 MiB.
+	MaxPushSize int
+	// ChunkSize is the size of the chunks an advertised artifact is
+	// fetched in (the last one shorter); the advert carries the digest of
+	// their hashes (see Manifest). Larger chunks mean fewer requests;
+	// smaller ones waste less when a request times out, and need less of a
+	// slow link per request. Bytes, MinChunkSize to MaxChunkSize; default
+	// 256 KiB.
+	ChunkSize int
 	// MaxInFlightPerPeer is the most updates outstanding to one peer. More
 	// parallelism hides latency; fewer streams keep QUIC efficient. Default 64.
 	MaxInFlightPerPeer int
@@ -24,16 +37,36 @@ type SenderConfig struct {
 	// doubles per consecutive failure. Defaults 250 ms and 60 s.
 	RetryBackoffMin time.Duration
 	RetryBackoffMax time.Duration
+	// UpdateTimeout bounds one transmission of an update, plus
+	// UpdateTimeoutPerMiB for every MiB it carries (pro rata: pushed
+	// artifacts can be large). Every failed transmission of the same state
+	// to the same peer doubles it, up to UpdateTimeoutMax, so a large push
+	// over a slow, lossy link eventually gets the time it needs instead of
+	// restarting on the same deadline forever. A timed-out update counts as
+	// failed and is retried after the backoff. Dead connections are found
+	// by the transport's idle timeout, so this only has to catch a peer
+	// that takes a stream and never answers; it must be generous enough
+	// for a large push over a lossy link (5% loss at 100 ms RTT moves about
+	// 60 KB/s). Defaults 30 s, 20 s and 5 min; UpdateTimeoutMax must leave
+	// at least the first attempt's timeout to the largest push there can be.
+	UpdateTimeout       time.Duration
+	UpdateTimeoutPerMiB time.Duration
+	UpdateTimeoutMax    time.Duration
 }
 
 // DefaultSenderConfig returns the documented defaults.
 func DefaultSenderConfig() SenderConfig {
 	return SenderConfig{
-		MaxSlots:           50_000,
-		PushThreshold:      1024,
-		MaxInFlightPerPeer: 64,
-		RetryBackoffMin:    250 * time.Millisecond,
-		RetryBackoffMax:    60 * time.Second,
+		MaxSlots:            50_000,
+		PushThreshold:       1024,
+		MaxPushSize:         1 << 20,
+		ChunkSize:           256 << 10,
+		MaxInFlightPerPeer:  64,
+		RetryBackoffMin:     250 * time.Millisecond,
+		RetryBackoffMax:     60 * time.Second,
+		UpdateTimeout:       30 * time.Second,
+		UpdateTimeoutPerMiB: 20 * time.Second,
+		UpdateTimeoutMax:    5 * time.Minute,
 	}
 }
 
@@ -44,10 +77,17 @@ func (c SenderConfig) Validate() error {
 		return fmt.Errorf("%w: SenderConfig.MaxSlots must be positive, got %d", ErrInvalid, c.MaxSlots)
 	case c.PushThreshold < 0:
 		return fmt.Errorf("%w: SenderConfig.PushThreshold must not be negative, got %d", ErrInvalid, c.PushThreshold)
+	case c.ChunkSize < MinChunkSize || c.ChunkSize > MaxChunkSize:
+		return fmt.Errorf("%w: SenderConfig.ChunkSize %d outside %d..%d", ErrInvalid, c.ChunkSize, MinChunkSize, MaxChunkSize)
+	case c.MaxPushSize < c.PushThreshold:
+		return fmt.Errorf("%w: SenderConfig.MaxPushSize %d is below PushThreshold %d", ErrInvalid, c.MaxPushSize, c.PushThreshold)
 	case c.MaxInFlightPerPeer <= 0:
 		return fmt.Errorf("%w: SenderConfig.MaxInFlightPerPeer must be positive, got %d", ErrInvalid, c.MaxInFlightPerPeer)
 	case c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin:
 		return fmt.Errorf("%w: SenderConfig retry backoff must satisfy 0 < min <= max, got %v..%v", ErrInvalid, c.RetryBackoffMin, c.RetryBackoffMax)
+	case c.UpdateTimeout <= 0 || c.UpdateTimeoutPerMiB < 0 || c.UpdateTimeoutMax < c.UpdateTimeout:
+		return fmt.Errorf("%w: SenderConfig update timeouts must satisfy 0 < UpdateTimeout <= UpdateTimeoutMax and UpdateTimeoutPerMiB >= 0, got %v, %v, %v",
+			ErrInvalid, c.UpdateTimeout, c.UpdateTimeoutPerMiB, c.UpdateTimeoutMax)
 	}
 	return nil
 }
@@ -64,12 +104,9 @@ type SendUpdate struct {
 	Conn   ConnID
 	Token  Token
 	Update SlotUpdate
-	// Attempt counts earlier transmissions of this same state to this peer
-	// that failed (0 on the first). A caller with a per-attempt timeout
-	// grows it with Attempt, so a large update over a slow, lossy link
-	// eventually gets the time it needs instead of restarting from zero on
-	// the same deadline forever.
-	Attempt int
+	// Timeout is how long the caller waits for the peer's response before
+	// it reports Failed (SenderConfig.UpdateTimeout and what follows it).
+	Timeout time.Duration
 }
 
 // CancelSend asks the caller to abandon the transmission Token (reset its
@@ -77,13 +114,6 @@ type SendUpdate struct {
 type CancelSend struct {
 	Peer  PeerID
 	Token Token
-}
-
-// RetryAt asks the caller to call Tick at or after At: Peer is backing off
-// after a failure and has updates waiting.
-type RetryAt struct {
-	Peer PeerID
-	At   time.Time
 }
 
 // SenderStats counts what the sender did and refused. Updates* count slot
@@ -222,12 +252,13 @@ func (s *Sender) Publish(a Artifact) ([]Effect, error) {
 	st.commit = s.commit
 	st.art = a
 	st.update = SlotUpdate{Commit: s.commit, Slot: slot}
-	if a.LatencySensitive || EncodedSize(a) < s.cfg.PushThreshold {
+	if size := EncodedSize(a); (a.LatencySensitive || size < s.cfg.PushThreshold) && size <= s.cfg.MaxPushSize {
 		st.update.Kind = KindPush
 		st.update.Artifact = a
 	} else {
 		st.update.Kind = KindAdvert
 		st.update.Artifact = Artifact{ID: a.ID, Attribute: a.Attribute, LatencySensitive: a.LatencySensitive}
+		st.update.Digest = Describe(a.Payload, s.cfg.ChunkSize).Digest()
 	}
 	s.byID[a.ID] = slot
 	s.live++
@@ -325,7 +356,7 @@ func (s *Sender) pump(p *peerTx, eff []Effect) []Effect {
 		if ps.failedAt == st.commit {
 			attempt = int(ps.failures)
 		}
-		eff = append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: s.nextToken, Update: st.update, Attempt: attempt})
+		eff = append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: s.nextToken, Update: st.update, Timeout: s.updateTimeout(st.update, attempt)})
 	}
 	p.compact()
 	return s.maybeSync(p, eff)
@@ -347,7 +378,23 @@ func (s *Sender) maybeSync(p *peerTx, eff []Effect) []Effect {
 	s.nextToken++
 	p.syncToken = s.nextToken
 	s.stats.SyncsSent++
-	return append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: p.syncToken, Update: SlotUpdate{Commit: s.commit, Kind: KindSync}})
+	u := SlotUpdate{Commit: s.commit, Kind: KindSync}
+	return append(eff, SendUpdate{Peer: p.id, Conn: p.conn, Token: p.syncToken, Update: u, Timeout: s.updateTimeout(u, 0)})
+}
+
+// updateTimeout is the response deadline of one transmission of u after
+// attempt failed ones: the base plus its share per MiB carried, doubled per
+// failure, capped.
+func (s *Sender) updateTimeout(u SlotUpdate, attempt int) time.Duration {
+	size := int64(EncodedSize(u.Artifact))
+	d := s.cfg.UpdateTimeout + time.Duration(int64(s.cfg.UpdateTimeoutPerMiB)*size>>20)
+	for range min(attempt, 16) {
+		if d >= s.cfg.UpdateTimeoutMax {
+			break
+		}
+		d *= 2
+	}
+	return min(d, s.cfg.UpdateTimeoutMax)
 }
 
 // PeerUp reports a connection to peer with local connection id conn. A
@@ -505,21 +552,28 @@ func (s *Sender) Failed(peer PeerID, tok Token, now time.Time) []Effect {
 }
 
 // Tick ends the backoff of every peer whose pause has passed and sends what
-// is due. Peers still backing off are named again in RetryAt effects, so a
-// caller that keeps only its earliest timer never loses a later one.
+// is due. If peers are still backing off, it ends with one RetryAt for the
+// earliest of them, so a caller that keeps only one timer (at the earliest
+// RetryAt it was given) and calls Tick when it fires never loses a retry.
 func (s *Sender) Tick(now time.Time) []Effect {
 	var eff []Effect
+	var next RetryAt
 	for _, id := range s.sortedPeers() {
 		p := s.peers[id]
 		if !p.waiting {
 			continue
 		}
 		if now.Before(p.waitUntil) {
-			eff = append(eff, RetryAt{Peer: id, At: p.waitUntil})
+			if next.At.IsZero() || p.waitUntil.Before(next.At) {
+				next = RetryAt{Peer: id, At: p.waitUntil}
+			}
 			continue
 		}
 		p.waiting = false
 		eff = s.pump(p, eff)
+	}
+	if !next.At.IsZero() {
+		eff = append(eff, next)
 	}
 	return eff
 }

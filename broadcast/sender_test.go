@@ -1,6 +1,7 @@
 package broadcast
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -34,25 +35,19 @@ func large(id string) Artifact {
 	return Artifact{ID: ArtifactID(id), Attribute: []byte("a"), Payload: []byte(strings.Repeat("x", 4096))}
 }
 
-func sends(eff []Effect) []SendUpdate {
-	var out []SendUpdate
+// only returns the effects of type T, in order.
+func only[T Effect](eff []Effect) []T {
+	var out []T
 	for _, e := range eff {
-		if s, ok := e.(SendUpdate); ok {
-			out = append(out, s)
+		if x, ok := e.(T); ok {
+			out = append(out, x)
 		}
 	}
 	return out
 }
 
-func cancels(eff []Effect) []CancelSend {
-	var out []CancelSend
-	for _, e := range eff {
-		if c, ok := e.(CancelSend); ok {
-			out = append(out, c)
-		}
-	}
-	return out
-}
+func sends(eff []Effect) []SendUpdate   { return only[SendUpdate](eff) }
+func cancels(eff []Effect) []CancelSend { return only[CancelSend](eff) }
 
 // ackAll acknowledges every send in eff (and what those acks release) and
 // returns all updates the peer ended up receiving.
@@ -128,13 +123,22 @@ func TestSenderLiveSlotBoundRefusesAndChangesNothing(t *testing.T) {
 func TestSenderPushOrAdvertDecision(t *testing.T) {
 	s := newTestSender(t, nil)
 	s.PeerUp("p", 1)
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*131 + i/251)
+		}
+		return b
+	}
 	cases := []struct {
 		a    Artifact
 		want UpdateKind
 	}{
 		{small("small"), KindPush},
 		{large("large"), KindAdvert},
-		{Artifact{ID: "urgent", Payload: make([]byte, 1<<20), LatencySensitive: true}, KindPush},
+		{Artifact{ID: "urgent", Attribute: []byte("u"), Payload: random(100 << 10), LatencySensitive: true}, KindPush},
+		// Latency-sensitive but above MaxPushSize: advertised all the same.
+		{Artifact{ID: "huge", Payload: random(1 << 20), LatencySensitive: true}, KindAdvert},
 		{Artifact{ID: "edge", Payload: make([]byte, 1024)}, KindAdvert},
 	}
 	for _, c := range cases {
@@ -143,11 +147,15 @@ func TestSenderPushOrAdvertDecision(t *testing.T) {
 		if len(got) != 1 || got[0].Update.Kind != c.want {
 			t.Fatalf("%s: got %+v, want kind %v", c.a.ID, got, c.want)
 		}
-		if c.want == KindAdvert && got[0].Update.Artifact.Payload != nil {
+		u := got[0].Update.Artifact
+		if u.ID != c.a.ID || !bytes.Equal(u.Attribute, c.a.Attribute) {
+			t.Fatalf("%s: update names %q with attribute %q", c.a.ID, u.ID, u.Attribute)
+		}
+		if c.want == KindAdvert && u.Payload != nil {
 			t.Fatalf("%s: advert carries the payload", c.a.ID)
 		}
-		if c.want == KindPush && len(got[0].Update.Artifact.Payload) != len(c.a.Payload) {
-			t.Fatalf("%s: push lacks the payload", c.a.ID)
+		if c.want == KindPush && (!bytes.Equal(u.Payload, c.a.Payload) || u.LatencySensitive != c.a.LatencySensitive) {
+			t.Fatalf("%s: push does not carry the published payload and flag", c.a.ID)
 		}
 	}
 }
@@ -400,6 +408,10 @@ func TestSenderConfigValidation(t *testing.T) {
 		func(c *SenderConfig) { c.MaxInFlightPerPeer = 0 },
 		func(c *SenderConfig) { c.RetryBackoffMin = 0 },
 		func(c *SenderConfig) { c.RetryBackoffMax = c.RetryBackoffMin / 2 },
+		func(c *SenderConfig) { c.MaxPushSize = c.PushThreshold - 1 },
+		func(c *SenderConfig) { c.UpdateTimeout = 0 },
+		func(c *SenderConfig) { c.UpdateTimeoutPerMiB = -1 },
+		func(c *SenderConfig) { c.UpdateTimeoutMax = c.UpdateTimeout / 2 },
 	}
 	for i, mut := range bad {
 		cfg := DefaultSenderConfig()
@@ -474,20 +486,23 @@ func TestCoalesceDropsUpdatesCancelledInTheSameBatch(t *testing.T) {
 	}
 }
 
-func TestSenderCountsAttemptsOfTheSameState(t *testing.T) {
-	s := newTestSender(t, func(c *SenderConfig) { c.RetryBackoffMax = time.Second })
+func TestSenderUpdateTimeoutGrowsPerFailedAttemptOfTheSameState(t *testing.T) {
+	s := newTestSender(t, func(c *SenderConfig) {
+		c.RetryBackoffMax = time.Second
+		c.UpdateTimeout, c.UpdateTimeoutPerMiB, c.UpdateTimeoutMax = time.Second, 0, 5*time.Second
+	})
 	ackAll(t, s, s.PeerUp("p", 1))
 	su := sends(mustPublish(t, s, large("a")))[0]
 	now := t0
-	for want := 0; want < 4; want++ {
-		if su.Attempt != want {
-			t.Fatalf("attempt %d, want %d", su.Attempt, want)
+	for _, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
+		if su.Timeout != want {
+			t.Fatalf("timeout %v, want %v", su.Timeout, want)
 		}
 		r := s.Failed("p", su.Token, now)[0].(RetryAt)
 		now = r.At
 		su = sends(s.Tick(now))[0]
 	}
-	// A new state of the slot starts again from zero.
+	// A new state of the slot starts again from the base.
 	eff, _ := s.Abort("a")
 	eff = append(eff, mustPublish(t, s, large("b"))...)
 	checkS(t, s)
@@ -496,8 +511,21 @@ func TestSenderCountsAttemptsOfTheSameState(t *testing.T) {
 		t.Fatal("nothing sent for the new states")
 	}
 	for _, e := range got {
-		if e.Attempt != 0 {
-			t.Fatalf("new state %v sent as attempt %d", e.Update.Kind, e.Attempt)
+		if e.Timeout != time.Second {
+			t.Fatalf("new state %v sent with timeout %v", e.Update.Kind, e.Timeout)
 		}
+	}
+}
+
+func TestSenderUpdateTimeoutGrowsProRataWithSize(t *testing.T) {
+	s := newTestSender(t, func(c *SenderConfig) {
+		c.UpdateTimeout, c.UpdateTimeoutPerMiB, c.UpdateTimeoutMax = time.Second, 4*time.Second, time.Minute
+	})
+	ackAll(t, s, s.PeerUp("p", 1))
+	a := Artifact{ID: "half", Payload: make([]byte, 512<<10), LatencySensitive: true}
+	su := sends(mustPublish(t, s, a))[0]
+	want := time.Second + time.Duration(int64(4*time.Second)*int64(EncodedSize(a))>>20)
+	if su.Update.Kind != KindPush || su.Timeout != want || su.Timeout < 3*time.Second {
+		t.Fatalf("push of 512 KiB: %v with timeout %v, want %v (about 3 s)", su.Update.Kind, su.Timeout, want)
 	}
 }

@@ -79,6 +79,9 @@ type SlotUpdate struct {
 	// Artifact holds the id and attribute for an advert, and everything for a
 	// push. It is empty for cleared and sync updates.
 	Artifact Artifact
+	// Digest names the manifest of an advertised artifact (see Manifest):
+	// what a receiver fetches and checks the chunks against.
+	Digest Digest
 }
 
 // Decision is an admission function's verdict on an advertised artifact.

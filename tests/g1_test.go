@@ -226,7 +226,7 @@ func TestG1RealQUIC(t *testing.T) {
 			seed := testSeed(t)
 			t.Logf("seed %d (set ABCAST_SEED to replay the workload)", seed)
 			cfg := actors.DefaultConfig()
-			cfg.FetchTimeoutMin = 2 * time.Second
+			cfg.Receiver.FetchTimeoutMin = 2 * time.Second
 			c := testnet.NewQUIC(t, n, cfg)
 			testnet.NewQUICFaulty(t, c, 0.05, 5*time.Millisecond, seed)
 			g1(t, c, seed, 10-n, time.Sleep)

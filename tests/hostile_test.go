@@ -269,14 +269,15 @@ func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 	})
 }
 
-// A peer that advertises an id and then serves wrong bytes, or never
-// answers, costs the receiver retries, never a wrong delivery: the fetch
-// moves on to the other advertiser (with a growing per-attempt timeout).
+// A peer that advertises an id and then serves wrong bytes, bytes that do
+// not decode, or never answers, costs the receiver retries, never a wrong
+// delivery: the fetch moves on to the other advertiser (with a growing
+// per-attempt timeout), and the misbehaviour is counted against the peer.
 func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
-	for _, mode := range []string{"wrong-bytes", "silent"} {
+	for _, mode := range []string{"wrong-bytes", "garbage", "silent"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := actors.DefaultConfig()
-			cfg.FetchTimeoutMin = 300 * time.Millisecond
+			cfg.Receiver.FetchTimeoutMin = 300 * time.Millisecond
 			c := testnet.NewQUIC(t, 3, cfg)
 			c.Start(0)
 			c.Start(1)
@@ -299,13 +300,19 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			served := make(chan struct{}, 100)
+			forged := []byte("forged")
 			if err := liar.Handle("abcast/consensus/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
 				served <- struct{}{}
-				if mode == "silent" {
+				switch mode {
+				case "silent":
 					<-ctx.Done()
 					return nil, ctx.Err()
+				case "garbage":
+					return []byte{0xff, 0xff, 0xff}, nil
 				}
-				return wire.EncodeFetchResponse(&broadcast.Artifact{ID: "x", Payload: []byte("forged")})
+				// The manifest its advert named, with forged bytes that
+				// match it: they assemble, and the verifier refuses them.
+				return wire.EncodeFetchManifest(broadcast.Describe(forged, broadcast.MinChunkSize), forged)
 			}, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -319,7 +326,8 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The liar advertises x first; only later does the honest node.
-			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
+			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"},
+				Digest: broadcast.Describe(forged, broadcast.MinChunkSize).Digest()})
 			if err := liar.Push(t.Context(), c.IDs[0].ID, "abcast/consensus/update", msg); err != nil {
 				t.Fatal(err)
 			}
@@ -335,8 +343,17 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 			})
 			st := recv.Stats()
 			t.Logf("%s: fetch attempts %d, failures %d, bad responses %d", mode, st.FetchAttempts, st.FetchFailures, st.BadFetchResponses)
-			if mode == "wrong-bytes" && st.PeerStats[c.IDs[2].ID.String()].Mismatch == 0 {
-				t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
+			liarStats := st.PeerStats[c.IDs[2].ID.String()]
+			switch mode {
+			case "wrong-bytes":
+				if liarStats.Mismatch == 0 {
+					t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
+				}
+			case "garbage":
+				// Undecodable answers are bad responses, not mere failures.
+				if liarStats.BadResponses == 0 || liarStats.FetchFailures != 0 || st.BadFetchResponses == 0 {
+					t.Fatalf("undecodable responses not counted as bad responses of the liar: %+v, channel %+v", liarStats, st)
+				}
 			}
 		})
 	}

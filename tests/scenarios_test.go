@@ -158,8 +158,8 @@ func TestScenarioTwoPeersAdvertiseOneFetch(t *testing.T) {
 }
 
 func TestScenarioLargeArtifactsBothWays(t *testing.T) {
-	// 50 MiB advertised and 10 MiB latency-sensitive (pushed whole), each
-	// way, over real QUIC on loopback.
+	// 50 MiB advertised and 10 MiB latency-sensitive (above MaxPushSize, so
+	// advertised too), each way, over real QUIC on loopback.
 	if testing.Short() {
 		t.Skip("moves 120 MiB")
 	}

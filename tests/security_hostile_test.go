@@ -102,8 +102,8 @@ func TestSecurityHostileMember(t *testing.T) {
 			cfg.Receiver.SlotLimit = updates / 2
 			cfg.Sender.MaxSlots = min(cfg.Sender.MaxSlots, updates/2)
 		}
-		cfg.FetchTimeoutMin = time.Second
-		cfg.FetchTimeoutMax = 4 * time.Second
+		cfg.Receiver.FetchTimeoutMin = time.Second
+		cfg.Receiver.FetchTimeoutMax = 4 * time.Second
 		tcfg := transport.DefaultConfig()
 		tcfg.MaxFrameSize = honestFrameSize
 		s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Config: cfg, Transport: tcfg, Latency: 10 * time.Millisecond, Seed: 9})
@@ -127,10 +127,13 @@ func TestSecurityHostileMember(t *testing.T) {
 			return nil, ctx.Err()
 		}, 1000))
 		must(t, hostile.Handle(hostileFetch, func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
-			id, err := wire.DecodeFetchRequest(req, wire.DefaultLimits())
-			if err == nil && bytes.HasPrefix([]byte(id), []byte("wrong-")) {
+			r, err := wire.DecodeFetchRequest(req, wire.DefaultLimits())
+			if err == nil && bytes.HasPrefix([]byte(r.ID), []byte("wrong-")) {
+				// A manifest of forged bytes, and the bytes: it assembles,
+				// and the verifier refuses it.
 				forged.Add(1)
-				return wire.EncodeFetchResponse(&broadcast.Artifact{ID: id, Payload: []byte("forged bytes")})
+				payload := []byte("forged bytes")
+				return wire.EncodeFetchManifest(broadcast.Describe(payload, broadcast.MinChunkSize), payload)
 			}
 			stalledFetches.Add(1)
 			<-ctx.Done()

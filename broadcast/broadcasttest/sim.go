@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -36,6 +37,11 @@ type Config struct {
 	// MinDelay and MaxDelay bound one-way message delay; messages overtake
 	// each other when the range is wide.
 	MinDelay, MaxDelay time.Duration
+	// Bandwidth is each link's capacity per direction, in bytes per
+	// second: a message occupies its link for its size over the bandwidth,
+	// after the messages sent before it. Zero means unlimited (sizes cost
+	// no time).
+	Bandwidth int
 	// Faults enables link cuts, connection flaps and node restarts.
 	Faults bool
 	// Ops is the number of workload operations (publish, abort, faults).
@@ -51,14 +57,33 @@ type Config struct {
 	// Check calls CheckInvariants after every event (on by default in
 	// DefaultConfig; expensive for large tables).
 	Check bool
+	// MaxEvents bounds the events a run may process and hold pending at
+	// once; a run beyond it fails with its seed instead of growing until
+	// the test times out (a timer storm, a livelock). Zero means
+	// DefaultMaxEvents.
+	MaxEvents int
 }
+
+// DefaultMaxEvents is far above what a run needs: the sweep's largest runs
+// process a few tens of thousands of events.
+const DefaultMaxEvents = 2_000_000
 
 // DefaultConfig returns a small, fault-heavy simulation for seed.
 func DefaultConfig(seed uint64) Config {
 	sc := broadcast.DefaultSenderConfig()
 	sc.MaxSlots = 64
 	sc.MaxInFlightPerPeer = 4
+	sc.UpdateTimeout, sc.UpdateTimeoutPerMiB, sc.UpdateTimeoutMax = 2*time.Second, 20*time.Second, 16*time.Second
+	// Some latency-sensitive artifacts (up to 5,000 bytes) exceed it and
+	// are advertised instead.
+	sc.MaxPushSize = 4096
+	// Advertised artifacts (2,000 to 8,000 bytes) are fetched in several
+	// chunks.
+	sc.ChunkSize = broadcast.MinChunkSize
 	rc := broadcast.DefaultReceiverConfig()
+	rc.FetchTimeoutMin, rc.FetchTimeoutMax = time.Second, 10*time.Second
+	rc.FetchBackoffMin, rc.FetchBackoffMax = 50*time.Millisecond, 5*time.Second
+	rc.MaxPushSize = 4096
 	rc.SlotLimit = 64
 	rc.MaxActiveFetches = 8
 	rc.MaxFetchesPerPeer = 3
@@ -77,16 +102,21 @@ type Result struct {
 	Deliveries, Withdrawals   int
 	Restarts, Cuts, Flaps     int
 	Messages, Lost            int
+	Duplicates, Reordered     int
 	ByzantineUpdates          int
 	RefusedStale, RefusedOver int
 	RefusedInvalid, Mismatch  int
+	BadResponses              int
 	SettledAfter              time.Duration
 	VirtualTime               time.Duration
 	Events                    int
+	// PeakPending is the most events that were waiting at once, and
+	// PeakTimers the most timer events one node had waiting (superseded
+	// ones included: the heap does not remove them).
+	PeakPending, PeakTimers int
 }
 
 const (
-	rpcTimeout     = 2 * time.Second
 	detectDelay    = 3 * time.Second // keep-alive / idle timeout
 	reconnectDelay = 500 * time.Millisecond
 	restartDown    = 2 * time.Second
@@ -103,6 +133,7 @@ type Sim struct {
 	nodes  []*node
 	links  [][]*link // links[a][b] for a < b
 	reg    map[broadcast.ArtifactID]*record
+	order  map[[2]int]*linkOrder
 	pubSeq int
 	res    Result
 	err    error
@@ -116,22 +147,29 @@ type record struct {
 }
 
 type node struct {
-	idx       int
-	id        broadcast.PeerID
-	byz       bool
-	alive     bool
-	inc       int
-	s         *broadcast.Sender
-	r         *broadcast.Receiver
-	connSeq   map[int]broadcast.ConnID
-	sends     map[broadcast.Token]*sendRec
-	fetches   map[broadcast.ArtifactID]*fetch
-	delivered map[broadcast.ArtifactID]bool
-	times     map[broadcast.ArtifactID]int // deliveries in this incarnation
-	owned     []broadcast.ArtifactID       // live artifacts it published, in order
-	byzSent   []sentUpdate                 // Byzantine: what it sent, to replay
-	byzCommit broadcast.CommitID
-	dirty     bool // a core changed since its invariants were checked
+	idx      int
+	id       broadcast.PeerID
+	byz      bool
+	alive    bool
+	inc      int
+	s        *broadcast.Sender
+	r        *broadcast.Receiver
+	connSeq  map[int]broadcast.ConnID
+	sends    map[broadcast.Token]*sendRec
+	attempts map[broadcast.Token]*attemptRec
+	fetching map[broadcast.ArtifactID]bool
+	timerAt  time.Time // the node's one timer (both cores), zero if unset
+	timerGen uint64
+	timers   int // timer events pending, superseded ones included
+	// fetchedBytes counts the chunk bytes each id's fetch received in this
+	// incarnation.
+	fetchedBytes map[broadcast.ArtifactID]int
+	delivered    map[broadcast.ArtifactID]bool
+	times        map[broadcast.ArtifactID]int // deliveries in this incarnation
+	owned        []broadcast.ArtifactID       // live artifacts it published, in order
+	byzSent      []sentUpdate                 // Byzantine: what it sent, to replay
+	byzCommit    broadcast.CommitID
+	dirty        bool // a core changed since its invariants were checked
 }
 
 type sentUpdate struct {
@@ -163,11 +201,14 @@ type sendRec struct {
 	cancelled bool
 }
 
-type fetch struct {
-	id          broadcast.ArtifactID
-	advertisers []broadcast.PeerID
-	attempt     int
-	seq         uint64
+// attemptRec is one fetch attempt the node's receiver asked for; it is
+// reported once, unless CancelFetch came first.
+type attemptRec struct {
+	id        broadcast.ArtifactID
+	peer      int
+	done      bool
+	cancelled bool
+	abort     func() // reports the attempt failed: its connection closed
 }
 
 // New builds a simulation; it does not run yet.
@@ -184,12 +225,16 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Settle <= 0 {
 		cfg.Settle = 10 * time.Minute
 	}
+	if cfg.MaxEvents <= 0 {
+		cfg.MaxEvents = DefaultMaxEvents
+	}
 	cfg.Receiver.Verify = verifyPayload
 	s := &Sim{
 		cfg:   cfg,
 		rng:   rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		now:   time.Unix(1_000_000, 0),
 		reg:   make(map[broadcast.ArtifactID]*record),
+		order: make(map[[2]int]*linkOrder),
 		links: make([][]*link, cfg.Nodes),
 	}
 	s.start = s.now
@@ -321,6 +366,11 @@ func (s *Sim) runUntil(t time.Time) {
 		s.now = ev.at
 		ev.fn()
 		s.res.Events++
+		s.res.PeakPending = max(s.res.PeakPending, s.events.Len())
+		if s.res.Events > s.cfg.MaxEvents || s.events.Len() > s.cfg.MaxEvents {
+			s.fail("event budget of %d exceeded: %d processed, %d pending (a timer storm or a livelock)", s.cfg.MaxEvents, s.res.Events, s.events.Len())
+			return
+		}
 		if s.cfg.Check && s.err == nil {
 			s.checkAll()
 		}
@@ -358,7 +408,10 @@ func (s *Sim) boot(n *node) error {
 	n.inc++
 	n.connSeq = make(map[int]broadcast.ConnID)
 	n.sends = make(map[broadcast.Token]*sendRec)
-	n.fetches = make(map[broadcast.ArtifactID]*fetch)
+	n.attempts = make(map[broadcast.Token]*attemptRec)
+	n.fetchedBytes = make(map[broadcast.ArtifactID]int)
+	n.fetching = make(map[broadcast.ArtifactID]bool)
+	n.timerAt = time.Time{}
 	n.delivered = make(map[broadcast.ArtifactID]bool)
 	n.times = make(map[broadcast.ArtifactID]int)
 	if n.byz {
@@ -368,7 +421,9 @@ func (s *Sim) boot(n *node) error {
 	if n.s, err = broadcast.NewSender(s.cfg.Sender); err != nil {
 		return err
 	}
-	if n.r, err = broadcast.NewReceiver(s.cfg.Receiver); err != nil {
+	rc := s.cfg.Receiver
+	rc.Seed = s.cfg.Seed*1000003 + uint64(n.idx)*7919 + uint64(n.inc)
+	if n.r, err = broadcast.NewReceiver(rc); err != nil {
 		return err
 	}
 	for _, m := range s.nodes {
@@ -443,6 +498,12 @@ func (s *Sim) disconnect(a, b int) {
 		for tok, rec := range n.sends {
 			if rec.to == peer.idx {
 				delete(n.sends, tok)
+			}
+		}
+		// Calls on the closed connection fail at once, in token order.
+		for _, tok := range slices.Sorted(maps.Keys(n.attempts)) {
+			if rec := n.attempts[tok]; rec.peer == peer.idx {
+				s.after(0, rec.abort)
 			}
 		}
 		s.exec(n, n.s.PeerDown(peer.id))
@@ -573,6 +634,31 @@ func (s *Sim) publish() {
 		size = 2000 + s.rng.IntN(3000)
 		ls = true // pushed although large
 	}
+	s.publishSized(n, size, ls)
+}
+
+// PublishAt makes honest node publish an artifact of size random bytes at
+// virtual time at after the start, besides the random workload: a test can
+// place the artifact its scenario needs. Call it before Run.
+func (s *Sim) PublishAt(at time.Duration, node, size int) {
+	s.schedule(s.start.Add(at), func() {
+		if n := s.nodes[node]; n.alive && !n.byz {
+			s.publishSized(n, size, false)
+		}
+	})
+}
+
+// AbortAt makes honest node abort the last artifact it published (if it
+// is still live) at virtual time at after the start. Call it before Run.
+func (s *Sim) AbortAt(at time.Duration, node int) {
+	s.schedule(s.start.Add(at), func() {
+		if n := s.nodes[node]; n.alive && !n.byz && len(n.owned) > 0 {
+			s.abortOwned(n, len(n.owned)-1)
+		}
+	})
+}
+
+func (s *Sim) publishSized(n *node, size int, ls bool) {
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = byte(s.rng.Uint32())
@@ -603,7 +689,11 @@ func (s *Sim) abort() {
 		return
 	}
 	n := candidates[s.rng.IntN(len(candidates))]
-	i := s.rng.IntN(len(n.owned))
+	s.abortOwned(n, s.rng.IntN(len(n.owned)))
+}
+
+// abortOwned aborts the i-th live artifact n published.
+func (s *Sim) abortOwned(n *node, i int) {
 	id := n.owned[i]
 	n.owned = slices.Delete(n.owned, i, i+1)
 	s.reg[id].aborted = true
@@ -653,27 +743,27 @@ func (s *Sim) exec(n *node, eff []broadcast.Effect) {
 				delete(n.sends, e.Token)
 			}
 		case broadcast.RetryAt:
-			inc := n.inc
-			s.schedule(e.At, func() {
-				if n.alive && n.inc == inc {
-					s.exec(n, n.s.Tick(s.now))
-				}
-			})
-		case broadcast.StartFetch:
-			f := &fetch{id: e.ID, advertisers: e.Advertisers}
-			n.fetches[e.ID] = f
-			s.fetchAttempt(n, f)
-		case broadcast.AdvertisersChanged:
-			if f, ok := n.fetches[e.ID]; ok {
-				f.advertisers = e.Advertisers
-			} else {
-				s.fail("%s: advertisers changed for %s which is not fetching", n.id, e.ID)
+			s.setTimer(n, e.At)
+		case broadcast.FetchAttempt:
+			if n.delivered[e.ID] {
+				s.fail("%s: fetch attempt for %s which is delivered", n.id, e.ID)
 			}
+			n.fetching[e.ID] = true
+			s.fetchAttempt(n, e)
 		case broadcast.CancelFetch:
-			if _, ok := n.fetches[e.ID]; !ok {
+			if !n.fetching[e.ID] {
 				s.fail("%s: cancel of %s which is not fetching", n.id, e.ID)
 			}
-			delete(n.fetches, e.ID)
+			delete(n.fetching, e.ID)
+			for _, a := range n.attempts {
+				if a.id == e.ID {
+					a.cancelled = true
+				}
+			}
+		case broadcast.CancelAttempt:
+			if a, ok := n.attempts[e.Token]; ok {
+				a.cancelled = true
+			}
 		case broadcast.Deliver:
 			s.deliver(n, e)
 		case broadcast.Withdraw:
@@ -688,8 +778,32 @@ func (s *Sim) exec(n *node, eff []broadcast.Effect) {
 	}
 }
 
+// setTimer keeps the node's one timer at the earliest deadline either
+// core announced, as the cores' time contract (broadcast.RetryAt) asks:
+// when it fires both cores Tick, and each announces its next deadline.
+func (s *Sim) setTimer(n *node, at time.Time) {
+	if !n.timerAt.IsZero() && !at.Before(n.timerAt) {
+		return
+	}
+	n.timerAt = at
+	n.timerGen++
+	gen, inc := n.timerGen, n.inc
+	n.timers++
+	s.res.PeakTimers = max(s.res.PeakTimers, n.timers)
+	s.schedule(at, func() {
+		n.timers--
+		if !n.alive || n.inc != inc || n.timerGen != gen {
+			return
+		}
+		n.timerAt = time.Time{}
+		s.exec(n, n.s.Tick(s.now))
+		s.exec(n, n.r.Tick(s.now))
+	})
+}
+
 func (s *Sim) deliver(n *node, d broadcast.Deliver) {
 	id := d.Artifact.ID
+	delete(n.fetching, id)
 	if n.delivered[id] {
 		s.fail("G2: %s delivered %s twice while advertised", n.id, id)
 		return
@@ -736,7 +850,7 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	rec := &sendRec{to: peer.idx, c: c}
 	n.sends[e.Token] = rec
 	inc := n.inc
-	s.after(rpcTimeout, func() {
+	s.after(e.Timeout, func() {
 		if n.alive && n.inc == inc && n.sends[e.Token] == rec {
 			delete(n.sends, e.Token)
 			s.exec(n, n.s.Failed(peer.id, e.Token, s.now))
@@ -745,14 +859,11 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	copies := 1
 	if s.rng.Float64() < s.cfg.Duplicate {
 		copies = 2
+		s.res.Duplicates++
 	}
+	size := broadcast.EncodedSize(e.Update.Artifact) + 24
 	for range copies {
-		s.res.Messages++
-		if s.rng.Float64() < s.cfg.Loss {
-			s.res.Lost++
-			continue
-		}
-		s.after(s.delay(), func() {
+		s.transmit(n, peer, size, func() {
 			if !c.alive || l.cut || !peer.alive {
 				return
 			}
@@ -761,12 +872,7 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 				return
 			}
 			ok := s.handleUpdate(peer, n, c, e.Update)
-			s.res.Messages++
-			if s.rng.Float64() < s.cfg.Loss {
-				s.res.Lost++
-				return
-			}
-			s.after(s.delay(), func() {
+			s.transmit(peer, n, 16, func() {
 				if !c.alive || l.cut || !n.alive || n.inc != inc || n.sends[e.Token] != rec {
 					return
 				}
@@ -781,6 +887,48 @@ func (s *Sim) sendUpdate(n *node, e broadcast.SendUpdate) {
 	}
 }
 
+// transmit sends a message of size bytes from a to b: it is lost with
+// probability Loss, or arrives after it has had its turn on the link (with
+// a Bandwidth) and a random delay, perhaps overtaking earlier ones (counted
+// as reordered when it does).
+func (s *Sim) transmit(a, b *node, size int, arrive func()) {
+	s.res.Messages++
+	ord := s.order[[2]int{a.idx, b.idx}]
+	if ord == nil {
+		ord = &linkOrder{}
+		s.order[[2]int{a.idx, b.idx}] = ord
+	}
+	wait := time.Duration(0)
+	if s.cfg.Bandwidth > 0 {
+		start := s.now
+		if ord.busyUntil.After(start) {
+			start = ord.busyUntil
+		}
+		ord.busyUntil = start.Add(time.Duration(int64(size) * int64(time.Second) / int64(s.cfg.Bandwidth)))
+		wait = ord.busyUntil.Sub(s.now)
+	}
+	if s.rng.Float64() < s.cfg.Loss {
+		s.res.Lost++
+		return
+	}
+	ord.sent++
+	seq := ord.sent
+	s.after(wait+s.delay(), func() {
+		if seq < ord.arrived {
+			s.res.Reordered++
+		}
+		ord.arrived = max(ord.arrived, seq)
+		arrive()
+	})
+}
+
+// linkOrder numbers the messages sent one way over a link, to notice those
+// that overtake others, and says until when the link is busy.
+type linkOrder struct {
+	sent, arrived uint64
+	busyUntil     time.Time
+}
+
 // handleUpdate runs at the receiving node and says whether the response is
 // a success. Stale updates are acknowledged: a newer state is already there.
 func (s *Sim) handleUpdate(to, from *node, c *conn, u broadcast.SlotUpdate) bool {
@@ -791,7 +939,7 @@ func (s *Sim) handleUpdate(to, from *node, c *conn, u broadcast.SlotUpdate) bool
 	s.exec(to, eff)
 	if err != nil && !from.byz {
 		switch {
-		case errors.Is(err, broadcast.ErrStale), errors.Is(err, broadcast.ErrMismatch):
+		case errors.Is(err, broadcast.ErrStale):
 		default:
 			s.fail("%s refused an honest update from %s: %v", to.id, from.id, err)
 		}
@@ -809,100 +957,140 @@ func (s *Sim) nodeByID(id broadcast.PeerID) *node {
 	return s.nodes[0]
 }
 
-// fetchAttempt asks one connected advertiser for the artifact, with a
-// per-attempt timeout that grows, and retries until the fetch is cancelled.
-func (s *Sim) fetchAttempt(n *node, f *fetch) {
-	if n.fetches[f.id] != f {
-		return
-	}
-	f.attempt++
-	s.seq++
-	f.seq = s.seq
-	seq := f.seq
+// fetchAttempt performs one attempt the receiver asked for: a request to
+// the peer and its response, each subject to loss and delay, and the
+// attempt's timeout. The peer and the timeout are the core's choice; the
+// simulator only reports what happened.
+func (s *Sim) fetchAttempt(n *node, e broadcast.FetchAttempt) {
+	peer := s.nodeByID(e.Peer)
+	rec := &attemptRec{id: e.ID, peer: peer.idx}
+	n.attempts[e.Token] = rec
 	inc := n.inc
-	// retry waits a growing, jittered pause and tries again; the pause
-	// replaces this attempt's timeout.
-	retry := func() {
-		s.seq++
-		f.seq = s.seq
-		wait := f.seq
-		backoff := min(50*time.Millisecond<<min(f.attempt, 8), 5*time.Second)
-		s.after(backoff/2+time.Duration(s.rng.Int64N(int64(backoff/2)+1)), func() {
-			if n.alive && n.inc == inc && n.fetches[f.id] == f && f.seq == wait {
-				s.fetchAttempt(n, f)
-			}
-		})
-	}
-	var candidates []*node
-	for _, id := range f.advertisers {
-		p := s.nodeByID(id)
-		if c := s.linkOf(n.idx, p.idx).conn; c != nil {
-			candidates = append(candidates, p)
+	// report delivers an outcome to the receiver once, unless the fetch was
+	// cancelled (the actor shell cancels the call and drops its result).
+	report := func(outcome func() ([]broadcast.Effect, error)) {
+		if !n.alive || n.inc != inc || rec.done {
+			return
+		}
+		rec.done = true
+		delete(n.attempts, e.Token)
+		if rec.cancelled {
+			return
+		}
+		eff, err := outcome()
+		s.exec(n, eff)
+		if err != nil && !s.nodeByID(e.Peer).byz {
+			s.fail("%s: honest %s served bad bytes for %s: %v", n.id, e.Peer, e.ID, err)
 		}
 	}
-	if len(candidates) == 0 {
-		retry()
-		return
-	}
-	peer := candidates[s.rng.IntN(len(candidates))]
+	failed := func() ([]broadcast.Effect, error) { return n.r.FetchFailed(e.Token, s.now), nil }
+	rec.abort = func() { report(failed) }
 	l := s.linkOf(n.idx, peer.idx)
 	c := l.conn
-	timeout := min(time.Second<<min(f.attempt-1, 4), 10*time.Second)
-	s.after(timeout, func() {
-		if n.alive && n.inc == inc && n.fetches[f.id] == f && f.seq == seq {
-			s.fetchAttempt(n, f)
-		}
-	})
-	s.res.Messages++
-	if s.rng.Float64() < s.cfg.Loss {
-		s.res.Lost++
+	if c == nil {
+		// Not connected: the transport refuses the call at once.
+		s.after(0, func() { report(failed) })
 		return
 	}
-	s.after(s.delay(), func() {
+	s.after(e.Timeout, func() { report(failed) })
+	asked := s.now
+	s.transmit(n, peer, 64, func() {
 		if !c.alive || l.cut || !peer.alive {
 			return
 		}
-		art, found := s.serve(peer, f.id)
-		if peer.byz && !found {
+		resp := s.serve(peer, e)
+		if resp.silent {
 			return // never answers
 		}
-		s.res.Messages++
-		if s.rng.Float64() < s.cfg.Loss {
-			s.res.Lost++
-			return
+		size := len(resp.got.Data) + 16
+		if m := resp.got.Manifest; m != nil {
+			size += len(m.Hashes) + 16
 		}
-		s.after(s.delay(), func() {
-			if !c.alive || l.cut || !n.alive || n.inc != inc || n.fetches[f.id] != f || f.seq != seq {
+		s.transmit(peer, n, size, func() {
+			if !c.alive || l.cut {
 				return
 			}
-			if !found {
-				retry()
-				return
+			switch {
+			case resp.garbage:
+				report(func() ([]broadcast.Effect, error) { return n.r.FetchInvalid(e.Token, s.now), nil })
+			case !resp.found:
+				report(failed)
+			default:
+				report(func() ([]broadcast.Effect, error) {
+					eff, err := n.r.FetchDone(e.Token, resp.got, s.now.Sub(asked), s.now)
+					if err == nil {
+						n.fetchedBytes[e.ID] += len(resp.got.Data)
+					}
+					return eff, err
+				})
 			}
-			eff, err := n.r.FetchDone(f.id, peer.id, art)
-			if err != nil {
-				if !peer.byz {
-					s.fail("%s: honest %s served bad bytes for %s: %v", n.id, peer.id, f.id, err)
-					return
-				}
-				retry()
-				return
-			}
-			s.exec(n, eff)
 		})
 	})
 }
 
-func (s *Sim) serve(peer *node, id broadcast.ArtifactID) (broadcast.Artifact, bool) {
-	if peer.byz {
-		if s.rng.IntN(2) == 0 {
-			return broadcast.Artifact{}, false
-		}
-		// Wrong bytes for the id.
-		return broadcast.Artifact{ID: id, Payload: []byte("forged")}, true
-	}
-	return peer.s.Lookup(id)
+// response is what a peer answers to a fetch.
+type response struct {
+	got     broadcast.Fetched
+	found   bool
+	silent  bool // no answer at all
+	garbage bool // bytes that do not decode
 }
+
+// serve answers a fetch request at peer. An honest peer answers for the
+// artifact it holds under the id if its digest is the one asked for (or
+// none is named); a Byzantine one stays silent, sends bytes that do not
+// decode, or answers with its forged version of the artifact.
+func (s *Sim) serve(peer *node, e broadcast.FetchAttempt) response {
+	var payload []byte
+	if peer.byz {
+		switch s.rng.IntN(4) {
+		case 0, 1:
+			return response{silent: true}
+		case 2:
+			return response{garbage: true}
+		}
+		payload = forgedPayload(e.ID)
+		if e.Digest != s.manifest(forgedPayload(e.ID)).Digest() && s.rng.IntN(2) == 0 {
+			// Lie under the honest digest: its manifest, chunks of nothing.
+			if r, ok := s.reg[e.ID]; ok {
+				m := s.manifest(r.payload)
+				if e.Chunk == broadcast.ManifestPart {
+					return response{got: broadcast.Fetched{Manifest: &m, Data: []byte("forged")}, found: true}
+				}
+				return response{got: broadcast.Fetched{Data: make([]byte, m.ChunkLen(min(e.Chunk, m.Chunks()-1)))}, found: true}
+			}
+		}
+	} else {
+		a, ok := peer.s.Lookup(e.ID)
+		if !ok {
+			return response{}
+		}
+		payload = a.Payload
+	}
+	m := s.manifest(payload)
+	if e.Digest != (broadcast.Digest{}) && e.Digest != m.Digest() && !peer.byz {
+		return response{} // another artifact under this id
+	}
+	if e.Chunk == broadcast.ManifestPart {
+		got := broadcast.Fetched{Manifest: &m}
+		if m.Chunks() == 1 {
+			got.Data = payload
+		}
+		return response{got: got, found: true}
+	}
+	if e.Chunk >= m.Chunks() {
+		return response{}
+	}
+	return response{got: broadcast.Fetched{Data: m.Chunk(payload, e.Chunk)}, found: true}
+}
+
+// manifest describes payload with the senders' chunk size.
+func (s *Sim) manifest(payload []byte) broadcast.Manifest {
+	return broadcast.Describe(payload, s.cfg.Sender.ChunkSize)
+}
+
+// forgedPayload is what Byzantine nodes serve under an id.
+func forgedPayload(id broadcast.ArtifactID) []byte { return []byte("forged " + string(id)) }
 
 // ---- Byzantine behaviour
 
@@ -941,19 +1129,25 @@ func (s *Sim) byzantineOp(b *node) {
 			b.byzCommit++
 			batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(s.rng.IntN(10 * limit)), Kind: broadcast.KindCleared})
 		}
-	case 3: // advertise honest ids it will serve wrongly
+	case 3: // advertise honest ids it will serve wrongly, under their digest or its own
 		for id, r := range s.sortedRecords() {
 			if s.rng.IntN(3) == 0 && !r.aborted {
 				b.byzCommit++
+				digest := s.manifest(r.payload).Digest()
+				if s.rng.IntN(2) == 0 {
+					digest = s.manifest(forgedPayload(id)).Digest()
+				}
 				batch = append(batch, broadcast.SlotUpdate{Commit: b.byzCommit, Slot: broadcast.Slot(s.rng.IntN(limit)), Kind: broadcast.KindAdvert,
-					Artifact: broadcast.Artifact{ID: id}})
+					Artifact: broadcast.Artifact{ID: id}, Digest: digest})
 			}
 		}
-	default: // garbage: invalid kinds and oversized ids
+	default: // garbage: invalid kinds, oversized ids, pushes beyond MaxPushSize
 		b.byzCommit++
 		batch = append(batch,
 			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 1, Kind: broadcast.UpdateKind(77)},
-			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 2, Kind: broadcast.KindPush, Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(strings.Repeat("x", 10_000))}})
+			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 2, Kind: broadcast.KindPush, Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(strings.Repeat("x", 10_000))}},
+			broadcast.SlotUpdate{Commit: b.byzCommit, Slot: 3, Kind: broadcast.KindPush,
+				Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(fmt.Sprintf("big-%d-%d", b.idx, b.byzCommit)), Payload: make([]byte, s.cfg.Receiver.MaxPushSize+1)}})
 	}
 	c := s.linkOf(b.idx, to.idx).conn
 	for _, u := range batch {
@@ -1001,7 +1195,7 @@ func (s *Sim) converged() error {
 			if !r.aborted && !n.delivered[id] {
 				owner := s.nodes[r.owner]
 				return fmt.Errorf("G1: %s has not delivered %s (published by node%02d, live there: %v); receiver: %s; sim fetch: %v",
-					n.id, id, r.owner, owner.s.Live() > 0 && has(owner.s, id), n.r.DescribeID(id), n.fetches[id] != nil)
+					n.id, id, r.owner, owner.s.Live() > 0 && has(owner.s, id), n.r.DescribeID(id), n.fetching[id])
 			}
 			if r.aborted && n.delivered[id] && !s.byzantineAdvertises(n, id) {
 				return fmt.Errorf("G3: %s still holds aborted %s", n.id, id)
@@ -1032,6 +1226,13 @@ func (s *Sim) checkBounds() {
 		if n.byz {
 			continue
 		}
+		// G3: an artifact aborted before a node delivered it is never
+		// fetched in full by that node.
+		for id, r := range s.sortedRecords() {
+			if r.aborted && n.times[id] == 0 && len(r.payload) > 0 && n.fetchedBytes[id] >= len(r.payload) {
+				s.fail("G3: %s fetched all %d bytes of aborted %s without delivering it", n.id, len(r.payload), id)
+			}
+		}
 		for _, m := range s.nodes {
 			if m == n {
 				continue
@@ -1057,6 +1258,7 @@ func (s *Sim) collectStats() {
 			s.res.RefusedOver += int(st.OverLimit)
 			s.res.RefusedInvalid += int(st.Invalid)
 			s.res.Mismatch += int(st.Mismatch)
+			s.res.BadResponses += int(st.BadResponses)
 		}
 	}
 }

@@ -52,14 +52,14 @@ func BenchmarkDecodeSlotUpdatePush(b *testing.B) {
 	}
 }
 
-func BenchmarkEncodeFetchResponse(b *testing.B) {
+func BenchmarkEncodeFetchChunk(b *testing.B) {
 	for _, s := range benchSizes {
 		b.Run(s.name, func(b *testing.B) {
-			a := benchArtifact(s.n)
+			chunk := repeat('p', s.n)
 			b.SetBytes(int64(s.n))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := EncodeFetchResponse(&a); err != nil {
+				if _, err := EncodeFetchChunk(chunk); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -67,12 +67,11 @@ func BenchmarkEncodeFetchResponse(b *testing.B) {
 	}
 }
 
-func BenchmarkDecodeFetchResponse(b *testing.B) {
+func BenchmarkDecodeFetchChunk(b *testing.B) {
 	lim := DefaultLimits()
 	for _, s := range benchSizes {
 		b.Run(s.name, func(b *testing.B) {
-			a := benchArtifact(s.n)
-			buf, err := EncodeFetchResponse(&a)
+			buf, err := EncodeFetchChunk(repeat('p', s.n))
 			if err != nil {
 				b.Fatal(err)
 			}

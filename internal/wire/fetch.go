@@ -5,81 +5,153 @@ import (
 	"github.com/abcast/abcast/proto/abcastpb"
 )
 
-// EncodeFetchRequest encodes a request for the artifact with the given id.
-// An empty id is refused with an error wrapping broadcast.ErrInvalid.
-func EncodeFetchRequest(id broadcast.ArtifactID) ([]byte, error) {
-	if id == "" {
-		return nil, invalidf("encode fetch request: empty id")
-	}
-	return marshal("fetch request", &abcastpb.FetchRequest{Id: []byte(id)})
+// FetchRequest asks for part of the artifact ID whose manifest has Digest:
+// the manifest when Chunk is broadcast.ManifestPart, else that chunk. A
+// zero Digest (for an artifact that was pushed, whose digest nobody
+// advertised) asks for the manifest the server holds for the id.
+type FetchRequest struct {
+	ID     broadcast.ArtifactID
+	Digest broadcast.Digest
+	Chunk  int
 }
 
+// EncodeFetchRequest encodes r. An empty id or a chunk below
+// broadcast.ManifestPart is refused with an error wrapping
+// broadcast.ErrInvalid.
+func EncodeFetchRequest(r FetchRequest) ([]byte, error) {
+	if r.ID == "" {
+		return nil, invalidf("encode fetch request: empty id")
+	}
+	m := &abcastpb.FetchRequest{Id: []byte(r.ID)}
+	if r.Digest != (broadcast.Digest{}) {
+		m.Digest = r.Digest[:]
+	}
+	switch {
+	case r.Chunk == broadcast.ManifestPart:
+		m.Part = &abcastpb.FetchRequest_Manifest{Manifest: true}
+	case r.Chunk >= 0 && r.Chunk <= maxUint32:
+		m.Part = &abcastpb.FetchRequest_Chunk{Chunk: uint32(r.Chunk)}
+	default:
+		return nil, invalidf("encode fetch request: chunk %d", r.Chunk)
+	}
+	return marshal("fetch request", m)
+}
+
+const maxUint32 = 1<<32 - 1
+
 // DecodeFetchRequest decodes a fetch request received from a peer. An empty
-// or oversized id, or bytes that are not a FetchRequest, are refused with an
-// error wrapping broadcast.ErrInvalid. Invalid limits yield ErrLimits.
-func DecodeFetchRequest(b []byte, lim Limits) (broadcast.ArtifactID, error) {
+// or oversized id, a digest that is neither empty nor 32 bytes, a missing
+// part, a chunk beyond what lim's largest payload can have, or bytes that
+// are not a FetchRequest are refused with an error wrapping
+// broadcast.ErrInvalid. Invalid limits yield ErrLimits.
+func DecodeFetchRequest(b []byte, lim Limits) (FetchRequest, error) {
 	if err := lim.Validate(); err != nil {
-		return "", err
+		return FetchRequest{}, err
 	}
 	var m abcastpb.FetchRequest
 	if err := unmarshal("fetch request", b, lim.fetchRequestLen(), &m); err != nil {
-		return "", err
+		return FetchRequest{}, err
 	}
 	if err := checkID("fetch request", m.GetId(), lim); err != nil {
-		return "", err
+		return FetchRequest{}, err
 	}
-	return broadcast.ArtifactID(m.GetId()), nil
-}
-
-// EncodeFetchResponse encodes the answer to a fetch: the artifact, or "not
-// found" when a is nil. An artifact with an empty id is refused with an error
-// wrapping broadcast.ErrInvalid.
-func EncodeFetchResponse(a *broadcast.Artifact) ([]byte, error) {
-	m := &abcastpb.FetchResponse{}
-	if a == nil {
-		m.Result = &abcastpb.FetchResponse_NotFound{NotFound: true}
-	} else {
-		pa, err := artifactToPB("fetch response", a)
-		if err != nil {
-			return nil, err
+	r := FetchRequest{ID: broadcast.ArtifactID(m.GetId())}
+	if d := m.GetDigest(); len(d) != 0 {
+		if len(d) != len(r.Digest) {
+			return FetchRequest{}, invalidf("fetch request: digest of %d bytes", len(d))
 		}
-		m.Result = &abcastpb.FetchResponse_Artifact{Artifact: pa}
+		copy(r.Digest[:], d)
 	}
-	return marshal("fetch response", m)
+	switch p := m.GetPart().(type) {
+	case *abcastpb.FetchRequest_Manifest:
+		if !p.Manifest {
+			return FetchRequest{}, invalidf("fetch request: manifest is false")
+		}
+		r.Chunk = broadcast.ManifestPart
+	case *abcastpb.FetchRequest_Chunk:
+		if int64(p.Chunk) >= lim.maxChunks() {
+			return FetchRequest{}, invalidf("fetch request: chunk %d, a payload within limits has at most %d", p.Chunk, lim.maxChunks())
+		}
+		r.Chunk = int(p.Chunk)
+	default:
+		return FetchRequest{}, invalidf("fetch request: no part (manifest or chunk)")
+	}
+	return r, nil
 }
 
-// DecodeFetchResponse decodes the answer to a fetch. A "not found" answer
-// returns (nil, ErrNotFound). A response with no result, a not_found field
-// set to false, an artifact with an empty or oversized id or oversized
-// attribute or payload, or bytes that are not a FetchResponse are refused
-// with an error wrapping broadcast.ErrInvalid. Whether the artifact is the
-// one that was asked for is for the caller to check. Invalid limits yield
+// EncodeFetchNotFound encodes the answer of a peer that holds no artifact
+// under the requested id and digest, or no such chunk.
+func EncodeFetchNotFound() ([]byte, error) {
+	return marshal("fetch response", &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_NotFound{NotFound: true}})
+}
+
+// EncodeFetchManifest encodes the answer to a manifest request, with the
+// payload when it is a single chunk (nil otherwise).
+func EncodeFetchManifest(m broadcast.Manifest, payload []byte) ([]byte, error) {
+	if m.Size < 0 || m.ChunkSize < 0 || int64(m.ChunkSize) > maxUint32 {
+		return nil, invalidf("encode fetch response: manifest of %d bytes in chunks of %d", m.Size, m.ChunkSize)
+	}
+	return marshal("fetch response", &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_Manifest{Manifest: &abcastpb.Manifest{
+		Size: uint64(m.Size), ChunkSize: uint32(m.ChunkSize), Hashes: m.Hashes, Payload: payload,
+	}}})
+}
+
+// EncodeFetchChunk encodes the answer to a chunk request.
+func EncodeFetchChunk(chunk []byte) ([]byte, error) {
+	return marshal("fetch response", &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_Chunk{Chunk: chunk}})
+}
+
+// DecodeFetchResponse decodes the answer to a fetch request. A "not found"
+// answer returns ErrNotFound. A response with no result, a not_found field
+// set to false, a manifest or chunk larger than lim allows, or bytes that
+// are not a FetchResponse are refused with an error wrapping
+// broadcast.ErrInvalid. Whether the answer matches the request (its digest,
+// its chunk hash) is for the caller to check. Invalid limits yield
 // ErrLimits.
-func DecodeFetchResponse(b []byte, lim Limits) (*broadcast.Artifact, error) {
+func DecodeFetchResponse(b []byte, lim Limits) (broadcast.Fetched, error) {
 	if err := lim.Validate(); err != nil {
-		return nil, err
+		return broadcast.Fetched{}, err
 	}
 	var m abcastpb.FetchResponse
 	if err := unmarshal("fetch response", b, lim.fetchResponseLen(), &m); err != nil {
-		return nil, err
+		return broadcast.Fetched{}, err
 	}
 	switch r := m.GetResult().(type) {
-	case *abcastpb.FetchResponse_Artifact:
-		a, err := artifactFromPB("fetch response", r.Artifact, lim)
-		if err != nil {
-			return nil, err
+	case *abcastpb.FetchResponse_Manifest:
+		mf := r.Manifest
+		switch {
+		case mf.GetSize() > uint64(lim.MaxPayloadLen):
+			return broadcast.Fetched{}, invalidf("fetch response: manifest of %d bytes, limit %d", mf.GetSize(), lim.MaxPayloadLen)
+		case mf.GetChunkSize() > broadcast.MaxChunkSize:
+			return broadcast.Fetched{}, invalidf("fetch response: chunks of %d bytes, limit %d", mf.GetChunkSize(), broadcast.MaxChunkSize)
+		case int64(len(mf.GetHashes())) > lim.maxHashesLen():
+			return broadcast.Fetched{}, invalidf("fetch response: %d bytes of hashes, limit %d", len(mf.GetHashes()), lim.maxHashesLen())
+		case int64(len(mf.GetPayload())) > lim.maxChunkLen():
+			return broadcast.Fetched{}, invalidf("fetch response: payload of %d bytes with the manifest, limit %d", len(mf.GetPayload()), lim.maxChunkLen())
 		}
-		return &a, nil
+		man := &broadcast.Manifest{Size: int(mf.GetSize()), ChunkSize: int(mf.GetChunkSize()), Hashes: mf.GetHashes()}
+		return broadcast.Fetched{Manifest: man, Data: nilIfEmpty(mf.GetPayload())}, nil
+	case *abcastpb.FetchResponse_Chunk:
+		if int64(len(r.Chunk)) > lim.maxChunkLen() {
+			return broadcast.Fetched{}, invalidf("fetch response: chunk of %d bytes, limit %d", len(r.Chunk), lim.maxChunkLen())
+		}
+		// An empty chunk is a valid answer only for an empty payload, which
+		// has none: the caller's check refuses it. Keep it non-nil so that
+		// it is told from a manifest answer.
+		if r.Chunk == nil {
+			r.Chunk = []byte{}
+		}
+		return broadcast.Fetched{Data: r.Chunk}, nil
 	case *abcastpb.FetchResponse_NotFound:
 		// The field is present on the wire, so the peer chose this case;
-		// false would say "found" without an artifact, which means nothing.
+		// false would say "found" without an answer, which means nothing.
 		if !r.NotFound {
-			return nil, invalidf("fetch response: not_found is false")
+			return broadcast.Fetched{}, invalidf("fetch response: not_found is false")
 		}
-		return nil, ErrNotFound
+		return broadcast.Fetched{}, ErrNotFound
 	case nil:
-		return nil, invalidf("fetch response: no result (artifact or not_found)")
+		return broadcast.Fetched{}, invalidf("fetch response: no result (manifest, chunk or not_found)")
 	default:
-		return nil, invalidf("fetch response: unsupported result %T", r)
+		return broadcast.Fetched{}, invalidf("fetch response: unsupported result %T", r)
 	}
 }

@@ -65,9 +65,9 @@ func FuzzDecodeSlotUpdate(f *testing.F) {
 
 func FuzzDecodeFetchRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var first *broadcast.ArtifactID
+		var first *FetchRequest
 		for _, lim := range []Limits{smallLimits, DefaultLimits()} {
-			id, err := DecodeFetchRequest(b, lim)
+			r, err := DecodeFetchRequest(b, lim)
 			if err != nil {
 				if !errors.Is(err, broadcast.ErrInvalid) {
 					t.Fatalf("error does not wrap ErrInvalid: %v", err)
@@ -77,19 +77,19 @@ func FuzzDecodeFetchRequest(f *testing.F) {
 				}
 				continue
 			}
-			if first != nil && *first != id {
-				t.Fatalf("limits changed the id: %q vs %q", *first, id)
+			if first != nil && *first != r {
+				t.Fatalf("limits changed the request: %+v vs %+v", *first, r)
 			}
-			first = &id
-			b2, err := EncodeFetchRequest(id)
+			first = &r
+			b2, err := EncodeFetchRequest(r)
 			if err != nil {
-				t.Fatalf("decoded %q but cannot encode it: %v", id, err)
+				t.Fatalf("decoded %+v but cannot encode it: %v", r, err)
 			}
-			id2, err := DecodeFetchRequest(b2, lim)
-			if err != nil || id2 != id {
-				t.Fatalf("round trip of %q gave (%q, %v)", id, id2, err)
+			r2, err := DecodeFetchRequest(b2, lim)
+			if err != nil || r2 != r {
+				t.Fatalf("round trip of %+v gave (%+v, %v)", r, r2, err)
 			}
-			if b3, err := EncodeFetchRequest(id2); err != nil || !bytes.Equal(b2, b3) {
+			if b3, err := EncodeFetchRequest(r2); err != nil || !bytes.Equal(b2, b3) {
 				t.Fatalf("encoding is not stable (err %v)", err)
 			}
 		}
@@ -98,55 +98,48 @@ func FuzzDecodeFetchRequest(f *testing.F) {
 
 func FuzzDecodeFetchResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var first *broadcast.Artifact
+		var first *broadcast.Fetched
 		firstNotFound := false
 		for _, lim := range []Limits{smallLimits, DefaultLimits()} {
-			a, err := DecodeFetchResponse(b, lim)
+			got, err := DecodeFetchResponse(b, lim)
 			switch {
 			case errors.Is(err, ErrNotFound):
-				if a != nil {
-					t.Fatalf("ErrNotFound with an artifact %+v", a)
+				if got.Manifest != nil || got.Data != nil {
+					t.Fatalf("ErrNotFound with an answer %+v", got)
 				}
 				if first != nil {
-					t.Fatal("limits turned an artifact into not found")
+					t.Fatal("limits turned an answer into not found")
 				}
 				firstNotFound = true
-				b2, err := EncodeFetchResponse(nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := DecodeFetchResponse(b2, lim); !errors.Is(err, ErrNotFound) {
-					t.Fatalf("re-encoded not found decodes to %v", err)
-				}
 				continue
 			case err != nil:
 				if !errors.Is(err, broadcast.ErrInvalid) {
 					t.Fatalf("error does not wrap ErrInvalid: %v", err)
 				}
-				if a != nil {
-					t.Fatalf("artifact %+v with an error", a)
+				if got.Manifest != nil || got.Data != nil {
+					t.Fatalf("answer %+v with an error", got)
 				}
 				if first != nil || firstNotFound {
 					t.Fatalf("accepted under %+v but refused under %+v: %v", smallLimits, lim, err)
 				}
 				continue
 			}
-			if a == nil {
-				t.Fatal("nil artifact without an error")
+			if got.Manifest == nil && got.Data == nil {
+				t.Fatal("empty answer without an error")
 			}
-			if firstNotFound || (first != nil && !sameArtifact(*first, *a)) {
-				t.Fatalf("limits changed the answer: %+v vs %+v", first, a)
+			if firstNotFound || (first != nil && !sameFetched(*first, got)) {
+				t.Fatalf("limits changed the answer: %+v vs %+v", first, got)
 			}
-			first = a
-			b2, err := EncodeFetchResponse(a)
+			first = &got
+			b2, err := encodeFetched(got)
 			if err != nil {
-				t.Fatalf("decoded %+v but cannot encode it: %v", a, err)
+				t.Fatalf("decoded %+v but cannot encode it: %v", got, err)
 			}
-			a2, err := DecodeFetchResponse(b2, lim)
-			if err != nil || !sameArtifact(*a, *a2) {
-				t.Fatalf("round trip of %+v gave (%+v, %v)", a, a2, err)
+			got2, err := DecodeFetchResponse(b2, lim)
+			if err != nil || !sameFetched(got, got2) {
+				t.Fatalf("round trip of %+v gave (%+v, %v)", got, got2, err)
 			}
-			if b3, err := EncodeFetchResponse(a2); err != nil || !bytes.Equal(b2, b3) {
+			if b3, err := encodeFetched(got2); err != nil || !bytes.Equal(b2, b3) {
 				t.Fatalf("encoding is not stable (err %v)", err)
 			}
 		}
@@ -165,11 +158,12 @@ func seedCorpus(t testing.TB) map[string]map[string][]byte {
 	}
 	push := enc(EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 42, Slot: 7, Kind: broadcast.KindPush,
 		Artifact: broadcast.Artifact{ID: "blk-1", Attribute: []byte("h=1"), Payload: []byte("payload bytes"), LatencySensitive: true}}))
-	artifact := enc(EncodeFetchResponse(&broadcast.Artifact{ID: "blk-1", Attribute: []byte("h=1"), Payload: repeat('p', 40)}))
+	one := broadcast.Describe(repeat('p', 40), broadcast.MinChunkSize)
+	manifest := enc(EncodeFetchManifest(one, repeat('p', 40)))
 	return map[string]map[string][]byte{
 		"FuzzDecodeSlotUpdate": {
 			"valid-advert": enc(EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 3, Slot: 1, Kind: broadcast.KindAdvert,
-				Artifact: broadcast.Artifact{ID: "ingress-9", Attribute: []byte{0, 1, 2}}})),
+				Artifact: broadcast.Artifact{ID: "ingress-9", Attribute: []byte{0, 1, 2}}, Digest: one.Digest()})),
 			"valid-push":                   push,
 			"valid-cleared":                enc(EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 43, Slot: 7, Kind: broadcast.KindCleared})),
 			"valid-sync":                   enc(EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 44, Kind: broadcast.KindSync})),
@@ -185,25 +179,28 @@ func seedCorpus(t testing.TB) map[string]map[string][]byte {
 				State: &abcastpb.SlotUpdate_Sync{Sync: &abcastpb.Sync{}}}),
 		},
 		"FuzzDecodeFetchRequest": {
-			"valid-short":        enc(EncodeFetchRequest("a")),
-			"valid-binary":       enc(EncodeFetchRequest("\x00\x80\xffid")),
-			"valid-at-small-max": enc(EncodeFetchRequest(broadcast.ArtifactID(repeat('i', 8)))),
-			"valid-long":         enc(EncodeFetchRequest(broadcast.ArtifactID(repeat('i', 100)))),
+			"valid-manifest":     enc(EncodeFetchRequest(FetchRequest{ID: "a", Digest: one.Digest(), Chunk: broadcast.ManifestPart})),
+			"valid-no-digest":    enc(EncodeFetchRequest(FetchRequest{ID: "\x00\x80\xffid", Chunk: broadcast.ManifestPart})),
+			"valid-chunk":        enc(EncodeFetchRequest(FetchRequest{ID: broadcast.ArtifactID(repeat('i', 8)), Digest: one.Digest(), Chunk: 0})),
+			"valid-long":         enc(EncodeFetchRequest(FetchRequest{ID: broadcast.ArtifactID(repeat('i', 100)), Digest: one.Digest(), Chunk: 70})),
 			"invalid-empty":      {},
 			"invalid-empty-id":   field(nil, 1, nil),
 			"invalid-long-id":    mustMarshal(t, &abcastpb.FetchRequest{Id: repeat('i', 129)}),
 			"invalid-truncated":  field(nil, 1, []byte("abc"))[:3],
+			"invalid-no-part":    mustMarshal(t, &abcastpb.FetchRequest{Id: []byte("a")}),
+			"invalid-short-hash": mustMarshal(t, &abcastpb.FetchRequest{Id: []byte("a"), Digest: []byte{1}, Part: &abcastpb.FetchRequest_Chunk{}}),
 		},
 		"FuzzDecodeFetchResponse": {
-			"valid-artifact":          artifact,
-			"valid-not-found":         enc(EncodeFetchResponse(nil)),
-			"valid-latency-sensitive": enc(EncodeFetchResponse(&broadcast.Artifact{ID: "x", LatencySensitive: true})),
+			"valid-manifest":          manifest,
+			"valid-manifest-alone":    enc(EncodeFetchManifest(broadcast.Describe(repeat('p', 3000), broadcast.MinChunkSize), nil)),
+			"valid-chunk":             enc(EncodeFetchChunk(repeat('c', 40))),
+			"valid-not-found":         enc(EncodeFetchNotFound()),
 			"invalid-empty":           {},
 			"invalid-not-found-false": varintField(nil, 2, 0),
-			"invalid-artifact-no-id":  field(nil, 1, field(nil, 3, []byte("payload"))),
-			"invalid-truncated":       artifact[:len(artifact)/2],
-			"invalid-long-attribute": mustMarshal(t, &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_Artifact{
-				Artifact: &abcastpb.Artifact{Id: []byte("x"), Attribute: repeat('a', 1025)}}}),
+			"invalid-retired-field":   field(nil, 1, field(nil, 3, []byte("payload"))),
+			"invalid-truncated":       manifest[:len(manifest)/2],
+			"invalid-huge-manifest": mustMarshal(t, &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_Manifest{
+				Manifest: &abcastpb.Manifest{Size: 1 << 40, ChunkSize: 1024}}}),
 		},
 	}
 }

@@ -23,7 +23,7 @@ func sameArtifact(a, b broadcast.Artifact) bool {
 }
 
 func sameUpdate(a, b broadcast.SlotUpdate) bool {
-	return a.Commit == b.Commit && a.Slot == b.Slot && a.Kind == b.Kind && sameArtifact(a.Artifact, b.Artifact)
+	return a.Commit == b.Commit && a.Slot == b.Slot && a.Kind == b.Kind && sameArtifact(a.Artifact, b.Artifact) && a.Digest == b.Digest
 }
 
 // mustMarshal encodes a hand-built protobuf message, the way a peer that does

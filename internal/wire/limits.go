@@ -6,6 +6,8 @@ import (
 	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/abcast/abcast/broadcast"
 )
 
 // ErrLimits reports a Limits value that cannot be used. It is the caller's
@@ -63,13 +65,18 @@ func (l Limits) Validate() error {
 }
 
 // MaxMessageLen is the encoded length of the largest message any decoder in
-// this package accepts under l: a slot update or fetch response carrying an
-// artifact with every field at its limit. The transport can use it as its
-// per-stream frame limit. It is meaningful only for limits that pass
-// Validate.
+// this package accepts under l: a slot update carrying an artifact with
+// every field at its limit (fetch responses carry at most a chunk or a
+// manifest, far less). The transport can use it as its per-stream frame
+// limit. It is meaningful only for limits that pass Validate.
 func (l Limits) MaxMessageLen() int {
-	return int(l.slotUpdateLen())
+	return int(max(l.slotUpdateLen(), l.fetchResponseLen()))
 }
+
+// MaxFetchResponseLen is the encoded length of the largest fetch response
+// DecodeFetchResponse accepts under l: a chunk or a manifest, never a whole
+// large payload. A caller can bound what it reads of a response with it.
+func (l Limits) MaxFetchResponseLen() int { return int(l.fetchResponseLen()) }
 
 // The functions below compute the length of the canonical encoding of the
 // largest valid message of each type. Encoders always produce canonical
@@ -88,15 +95,31 @@ func (l Limits) artifactLen() int64 {
 func (l Limits) slotUpdateLen() int64 {
 	// commit_id and slot are varints of at most 10 bytes each, after a
 	// one-byte tag; of the oneof choices, the artifact is the largest.
-	return 2*(1+10) + bytesFieldLen(l.artifactLen())
+	advert := bytesFieldLen(int64(l.MaxIDLen)) + bytesFieldLen(int64(l.MaxAttributeLen)) + bytesFieldLen(32)
+	return 2*(1+10) + bytesFieldLen(max(l.artifactLen(), advert))
 }
 
 func (l Limits) fetchRequestLen() int64 {
-	return bytesFieldLen(int64(l.MaxIDLen))
+	// id, digest, and the larger part choice: the highest chunk index, or
+	// the manifest flag.
+	return bytesFieldLen(int64(l.MaxIDLen)) + bytesFieldLen(32) + 1 + int64(protowire.SizeVarint(uint64(max(l.maxChunks()-1, 1))))
 }
 
+// maxChunks is the most chunks a payload within the limits can have.
+func (l Limits) maxChunks() int64 {
+	return (int64(l.MaxPayloadLen) + broadcast.MinChunkSize - 1) / broadcast.MinChunkSize
+}
+
+// maxHashesLen is the longest list of chunk hashes a manifest may carry.
+func (l Limits) maxHashesLen() int64 { return l.maxChunks() * 32 }
+
+// maxChunkLen is the longest chunk (or single-chunk payload).
+func (l Limits) maxChunkLen() int64 { return min(int64(l.MaxPayloadLen), broadcast.MaxChunkSize) }
+
 func (l Limits) fetchResponseLen() int64 {
-	return bytesFieldLen(l.artifactLen())
+	manifest := 1 + int64(protowire.SizeVarint(uint64(l.MaxPayloadLen))) + 1 + int64(protowire.SizeVarint(broadcast.MaxChunkSize)) +
+		bytesFieldLen(l.maxHashesLen()) + bytesFieldLen(l.maxChunkLen())
+	return max(bytesFieldLen(manifest), bytesFieldLen(l.maxChunkLen()))
 }
 
 // bytesFieldLen is the length of a length-delimited field with a one-byte tag

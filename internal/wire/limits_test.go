@@ -43,7 +43,7 @@ func TestLimitsValidateRejects(t *testing.T) {
 // Bad limits are the caller's fault: decoders must say so without blaming
 // the peer.
 func TestDecodersRefuseBadLimits(t *testing.T) {
-	valid, err := EncodeFetchRequest("x")
+	valid, err := EncodeFetchRequest(FetchRequest{ID: "x", Chunk: broadcast.ManifestPart})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +77,8 @@ func TestMaxMessageLenIsTight(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(b) != lim.MaxMessageLen() {
-			t.Fatalf("limits %+v: largest slot update is %d bytes, MaxMessageLen() = %d", lim, len(b), lim.MaxMessageLen())
+		if int64(len(b)) != lim.slotUpdateLen() || lim.MaxMessageLen() != int(max(lim.slotUpdateLen(), lim.fetchResponseLen())) {
+			t.Fatalf("limits %+v: largest slot update is %d bytes, bound %d, MaxMessageLen() = %d", lim, len(b), lim.slotUpdateLen(), lim.MaxMessageLen())
 		}
 		if _, err := DecodeSlotUpdate(b, lim); err != nil {
 			t.Fatalf("largest valid update refused: %v", err)
@@ -88,14 +88,20 @@ func TestMaxMessageLenIsTight(t *testing.T) {
 		_, err = DecodeSlotUpdate(append(b, 0x38), lim)
 		checkInvalid(t, err, "longer than any valid one")
 
-		resp, err := EncodeFetchResponse(&biggest.Artifact)
+		// The decoder checks sizes, not consistency: its largest message
+		// has every field of a manifest at its limit.
+		m := broadcast.Manifest{Size: lim.MaxPayloadLen, ChunkSize: broadcast.MaxChunkSize, Hashes: repeat('h', int(lim.maxHashesLen()))}
+		resp, err := EncodeFetchManifest(m, repeat('p', int(lim.maxChunkLen())))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if int64(len(resp)) != lim.fetchResponseLen() {
 			t.Fatalf("largest fetch response is %d bytes, bound %d", len(resp), lim.fetchResponseLen())
 		}
-		req, err := EncodeFetchRequest(biggest.Artifact.ID)
+		if _, err := DecodeFetchResponse(resp, lim); err != nil {
+			t.Fatalf("largest valid fetch response refused: %v", err)
+		}
+		req, err := EncodeFetchRequest(FetchRequest{ID: biggest.Artifact.ID, Digest: testDigest, Chunk: max(int(lim.maxChunks())-1, 1)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,8 +7,9 @@ import (
 
 // EncodeSlotUpdate encodes u for the wire. What is sent depends on u.Kind:
 //
-//   - KindAdvert: commit, slot, and the artifact's id and attribute (the
-//     payload and the latency flag stay behind; the receiver fetches);
+//   - KindAdvert: commit, slot, the artifact's id and attribute and the
+//     digest of its manifest (the payload and the latency flag stay
+//     behind; the receiver fetches);
 //   - KindPush: commit, slot and the whole artifact;
 //   - KindCleared: commit and slot;
 //   - KindSync: commit only (a sync names no slot).
@@ -28,6 +29,7 @@ func EncodeSlotUpdate(u broadcast.SlotUpdate) ([]byte, error) {
 		m.State = &abcastpb.SlotUpdate_Advert{Advert: &abcastpb.Advert{
 			Id:        []byte(u.Artifact.ID),
 			Attribute: u.Artifact.Attribute,
+			Digest:    u.Digest[:],
 		}}
 	case broadcast.KindPush:
 		a, err := artifactToPB("slot update: push", &u.Artifact)
@@ -48,9 +50,10 @@ func EncodeSlotUpdate(u broadcast.SlotUpdate) ([]byte, error) {
 
 // DecodeSlotUpdate decodes a slot update received from a peer and checks it
 // against lim. A message without a state, an advert or artifact with an
-// empty or oversized id, an oversized attribute or payload, a sync that names
-// a slot, or bytes that are not a SlotUpdate are refused with an error
-// wrapping broadcast.ErrInvalid. Invalid limits yield ErrLimits.
+// empty or oversized id, an oversized attribute or payload, an advert whose
+// digest is not 32 bytes, a sync that names a slot, or bytes that are not a
+// SlotUpdate are refused with an error wrapping broadcast.ErrInvalid.
+// Invalid limits yield ErrLimits.
 func DecodeSlotUpdate(b []byte, lim Limits) (broadcast.SlotUpdate, error) {
 	if err := lim.Validate(); err != nil {
 		return broadcast.SlotUpdate{}, err
@@ -69,6 +72,10 @@ func DecodeSlotUpdate(b []byte, lim Limits) (broadcast.SlotUpdate, error) {
 		if err != nil {
 			return broadcast.SlotUpdate{}, err
 		}
+		if d := s.Advert.GetDigest(); len(d) != len(u.Digest) {
+			return broadcast.SlotUpdate{}, invalidf("slot update: advert: digest of %d bytes, want %d", len(d), len(u.Digest))
+		}
+		copy(u.Digest[:], s.Advert.GetDigest())
 		u.Kind, u.Artifact = broadcast.KindAdvert, a
 	case *abcastpb.SlotUpdate_Artifact:
 		a, err := artifactFromPB("slot update: push", s.Artifact, lim)

@@ -17,7 +17,7 @@ func TestSlotUpdateRoundTrip(t *testing.T) {
 		u    broadcast.SlotUpdate
 	}{
 		{"advert", broadcast.SlotUpdate{Commit: 7, Slot: 3, Kind: broadcast.KindAdvert,
-			Artifact: broadcast.Artifact{ID: "id-1", Attribute: []byte("height=10")}}},
+			Artifact: broadcast.Artifact{ID: "id-1", Attribute: []byte("height=10")}, Digest: testDigest}},
 		{"advert without attribute", broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert,
 			Artifact: broadcast.Artifact{ID: "a"}}},
 		{"push", broadcast.SlotUpdate{Commit: 9, Slot: 49999, Kind: broadcast.KindPush,
@@ -65,8 +65,11 @@ func TestEncodeSlotUpdateSendsOnlyWhatTheKindCarries(t *testing.T) {
 		want broadcast.SlotUpdate
 	}{
 		{"advert drops payload and latency flag",
-			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindAdvert, Artifact: full},
-			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "id", Attribute: []byte("attr")}}},
+			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindAdvert, Artifact: full, Digest: testDigest},
+			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "id", Attribute: []byte("attr")}, Digest: testDigest}},
+		{"push drops the digest",
+			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindPush, Artifact: full, Digest: testDigest},
+			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindPush, Artifact: full}},
 		{"cleared drops the artifact",
 			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindCleared, Artifact: full},
 			broadcast.SlotUpdate{Commit: 1, Slot: 2, Kind: broadcast.KindCleared}},
@@ -114,7 +117,7 @@ func TestEncodeSlotUpdateRejects(t *testing.T) {
 func TestDecodeSlotUpdateRejects(t *testing.T) {
 	advert := func(id, attr []byte) []byte {
 		return mustMarshal(t, &abcastpb.SlotUpdate{CommitId: 1, Slot: 1,
-			State: &abcastpb.SlotUpdate_Advert{Advert: &abcastpb.Advert{Id: id, Attribute: attr}}})
+			State: &abcastpb.SlotUpdate_Advert{Advert: &abcastpb.Advert{Id: id, Attribute: attr, Digest: testDigest[:]}}})
 	}
 	push := func(a *abcastpb.Artifact) []byte {
 		return mustMarshal(t, &abcastpb.SlotUpdate{CommitId: 1, Slot: 1,
@@ -144,6 +147,8 @@ func TestDecodeSlotUpdateRejects(t *testing.T) {
 		{"advert with empty id field", field(nil, 3, field(nil, 1, nil)), "advert: empty id"},
 		{"advert id over limit", advert(repeat('i', 9), nil), "advert: id is 9 bytes, limit 8"},
 		{"advert attribute over limit", advert([]byte("id"), repeat('a', 17)), "advert: attribute is 17 bytes, limit 16"},
+		{"advert without digest", field(nil, 3, field(nil, 1, []byte("id"))), "advert: digest of 0 bytes, want 32"},
+		{"advert with a short digest", field(nil, 3, field(field(nil, 1, []byte("id")), 3, []byte("abc"))), "advert: digest of 3 bytes, want 32"},
 		{"push without id", push(&abcastpb.Artifact{Payload: []byte("p")}), "push: empty id"},
 		{"push with empty artifact", field(nil, 4, nil), "push: empty id"},
 		{"push id over limit", push(&abcastpb.Artifact{Id: repeat('i', 9)}), "push: id is 9 bytes, limit 8"},
@@ -182,8 +187,8 @@ func TestDecodeSlotUpdateAccepts(t *testing.T) {
 			field(nil, 4, field(field(nil, 1, []byte("first")), 1, []byte("last"))),
 			broadcast.SlotUpdate{Kind: broadcast.KindPush, Artifact: broadcast.Artifact{ID: "last"}}},
 		{"empty attribute field decodes to nil",
-			field(nil, 3, field(field(nil, 1, []byte("id")), 2, nil)),
-			broadcast.SlotUpdate{Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "id"}}},
+			field(nil, 3, field(field(field(nil, 1, []byte("id")), 2, nil), 3, testDigest[:])),
+			broadcast.SlotUpdate{Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "id"}, Digest: testDigest}},
 		{"sync with slot zero written out",
 			field(varintField(nil, 2, 0), 6, nil),
 			broadcast.SlotUpdate{Kind: broadcast.KindSync}},

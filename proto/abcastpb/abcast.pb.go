@@ -93,11 +93,15 @@ func (x *Artifact) GetLatencySensitive() bool {
 	return false
 }
 
-// Advert announces an artifact without its payload; receivers fetch it.
+// Advert announces an artifact without its payload; receivers fetch it in
+// chunks. digest (32 bytes) names the artifact's Manifest: the SHA-256 of
+// "abcast/manifest1", the size and the chunk size as unsigned varints, and
+// the chunk hashes.
 type Advert struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            []byte                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Attribute     []byte                 `protobuf:"bytes,2,opt,name=attribute,proto3" json:"attribute,omitempty"`
+	Digest        []byte                 `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -142,6 +146,13 @@ func (x *Advert) GetId() []byte {
 func (x *Advert) GetAttribute() []byte {
 	if x != nil {
 		return x.Attribute
+	}
+	return nil
+}
+
+func (x *Advert) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
 	}
 	return nil
 }
@@ -353,10 +364,19 @@ func (*SlotUpdate_Cleared) isSlotUpdate_State() {}
 
 func (*SlotUpdate_Sync) isSlotUpdate_State() {}
 
-// FetchRequest asks a peer that advertised an id for the whole artifact.
+// FetchRequest asks a peer that advertised an id for a part of the
+// artifact whose manifest has the given digest: the manifest, or one chunk.
+// An empty digest (the artifact was pushed, so no digest was advertised)
+// asks for whatever manifest the peer holds for the id.
 type FetchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            []byte                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     []byte                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Digest []byte                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*FetchRequest_Manifest
+	//	*FetchRequest_Chunk
+	Part          isFetchRequest_Part `protobuf_oneof:"part"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,13 +418,136 @@ func (x *FetchRequest) GetId() []byte {
 	return nil
 }
 
-// FetchResponse is the artifact, or not_found when the peer no longer has it.
+func (x *FetchRequest) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetPart() isFetchRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetManifest() bool {
+	if x != nil {
+		if x, ok := x.Part.(*FetchRequest_Manifest); ok {
+			return x.Manifest
+		}
+	}
+	return false
+}
+
+func (x *FetchRequest) GetChunk() uint32 {
+	if x != nil {
+		if x, ok := x.Part.(*FetchRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return 0
+}
+
+type isFetchRequest_Part interface {
+	isFetchRequest_Part()
+}
+
+type FetchRequest_Manifest struct {
+	Manifest bool `protobuf:"varint,3,opt,name=manifest,proto3,oneof"`
+}
+
+type FetchRequest_Chunk struct {
+	Chunk uint32 `protobuf:"varint,4,opt,name=chunk,proto3,oneof"`
+}
+
+func (*FetchRequest_Manifest) isFetchRequest_Part() {}
+
+func (*FetchRequest_Chunk) isFetchRequest_Part() {}
+
+// Manifest describes how a payload is cut into chunks: size bytes in chunks
+// of chunk_size (the last one shorter), and the SHA-256 of every chunk,
+// concatenated. payload carries the whole payload when it is one chunk, so
+// that a small artifact costs one request.
+type Manifest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Size          uint64                 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	ChunkSize     uint32                 `protobuf:"varint,2,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	Hashes        []byte                 `protobuf:"bytes,3,opt,name=hashes,proto3" json:"hashes,omitempty"`
+	Payload       []byte                 `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Manifest) Reset() {
+	*x = Manifest{}
+	mi := &file_abcast_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Manifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Manifest) ProtoMessage() {}
+
+func (x *Manifest) ProtoReflect() protoreflect.Message {
+	mi := &file_abcast_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Manifest.ProtoReflect.Descriptor instead.
+func (*Manifest) Descriptor() ([]byte, []int) {
+	return file_abcast_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Manifest) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Manifest) GetChunkSize() uint32 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
+func (x *Manifest) GetHashes() []byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
+func (x *Manifest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+// FetchResponse answers a FetchRequest: the manifest, the chunk, or
+// not_found when the peer holds no artifact under that id and digest (or
+// no such chunk).
 type FetchResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
 	//
-	//	*FetchResponse_Artifact
 	//	*FetchResponse_NotFound
+	//	*FetchResponse_Manifest
+	//	*FetchResponse_Chunk
 	Result        isFetchResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -412,7 +555,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_abcast_proto_msgTypes[6]
+	mi := &file_abcast_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +567,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_abcast_proto_msgTypes[6]
+	mi := &file_abcast_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,21 +580,12 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_abcast_proto_rawDescGZIP(), []int{6}
+	return file_abcast_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FetchResponse) GetResult() isFetchResponse_Result {
 	if x != nil {
 		return x.Result
-	}
-	return nil
-}
-
-func (x *FetchResponse) GetArtifact() *Artifact {
-	if x != nil {
-		if x, ok := x.Result.(*FetchResponse_Artifact); ok {
-			return x.Artifact
-		}
 	}
 	return nil
 }
@@ -465,21 +599,45 @@ func (x *FetchResponse) GetNotFound() bool {
 	return false
 }
 
-type isFetchResponse_Result interface {
-	isFetchResponse_Result()
+func (x *FetchResponse) GetManifest() *Manifest {
+	if x != nil {
+		if x, ok := x.Result.(*FetchResponse_Manifest); ok {
+			return x.Manifest
+		}
+	}
+	return nil
 }
 
-type FetchResponse_Artifact struct {
-	Artifact *Artifact `protobuf:"bytes,1,opt,name=artifact,proto3,oneof"`
+func (x *FetchResponse) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*FetchResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isFetchResponse_Result interface {
+	isFetchResponse_Result()
 }
 
 type FetchResponse_NotFound struct {
 	NotFound bool `protobuf:"varint,2,opt,name=not_found,json=notFound,proto3,oneof"`
 }
 
-func (*FetchResponse_Artifact) isFetchResponse_Result() {}
+type FetchResponse_Manifest struct {
+	Manifest *Manifest `protobuf:"bytes,3,opt,name=manifest,proto3,oneof"`
+}
+
+type FetchResponse_Chunk struct {
+	Chunk []byte `protobuf:"bytes,4,opt,name=chunk,proto3,oneof"`
+}
 
 func (*FetchResponse_NotFound) isFetchResponse_Result() {}
+
+func (*FetchResponse_Manifest) isFetchResponse_Result() {}
+
+func (*FetchResponse_Chunk) isFetchResponse_Result() {}
 
 var File_abcast_proto protoreflect.FileDescriptor
 
@@ -490,10 +648,11 @@ const file_abcast_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x1c\n" +
 	"\tattribute\x18\x02 \x01(\fR\tattribute\x12\x18\n" +
 	"\apayload\x18\x03 \x01(\fR\apayload\x12+\n" +
-	"\x11latency_sensitive\x18\x04 \x01(\bR\x10latencySensitive\"6\n" +
+	"\x11latency_sensitive\x18\x04 \x01(\bR\x10latencySensitive\"N\n" +
 	"\x06Advert\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x1c\n" +
-	"\tattribute\x18\x02 \x01(\fR\tattribute\"\t\n" +
+	"\tattribute\x18\x02 \x01(\fR\tattribute\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"\t\n" +
 	"\aCleared\"\x06\n" +
 	"\x04Sync\"\xfd\x01\n" +
 	"\n" +
@@ -504,13 +663,24 @@ const file_abcast_proto_rawDesc = "" +
 	"\bartifact\x18\x04 \x01(\v2\x13.abcast.v1.ArtifactH\x00R\bartifact\x12.\n" +
 	"\acleared\x18\x05 \x01(\v2\x12.abcast.v1.ClearedH\x00R\acleared\x12%\n" +
 	"\x04sync\x18\x06 \x01(\v2\x0f.abcast.v1.SyncH\x00R\x04syncB\a\n" +
-	"\x05state\"\x1e\n" +
+	"\x05state\"t\n" +
 	"\fFetchRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\fR\x02id\"k\n" +
-	"\rFetchResponse\x121\n" +
-	"\bartifact\x18\x01 \x01(\v2\x13.abcast.v1.ArtifactH\x00R\bartifact\x12\x1d\n" +
-	"\tnot_found\x18\x02 \x01(\bH\x00R\bnotFoundB\b\n" +
-	"\x06resultB)Z'github.com/abcast/abcast/proto/abcastpbb\x06proto3"
+	"\x02id\x18\x01 \x01(\fR\x02id\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1c\n" +
+	"\bmanifest\x18\x03 \x01(\bH\x00R\bmanifest\x12\x16\n" +
+	"\x05chunk\x18\x04 \x01(\rH\x00R\x05chunkB\x06\n" +
+	"\x04part\"o\n" +
+	"\bManifest\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x02 \x01(\rR\tchunkSize\x12\x16\n" +
+	"\x06hashes\x18\x03 \x01(\fR\x06hashes\x12\x18\n" +
+	"\apayload\x18\x04 \x01(\fR\apayload\"\x89\x01\n" +
+	"\rFetchResponse\x12\x1d\n" +
+	"\tnot_found\x18\x02 \x01(\bH\x00R\bnotFound\x121\n" +
+	"\bmanifest\x18\x03 \x01(\v2\x13.abcast.v1.ManifestH\x00R\bmanifest\x12\x16\n" +
+	"\x05chunk\x18\x04 \x01(\fH\x00R\x05chunkB\b\n" +
+	"\x06resultJ\x04\b\x01\x10\x02B)Z'github.com/abcast/abcast/proto/abcastpbb\x06proto3"
 
 var (
 	file_abcast_proto_rawDescOnce sync.Once
@@ -524,7 +694,7 @@ func file_abcast_proto_rawDescGZIP() []byte {
 	return file_abcast_proto_rawDescData
 }
 
-var file_abcast_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_abcast_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_abcast_proto_goTypes = []any{
 	(*Artifact)(nil),      // 0: abcast.v1.Artifact
 	(*Advert)(nil),        // 1: abcast.v1.Advert
@@ -532,14 +702,15 @@ var file_abcast_proto_goTypes = []any{
 	(*Sync)(nil),          // 3: abcast.v1.Sync
 	(*SlotUpdate)(nil),    // 4: abcast.v1.SlotUpdate
 	(*FetchRequest)(nil),  // 5: abcast.v1.FetchRequest
-	(*FetchResponse)(nil), // 6: abcast.v1.FetchResponse
+	(*Manifest)(nil),      // 6: abcast.v1.Manifest
+	(*FetchResponse)(nil), // 7: abcast.v1.FetchResponse
 }
 var file_abcast_proto_depIdxs = []int32{
 	1, // 0: abcast.v1.SlotUpdate.advert:type_name -> abcast.v1.Advert
 	0, // 1: abcast.v1.SlotUpdate.artifact:type_name -> abcast.v1.Artifact
 	2, // 2: abcast.v1.SlotUpdate.cleared:type_name -> abcast.v1.Cleared
 	3, // 3: abcast.v1.SlotUpdate.sync:type_name -> abcast.v1.Sync
-	0, // 4: abcast.v1.FetchResponse.artifact:type_name -> abcast.v1.Artifact
+	6, // 4: abcast.v1.FetchResponse.manifest:type_name -> abcast.v1.Manifest
 	5, // [5:5] is the sub-list for method output_type
 	5, // [5:5] is the sub-list for method input_type
 	5, // [5:5] is the sub-list for extension type_name
@@ -558,9 +729,14 @@ func file_abcast_proto_init() {
 		(*SlotUpdate_Cleared)(nil),
 		(*SlotUpdate_Sync)(nil),
 	}
-	file_abcast_proto_msgTypes[6].OneofWrappers = []any{
-		(*FetchResponse_Artifact)(nil),
+	file_abcast_proto_msgTypes[5].OneofWrappers = []any{
+		(*FetchRequest_Manifest)(nil),
+		(*FetchRequest_Chunk)(nil),
+	}
+	file_abcast_proto_msgTypes[7].OneofWrappers = []any{
 		(*FetchResponse_NotFound)(nil),
+		(*FetchResponse_Manifest)(nil),
+		(*FetchResponse_Chunk)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -568,7 +744,7 @@ func file_abcast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_abcast_proto_rawDesc), len(file_abcast_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

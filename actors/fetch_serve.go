@@ -1,0 +1,84 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/wire"
+	"github.com/abcast/abcast/membership"
+)
+
+// servedManifest is a live artifact's manifest with its digest, as the
+// sender core advertised them (same chunk size).
+type servedManifest struct {
+	broadcast.Manifest
+	digest broadcast.Digest
+}
+
+// handleFetch serves part of an artifact from the publisher's pool, which
+// is the truth about what is live: the manifest (with the payload when it
+// is one chunk) or one chunk, for the digest the requester names (any, for
+// a pushed artifact, which advertised none). A response is one chunk at
+// most, so what a peer's requests make us hold is bounded by the handler
+// limit times the chunk size, however large the artifact.
+func (c *Channel) handleFetch(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+	r, err := wire.DecodeFetchRequest(req, c.limit)
+	if err != nil {
+		return nil, fmt.Errorf("fetch from %s: %w", peer.Short(), err)
+	}
+	a, m := c.served(r.ID)
+	if m == nil || (r.Digest != (broadcast.Digest{}) && r.Digest != m.digest) || r.Chunk >= m.Chunks() {
+		return wire.EncodeFetchNotFound()
+	}
+	var resp []byte
+	if r.Chunk == broadcast.ManifestPart {
+		var payload []byte
+		if m.Chunks() == 1 {
+			payload = a.Payload
+		}
+		resp, err = wire.EncodeFetchManifest(m.Manifest, payload)
+	} else {
+		resp, err = wire.EncodeFetchChunk(m.Chunk(a.Payload, r.Chunk))
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.updateStats(func(s *ChannelStats) {
+		s.FetchBytesServed += uint64(len(resp))
+		if s.BytesServedTo == nil {
+			s.BytesServedTo = make(map[string]uint64)
+		}
+		s.BytesServedTo[peer.String()] += uint64(len(resp))
+	})
+	return resp, nil
+}
+
+// served returns the live artifact id and its manifest, made on first use
+// and kept with the pool entry; nil if id is not live.
+func (c *Channel) served(id broadcast.ArtifactID) (broadcast.Artifact, *servedManifest) {
+	c.mu.Lock()
+	e := c.pool[id]
+	if e == nil {
+		c.mu.Unlock()
+		return broadcast.Artifact{}, nil
+	}
+	a, m := e.a, e.man
+	c.mu.Unlock()
+	if m != nil {
+		return a, m
+	}
+	// Hashing a large payload outside the lock; two first requests racing
+	// may both hash, and the first to store wins.
+	man := broadcast.Describe(a.Payload, c.scfg.ChunkSize)
+	m = &servedManifest{Manifest: man, digest: man.Digest()}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.pool[id]; e != nil {
+		if e.man == nil {
+			e.man = m
+		}
+		return e.a, e.man
+	}
+	return broadcast.Artifact{}, nil
+}
