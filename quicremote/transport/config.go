@@ -79,7 +79,7 @@ type Config struct {
 	HeaderTimeout time.Duration
 
 	// ProgressTimeout is how long a frame in transit may go without moving
-	// one chunk (64 KiB) further: a request or response payload we read
+	// one chunk (16 KiB) further: a request or response payload we read
 	// (or the end of a request), a stream frame once its length arrived,
 	// and a request or response we write. A write that stalls means the
 	// peer stopped reading (its flow control holds us); a read that stalls
@@ -88,10 +88,11 @@ type Config struct {
 	// (StalledWrites, or GarbageFrames for reads). Not applied to writes
 	// on long-lived streams, where a reader that falls behind is the
 	// intended pushback (Stream.Send takes a context instead), nor to the
-	// wait for a handler's answer. Default 5 s, the IdleTimeout: a path
-	// that cannot move 64 KiB in that long (13 KB/s) would take hours for
-	// one large artifact, while an honest reader, which reads promptly,
-	// keeps the window open.
+	// wait for a handler's answer. Default 10 s: the floor it sets,
+	// 1.6 KB/s, is below what a link at 20% loss and 150 ms one-way still
+	// moves, so only a peer that stopped reading (or sending) is cut off;
+	// what such a peer holds meanwhile is bounded by MaxBytesPerPeer, not
+	// by this timeout.
 	ProgressTimeout time.Duration
 
 	// MaxPendingHandshakes bounds incoming QUIC handshakes in progress
@@ -172,7 +173,7 @@ func DefaultConfig() Config {
 		HandshakeTimeout:        5 * time.Second,
 		WelcomeTimeout:          5 * time.Second,
 		HeaderTimeout:           5 * time.Second,
-		ProgressTimeout:         5 * time.Second,
+		ProgressTimeout:         10 * time.Second,
 		MaxPendingHandshakes:    256,
 		RetryHandshakesAbove:    32,
 		AcceptHandshakeTimeout:  time.Second,

@@ -44,7 +44,7 @@
 // above its MaxResponse from the length alone.
 //
 // Bytes in transit must keep moving. An incoming stream has HeaderTimeout
-// to deliver its header and frame length; after that every 64 KiB of a
+// to deliver its header and frame length; after that every 16 KiB of a
 // payload we read (request, response, stream frame) and of a request or
 // response we write must move within ProgressTimeout, or the stream is
 // reset and counted: a stalled read as a garbage frame, a stalled write

@@ -278,7 +278,7 @@ const smallFrame = 16 << 10
 
 // progressChunk is the unit of the progress rule (Config.ProgressTimeout):
 // each chunk of a frame in transit gets the whole timeout to move.
-const progressChunk = 64 << 10
+const progressChunk = 16 << 10
 
 // writeWithProgress writes hdr then payload, giving every chunk d to be
 // sent. QUIC sends bytes only as fast as the peer's flow control allows,
