@@ -653,12 +653,17 @@ func TestRemoteConfigValidate(t *testing.T) {
 	bad := quicremote.DefaultConfig()
 	bad.QueueCapacity = 0
 	bad.Protocol = ""
-	bad.Serializers = []quicremote.Serializer{quicremote.ProtoSerializer{}}
+	bad.Serializers = []quicremote.Serializer{idZeroSerializer{}}
 	err := bad.Validate()
 	if err == nil || !strings.Contains(err.Error(), "QueueCapacity") || !strings.Contains(err.Error(), "Protocol") || !strings.Contains(err.Error(), "used twice") {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// idZeroSerializer claims the protobuf serializer's reserved ID.
+type idZeroSerializer struct{ jsonSerializer }
+
+func (idZeroSerializer) ID() int32 { return 0 }
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -684,6 +689,7 @@ func (s *syncBuffer) String() string {
 func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
 	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.Config) {
 		rc.SendTimeout = 300 * time.Millisecond
+		rc.BacklogWait = 100 * time.Millisecond
 		if i == 1 {
 			rc.Protocol = "actor/elsewhere" // node 1's own remote stays out of the way
 		}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote"
@@ -45,6 +47,14 @@ type rclusterOpts struct {
 	phantoms int  // extra members with an address nobody answers on
 	remote   func(i int, c *quicremote.Config)
 	tcfg     func(c *transport.Config)
+	// wrap, if set, wraps node i's transport as its remote sees it.
+	wrap func(i int, rpc transport.RPC) transport.RPC
+}
+
+// testMessages are the protobuf types the tests send between nodes.
+var testMessages = []proto.Message{
+	&wrapperspb.StringValue{}, &wrapperspb.Int64Value{}, &wrapperspb.UInt64Value{}, &wrapperspb.Int32Value{},
+	&wrapperspb.BoolValue{}, &wrapperspb.BytesValue{}, &wrapperspb.DoubleValue{}, &wrapperspb.FloatValue{},
 }
 
 func remoteLogger(t *testing.T) zerolog.Logger {
@@ -104,6 +114,7 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		log := remoteLogger(t).With().Int("i", i).Logger()
 		nd.sys = actorkit.NewActorSystem(log, nd.id.ID.String())
 		rcfg := quicremote.DefaultConfig()
+		rcfg.Messages = testMessages
 		if o.remote != nil {
 			o.remote(i, &rcfg)
 		}
@@ -124,7 +135,11 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nd.remote.Start(nd.rpc); err != nil {
+		var seen transport.RPC = nd.rpc
+		if o.wrap != nil {
+			seen = o.wrap(i, nd.rpc)
+		}
+		if err := nd.remote.Start(seen); err != nil {
 			t.Fatal(err)
 		}
 	}

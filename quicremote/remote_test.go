@@ -210,9 +210,10 @@ func TestRemoteChildPanicRestartsUnderSupervisor(t *testing.T) {
 	}
 }
 
-// Stop and Poison work across nodes, with their futures.
+// Stop and Poison work across nodes, with their futures, where the
+// target's node allows it.
 func TestRemoteStopAndPoison(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{})
+	c := newRCluster(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) { rc.AllowRemoteStop = true }})
 	a, b := c.nodes[0], c.nodes[1]
 	c.waitMesh()
 	for _, name := range []string{"s1", "s2", "p1", "p2"} {

@@ -1,0 +1,568 @@
+package quicremote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/abcast/abcast/quicremote/transport"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/abcast/abcast/membership"
+)
+
+// serveStream serves one peer's stream of batches (one per connection,
+// normally): each frame is one ActorBatch, delivered in order, and after it
+// the count of frames handled so far is sent back as the acknowledgement
+// (a varint; acknowledgements are coalesced, the latest count wins). An
+// undecodable batch ends the stream with an error: the sender makes the
+// messages it has not seen acknowledged dead letters and opens a new one.
+func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s transport.Stream) error {
+	if r.closed.Load() {
+		return errClosedRemote
+	}
+	// Closing the remote ends its incoming streams.
+	stopOnClose := context.AfterFunc(r.ctx, s.Close)
+	defer stopOnClose()
+	ackCtx, cancelAcks := context.WithCancel(ctx)
+	acks := make(chan ackNote, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sendAcks(ackCtx, s, acks)
+	}()
+	defer func() {
+		cancelAcks()
+		wg.Wait()
+	}()
+	in := &inStream{r: r, peer: peer, peerAddr: peer.String(), connID: s.ConnID(), order: r.orderFor(peer), dec: &batchDecoder{r: r}}
+	var handled, lastNow uint64
+	for {
+		frame, err := s.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return nil // the stream is gone; nothing to answer
+		}
+		if r.closed.Load() {
+			return errClosedRemote
+		}
+		if err := in.handleBatch(ctx, frame); err != nil {
+			return err
+		}
+		handled++
+		now := handled-lastNow >= ackEvery
+		if now {
+			lastNow = handled
+		}
+		select { // only this goroutine sends: replace a pending note
+		case old := <-acks:
+			now = now || old.now
+		default:
+		}
+		acks <- ackNote{handled, now}
+	}
+}
+
+// Acknowledgements are delayed so that light traffic (a request here, an
+// answer there) does not cost a packet per batch: the receiver answers
+// after every ackEvery batches at once, otherwise ackDelay after the first
+// batch it has not acknowledged.
+const (
+	ackEvery = 8
+	ackDelay = 2 * time.Millisecond
+)
+
+// ackNote tells sendAcks how many batches were handled and whether to
+// acknowledge them at once.
+type ackNote struct {
+	n   uint64
+	now bool
+}
+
+// sendAcks writes the acknowledgements of one incoming stream until ctx
+// ends or the stream fails.
+func sendAcks(ctx context.Context, s transport.Stream, notes <-chan ackNote) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var buf []byte
+	var pending uint64
+	waiting := false
+	send := func() bool {
+		waiting = false
+		timer.Stop()
+		buf = protowire.AppendVarint(buf[:0], pending)
+		return s.Send(ctx, buf) == nil
+	}
+	for {
+		select {
+		case a := <-notes:
+			pending = a.n
+			if a.now {
+				if !send() {
+					return
+				}
+			} else if !waiting {
+				waiting = true
+				timer.Reset(ackDelay)
+			}
+		case <-timer.C:
+			if waiting && !send() {
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// inStream is the receiving side of one peer's stream.
+type inStream struct {
+	r        *Remote
+	peer     membership.NodeID
+	peerAddr string
+	connID   uint64
+	order    *inboundOrder
+	dec      *batchDecoder
+	// stallUntil ends the time the current batch may wait for full
+	// mailboxes (zero until it first waits); busy holds the targets that
+	// stayed full that long, whose messages are refused at once until
+	// their backlog falls below the bound.
+	stallUntil time.Time
+	busy       map[string]struct{}
+}
+
+// maxBusyTargets bounds inStream.busy; when it is full it is emptied, and
+// the targets in it get a wait again.
+const maxBusyTargets = 1024
+
+// handleBatch decodes and delivers one incoming batch. A stale batch (its
+// connection or epoch superseded) is counted and dropped; a malformed one
+// is an error and nothing of it is delivered.
+func (in *inStream) handleBatch(ctx context.Context, frame []byte) error {
+	r, d := in.r, in.dec
+	defer d.release()
+	b := &d.batch
+	err := parseBatch(frame, b, r.cfg.MaxBatchMessages)
+	if err == nil {
+		// Every envelope is parsed before anything is delivered.
+		d.envs = d.envs[:0]
+		for i := 0; err == nil && i < len(b.envelopes); i++ {
+			d.envs = append(d.envs, rawEnvelope{})
+			err = parseEnvelope(b.envelopes[i], &d.envs[i])
+		}
+	}
+	if err != nil {
+		r.ctr.badBatches.Add(1)
+		r.log.Warn().Str("peer", in.peer.Short()).Err(err).Int("bytes", len(frame)).Msg("undecodable batch")
+		return fmt.Errorf("undecodable batch from %s: %w", in.peer.Short(), err)
+	}
+	if err := in.order.waitTurn(ctx, in.connID, b.epoch, b.seq); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		r.ctr.staleBatches.Add(1)
+		return nil
+	}
+	// Holding the turn while delivering holds up only this peer's next
+	// batch, which must wait anyway. The turn is handed on even if a
+	// delivery panics (an OnDeadLetter hook, say).
+	defer in.order.done()
+	in.stallUntil = time.Time{}
+	for i := range d.envs {
+		in.deliver(ctx, &d.envs[i])
+	}
+	return nil
+}
+
+// orderFor returns the incoming batch order of peer.
+func (r *Remote) orderFor(peer membership.NodeID) *inboundOrder {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := r.orders[peer]
+	if o == nil {
+		o = &inboundOrder{changed: make(chan struct{})}
+		r.orders[peer] = o
+	}
+	return o
+}
+
+var errStaleBatch = errors.New("batch out of date (a newer epoch or connection has started)")
+
+// inboundOrder delivers one peer's batches in (connection, epoch, seq)
+// order. The sender numbers batches from 0 in every epoch and starts a new
+// epoch on every connection change and after every failed batch; a batch
+// from a newer connection or epoch restarts the count at 0. Anything older,
+// or a seq already passed, is refused (the sender makes its messages dead
+// letters), so a batch that never arrives holds up the ones behind it only
+// until the sender's next epoch begins.
+type inboundOrder struct {
+	mu                  sync.Mutex
+	changed             chan struct{} // closed and replaced when the turn moves
+	started             bool
+	connID, epoch, next uint64
+	busy                bool // a batch holds the turn
+	// The connection and epoch of the batch holding the turn: if a newer
+	// one started meanwhile, its count must not move when the old batch
+	// finishes.
+	busyConn, busyEpoch uint64
+}
+
+func (o *inboundOrder) moveLocked() {
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) error {
+	o.mu.Lock()
+	for {
+		if !o.started || connID > o.connID || (connID == o.connID && epoch > o.epoch) {
+			o.started = true
+			o.connID, o.epoch, o.next = connID, epoch, 0
+			o.moveLocked()
+		}
+		if connID < o.connID || epoch < o.epoch || seq < o.next {
+			o.mu.Unlock()
+			return errStaleBatch
+		}
+		if seq == o.next && !o.busy {
+			o.busy = true
+			o.busyConn, o.busyEpoch = connID, epoch
+			o.mu.Unlock()
+			return nil
+		}
+		ch := o.changed
+		o.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		o.mu.Lock()
+	}
+}
+
+func (o *inboundOrder) done() {
+	o.mu.Lock()
+	o.busy = false
+	if o.busyConn == o.connID && o.busyEpoch == o.epoch {
+		o.next++
+	}
+	o.moveLocked()
+	o.mu.Unlock()
+}
+
+// incoming is one envelope being delivered.
+type incoming struct {
+	env    *rawEnvelope
+	target *actor.PID
+	sender *actor.PID
+	proc   actor.Process
+}
+
+// deliver hands one envelope to its local process, after the checks that
+// say whether the sending peer may send it there (see Remote's
+// documentation, "Who may send what"), waiting while the target's mailbox
+// is full, and within the decoding limits.
+func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
+	r, d := in.r, in.dec
+	m := incoming{env: env, target: d.targetOf(env)}
+	if len(env.senderID) > 0 {
+		addr := in.peerAddr
+		if len(env.senderAddr) > 0 {
+			addr = string(env.senderAddr)
+		}
+		m.sender = &actor.PID{Address: addr, Id: string(env.senderID), RequestId: env.senderReq}
+	}
+	id := m.target.Id
+	hidden := false
+	switch {
+	case strings.HasPrefix(id, replyAliasPrefix):
+		in.deliverReply(&m)
+		return
+	case strings.HasPrefix(id, futurePrefix):
+		// A future is answered through its alias only; the one system
+		// message for it is a Terminated ending its watch (StopFuture),
+		// checked in deliverSystem.
+		if !env.system {
+			in.refuseReply(&m, "addressed to a future's own id")
+			return
+		}
+	case internalProcess(id) || r.hidden.covers(id):
+		// A hidden system message is decoded all the same: a Watch is
+		// answered as for an actor that does not exist.
+		if !env.system {
+			in.refuse(&m, nil, DeadLetterHidden, nil)
+			return
+		}
+		hidden = true
+	}
+	m.proc, _ = r.system.ProcessRegistry.GetLocal(id)
+	if !env.system && !hidden {
+		if mb := mailboxOf(m.proc); mb != nil && !in.awaitBacklog(ctx, id, mb) {
+			in.refuse(&m, nil, DeadLetterTargetBusy, nil)
+			return
+		}
+	}
+	msg, cost, ok := in.decode(&m)
+	if !ok {
+		return
+	}
+	defer r.rpc.Release(in.peer, cost)
+	if hidden {
+		in.refuse(&m, msg, DeadLetterHidden, nil)
+		return
+	}
+	if env.system {
+		in.deliverSystem(&m, msg)
+		return
+	}
+	switch msg.(type) {
+	case *actor.Watch, *actor.Unwatch, *actor.Terminated, *actor.Stop:
+		// An actor sees these in Receive like the system's own: as user
+		// messages they would be a forged watch or termination.
+		in.refuseSystem(&m, msg, "system message sent as a user message")
+		return
+	case *actor.PoisonPill:
+		if !r.mayStop(in.peer, id) {
+			in.refuseSystem(&m, msg, "PoisonPill without the right to stop")
+			return
+		}
+	}
+	if m.sender != nil || len(env.header) > 0 {
+		msg = &actor.MessageEnvelope{Header: env.header, Message: msg, Sender: m.sender}
+	}
+	r.ctr.received.Add(1)
+	m.proc.SendUserMessage(m.target, msg)
+}
+
+// decode decodes m's payload within the limits, charging its decoded size
+// to the peer's budget (the caller releases cost once the message is
+// handed on). A message that fails is counted and refused.
+func (in *inStream) decode(m *incoming) (msg any, cost int, ok bool) {
+	r := in.r
+	plan, err := in.dec.plan(m.env)
+	if err == nil && !r.rpc.Reserve(in.peer, plan.cost) {
+		err = fmt.Errorf("%w: %d bytes decoded exceed what %s's memory budget has left", errDecodeLimit, plan.cost, in.peer.Short())
+	}
+	if err == nil {
+		if msg, err = in.dec.finish(&plan, m.env); err == nil {
+			return msg, plan.cost, true
+		}
+		r.rpc.Release(in.peer, plan.cost)
+	}
+	reason := DeadLetterUndecodable
+	switch {
+	case errors.Is(err, errDecodeLimit):
+		reason = DeadLetterDecodeLimit
+	case errors.Is(err, ErrUnknownMessageType):
+		r.ctr.unknownTypes.Add(1)
+	default:
+		r.ctr.badPayloads.Add(1)
+	}
+	r.log.Debug().Str("peer", in.peer.Short()).Bytes("type", plan.name).Int32("serializer", m.env.serializer).Err(err).Msg("undecodable message")
+	in.refuse(m, nil, reason, err)
+	return nil, 0, false
+}
+
+// refuse gives up on an incoming message: counted by reason, reported to
+// OnDeadLetter, and answered so that no one waits for it in vain: a
+// request's sender gets a DeadLetterResponse, the watcher of a hidden
+// actor a Terminated NotFound.
+func (in *inStream) refuse(m *incoming, msg any, reason DeadLetterReason, err error) {
+	r := in.r
+	r.ctr.dead[reason].Add(1)
+	if e := r.log.Debug(); e.Enabled() {
+		e.Str("peer", in.peer.Short()).Str("target", m.target.Id).Str("reason", reason.String()).
+			Str("type", fmt.Sprintf("%T", msg)).AnErr("err", err).Msg("incoming message refused")
+	}
+	if h := r.cfg.OnDeadLetter; h != nil {
+		h(DeadLetter{Peer: in.peer, Target: m.target, Sender: m.sender, Message: msg, System: m.env.system, Reason: reason, Err: err})
+	}
+	if w, ok := msg.(*actor.Watch); ok && m.env.system && reason == DeadLetterHidden {
+		if fixAddress(w.Watcher, in.peerAddr); w.Watcher != nil && w.Watcher.Address == in.peerAddr {
+			r.sendSystem(w.Watcher, &actor.Terminated{Who: m.target, Why: actor.TerminatedReason_NotFound})
+		}
+		return
+	}
+	if m.sender != nil && !m.env.system {
+		r.system.Root.Send(m.sender, &actor.DeadLetterResponse{Target: m.target})
+	}
+}
+
+// fixAddress gives a PID that a peer sent without a reachable address (its
+// system had no remote when the PID was made) the peer's address.
+func fixAddress(pid *actor.PID, peerAddr string) {
+	if pid != nil && (pid.Address == "" || pid.Address == protoactorLocalAddress) {
+		pid.Address = peerAddr
+	}
+}
+
+// refuseSystem refuses a watch, termination or stop the peer had no right
+// to send.
+func (in *inStream) refuseSystem(m *incoming, msg any, why string) {
+	in.r.ctr.refusedSystem.Add(1)
+	in.refuse(m, msg, DeadLetterRefused, errors.New(why))
+}
+
+// refuseReply refuses a message to a local future that did not come the
+// way the future's answer must: counted, and not answered (it is itself
+// an answer).
+func (in *inStream) refuseReply(m *incoming, why string) {
+	r := in.r
+	r.ctr.forgedReplies.Add(1)
+	r.ctr.dead[DeadLetterRefused].Add(1)
+	r.log.Debug().Str("peer", in.peer.Short()).Str("target", m.target.Id).Str("why", why).Msg("reply refused")
+	if h := r.cfg.OnDeadLetter; h != nil {
+		h(DeadLetter{Peer: in.peer, Target: m.target, Sender: m.sender, System: m.env.system, Reason: DeadLetterRefused, Err: errors.New(why)})
+	}
+}
+
+// deliverReply hands a reply to the future behind an alias, if the alias
+// was given to this peer and has not been answered yet.
+func (in *inStream) deliverReply(m *incoming) {
+	a := in.r.alias(m.target.Id)
+	switch {
+	case m.env.system:
+		in.refuseReply(m, "system message to a reply alias")
+		return
+	case a == nil:
+		in.refuseReply(m, "unknown or answered reply alias")
+		return
+	case a.peer != in.peer:
+		in.refuseReply(m, "reply alias of a request sent to another member")
+		return
+	}
+	msg, cost, ok := in.decode(m)
+	if !ok {
+		return
+	}
+	defer in.r.rpc.Release(in.peer, cost)
+	if m.sender != nil || len(m.env.header) > 0 {
+		msg = &actor.MessageEnvelope{Header: m.env.header, Message: msg, Sender: m.sender}
+	}
+	if !a.answer(msg) {
+		in.refuseReply(m, "reply alias answered meanwhile")
+		return
+	}
+	in.r.ctr.received.Add(1)
+}
+
+// deliverSystem delivers a system message the peer has the right to send:
+//   - Watch and Unwatch only for a watcher of its own;
+//   - Terminated only for one of its own actors, ending a watch this node
+//     made on it (one it did not make, or that already ended with
+//     AddressTerminated, is dropped as stale);
+//   - Stop only where mayStop allows.
+//
+// A future takes nothing but the Terminated that ends its watch.
+func (in *inStream) deliverSystem(m *incoming, msg any) {
+	r := in.r
+	future := strings.HasPrefix(m.target.Id, futurePrefix)
+	switch v := msg.(type) {
+	case *actor.Watch:
+		if fixAddress(v.Watcher, in.peerAddr); future || v.Watcher == nil || v.Watcher.Address != in.peerAddr {
+			in.refuseSystem(m, msg, "Watch for a watcher on another node")
+			return
+		}
+	case *actor.Unwatch:
+		if fixAddress(v.Watcher, in.peerAddr); future || v.Watcher == nil || v.Watcher.Address != in.peerAddr {
+			in.refuseSystem(m, msg, "Unwatch for a watcher on another node")
+			return
+		}
+	case *actor.Terminated:
+		if fixAddress(v.Who, in.peerAddr); v.Who == nil || v.Who.Address != in.peerAddr {
+			in.refuseSystem(m, msg, "Terminated for an actor on another node")
+			return
+		}
+		if !r.endWatch(in.peer, v.Who, m.target) {
+			r.ctr.staleTerminated.Add(1)
+			return
+		}
+	case *actor.Stop:
+		if future || !r.mayStop(in.peer, m.target.Id) {
+			in.refuseSystem(m, msg, "Stop without the right to stop")
+			return
+		}
+		r.ctr.received.Add(1)
+		m.proc.Stop(m.target)
+		return
+	default:
+		r.ctr.badPayloads.Add(1)
+		in.refuse(m, msg, DeadLetterUndecodable, fmt.Errorf("%T is not a system message the remote carries", msg))
+		return
+	}
+	r.ctr.received.Add(1)
+	m.proc.SendSystemMessage(m.target, msg)
+}
+
+// mayStop reports whether peer may stop (Stop, PoisonPill) the local actor
+// id.
+func (r *Remote) mayStop(peer membership.NodeID, id string) bool {
+	return r.cfg.AllowRemoteStop
+}
+
+// sendSystem sends a system message to pid, local or remote.
+func (r *Remote) sendSystem(pid *actor.PID, msg any) {
+	proc, _ := r.system.ProcessRegistry.Get(pid)
+	proc.SendSystemMessage(pid, msg)
+}
+
+// endWatch removes the record of watcher's watch on who, an actor of
+// peer, reporting whether there was one.
+func (r *Remote) endWatch(peer membership.NodeID, who, watcher *actor.PID) bool {
+	p := r.existingPeer(peer)
+	return p != nil && p.takeWatch(who.Id, watcher)
+}
+
+// awaitBacklog waits while mb, id's mailbox, holds MaxTargetBacklog user
+// messages or more, at most until the batch's stall time (BacklogWait from
+// its first wait) is spent; it reports whether there is room now. A target
+// that stayed full that long is marked busy: its later messages are
+// refused at once, without waiting, until its backlog is below the bound.
+// Waiting here stops this stream's reading, so QUIC flow control pushes
+// back on the sender.
+func (in *inStream) awaitBacklog(ctx context.Context, id string, mb actor.Mailbox) bool {
+	limit := in.r.cfg.MaxTargetBacklog
+	if mb.UserMessageCount() < limit {
+		if len(in.busy) > 0 {
+			delete(in.busy, id)
+		}
+		return true
+	}
+	if _, busy := in.busy[id]; busy {
+		return false
+	}
+	in.r.ctr.backlogStalls.Add(1)
+	if in.stallUntil.IsZero() {
+		in.stallUntil = time.Now().Add(in.r.cfg.BacklogWait)
+	}
+	pause := 100 * time.Microsecond
+	for mb.UserMessageCount() >= limit {
+		left := time.Until(in.stallUntil)
+		if left <= 0 || ctx.Err() != nil {
+			if in.busy == nil || len(in.busy) >= maxBusyTargets {
+				in.busy = make(map[string]struct{})
+			}
+			in.busy[id] = struct{}{}
+			return false
+		}
+		t := time.NewTimer(min(pause, left))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		pause = min(2*pause, 10*time.Millisecond)
+	}
+	return true
+}

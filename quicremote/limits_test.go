@@ -1,0 +1,187 @@
+package quicremote
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	"github.com/abcast/abcast/proto/abcastpb"
+)
+
+// The backlog bound reads protoactor's unexported ActorProcess.mailbox: if
+// an upgrade renames or retypes it, this fails (at run time the bound
+// would silently be off).
+func TestMailboxOfMatchesProtoactor(t *testing.T) {
+	if !mailboxKnown {
+		t.Fatal("actor.ActorProcess has no mailbox field of type actor.Mailbox: the backlog bound is off")
+	}
+	sys := actor.NewActorSystem()
+	release := make(chan struct{})
+	var mb actor.Mailbox
+	props := actor.PropsFromFunc(func(c actor.Context) {
+		if _, ok := c.Message().(string); ok {
+			<-release
+		}
+	}, actor.WithMailbox(func() actor.Mailbox {
+		mb = actor.Unbounded()()
+		return mb
+	}))
+	pid := sys.Root.Spawn(props)
+	defer close(release)
+	for range 5 {
+		sys.Root.Send(pid, "x")
+	}
+	proc, ok := sys.ProcessRegistry.GetLocal(pid.Id)
+	if !ok {
+		t.Fatal("actor not registered")
+	}
+	got := mailboxOf(proc)
+	if got != mb || got.UserMessageCount() < 4 {
+		t.Fatalf("mailboxOf = %v (count %d), want the actor's mailbox %v", got, got.UserMessageCount(), mb)
+	}
+	if mailboxOf(sys.DeadLetter) != nil {
+		t.Fatal("the dead-letter process has no mailbox")
+	}
+}
+
+// decodedBytes measures what proto.Unmarshal allocates for data as a new
+// message like m.
+func decodedBytes(m proto.Message, data []byte) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	out := m.ProtoReflect().New().Interface()
+	if err := unmarshalOpts.Unmarshal(data, out); err != nil {
+		panic(err)
+	}
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(out)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// scanCost's estimate covers what decoding really allocates (checked
+// without the race detector, which allocates more), for shapes
+// that amplify (many empty messages, map entries, repeated strings, packed
+// scalars, deep nesting), without being wildly above it.
+func TestScanCostCoversDecoding(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	files := &descriptorpb.FileDescriptorSet{}
+	for range 2000 {
+		files.File = append(files.File, &descriptorpb.FileDescriptorProto{})
+	}
+	header := map[string]string{}
+	for i := range 500 {
+		header[strings.Repeat("k", rng.Intn(20))+string(rune('a'+i%26))+string(rune(i))] = strings.Repeat("v", rng.Intn(30))
+	}
+	deps := &descriptorpb.FileDescriptorProto{}
+	loc := &descriptorpb.SourceCodeInfo_Location{}
+	for range 3000 {
+		deps.Dependency = append(deps.Dependency, strings.Repeat("d", rng.Intn(10)))
+		loc.Path = append(loc.Path, rng.Int31n(1<<20))
+	}
+	deep := &descriptorpb.DescriptorProto{Name: proto.String("leaf")}
+	for range 40 {
+		deep = &descriptorpb.DescriptorProto{NestedType: []*descriptorpb.DescriptorProto{deep}}
+	}
+	for name, m := range map[string]proto.Message{
+		"empty entries": files,
+		"map entries":   &abcastpb.ActorEnvelope{Header: header},
+		"strings":       deps,
+		"packed":        loc,
+		"nested":        deep,
+		"bytes":         &abcastpb.ActorEnvelope{Payload: bytes.Repeat([]byte{7}, 100000)},
+	} {
+		data, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := scanCost(m.ProtoReflect().Descriptor(), data, 1<<30, 1<<30)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		real := decodedBytes(m, data)
+		t.Logf("%s: %d wire bytes, %d elements, estimate %d, decoding allocated %d", name, len(data), c.elems, c.bytes, real)
+		if uint64(c.bytes) < real && !raceEnabled { // the race detector allocates more
+
+			t.Fatalf("%s: estimate %d below the %d bytes decoding allocated", name, c.bytes, real)
+		}
+		if uint64(c.bytes) > 4*real+4096 {
+			t.Fatalf("%s: estimate %d far above the %d bytes decoding allocated", name, c.bytes, real)
+		}
+		if _, err := scanCost(m.ProtoReflect().Descriptor(), data, c.bytes-1, 1<<30); err == nil {
+			t.Fatalf("%s: a byte limit below the estimate passed", name)
+		}
+		if _, err := scanCost(m.ProtoReflect().Descriptor(), data, 1<<30, c.elems-1); err == nil {
+			t.Fatalf("%s: an element limit below the count passed", name)
+		}
+	}
+}
+
+// FuzzAckReader: any frame is either refused or acknowledges between 0 and
+// the batches awaiting, exactly the varint it holds minus those acked
+// before; no frame longer than maxAckSize is taken.
+func FuzzAckReader(f *testing.F) {
+	for _, seed := range [][]byte{{0}, {5}, {0x80, 0x01}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, {}, bytes.Repeat([]byte{0x80}, 11), {1, 0}} {
+		f.Add(seed, uint64(3), uint8(4))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte, acked uint64, unacked uint8) {
+		done, err := parseAck(frame, acked, int(unacked))
+		if err != nil {
+			if done != 0 {
+				t.Fatalf("refused with %d acknowledged", done)
+			}
+			return
+		}
+		if len(frame) > maxAckSize || len(frame) == 0 {
+			t.Fatalf("took a %d-byte acknowledgement", len(frame))
+		}
+		var n uint64
+		for i := len(frame) - 1; i >= 0; i-- {
+			n = n<<7 | uint64(frame[i]&0x7f)
+		}
+		if done < 0 || done > int(unacked) || n != acked+uint64(done) {
+			t.Fatalf("frame %x (=%d) after %d with %d awaiting: acknowledged %d", frame, n, acked, unacked, done)
+		}
+	})
+}
+
+// FuzzScanCost: the cost walk never panics, never calls malformed what
+// protobuf decodes, and with no limits never refuses.
+func FuzzScanCost(f *testing.F) {
+	set := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{{
+		Name: proto.String("a"), Dependency: []string{"b", "c"},
+		MessageType:    []*descriptorpb.DescriptorProto{{Name: proto.String("M"), NestedType: []*descriptorpb.DescriptorProto{{}}}},
+		SourceCodeInfo: &descriptorpb.SourceCodeInfo{Location: []*descriptorpb.SourceCodeInfo_Location{{Path: []int32{1, 2, 300}}}},
+	}}}
+	seed, _ := proto.Marshal(set)
+	env, _ := proto.Marshal(&abcastpb.ActorEnvelope{TargetId: "t", Header: map[string]string{"k": "v"}, Payload: []byte{1}})
+	f.Add(seed, false)
+	f.Add(env, true)
+	f.Add([]byte{0x0a, 0x00, 0x0a, 0x02, 0x0a, 0x00}, false)
+	f.Fuzz(func(t *testing.T, data []byte, asEnvelope bool) {
+		var m proto.Message = &descriptorpb.FileDescriptorSet{}
+		if asEnvelope {
+			m = &abcastpb.ActorEnvelope{}
+		}
+		_, err := scanCost(m.ProtoReflect().Descriptor(), data, 1<<40, 1<<40)
+		if err == nil {
+			return
+		}
+		if errors.Is(err, errDecodeLimit) {
+			t.Fatalf("refused without limits: %v", err)
+		}
+		if perr := unmarshalOpts.Unmarshal(data, m); perr == nil {
+			t.Fatalf("walk says %v, protobuf decodes %x", err, data)
+		}
+	})
+}
