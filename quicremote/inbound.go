@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"time"
@@ -18,11 +17,11 @@ import (
 )
 
 // serveStream serves one peer's stream of batches (one per connection,
-// normally): each frame is one ActorBatch, delivered in order, and after it
-// the count of frames handled so far is sent back as the acknowledgement
-// (a varint; acknowledgements are coalesced, the latest count wins). An
-// undecodable batch ends the stream with an error: the sender makes the
-// messages it has not seen acknowledged dead letters and opens a new one.
+// normally): each frame is one ActorBatch, delivered in order, and the
+// count of frames handled so far is sent back as acknowledgements (a
+// varint each, when inCore says). An undecodable batch ends the stream
+// with an error: the sender makes the messages it has not seen
+// acknowledged dead letters and opens a new one.
 func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s transport.Stream) error {
 	if r.closed.Load() {
 		return errClosedRemote
@@ -30,27 +29,25 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 	// Closing the remote ends its incoming streams.
 	stopOnClose := context.AfterFunc(r.ctx, s.Close)
 	defer stopOnClose()
+	in := &inStream{
+		r: r, peer: peer, peerAddr: peer.String(), connID: s.ConnID(), order: r.orderFor(peer),
+		dec: &batchDecoder{r: r}, core: inCore{cfg: inConfigOf(&r.cfg)}, kick: make(chan struct{}, 1),
+	}
 	ackCtx, cancelAcks := context.WithCancel(ctx)
-	acks := make(chan ackNote, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		sendAcks(ackCtx, s, acks)
+		in.writeAcks(ackCtx, s)
 	}()
 	defer func() {
 		cancelAcks()
 		wg.Wait()
 	}()
-	in := &inStream{r: r, peer: peer, peerAddr: peer.String(), connID: s.ConnID(), order: r.orderFor(peer), dec: &batchDecoder{r: r}}
-	var handled, lastNow uint64
 	for {
 		frame, err := s.Recv()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return nil // the stream is gone; nothing to answer
+			return nil // the stream is gone (io.EOF or not); nothing to answer
 		}
 		if r.closed.Load() {
 			return errClosedRemote
@@ -58,74 +55,23 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 		if err := in.handleBatch(ctx, frame); err != nil {
 			return err
 		}
-		handled++
-		now := handled-lastNow >= ackEvery
-		if now {
-			lastNow = handled
+		var fx inEffects
+		in.mu.Lock()
+		in.core.Step(&inEvent{kind: inBatchDone}, time.Now(), &fx)
+		if fx.ack {
+			in.ackNow, in.ackN = true, fx.ackN
 		}
-		select { // only this goroutine sends: replace a pending note
-		case old := <-acks:
-			now = now || old.now
+		in.mu.Unlock()
+		select {
+		case in.kick <- struct{}{}:
 		default:
 		}
-		acks <- ackNote{handled, now}
 	}
 }
 
-// Acknowledgements are delayed so that light traffic (a request here, an
-// answer there) does not cost a packet per batch: the receiver answers
-// after every ackEvery batches at once, otherwise ackDelay after the first
-// batch it has not acknowledged.
-const (
-	ackEvery = 8
-	ackDelay = 2 * time.Millisecond
-)
-
-// ackNote tells sendAcks how many batches were handled and whether to
-// acknowledge them at once.
-type ackNote struct {
-	n   uint64
-	now bool
-}
-
-// sendAcks writes the acknowledgements of one incoming stream until ctx
-// ends or the stream fails.
-func sendAcks(ctx context.Context, s transport.Stream, notes <-chan ackNote) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	var buf []byte
-	var pending uint64
-	waiting := false
-	send := func() bool {
-		waiting = false
-		timer.Stop()
-		buf = protowire.AppendVarint(buf[:0], pending)
-		return s.Send(ctx, buf) == nil
-	}
-	for {
-		select {
-		case a := <-notes:
-			pending = a.n
-			if a.now {
-				if !send() {
-					return
-				}
-			} else if !waiting {
-				waiting = true
-				timer.Reset(ackDelay)
-			}
-		case <-timer.C:
-			if waiting && !send() {
-				return
-			}
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// inStream is the receiving side of one peer's stream.
+// inStream is the shell of one incoming stream: the goroutine that reads
+// and delivers batches (serveStream) and the one that writes
+// acknowledgements (writeAcks) share its core.
 type inStream struct {
 	r        *Remote
 	peer     membership.NodeID
@@ -133,17 +79,47 @@ type inStream struct {
 	connID   uint64
 	order    *inboundOrder
 	dec      *batchDecoder
-	// stallUntil ends the time the current batch may wait for full
-	// mailboxes (zero until it first waits); busy holds the targets that
-	// stayed full that long, whose messages are refused at once until
-	// their backlog falls below the bound.
-	stallUntil time.Time
-	busy       map[string]struct{}
+
+	mu     sync.Mutex
+	core   inCore
+	ackNow bool // an acknowledgement of ackN waits for writeAcks
+	ackN   uint64
+	kick   chan struct{}
 }
 
-// maxBusyTargets bounds inStream.busy; when it is full it is emptied, and
-// the targets in it get a wait again.
-const maxBusyTargets = 1024
+// writeAcks writes the stream's acknowledgements until ctx ends or a
+// write fails: the ones inCore wanted at once, and the delayed ones when
+// their time comes.
+func (in *inStream) writeAcks(ctx context.Context, s transport.Stream) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var buf []byte
+	for {
+		select {
+		case <-in.kick:
+		case <-timer.C:
+		case <-ctx.Done():
+			return
+		}
+		var fx inEffects
+		in.mu.Lock()
+		in.core.Step(&inEvent{kind: inTick}, time.Now(), &fx)
+		send, n := in.ackNow || fx.ack, max(in.ackN, fx.ackN)
+		in.ackNow = false
+		in.mu.Unlock()
+		timer.Stop()
+		if !fx.ackAt.IsZero() {
+			timer.Reset(time.Until(fx.ackAt))
+		}
+		if send {
+			buf = protowire.AppendVarint(buf[:0], n)
+			if s.Send(ctx, buf) != nil {
+				return
+			}
+		}
+	}
+}
 
 // handleBatch decodes and delivers one incoming batch. A stale batch (its
 // connection or epoch superseded) is counted and dropped; a malformed one
@@ -177,7 +153,9 @@ func (in *inStream) handleBatch(ctx context.Context, frame []byte) error {
 	// batch, which must wait anyway. The turn is handed on even if a
 	// delivery panics (an OnDeadLetter hook, say).
 	defer in.order.done()
-	in.stallUntil = time.Time{}
+	in.mu.Lock()
+	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{})
+	in.mu.Unlock()
 	for i := range d.envs {
 		in.deliver(ctx, &d.envs[i])
 	}
@@ -198,23 +176,12 @@ func (r *Remote) orderFor(peer membership.NodeID) *inboundOrder {
 
 var errStaleBatch = errors.New("batch out of date (a newer epoch or connection has started)")
 
-// inboundOrder delivers one peer's batches in (connection, epoch, seq)
-// order. The sender numbers batches from 0 in every epoch and starts a new
-// epoch on every connection change and after every failed batch; a batch
-// from a newer connection or epoch restarts the count at 0. Anything older,
-// or a seq already passed, is refused (the sender makes its messages dead
-// letters), so a batch that never arrives holds up the ones behind it only
-// until the sender's next epoch begins.
+// inboundOrder is the shell of one peer's orderCore, shared by the peer's
+// streams: a batch that must wait for its turn waits for the turn to move.
 type inboundOrder struct {
-	mu                  sync.Mutex
-	changed             chan struct{} // closed and replaced when the turn moves
-	started             bool
-	connID, epoch, next uint64
-	busy                bool // a batch holds the turn
-	// The connection and epoch of the batch holding the turn: if a newer
-	// one started meanwhile, its count must not move when the old batch
-	// finishes.
-	busyConn, busyEpoch uint64
+	mu      sync.Mutex
+	core    orderCore
+	changed chan struct{} // closed and replaced when the turn moves
 }
 
 func (o *inboundOrder) moveLocked() {
@@ -222,23 +189,22 @@ func (o *inboundOrder) moveLocked() {
 	o.changed = make(chan struct{})
 }
 
+// waitTurn waits until batch seq of (connID, epoch) has the turn, or
+// reports errStaleBatch.
 func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) error {
 	o.mu.Lock()
 	for {
-		if !o.started || connID > o.connID || (connID == o.connID && epoch > o.epoch) {
-			o.started = true
-			o.connID, o.epoch, o.next = connID, epoch, 0
+		verdict, moved := o.core.admit(connID, epoch, seq)
+		if moved {
 			o.moveLocked()
 		}
-		if connID < o.connID || epoch < o.epoch || seq < o.next {
-			o.mu.Unlock()
-			return errStaleBatch
-		}
-		if seq == o.next && !o.busy {
-			o.busy = true
-			o.busyConn, o.busyEpoch = connID, epoch
+		switch verdict {
+		case orderGo:
 			o.mu.Unlock()
 			return nil
+		case orderStale:
+			o.mu.Unlock()
+			return errStaleBatch
 		}
 		ch := o.changed
 		o.mu.Unlock()
@@ -251,12 +217,10 @@ func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) 
 	}
 }
 
+// done hands the turn on.
 func (o *inboundOrder) done() {
 	o.mu.Lock()
-	o.busy = false
-	if o.busyConn == o.connID && o.busyEpoch == o.epoch {
-		o.next++
-	}
+	o.core.finish()
 	o.moveLocked()
 	o.mu.Unlock()
 }
@@ -524,45 +488,36 @@ func (r *Remote) endWatch(peer membership.NodeID, who, watcher *actor.PID) bool 
 	return p != nil && p.takeWatch(who.Id, watcher)
 }
 
-// awaitBacklog waits while mb, id's mailbox, holds MaxTargetBacklog user
-// messages or more, at most until the batch's stall time (BacklogWait from
-// its first wait) is spent; it reports whether there is room now. A target
-// that stayed full that long is marked busy: its later messages are
-// refused at once, without waiting, until its backlog is below the bound.
-// Waiting here stops this stream's reading, so QUIC flow control pushes
-// back on the sender.
+// awaitBacklog asks inCore whether a user message for id, whose mailbox
+// is mb, may be delivered, and waits (polling the mailbox: protoactor says
+// nothing when it drains) while the core says to wait. Waiting here stops
+// this stream's reading, so QUIC flow control pushes back on the sender.
 func (in *inStream) awaitBacklog(ctx context.Context, id string, mb actor.Mailbox) bool {
-	limit := in.r.cfg.MaxTargetBacklog
-	if mb.UserMessageCount() < limit {
-		if len(in.busy) > 0 {
-			delete(in.busy, id)
-		}
-		return true
-	}
-	if _, busy := in.busy[id]; busy {
-		return false
-	}
-	in.r.ctr.backlogStalls.Add(1)
-	if in.stallUntil.IsZero() {
-		in.stallUntil = time.Now().Add(in.r.cfg.BacklogWait)
-	}
+	ev := inEvent{kind: inBacklog, target: id}
 	pause := 100 * time.Microsecond
-	for mb.UserMessageCount() >= limit {
-		left := time.Until(in.stallUntil)
-		if left <= 0 || ctx.Err() != nil {
-			if in.busy == nil || len(in.busy) >= maxBusyTargets {
-				in.busy = make(map[string]struct{})
-			}
-			in.busy[id] = struct{}{}
+	for {
+		ev.queued = mb.UserMessageCount()
+		var fx inEffects
+		in.mu.Lock()
+		in.core.Step(&ev, time.Now(), &fx)
+		in.mu.Unlock()
+		if fx.stall {
+			in.r.ctr.backlogStalls.Add(1)
+		}
+		switch fx.answer {
+		case backlogDeliver:
+			return true
+		case backlogRefuse:
 			return false
 		}
-		t := time.NewTimer(min(pause, left))
+		ev.retry = true
+		t := time.NewTimer(min(pause, time.Until(fx.until)))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			return false
 		}
 		pause = min(2*pause, 10*time.Millisecond)
 	}
-	return true
 }

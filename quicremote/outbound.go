@@ -1,6 +1,7 @@
 package quicremote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,12 +18,10 @@ import (
 	"github.com/abcast/abcast/membership"
 )
 
-// watchKey names one watch: a local watcher on an actor of the peer.
-type watchKey struct{ watchee, watcher string }
-
-type watchRec struct{ watchee, watcher *actor.PID }
-
-// remotePeer is the state kept per member we send to.
+// remotePeer is the shell around one peer's outCore: the send loop that
+// feeds it events and performs its effects, the goroutines that read the
+// peer's acknowledgements, and the lock that lets senders queue from any
+// goroutine.
 type remotePeer struct {
 	r       *Remote
 	id      membership.NodeID
@@ -30,32 +29,23 @@ type remotePeer struct {
 	wake    chan struct{}
 	retired atomic.Bool
 
-	mu        sync.Mutex
-	q         outRing
-	up        bool
-	downSince time.Time // when a not-yet-connected peer started waiting; zero after a transport.PeerDown
-	stopped   bool      // the send loop has ended; enqueue refuses
-	downWork  []downWork
-	connID    uint64 // the transport's current connection to the peer
-	// The stream batches go out on, the connection it rides on, and the
-	// batches written to it and not yet acknowledged, oldest first. Every
-	// stream gets a new epoch; seq numbers its batches (see ActorBatch).
-	stream     transport.Stream
-	streamConn uint64
-	unacked    [][]outItem
-	sentAt     []time.Time // when each unacked batch was written
-	pending    []outItem   // taken from the queue by the loop, not sent yet
-	free       [][]outItem // acknowledged batches' slices, for reuse
-	epoch, seq uint64
-	watches    map[watchKey]watchRec
+	mu    sync.Mutex
+	core  *outCore
+	inbox []outEvent // events from other goroutines, for the loop
+
+	// Owned by the loop.
+	streams map[uint64]transport.Stream
+	enc     batchEncoder
 }
 
-// downWork is what a PeerDown leaves for the send loop to settle.
-type downWork struct {
-	items   []outItem
-	watches []watchRec
-	futures []*replyAlias
-	reason  DeadLetterReason
+func newRemotePeer(r *Remote, id membership.NodeID, up bool, conn uint64, now time.Time) *remotePeer {
+	return &remotePeer{
+		r: r, id: id, addr: id.String(),
+		wake:    make(chan struct{}, 1),
+		core:    newOutCore(outConfigOf(&r.cfg), up, conn, now),
+		streams: make(map[uint64]transport.Stream),
+		enc:     batchEncoder{r: r},
+	}
 }
 
 func (p *remotePeer) signal() {
@@ -65,367 +55,195 @@ func (p *remotePeer) signal() {
 	}
 }
 
-type enqResult int
-
-const (
-	enqOK enqResult = iota
-	enqFull
-	enqStopped
-)
-
-// enqueue queues it, keeping the watch records in step with the Watch and
-// Unwatch messages that pass (a Watch that finds the queue full is recorded
-// all the same, so that the dead letter that follows ends it).
-func (p *remotePeer) enqueue(it *outItem) enqResult {
+// post hands an event to the loop.
+func (p *remotePeer) post(ev outEvent) {
 	p.mu.Lock()
-	if p.stopped {
-		p.mu.Unlock()
-		return enqStopped
-	}
-	if it.system {
-		switch m := it.msg.(type) {
-		case *actor.Watch:
-			if m.Watcher != nil {
-				p.watches[watchKey{it.target.Id, m.Watcher.Id}] = watchRec{watchee: it.target, watcher: m.Watcher}
-			}
-		case *actor.Unwatch:
-			if m.Watcher != nil {
-				delete(p.watches, watchKey{it.target.Id, m.Watcher.Id})
-			}
-		}
-	}
-	ok := p.q.push(*it, p.r.cfg.QueueCapacity)
-	wasEmpty := p.q.n == 1
+	p.inbox = append(p.inbox, ev)
 	p.mu.Unlock()
-	if !ok {
-		return enqFull
-	}
-	if wasEmpty {
+	p.signal()
+}
+
+// enqueue queues it for the peer; it never blocks.
+func (p *remotePeer) enqueue(it *outItem) enqResult {
+	var fx outEffects
+	ev := outEvent{kind: evEnqueue, item: *it}
+	p.mu.Lock()
+	p.core.Step(&ev, time.Time{}, &fx)
+	p.mu.Unlock()
+	if fx.wake {
 		p.signal()
 	}
-	return enqOK
+	return fx.enq
 }
 
+// takeWatch ends the record of watcher's watch on the peer's actor
+// watchee, reporting whether there was one.
 func (p *remotePeer) takeWatch(watchee string, watcher *actor.PID) bool {
-	if watcher == nil {
-		return false
-	}
-	k := watchKey{watchee, watcher.Id}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.watches[k]; !ok {
-		return false
-	}
-	delete(p.watches, k)
-	return true
+	return p.core.takeWatch(watchee, watcher)
 }
 
-// markDown records that the connection went down: everything queued for it
-// and every watch on its actors is handed to the send loop to settle.
-func (p *remotePeer) markDown(reason DeadLetterReason) {
-	futures := p.r.failingAliases(p.id)
+// queued is the number of messages waiting to be sent.
+func (p *remotePeer) queued() int {
 	p.mu.Lock()
-	p.up = false
-	// Known down: later messages fail at once instead of waiting out the
-	// grace, which only covers a peer not connected yet.
-	p.downSince = time.Time{}
-	st := p.dropStreamLocked()
-	p.downWork = append(p.downWork, p.takeAllLocked(reason, futures))
-	p.mu.Unlock()
-	if st != nil {
-		st.Close()
-	}
-	p.signal()
-	if !p.r.members().Contains(p.id) {
-		p.r.retire(p)
-	}
+	defer p.mu.Unlock()
+	return p.core.queued()
 }
 
-// dropStreamLocked forgets the current stream, returning it for the
-// caller to Close outside the lock.
-func (p *remotePeer) dropStreamLocked() transport.Stream {
-	st := p.stream
-	p.stream = nil
-	return st
-}
-
-// takeUnackedLocked appends the messages of every unacknowledged batch to
-// dst, oldest first, and forgets the batches.
-func (p *remotePeer) takeUnackedLocked(dst []outItem) []outItem {
-	for _, b := range p.unacked {
-		dst = append(dst, b...)
-	}
-	p.unacked = nil
-	p.sentAt = nil
-	return dst
-}
-
-// takeAllLocked takes the unacknowledged batches, the queue and the
-// watches, in that order (which is the order the messages were sent).
-func (p *remotePeer) takeAllLocked(reason DeadLetterReason, futures []*replyAlias) downWork {
-	w := downWork{reason: reason, futures: futures, items: p.takeUnackedLocked(nil)}
-	w.items = append(w.items, p.pending...)
-	p.pending = nil
-	for p.q.n > 0 {
-		w.items = append(w.items, p.q.pop())
-	}
-	for k, rec := range p.watches {
-		w.watches = append(w.watches, rec)
-		delete(p.watches, k)
-	}
-	return w
-}
-
-// settle dead-letters w's messages, ends its watches and fails its
-// futures. The futures' aliases were claimed when w was made, so a
-// queued request's dead letter does not answer its future a second time.
-func (p *remotePeer) settle(w downWork) {
-	for i := range w.items {
-		p.r.deadLetter(p, p.id, &w.items[i], w.reason, nil)
-	}
-	for _, rec := range w.watches {
-		p.r.addressTerminated(rec.watcher, rec.watchee)
-	}
-	p.r.failFutures(w.futures)
-}
-
-// run is the peer's send loop: the only goroutine that sends to it.
+// run is the peer's send loop, the only goroutine that sends to it: it
+// feeds the core what happened and does what the core says, until the
+// core stops (the remote closed or the peer left the member set).
 func (p *remotePeer) run() {
-	defer p.r.wg.Done()
 	r := p.r
+	defer r.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	enc := batchEncoder{r: r}
+	var fx outEffects
+	var local, inbox []outEvent // outcomes of our own I/O; events from elsewhere
+	stopping := false
 	for {
+		fx.reset()
+		now := time.Now()
 		p.mu.Lock()
-		if len(p.downWork) > 0 {
-			work := p.downWork
-			p.downWork = nil
-			p.mu.Unlock()
-			for _, w := range work {
-				p.settle(w)
-			}
-			continue
+		inbox, p.inbox = p.inbox, inbox[:0]
+		if !stopping && r.closed.Load() {
+			stopping = true
+			inbox = append(inbox, outEvent{kind: evStop, reason: DeadLetterClosed})
 		}
-		if r.closed.Load() || p.retired.Load() {
-			p.stopped = true
-			reason := DeadLetterClosed
-			if !r.closed.Load() {
-				reason = DeadLetterNotMember
-			}
-			st := p.dropStreamLocked()
-			w := p.takeAllLocked(reason, nil)
-			p.mu.Unlock()
-			if st != nil {
-				st.Close()
-			}
-			w.futures = r.failingAliases(p.id)
-			p.settle(w)
+		for i := range local {
+			p.core.Step(&local[i], now, &fx)
+		}
+		for i := range inbox {
+			p.core.Step(&inbox[i], now, &fx)
+		}
+		if len(local)+len(inbox) == 0 {
+			p.core.Step(&outEvent{kind: evTick}, now, &fx)
+		}
+		p.mu.Unlock()
+		clear(local)
+		clear(inbox)
+		local = p.perform(&fx, local[:0])
+		if fx.stopped {
 			return
 		}
-		// A peer that takes batches but never acknowledges them would
-		// hold their messages forever: give up on the stream once the
-		// oldest has waited SendTimeout.
-		var ackWait time.Duration
-		if p.stream != nil && len(p.sentAt) > 0 {
-			ackWait = time.Until(p.sentAt[0].Add(r.cfg.SendTimeout))
-			if ackWait <= 0 {
-				st := p.stream
-				p.mu.Unlock()
-				r.ctr.ackTimeouts.Add(1)
-				p.streamFailed(st, fmt.Errorf("no acknowledgement from %s within %v", p.id.Short(), r.cfg.SendTimeout))
-				continue
-			}
-		}
-		if p.q.n == 0 && len(p.pending) == 0 {
-			p.mu.Unlock()
-			p.waitUpTo(timer, ackWait)
+		if len(local) > 0 {
 			continue
 		}
-		if !p.up {
-			if d := time.Until(p.downSince.Add(r.cfg.ConnectGrace)); !p.downSince.IsZero() && d > 0 {
-				p.mu.Unlock()
-				timer.Reset(d)
-				p.wait(timer.C)
-				timer.Stop()
-				continue
-			}
-			// Watches made while it was down stay recorded: their own
-			// Watch's dead letter ends them. Older ones ended at the
-			// PeerDown.
-			w := downWork{reason: DeadLetterUnreachable, items: p.pending}
-			p.pending = nil
-			for p.q.n > 0 {
-				w.items = append(w.items, p.q.pop())
-			}
-			p.mu.Unlock()
-			p.settle(w)
-			if !r.members().Contains(p.id) {
-				r.retire(p)
-			}
-			continue
+		var due <-chan time.Time
+		if !fx.wakeAt.IsZero() {
+			timer.Reset(time.Until(fx.wakeAt))
+			due = timer.C
 		}
-		if p.stream == nil || p.streamConn != p.connID {
-			old := p.dropStreamLocked()
-			stale := p.takeUnackedLocked(nil)
-			p.mu.Unlock()
-			if old != nil {
-				old.Close()
-			}
-			p.failItems(stale, errors.New("connection replaced"))
-			p.openStream()
-			continue
+		select {
+		case <-p.wake:
+		case <-due:
+		case <-r.ctx.Done():
 		}
-		if len(p.unacked) >= r.cfg.MaxInflightBatches {
-			p.mu.Unlock()
-			p.waitUpTo(timer, ackWait)
-			continue
-		}
-		// Encoding happens here, off the senders' goroutines and straight
-		// into the batch buffer; what does not fit waits in pending.
-		if len(p.pending) == 0 {
-			p.pending = p.q.take(p.spare(), r.cfg.MaxBatchMessages)
-		}
-		items := p.pending
-		p.pending = nil
-		st, epoch := p.stream, p.epoch
-		p.mu.Unlock()
-
-		batch, rest := p.encodeBatch(&enc, items)
-		p.mu.Lock()
-		if p.stream != st {
-			// The stream failed or the peer went down meanwhile. What we
-			// hold was never written: while the peer is up it goes back
-			// to the front and waits for the next stream; otherwise it is
-			// ours to give up on (the queue was taken by markDown).
-			if p.up && !p.stopped && !r.closed.Load() {
-				p.pending = append(batch, rest...)
-				p.mu.Unlock()
-				continue
-			}
-			p.mu.Unlock()
-			p.failItems(append(batch, rest...), errors.New("stream closed while encoding"))
-			continue
-		}
-		p.pending = rest
-		if len(batch) == 0 {
-			p.mu.Unlock()
-			continue
-		}
-		seq := p.seq
-		p.seq++
-		// Recorded before it is written: its acknowledgement may arrive
-		// before Send returns.
-		p.unacked = append(p.unacked, batch)
-		p.sentAt = append(p.sentAt, time.Now())
-		p.mu.Unlock()
-
-		buf := enc.finish(epoch, seq)
-		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
-		err := st.Send(ctx, buf)
-		cancel()
-		if err != nil {
-			p.streamFailed(st, err)
-		} else {
-			// The acknowledgement deadline counts from the end of the
-			// write, which may have waited for flow control.
-			p.mu.Lock()
-			if n := len(p.unacked); p.stream == st && n > 0 && &p.unacked[n-1][0] == &batch[0] {
-				p.sentAt[n-1] = time.Now()
-			}
-			p.mu.Unlock()
-		}
-		if cap(enc.buf) > 2*r.cfg.MaxBatchBytes {
-			enc.buf = nil // do not keep a buffer a burst of type names grew
-		}
+		timer.Stop()
 	}
 }
 
-// openStream opens a stream on the current connection. If that fails, the
-// batch at the head of the queue becomes dead letters (so a peer that keeps
-// refusing cannot hold messages forever) and the loop tries again.
-func (p *remotePeer) openStream() {
+// perform does what fx says, in its documented order, and appends the
+// outcomes of its I/O to out.
+func (p *remotePeer) perform(fx *outEffects, out []outEvent) []outEvent {
+	r := p.r
+	var futures []*replyAlias
+	if fx.failFutures {
+		futures = r.failingAliases(p.id)
+	}
+	for _, id := range fx.close {
+		if st := p.streams[id]; st != nil {
+			st.Close()
+			delete(p.streams, id)
+		}
+	}
+	for _, d := range fx.dead {
+		if d.err != nil && r.ctx.Err() == nil {
+			r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(d.items)).Str("reason", d.reason.String()).Err(d.err).Msg("messages given up")
+		}
+		for i := range d.items {
+			r.deadLetter(p, p.id, &d.items[i], d.reason, d.err)
+		}
+	}
+	for _, rec := range fx.watchEnds {
+		r.addressTerminated(rec.watcher, rec.watchee)
+	}
+	r.failFutures(futures)
+	r.ctr.sent.Add(fx.sent)
+	r.ctr.batches.Add(fx.batches)
+	r.ctr.ackTimeouts.Add(fx.ackTimeouts)
+	r.ctr.badAcks.Add(fx.badAcks)
+	if fx.gaveUp && !r.members().Contains(p.id) {
+		r.retire(p)
+	}
+	switch {
+	case fx.open != 0:
+		out = append(out, p.open(fx.open))
+	case fx.encode != nil:
+		batch, rest := p.encodeBatch(&p.enc, fx.encode)
+		out = append(out, outEvent{kind: evEncoded, stream: fx.encodeStream, batch: batch, rest: rest})
+	case fx.write:
+		out = append(out, outEvent{kind: evWritten, stream: fx.writeStream, err: p.write(fx)})
+	}
+	return out
+}
+
+// open opens stream id on the peer's current connection and starts
+// reading its acknowledgements.
+func (p *remotePeer) open(id uint64) outEvent {
 	r := p.r
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
 	st, err := r.rpc.OpenStream(ctx, p.id, r.cfg.Protocol)
 	cancel()
 	if err != nil {
 		if r.ctx.Err() != nil {
-			return
+			err = errClosedRemote
 		}
-		p.mu.Lock()
-		batch := p.pending
-		p.pending = nil
-		if len(batch) == 0 {
-			batch = p.q.take(nil, r.cfg.MaxBatchMessages)
-		}
-		p.mu.Unlock()
-		p.failItems(batch, err)
-		return
+		return outEvent{kind: evOpened, stream: id, err: err}
 	}
-	p.mu.Lock()
-	if p.stopped || !p.up || st.ConnID() != p.connID {
-		// The connection changed while we opened it; the loop retries once
-		// the transport's events have caught up (they signal us).
-		p.mu.Unlock()
-		st.Close()
-		t := time.NewTimer(50 * time.Millisecond)
-		p.wait(t.C)
-		t.Stop()
-		return
-	}
-	p.stream, p.streamConn = st, st.ConnID()
-	p.epoch++
-	p.seq = 0
-	p.mu.Unlock()
+	p.streams[id] = st
 	r.wg.Add(1)
-	go p.readAcks(st)
+	go p.readAcks(id, st)
+	return outEvent{kind: evOpened, stream: id, conn: st.ConnID()}
 }
 
-// readAcks reads st's acknowledgements (the count of batches the peer
-// handled on it) and releases the batches they cover.
-func (p *remotePeer) readAcks(st transport.Stream) {
+// write writes the frame encoded last.
+func (p *remotePeer) write(fx *outEffects) error {
 	r := p.r
-	defer r.wg.Done()
-	var acked uint64
+	st := p.streams[fx.writeStream]
+	if st == nil {
+		return errors.New("stream closed before its write")
+	}
+	buf := p.enc.finish(fx.writeEpoch, fx.writeSeq)
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
+	err := st.Send(ctx, buf)
+	cancel()
+	if cap(p.enc.buf) > 2*r.cfg.MaxBatchBytes {
+		p.enc.buf = nil // do not keep a buffer a burst of type names grew
+	}
+	return err
+}
+
+// readAcks hands stream id's acknowledgements to the loop until the
+// stream fails (as it does when the loop closes it).
+func (p *remotePeer) readAcks(id uint64, st transport.Stream) {
+	defer p.r.wg.Done()
 	for {
 		frame, err := st.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("peer ended the stream")
 			}
-			p.streamFailed(st, err)
+			p.post(outEvent{kind: evStreamFailed, stream: id, err: fmt.Errorf("reading from %s: %w", p.id.Short(), err)})
 			return
 		}
-		p.mu.Lock()
-		if p.stream != st {
-			p.mu.Unlock()
-			return
+		// The frame is the transport's until the next Recv.
+		if len(frame) > maxAckSize {
+			frame = frame[:maxAckSize+1]
 		}
-		done, err := parseAck(frame, acked, len(p.unacked))
-		if err != nil {
-			p.mu.Unlock()
-			r.ctr.badAcks.Add(1)
-			p.streamFailed(st, fmt.Errorf("acknowledgement from %s: %w", p.id.Short(), err))
-			return
-		}
-		n := acked + uint64(done)
-		msgs := 0
-		for _, b := range p.unacked[:done] {
-			msgs += len(b)
-			p.recycle(b)
-		}
-		clear(p.unacked[:done])
-		p.unacked = p.unacked[done:]
-		p.sentAt = p.sentAt[done:]
-		acked = n
-		p.mu.Unlock()
-		if done > 0 {
-			r.ctr.sent.Add(uint64(msgs))
-			r.ctr.batches.Add(uint64(done))
-			p.signal()
-		}
+		p.post(outEvent{kind: evAck, stream: id, frame: bytes.Clone(frame)})
 	}
 }
 
@@ -452,56 +270,6 @@ func parseAck(frame []byte, acked uint64, unacked int) (int, error) {
 		return 0, fmt.Errorf("%w: %d batches after %d, with %d awaiting", errBadAck, n, acked, unacked)
 	}
 	return int(n - acked), nil
-}
-
-// streamFailed gives up on st if it is still the current stream: its
-// unacknowledged batches become dead letters (they may or may not have been
-// delivered; they are never resent) and the loop opens a new stream.
-func (p *remotePeer) streamFailed(st transport.Stream, err error) {
-	p.mu.Lock()
-	if p.stream != st {
-		p.mu.Unlock()
-		st.Close()
-		return
-	}
-	p.stream = nil
-	items := p.takeUnackedLocked(nil)
-	p.mu.Unlock()
-	st.Close()
-	p.failItems(items, err)
-	p.signal()
-}
-
-func (p *remotePeer) failItems(items []outItem, err error) {
-	if len(items) == 0 {
-		return
-	}
-	r := p.r
-	if r.ctx.Err() == nil {
-		r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(items)).Err(err).Msg("batches failed; their messages are dead letters")
-	}
-	for i := range items {
-		r.deadLetter(p, p.id, &items[i], DeadLetterSendFailed, err)
-	}
-}
-
-// waitUpTo waits for a signal, or at most d if d > 0.
-func (p *remotePeer) waitUpTo(timer *time.Timer, d time.Duration) {
-	if d <= 0 {
-		p.wait(nil)
-		return
-	}
-	timer.Reset(d)
-	p.wait(timer.C)
-	timer.Stop()
-}
-
-func (p *remotePeer) wait(timeout <-chan time.Time) {
-	select {
-	case <-p.wake:
-	case <-p.r.ctx.Done():
-	case <-timeout:
-	}
 }
 
 // outRing is a FIFO of outItems that grows on demand up to a limit.
@@ -535,28 +303,7 @@ func (q *outRing) pop() outItem {
 	return it
 }
 
-// spare returns an empty slice to take a batch into, reusing one of an
-// acknowledged batch when there is one. Called with p.mu held.
-func (p *remotePeer) spare() []outItem {
-	if n := len(p.free); n > 0 {
-		b := p.free[n-1]
-		p.free[n-1] = nil
-		p.free = p.free[:n-1]
-		return b
-	}
-	return nil
-}
-
-// recycle keeps an acknowledged batch's slice for reuse (cleared, so it
-// pins no messages). Called with p.mu held.
-func (p *remotePeer) recycle(b []outItem) {
-	if len(p.free) < 4 && cap(b) <= p.r.cfg.MaxBatchMessages {
-		clear(b[:cap(b)])
-		p.free = append(p.free, b[:0])
-	}
-}
-
-// take moves up to maxN queued items to dst.
+// take moves queued items to dst until dst holds maxN.
 func (q *outRing) take(dst []outItem, maxN int) []outItem {
 	for q.n > 0 && len(dst) < maxN {
 		dst = append(dst, q.pop())

@@ -283,9 +283,7 @@ func (r *Remote) Stats() Stats {
 	}
 	r.mu.Lock()
 	for _, p := range r.peers {
-		p.mu.Lock()
-		s.Queued += p.q.n + len(p.pending)
-		p.mu.Unlock()
+		s.Queued += p.queued()
 	}
 	r.mu.Unlock()
 	return s
@@ -298,16 +296,15 @@ func (r *Remote) PeerEvent(ev transport.PeerEvent) {
 	switch e := ev.(type) {
 	case transport.PeerUp:
 		if p := r.existingPeer(e.Peer); p != nil {
-			p.mu.Lock()
-			p.up = true
-			p.connID = e.ConnID
-			p.mu.Unlock()
-			p.signal()
+			p.post(outEvent{kind: evPeerUp, conn: e.ConnID})
 		}
 	case transport.PeerDown:
 		if p := r.existingPeer(e.Peer); p != nil {
 			r.log.Info().Str("peer", e.Peer.Short()).Uint64("conn", e.ConnID).AnErr("cause", e.Err).Msg("peer down")
-			p.markDown(DeadLetterPeerDown)
+			p.post(outEvent{kind: evPeerDown})
+			if !r.members().Contains(e.Peer) {
+				r.retire(p)
+			}
 		}
 	}
 }
@@ -335,16 +332,7 @@ func (r *Remote) peerFor(id membership.NodeID) (*remotePeer, DeadLetterReason) {
 		return nil, DeadLetterNotMember
 	}
 	connID, up := r.rpc.ConnID(id)
-	p := &remotePeer{
-		r:         r,
-		id:        id,
-		addr:      id.String(),
-		wake:      make(chan struct{}, 1),
-		up:        up,
-		connID:    connID,
-		downSince: time.Now(),
-		watches:   make(map[watchKey]watchRec),
-	}
+	p := newRemotePeer(r, id, up, connID, time.Now())
 	r.peers[id] = p
 	r.wg.Add(1)
 	go p.run()
@@ -358,8 +346,9 @@ func (r *Remote) retire(p *remotePeer) {
 		delete(r.peers, p.id)
 	}
 	r.mu.Unlock()
-	p.retired.Store(true)
-	p.signal()
+	if !p.retired.Swap(true) {
+		p.post(outEvent{kind: evStop, reason: DeadLetterNotMember})
+	}
 }
 
 // resolve is the actor system's address resolver.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/abcast/abcast/actors/actorkit"
@@ -40,6 +41,7 @@ type rcluster struct {
 	nodes   []*rnode
 	phantom []*membership.Identity // members that never run
 	mem     *transport.MemNetwork
+	bubble  bool
 }
 
 type rclusterOpts struct {
@@ -49,6 +51,20 @@ type rclusterOpts struct {
 	tcfg     func(c *transport.Config)
 	// wrap, if set, wraps node i's transport as its remote sees it.
 	wrap func(i int, rpc transport.RPC) transport.RPC
+	// bubble: the cluster runs in a testing/synctest bubble (see bubble).
+	bubble bool
+}
+
+// bubble runs f with an n-node cluster on the in-memory transport inside a
+// testing/synctest bubble: time is virtual, so timeouts and grace periods
+// pass at once and exactly, and synctest.Wait says when every node has
+// done all it can.
+func bubble(t *testing.T, n int, o rclusterOpts, f func(t *testing.T, c *rcluster)) {
+	t.Helper()
+	synctest.Test(t, func(t *testing.T) {
+		o.mem, o.bubble = true, true
+		f(t, newRCluster(t, n, o))
+	})
 }
 
 // testMessages are the protobuf types the tests send between nodes.
@@ -66,7 +82,7 @@ func remoteLogger(t *testing.T) zerolog.Logger {
 
 func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 	t.Helper()
-	c := &rcluster{t: t}
+	c := &rcluster{t: t, bubble: o.bubble}
 	var members []membership.Member
 	for i := 0; i < n; i++ {
 		id, err := membership.GenerateIdentity(rand.Reader)
@@ -90,13 +106,17 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// A bound socket that never answers: dials to it time out.
-		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
+		addr := fmt.Sprintf("10.0.1.%d:4000", i+1)
+		if !o.mem {
+			// A bound socket that never answers: dials to it time out.
+			pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pc.Close() })
+			addr = pc.LocalAddr().String()
 		}
-		t.Cleanup(func() { pc.Close() })
-		members = append(members, id.Member(pc.LocalAddr().String()))
+		members = append(members, id.Member(addr))
 		c.phantom = append(c.phantom, id)
 	}
 	snap, err := membership.NewSnapshot(1, members...)
@@ -151,6 +171,11 @@ func (c *rcluster) close() {
 	for _, nd := range c.nodes {
 		c.kill(nd)
 	}
+	if c.bubble {
+		// protoactor's dead-letter log throttle keeps a goroutine for its
+		// interval (1 s); the bubble ends only once it is gone.
+		time.Sleep(2 * time.Second)
+	}
 }
 
 // kill stops a node abruptly (remote, transport, socket); its actors
@@ -170,7 +195,7 @@ func (c *rcluster) kill(nd *rnode) {
 // waitMesh waits until every live node sees every other live node up.
 func (c *rcluster) waitMesh() {
 	c.t.Helper()
-	waitUntil(c.t, 20*time.Second, "mesh", func() bool {
+	c.eventually("mesh", func() bool {
 		for _, a := range c.nodes {
 			for _, b := range c.nodes {
 				if a != b && !a.dead && !b.dead && !slices.Contains(a.rpc.Peers(), b.id.ID) {
@@ -182,7 +207,23 @@ func (c *rcluster) waitMesh() {
 	})
 }
 
-// waitUntil polls cond until it holds or timeout passes.
+// eventually checks that cond holds once the cluster has done all it can:
+// in a bubble, when every goroutine is blocked (synctest.Wait); over QUIC,
+// polling for up to 20 s.
+func (c *rcluster) eventually(what string, cond func() bool) {
+	c.t.Helper()
+	if !c.bubble {
+		waitUntil(c.t, 20*time.Second, what, cond)
+		return
+	}
+	synctest.Wait()
+	if !cond() {
+		c.t.Fatalf("%s: not so once everything settled", what)
+	}
+}
+
+// waitUntil polls cond until it holds or timeout passes (for clusters on
+// real QUIC, whose sockets are outside any bubble).
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

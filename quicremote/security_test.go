@@ -87,39 +87,40 @@ func sysTo(t *testing.T, target string, msg proto.Message) *abcastpb.ActorEnvelo
 // the request went to, once; the id that member sees is not the future's
 // own, guessable one.
 func TestSecReplyOnlyFromAskedPeer(t *testing.T) {
-	c := newRCluster(t, 3, rclusterOpts{mem: true})
-	a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
-	c.waitMesh()
-	askers := make(chan *actor.PID, 10)
-	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
-		if _, ok := ctx.Message().(*wrapperspb.StringValue); ok {
-			askers <- ctx.Sender() // and no answer
-		}
-	}), "sink")
-	fut := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "sink"), wrapperspb.String("q"), 30*time.Second)
-	asker := recv(t, askers, 10*time.Second, "the request at b")
+	bubble(t, 3, rclusterOpts{}, func(t *testing.T, c *rcluster) {
+		a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
+		c.waitMesh()
+		askers := make(chan *actor.PID, 10)
+		spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+			if _, ok := ctx.Message().(*wrapperspb.StringValue); ok {
+				askers <- ctx.Sender() // and no answer
+			}
+		}), "sink")
+		fut := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "sink"), wrapperspb.String("q"), 30*time.Second)
+		asker := recv(t, askers, 10*time.Second, "the request at b")
 
-	// x knows the future's own id (ids are a counter) and, say, the id b
-	// saw: neither takes its reply.
-	raw := openRaw(t, x, a)
-	raw.send(envTo(t, fut.PID().Id, wrapperspb.String("forged by future id")))
-	if asker.Id != fut.PID().Id {
-		raw.send(envTo(t, asker.Id, wrapperspb.String("forged by the id b saw")))
-	}
-	// b's answer is taken; a second one is not.
-	b.sys.Root.Send(asker, wrapperspb.String("genuine"))
-	b.sys.Root.Send(asker, wrapperspb.String("second"))
-	res, err := fut.Result()
-	if err != nil || res.(*wrapperspb.StringValue).Value != "genuine" {
-		t.Fatalf("future got %v, %v; want b's genuine answer", res, err)
-	}
-	if asker.Address != a.id.ID.String() || asker.Id == fut.PID().Id || strings.HasPrefix(asker.Id, "future$") || len(asker.Id) < 20 {
-		t.Fatalf("b saw the sender %v for future %v: a guessable future id", asker, fut.PID())
-	}
-	waitUntil(t, 10*time.Second, "three refused replies", func() bool { return a.remote.Stats().ForgedReplies == 3 })
-	if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterRefused] != 3 {
-		t.Fatalf("refused dead letters %d, want 3", s.DeadLetters[quicremote.DeadLetterRefused])
-	}
+		// x knows the future's own id (ids are a counter) and, say, the id b
+		// saw: neither takes its reply.
+		raw := openRaw(t, x, a)
+		raw.send(envTo(t, fut.PID().Id, wrapperspb.String("forged by future id")))
+		if asker.Id != fut.PID().Id {
+			raw.send(envTo(t, asker.Id, wrapperspb.String("forged by the id b saw")))
+		}
+		// b's answer is taken; a second one is not.
+		b.sys.Root.Send(asker, wrapperspb.String("genuine"))
+		b.sys.Root.Send(asker, wrapperspb.String("second"))
+		res, err := fut.Result()
+		if err != nil || res.(*wrapperspb.StringValue).Value != "genuine" {
+			t.Fatalf("future got %v, %v; want b's genuine answer", res, err)
+		}
+		if asker.Address != a.id.ID.String() || asker.Id == fut.PID().Id || strings.HasPrefix(asker.Id, "future$") || len(asker.Id) < 20 {
+			t.Fatalf("b saw the sender %v for future %v: a guessable future id", asker, fut.PID())
+		}
+		c.eventually("three refused replies", func() bool { return a.remote.Stats().ForgedReplies == 3 })
+		if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterRefused] != 3 {
+			t.Fatalf("refused dead letters %d, want 3", s.DeadLetters[quicremote.DeadLetterRefused])
+		}
+	})
 }
 
 // Finding 2: a payload of a type the application did not register is not
@@ -135,45 +136,46 @@ func TestSecHostilePayloadRefusedHeapBounded(t *testing.T) {
 			name = "registered"
 		}
 		t.Run(name, func(t *testing.T) {
-			c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.Config) {
+			bubble(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) {
 				if registered {
 					rc.Messages = []proto.Message{&descriptorpb.FileDescriptorSet{}}
 				}
-			}})
-			a, x := c.nodes[0], c.nodes[1]
-			c.waitMesh()
-			col := spawnCollector(t, a.sys, "col", 10)
-			replies := spawnCollector(t, x.sys, "replies", 10)
-			raw := openRaw(t, x, a)
-			// 1 MiB of empty FileDescriptorProto entries: 512 Ki of them,
-			// about 160 MB decoded.
-			payload := bytes.Repeat([]byte{0x0a, 0x00}, 1<<19)
-			env := &abcastpb.ActorEnvelope{TargetId: "col", SenderId: "replies", TypeName: "google.protobuf.FileDescriptorSet", Payload: payload}
-			runtime.GC()
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			raw.send(env)
-			runtime.ReadMemStats(&after)
-			allocated := after.TotalAlloc - before.TotalAlloc
-			t.Logf("handling a %d-byte hostile payload allocated %d KiB", len(payload), allocated>>10)
-			if allocated > 24<<20 {
-				t.Fatalf("handling a %d-byte payload allocated %d MiB: it was decoded", len(payload), allocated>>20)
-			}
-			if m := recv(t, replies.ch, 10*time.Second, "the sender's dead-letter reply"); !isDeadLetterResponse(m) {
-				t.Fatalf("reply %T", m)
-			}
-			select {
-			case m := <-col.ch:
-				t.Fatalf("hostile payload delivered as %T", m)
-			default:
-			}
-			s := a.remote.Stats()
-			if registered && s.DeadLetters[quicremote.DeadLetterDecodeLimit] != 1 {
-				t.Fatalf("stats %+v: want one decode-limit dead letter", s)
-			}
-			if !registered && (s.UnknownTypes != 1 || s.DeadLetters[quicremote.DeadLetterUndecodable] != 1) {
-				t.Fatalf("stats %+v: want one unknown type", s)
-			}
+			}}, func(t *testing.T, c *rcluster) {
+				a, x := c.nodes[0], c.nodes[1]
+				c.waitMesh()
+				col := spawnCollector(t, a.sys, "col", 10)
+				replies := spawnCollector(t, x.sys, "replies", 10)
+				raw := openRaw(t, x, a)
+				// 1 MiB of empty FileDescriptorProto entries: 512 Ki of them,
+				// about 160 MB decoded.
+				payload := bytes.Repeat([]byte{0x0a, 0x00}, 1<<19)
+				env := &abcastpb.ActorEnvelope{TargetId: "col", SenderId: "replies", TypeName: "google.protobuf.FileDescriptorSet", Payload: payload}
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				raw.send(env)
+				runtime.ReadMemStats(&after)
+				allocated := after.TotalAlloc - before.TotalAlloc
+				t.Logf("handling a %d-byte hostile payload allocated %d KiB", len(payload), allocated>>10)
+				if allocated > 24<<20 {
+					t.Fatalf("handling a %d-byte payload allocated %d MiB: it was decoded", len(payload), allocated>>20)
+				}
+				if m := recv(t, replies.ch, 10*time.Second, "the sender's dead-letter reply"); !isDeadLetterResponse(m) {
+					t.Fatalf("reply %T", m)
+				}
+				select {
+				case m := <-col.ch:
+					t.Fatalf("hostile payload delivered as %T", m)
+				default:
+				}
+				s := a.remote.Stats()
+				if registered && s.DeadLetters[quicremote.DeadLetterDecodeLimit] != 1 {
+					t.Fatalf("stats %+v: want one decode-limit dead letter", s)
+				}
+				if !registered && (s.UnknownTypes != 1 || s.DeadLetters[quicremote.DeadLetterUndecodable] != 1) {
+					t.Fatalf("stats %+v: want one unknown type", s)
+				}
+			})
 		})
 	}
 }
@@ -204,139 +206,142 @@ func (b *budgetRPC) Release(_ membership.NodeID, n int) { b.held.Add(-int64(n)) 
 // take is refused undecoded, and everything charged is given back.
 func TestSecDecodedCopiesChargedToPeerBudget(t *testing.T) {
 	budget := &budgetRPC{limit: 16 << 10}
-	c := newRCluster(t, 2, rclusterOpts{mem: true, wrap: func(i int, rpc transport.RPC) transport.RPC {
+	bubble(t, 2, rclusterOpts{wrap: func(i int, rpc transport.RPC) transport.RPC {
 		if i == 0 {
 			budget.RPC = rpc
 			return budget
 		}
 		return rpc
-	}})
-	a, x := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	col := spawnCollector(t, a.sys, "col", 10)
-	raw := openRaw(t, x, a)
-	raw.send(envTo(t, "col", wrapperspb.String("small")), envTo(t, "col", wrapperspb.String(strings.Repeat("x", 64<<10))))
-	if m := recv(t, col.ch, 10*time.Second, "the small message"); m.(*wrapperspb.StringValue).Value != "small" {
-		t.Fatalf("got %v", m)
-	}
-	select {
-	case m := <-col.ch:
-		t.Fatalf("message beyond the peer's budget delivered (%d bytes)", len(m.(*wrapperspb.StringValue).Value))
-	default:
-	}
-	if budget.reserved.Load() == 0 || budget.refused.Load() != 1 || budget.held.Load() != 0 {
-		t.Fatalf("reserved %d, refused %d, still held %d", budget.reserved.Load(), budget.refused.Load(), budget.held.Load())
-	}
-	if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterDecodeLimit]; n != 1 {
-		t.Fatalf("%d decode-limit dead letters, want 1", n)
-	}
+	}}, func(t *testing.T, c *rcluster) {
+		a, x := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		col := spawnCollector(t, a.sys, "col", 10)
+		raw := openRaw(t, x, a)
+		raw.send(envTo(t, "col", wrapperspb.String("small")), envTo(t, "col", wrapperspb.String(strings.Repeat("x", 64<<10))))
+		if m := recv(t, col.ch, 10*time.Second, "the small message"); m.(*wrapperspb.StringValue).Value != "small" {
+			t.Fatalf("got %v", m)
+		}
+		select {
+		case m := <-col.ch:
+			t.Fatalf("message beyond the peer's budget delivered (%d bytes)", len(m.(*wrapperspb.StringValue).Value))
+		default:
+		}
+		if budget.reserved.Load() == 0 || budget.refused.Load() != 1 || budget.held.Load() != 0 {
+			t.Fatalf("reserved %d, refused %d, still held %d", budget.reserved.Load(), budget.refused.Load(), budget.held.Load())
+		}
+		if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterDecodeLimit]; n != 1 {
+			t.Fatalf("%d decode-limit dead letters, want 1", n)
+		}
+	})
 }
 
 // Finding 7a: an actor the node hides, and its descendants, cannot be
 // reached from peers; a sibling whose name merely starts the same can.
 func TestSecHiddenActorsUnreachable(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true})
-	a, x := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	parent := spawnNamed(t, a.sys, actor.PropsFromFunc(func(ctx actor.Context) {
-		switch m := ctx.Message().(type) {
-		case *actor.Started:
-			ctx.SpawnNamed(echoProps(nil), "child")
-		case *wrapperspb.StringValue:
-			ctx.Respond(m)
+	bubble(t, 2, rclusterOpts{}, func(t *testing.T, c *rcluster) {
+		a, x := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		parent := spawnNamed(t, a.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+			switch m := ctx.Message().(type) {
+			case *actor.Started:
+				ctx.SpawnNamed(echoProps(nil), "child")
+			case *wrapperspb.StringValue:
+				ctx.Respond(m)
+			}
+		}), "internal")
+		spawnNamed(t, a.sys, echoProps(nil), "internalx")
+		c.eventually("the child", func() bool {
+			_, ok := a.sys.ProcessRegistry.GetLocal("internal/child")
+			return ok
+		})
+		a.remote.Hide(parent)
+		ask := func(id string) error {
+			_, err := x.sys.Root.RequestFuture(x.remote.PID(a.id.ID, id), wrapperspb.String("hi"), 10*time.Second).Result()
+			return err
 		}
-	}), "internal")
-	spawnNamed(t, a.sys, echoProps(nil), "internalx")
-	waitUntil(t, 10*time.Second, "the child", func() bool {
-		_, ok := a.sys.ProcessRegistry.GetLocal("internal/child")
-		return ok
+		for _, id := range []string{"internal", "internal/child"} {
+			if err := ask(id); !errors.Is(err, actor.ErrDeadLetter) {
+				t.Fatalf("request to hidden %s: %v, want a dead letter", id, err)
+			}
+		}
+		if err := ask("internalx"); err != nil {
+			t.Fatalf("request to internalx, not hidden: %v", err)
+		}
+		// Watching a hidden actor ends at once, as for one that does not exist.
+		watch, terms := termWatcher(t, x.sys)
+		watch(x.remote.PID(a.id.ID, "internal"))
+		if m := recv(t, terms, 10*time.Second, "Terminated for the hidden actor"); m.Why != actor.TerminatedReason_NotFound {
+			t.Fatalf("got %v", m)
+		}
+		if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterHidden] != 3 {
+			t.Fatalf("hidden dead letters %d, want 3", s.DeadLetters[quicremote.DeadLetterHidden])
+		}
+		// The node's own actors still reach it.
+		if res := request(t, a.sys, parent, wrapperspb.String("local")); res.(*wrapperspb.StringValue).Value != "local" {
+			t.Fatalf("local request: %v", res)
+		}
+		a.remote.Unhide(parent)
+		if err := ask("internal/child"); err != nil {
+			t.Fatalf("after Unhide: %v", err)
+		}
 	})
-	a.remote.Hide(parent)
-	ask := func(id string) error {
-		_, err := x.sys.Root.RequestFuture(x.remote.PID(a.id.ID, id), wrapperspb.String("hi"), 10*time.Second).Result()
-		return err
-	}
-	for _, id := range []string{"internal", "internal/child"} {
-		if err := ask(id); !errors.Is(err, actor.ErrDeadLetter) {
-			t.Fatalf("request to hidden %s: %v, want a dead letter", id, err)
-		}
-	}
-	if err := ask("internalx"); err != nil {
-		t.Fatalf("request to internalx, not hidden: %v", err)
-	}
-	// Watching a hidden actor ends at once, as for one that does not exist.
-	watch, terms := termWatcher(t, x.sys)
-	watch(x.remote.PID(a.id.ID, "internal"))
-	if m := recv(t, terms, 10*time.Second, "Terminated for the hidden actor"); m.Why != actor.TerminatedReason_NotFound {
-		t.Fatalf("got %v", m)
-	}
-	if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterHidden] != 3 {
-		t.Fatalf("hidden dead letters %d, want 3", s.DeadLetters[quicremote.DeadLetterHidden])
-	}
-	// The node's own actors still reach it.
-	if res := request(t, a.sys, parent, wrapperspb.String("local")); res.(*wrapperspb.StringValue).Value != "local" {
-		t.Fatalf("local request: %v", res)
-	}
-	a.remote.Unhide(parent)
-	if err := ask("internal/child"); err != nil {
-		t.Fatalf("after Unhide: %v", err)
-	}
 }
 
 // Finding 7b: a member cannot end another member's watch with a forged
 // Terminated (as a system message or a user message), watch or unwatch on
 // behalf of another node, or stop actors it did not spawn.
 func TestSecSystemMessagesNeedRights(t *testing.T) {
-	c := newRCluster(t, 3, rclusterOpts{mem: true})
-	a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
-	c.waitMesh()
-	spawnNamed(t, b.sys, echoProps(nil), "w")
-	var watcherID string
-	terms := make(chan *actor.Terminated, 10)
-	watched := make(chan struct{})
-	wpid := spawnNamed(t, a.sys, actor.PropsFromFunc(func(ctx actor.Context) {
-		switch m := ctx.Message().(type) {
-		case *actor.Started:
-			ctx.Watch(actor.NewPID(b.id.ID.String(), "w"))
-			close(watched)
-		case *actor.Terminated:
-			terms <- m
+	bubble(t, 3, rclusterOpts{}, func(t *testing.T, c *rcluster) {
+		a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
+		c.waitMesh()
+		spawnNamed(t, b.sys, echoProps(nil), "w")
+		var watcherID string
+		terms := make(chan *actor.Terminated, 10)
+		watched := make(chan struct{})
+		wpid := spawnNamed(t, a.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+			switch m := ctx.Message().(type) {
+			case *actor.Started:
+				ctx.Watch(actor.NewPID(b.id.ID.String(), "w"))
+				close(watched)
+			case *actor.Terminated:
+				terms <- m
+			}
+		}), "watcher")
+		watcherID = wpid.Id
+		<-watched
+		request(t, a.sys, a.remote.PID(b.id.ID, "w"), wrapperspb.String("sync")) // the Watch is at b
+		for _, name := range []string{"victim", "victim2"} {
+			spawnNamed(t, a.sys, echoProps(nil), name)
 		}
-	}), "watcher")
-	watcherID = wpid.Id
-	<-watched
-	request(t, a.sys, a.remote.PID(b.id.ID, "w"), wrapperspb.String("sync")) // the Watch is at b
-	for _, name := range []string{"victim", "victim2"} {
-		spawnNamed(t, a.sys, echoProps(nil), name)
-	}
 
-	raw := openRaw(t, x, a)
-	bw := &actor.PID{Address: b.id.ID.String(), Id: "w"}
-	raw.send(
-		sysTo(t, watcherID, &actor.Terminated{Who: bw, Why: actor.TerminatedReason_Stopped}),
-		envTo(t, watcherID, &actor.Terminated{Who: bw, Why: actor.TerminatedReason_Stopped}),
-		sysTo(t, "victim", &actor.Stop{}),
-		envTo(t, "victim2", &actor.PoisonPill{}),
-		// A watch for b's actor, and an unwatch of a's own watcher.
-		sysTo(t, "victim", &actor.Watch{Watcher: bw}),
-		sysTo(t, "victim", &actor.Unwatch{Watcher: bw}),
-	)
-	for _, name := range []string{"victim", "victim2"} {
-		if res := request(t, a.sys, a.sys.NewLocalPID(name), wrapperspb.String("alive?")); res.(*wrapperspb.StringValue).Value != "alive?" {
-			t.Fatalf("%s: %v", name, res)
+		raw := openRaw(t, x, a)
+		bw := &actor.PID{Address: b.id.ID.String(), Id: "w"}
+		raw.send(
+			sysTo(t, watcherID, &actor.Terminated{Who: bw, Why: actor.TerminatedReason_Stopped}),
+			envTo(t, watcherID, &actor.Terminated{Who: bw, Why: actor.TerminatedReason_Stopped}),
+			sysTo(t, "victim", &actor.Stop{}),
+			envTo(t, "victim2", &actor.PoisonPill{}),
+			// A watch for b's actor, and an unwatch of a's own watcher.
+			sysTo(t, "victim", &actor.Watch{Watcher: bw}),
+			sysTo(t, "victim", &actor.Unwatch{Watcher: bw}),
+		)
+		for _, name := range []string{"victim", "victim2"} {
+			if res := request(t, a.sys, a.sys.NewLocalPID(name), wrapperspb.String("alive?")); res.(*wrapperspb.StringValue).Value != "alive?" {
+				t.Fatalf("%s: %v", name, res)
+			}
 		}
-	}
-	select {
-	case m := <-terms:
-		t.Fatalf("forged Terminated reached the watcher: %v", m)
-	default:
-	}
-	// The real one still comes, once.
-	b.sys.Root.Stop(b.sys.NewLocalPID("w"))
-	expectTerms(t, terms, 1, actor.TerminatedReason_Stopped)
-	if s := a.remote.Stats(); s.RefusedSystem != 6 || s.DeadLetters[quicremote.DeadLetterRefused] != 6 {
-		t.Fatalf("refused system messages %d (dead letters %d), want 6", s.RefusedSystem, s.DeadLetters[quicremote.DeadLetterRefused])
-	}
+		select {
+		case m := <-terms:
+			t.Fatalf("forged Terminated reached the watcher: %v", m)
+		default:
+		}
+		// The real one still comes, once.
+		b.sys.Root.Stop(b.sys.NewLocalPID("w"))
+		expectTerms(t, terms, 1, actor.TerminatedReason_Stopped)
+		if s := a.remote.Stats(); s.RefusedSystem != 6 || s.DeadLetters[quicremote.DeadLetterRefused] != 6 {
+			t.Fatalf("refused system messages %d (dead letters %d), want 6", s.RefusedSystem, s.DeadLetters[quicremote.DeadLetterRefused])
+		}
+	})
 }
 
 // capturedMailbox spawns props with a default (unbounded) mailbox and
@@ -363,50 +368,51 @@ func capturedMailbox(props *actor.Props) (*actor.Props, func() actor.Mailbox) {
 // sender sees, while messages to other actors flow again.
 func TestSecBacklogBoundsTargetMailbox(t *testing.T) {
 	const backlog = 100
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.Config) {
+	bubble(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) {
 		rc.MaxTargetBacklog = backlog
 		rc.BacklogWait = 200 * time.Millisecond
-	}})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	defer unblock()
-	props, mailbox := capturedMailbox(actor.PropsFromFunc(func(ctx actor.Context) {
-		if _, ok := ctx.Message().(*wrapperspb.Int64Value); ok {
-			<-release
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		release := make(chan struct{})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		defer unblock()
+		props, mailbox := capturedMailbox(actor.PropsFromFunc(func(ctx actor.Context) {
+			if _, ok := ctx.Message().(*wrapperspb.Int64Value); ok {
+				<-release
+			}
+		}))
+		spawnNamed(t, b.sys, props, "stuck")
+		col := spawnCollector(t, b.sys, "col", 10)
+		const n = 3000
+		stuck := a.remote.PID(b.id.ID, "stuck")
+		for i := 0; i < n; i++ {
+			a.sys.Root.Send(stuck, wrapperspb.Int64(int64(i)))
 		}
-	}))
-	spawnNamed(t, b.sys, props, "stuck")
-	col := spawnCollector(t, b.sys, "col", 10)
-	const n = 3000
-	stuck := a.remote.PID(b.id.ID, "stuck")
-	for i := 0; i < n; i++ {
-		a.sys.Root.Send(stuck, wrapperspb.Int64(int64(i)))
-	}
-	a.sys.Root.Send(a.remote.PID(b.id.ID, "col"), wrapperspb.String("behind the flood"))
-	recv(t, col.ch, 20*time.Second, "a message to another actor")
-	if _, err := a.sys.Root.RequestFuture(stuck, wrapperspb.Int64(-1), 10*time.Second).Result(); !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("request to the stuck actor: %v, want a dead letter", err)
-	}
-	queued := mailbox().UserMessageCount()
-	s := b.remote.Stats()
-	t.Logf("stuck mailbox %d, busy dead letters %d, stalls %d", queued, s.DeadLetters[quicremote.DeadLetterTargetBusy], s.BacklogStalls)
-	if queued > backlog+1 {
-		t.Fatalf("stuck actor's mailbox holds %d messages, bound %d", queued, backlog)
-	}
-	if s.DeadLetters[quicremote.DeadLetterTargetBusy] == 0 || s.BacklogStalls == 0 {
-		t.Fatalf("stats %+v", s)
-	}
-	// Once it drains, it is reachable again.
-	unblock()
-	waitUntil(t, 10*time.Second, "the mailbox to drain", func() bool { return mailbox().UserMessageCount() == 0 })
-	a.sys.Root.Send(stuck, wrapperspb.String("after")) // not an Int64: it does not block
-	spawnNamed(t, b.sys, echoProps(nil), "echo")
-	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("sync"))
-	waitUntil(t, 10*time.Second, "delivery to the drained actor", func() bool {
-		return b.remote.Stats().Received > uint64(backlog)
+		a.sys.Root.Send(a.remote.PID(b.id.ID, "col"), wrapperspb.String("behind the flood"))
+		recv(t, col.ch, 20*time.Second, "a message to another actor")
+		if _, err := a.sys.Root.RequestFuture(stuck, wrapperspb.Int64(-1), 10*time.Second).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("request to the stuck actor: %v, want a dead letter", err)
+		}
+		queued := mailbox().UserMessageCount()
+		s := b.remote.Stats()
+		t.Logf("stuck mailbox %d, busy dead letters %d, stalls %d", queued, s.DeadLetters[quicremote.DeadLetterTargetBusy], s.BacklogStalls)
+		if queued > backlog+1 {
+			t.Fatalf("stuck actor's mailbox holds %d messages, bound %d", queued, backlog)
+		}
+		if s.DeadLetters[quicremote.DeadLetterTargetBusy] == 0 || s.BacklogStalls == 0 {
+			t.Fatalf("stats %+v", s)
+		}
+		// Once it drains, it is reachable again.
+		unblock()
+		c.eventually("the mailbox to drain", func() bool { return mailbox().UserMessageCount() == 0 })
+		a.sys.Root.Send(stuck, wrapperspb.String("after")) // not an Int64: it does not block
+		spawnNamed(t, b.sys, echoProps(nil), "echo")
+		request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("sync"))
+		c.eventually("delivery to the drained actor", func() bool {
+			return b.remote.Stats().Received > uint64(backlog)
+		})
 	})
 }
 
@@ -414,30 +420,31 @@ func TestSecBacklogBoundsTargetMailbox(t *testing.T) {
 // stream at once (counted), and the batches it was to acknowledge become
 // dead letters.
 func TestSecLongAckFailsStream(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.Config) {
+	bubble(t, 2, rclusterOpts{remote: func(i int, rc *quicremote.Config) {
 		if i == 1 {
 			rc.Protocol = "actor/elsewhere"
 		}
-	}})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
-		if _, err := s.Recv(); err != nil {
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
+			if _, err := s.Recv(); err != nil {
+				return nil
+			}
+			long := append(protowire.AppendVarint(nil, 1), make([]byte, 64<<10)...)
+			_ = s.Send(ctx, long)
+			<-ctx.Done()
 			return nil
+		}, 0); err != nil {
+			t.Fatal(err)
 		}
-		long := append(protowire.AppendVarint(nil, 1), make([]byte, 64<<10)...)
-		_ = s.Send(ctx, long)
-		<-ctx.Done()
-		return nil
-	}, 0); err != nil {
-		t.Fatal(err)
-	}
-	_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "anyone"), wrapperspb.String("q"), 30*time.Second).Result()
-	if !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("request answered by a long acknowledgement: %v", err)
-	}
-	waitUntil(t, 10*time.Second, "the bad acknowledgement counted", func() bool {
-		s := a.remote.Stats()
-		return s.BadAcks == 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 1
+		_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "anyone"), wrapperspb.String("q"), 30*time.Second).Result()
+		if !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("request answered by a long acknowledgement: %v", err)
+		}
+		c.eventually("the bad acknowledgement counted", func() bool {
+			s := a.remote.Stats()
+			return s.BadAcks == 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 1
+		})
 	})
 }
