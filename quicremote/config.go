@@ -140,6 +140,13 @@ type Config struct {
 	// only actors it spawned here (SpawnNamed); other Stops and
 	// PoisonPills are refused (DeadLetterRefused, RefusedSystem).
 	AllowRemoteStop bool
+
+	// MaxSpawnsPerPeer bounds the actors one member may have spawned on
+	// this node (SpawnNamed) and alive at once; its further requests are
+	// refused (ErrSpawnRefused at the requester) until some stop. Each is
+	// a full actor, so this bounds what a member can make the node hold
+	// through remote spawning; 0 refuses every remote spawn. Default 1,024.
+	MaxSpawnsPerPeer int
 }
 
 // DefaultConfig returns the documented defaults.
@@ -157,6 +164,7 @@ func DefaultConfig() Config {
 		MaxDecodedElements: 1 << 16,
 		MaxTargetBacklog:   4096,
 		BacklogWait:        2 * time.Second,
+		MaxSpawnsPerPeer:   1024,
 	}
 }
 
@@ -177,6 +185,7 @@ func (c Config) Validate() error {
 	check(c.ConnectGrace >= 0, "ConnectGrace %v must not be negative", c.ConnectGrace)
 	check(c.MaxDecodedBytes > 0, "MaxDecodedBytes %d must be positive", c.MaxDecodedBytes)
 	check(c.MaxDecodedElements > 0, "MaxDecodedElements %d must be positive", c.MaxDecodedElements)
+	check(c.MaxSpawnsPerPeer >= 0, "MaxSpawnsPerPeer %d must not be negative", c.MaxSpawnsPerPeer)
 	check(c.MaxTargetBacklog > 0, "MaxTargetBacklog %d must be positive", c.MaxTargetBacklog)
 	check(c.BacklogWait >= 0 && c.BacklogWait < c.SendTimeout, "BacklogWait %v must be in [0, SendTimeout %v)", c.BacklogWait, c.SendTimeout)
 	for i, m := range c.Messages {
@@ -197,7 +206,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// DeadLetterReason says why the remote gave up on a message.
+// DeadLetterReason says why the remote gave up on a message. The values
+// travel between nodes (RemoteDeadLetter): new ones are only appended.
 type DeadLetterReason int
 
 const (
@@ -237,11 +247,14 @@ const (
 	// MaxDecodedBytes or MaxDecodedElements, or beyond what the peer's
 	// memory budget has left.
 	DeadLetterDecodeLimit
+	// DeadLetterNotFound: an incoming message was for an actor that does
+	// not exist on this node.
+	DeadLetterNotFound
 	numDeadLetterReasons
 )
 
 var deadLetterReasonNames = [...]string{"queue full", "peer down", "unreachable", "send failed", "not a member", "unserializable", "closed", "undecodable",
-	"hidden", "refused", "target busy", "decode limit"}
+	"hidden", "refused", "target busy", "decode limit", "no such actor"}
 
 func (r DeadLetterReason) String() string {
 	if r >= 0 && int(r) < len(deadLetterReasonNames) {
@@ -306,6 +319,9 @@ type Stats struct {
 	BacklogStalls uint64
 	// BadAcks counts acknowledgement frames that were not a valid count.
 	BadAcks uint64
+	// EndpointEventsDropped counts EndpointConnected/EndpointTerminated
+	// events dropped because EventStream subscribers fell behind.
+	EndpointEventsDropped uint64
 	// Queued is the number of messages waiting in outbound queues right now.
 	Queued int
 }

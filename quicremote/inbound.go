@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/proto/abcastpb"
 )
 
 // serveStream serves one peer's stream of batches (one per connection,
@@ -253,6 +254,9 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	case strings.HasPrefix(id, replyAliasPrefix):
 		in.deliverReply(&m)
 		return
+	case id == activatorID && !env.system:
+		in.deliverSpawn(&m)
+		return
 	case strings.HasPrefix(id, futurePrefix):
 		// A future is answered through its alias only; the one system
 		// message for it is a Terminated ending its watch (StopFuture),
@@ -270,7 +274,14 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		}
 		hidden = true
 	}
-	m.proc, _ = r.system.ProcessRegistry.GetLocal(id)
+	var found bool
+	m.proc, found = r.system.ProcessRegistry.GetLocal(id)
+	if !found && !env.system && !hidden {
+		// Refused here rather than by the dead-letter process, so that
+		// the sender learns why.
+		in.refuse(&m, nil, DeadLetterNotFound, nil)
+		return
+	}
 	if !env.system && !hidden {
 		if mb := mailboxOf(m.proc); mb != nil && !in.awaitBacklog(ctx, id, mb) {
 			in.refuse(&m, nil, DeadLetterTargetBusy, nil)
@@ -290,7 +301,11 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		in.deliverSystem(&m, msg)
 		return
 	}
-	switch msg.(type) {
+	switch v := msg.(type) {
+	case *abcastpb.RemoteDeadLetter:
+		// A peer's refusal, for an actor here that asked: protoactor's
+		// own answer.
+		msg = &actor.DeadLetterResponse{Target: &actor.PID{Address: in.peerAddr, Id: v.TargetId}}
 	case *actor.Watch, *actor.Unwatch, *actor.Terminated, *actor.Stop:
 		// An actor sees these in Receive like the system's own: as user
 		// messages they would be a forged watch or termination.
@@ -359,7 +374,7 @@ func (in *inStream) refuse(m *incoming, msg any, reason DeadLetterReason, err er
 		return
 	}
 	if m.sender != nil && !m.env.system {
-		r.system.Root.Send(m.sender, &actor.DeadLetterResponse{Target: m.target})
+		r.system.Root.Send(m.sender, remoteDeadLetterReply(m.target, reason))
 	}
 }
 
@@ -411,6 +426,15 @@ func (in *inStream) deliverReply(m *incoming) {
 		return
 	}
 	defer in.r.rpc.Release(in.peer, cost)
+	if dl, ok := msg.(*abcastpb.RemoteDeadLetter); ok {
+		// The peer refused the request: the future fails as with
+		// protoactor's own dead letters, and Result can say why.
+		target := &actor.PID{Address: in.peerAddr, Id: dl.TargetId}
+		if !a.done.Load() {
+			in.r.noteFutureFailed(a.future, in.peer, target, reasonFromWire(dl.Reason), true)
+		}
+		msg = &actor.DeadLetterResponse{Target: target}
+	}
 	if m.sender != nil || len(m.env.header) > 0 {
 		msg = &actor.MessageEnvelope{Header: m.env.header, Message: msg, Sender: m.sender}
 	}
@@ -470,9 +494,25 @@ func (in *inStream) deliverSystem(m *incoming, msg any) {
 }
 
 // mayStop reports whether peer may stop (Stop, PoisonPill) the local actor
-// id.
+// id: with AllowRemoteStop, or if it spawned the actor or an ancestor.
 func (r *Remote) mayStop(peer membership.NodeID, id string) bool {
-	return r.cfg.AllowRemoteStop
+	return r.cfg.AllowRemoteStop || r.spawnedBy(peer, id)
+}
+
+// deliverSpawn serves a peer's ActorSpawnRequest and answers its sender.
+func (in *inStream) deliverSpawn(m *incoming) {
+	msg, cost, ok := in.decode(m)
+	if !ok {
+		return
+	}
+	in.r.rpc.Release(in.peer, cost)
+	req, isReq := msg.(*abcastpb.ActorSpawnRequest)
+	if !isReq || m.sender == nil {
+		in.refuse(m, msg, DeadLetterRefused, errors.New("the remote takes only spawn requests with a sender"))
+		return
+	}
+	in.r.ctr.received.Add(1)
+	in.r.system.Root.Send(m.sender, in.r.spawnFor(in.peer, req))
 }
 
 // sendSystem sends a system message to pid, local or remote.

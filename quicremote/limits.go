@@ -14,17 +14,22 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/abcast/abcast/proto/abcastpb"
 )
 
 // What a peer may make this node decode, and where it may deliver.
 
 // ---- accepted protobuf types ----
 
-// builtinMessages are the protoactor messages the remote itself carries:
-// watches, stops, dead-letter answers, and PIDs (a common reply).
+// builtinMessages are the protoactor messages the remote itself carries
+// (watches, stops, dead-letter answers, and PIDs, a common reply) and the
+// remote's own.
 var builtinMessages = []proto.Message{
 	&actor.Watch{}, &actor.Unwatch{}, &actor.Terminated{}, &actor.Stop{},
 	&actor.PoisonPill{}, &actor.DeadLetterResponse{}, &actor.PID{},
+	// The remote's own: remote spawn and dead letters with reasons.
+	&abcastpb.ActorSpawnRequest{}, &abcastpb.ActorSpawnResponse{}, &abcastpb.RemoteDeadLetter{},
 }
 
 // typeRegistry is the set of protobuf types peers may send, by full name.
@@ -146,9 +151,10 @@ func (r *Remote) Unhide(pid *actor.PID) {
 
 // internalProcess reports protoactor's own processes, which peers never
 // reach: the event stream (a peer would publish on it), guardians (a user
-// message makes one panic) and the dead-letter process.
+// message makes one panic) and the dead-letter process; and the remote's
+// own (reservedPrefix).
 func internalProcess(id string) bool {
-	return id == "eventstream" || id == "deadletter" || strings.HasPrefix(id, "guardian$")
+	return id == "eventstream" || id == "deadletter" || strings.HasPrefix(id, "guardian$") || strings.HasPrefix(id, reservedPrefix)
 }
 
 // ---- decoding cost ----

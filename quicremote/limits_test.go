@@ -2,6 +2,7 @@ package quicremote
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"math/rand"
 	"runtime"
@@ -182,6 +183,42 @@ func FuzzScanCost(f *testing.F) {
 		}
 		if perr := unmarshalOpts.Unmarshal(data, m); perr == nil {
 			t.Fatalf("walk says %v, protobuf decodes %x", err, data)
+		}
+	})
+}
+
+// FuzzJSONDeserialize: any payload either decodes as encoding/json decodes
+// it, or is refused (over the limits, or not JSON for the type); the value
+// count never undercounts the elements a decoded slice gets.
+func FuzzJSONDeserialize(f *testing.F) {
+	type item struct {
+		A string
+		B []int
+		C map[string]*item
+	}
+	js := NewJSONSerializer(3)
+	if err := js.Register("item", &item{}); err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{`{"A":"x","B":[1,2,3],"C":{"k":{"A":"y"}}}`, `[]`, `{"A":"\"[,{"}`, `{"B":[` + strings.Repeat("0,", 100) + `0]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msg, err := js.Deserialize("item", data)
+		n, cerr := jsonValues(data)
+		if cerr != nil {
+			if err == nil {
+				t.Fatalf("decoded past the limits: %v", cerr)
+			}
+			return
+		}
+		var want item
+		werr := json.Unmarshal(data, &want)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("decoded %v with %v; encoding/json: %v", msg, err, werr)
+		}
+		if err == nil && len(msg.(*item).B) > n {
+			t.Fatalf("%d elements from %d counted values", len(msg.(*item).B), n)
 		}
 	})
 }

@@ -170,7 +170,7 @@ func (p *remotePeer) perform(fx *outEffects, out []outEvent) []outEvent {
 	for _, rec := range fx.watchEnds {
 		r.addressTerminated(rec.watcher, rec.watchee)
 	}
-	r.failFutures(futures)
+	r.failFutures(futures, fx.failReason)
 	r.ctr.sent.Add(fx.sent)
 	r.ctr.batches.Add(fx.batches)
 	r.ctr.ackTimeouts.Add(fx.ackTimeouts)

@@ -164,6 +164,7 @@ type outEffects struct {
 	enq          enqResult // evEnqueue's outcome
 	wake         bool      // evEnqueue: the loop may be idle and must look
 	failFutures  bool
+	failReason   DeadLetterReason
 	close        []uint64
 	dead         []deadBatch
 	watchEnds    []watchRec
@@ -319,7 +320,7 @@ func (c *outCore) stop(reason DeadLetterReason, fx *outEffects) {
 // encoding and the queue, in that order (the order they were sent), ends
 // every watch and fails the futures.
 func (c *outCore) giveUpAll(reason DeadLetterReason, fx *outEffects) {
-	fx.failFutures = true
+	fx.failFutures, fx.failReason = true, reason
 	var items []outItem
 	if c.stream != 0 {
 		fx.close = append(fx.close, c.stream)

@@ -32,9 +32,13 @@ import (
 // # Start-up order
 //
 //  1. Create the actor system (actorkit.NewActorSystem).
-//  2. New.
-//  3. Create the transport with the remote's PeerEvent as its EventFunc (or
-//     call PeerEvent from your own EventFunc).
+//  2. New; register what peers may send (Config.Messages,
+//     RegisterMessages, serializers) and the kinds they may spawn
+//     (Register).
+//  3. Create the transport and pass it the remote's PeerEvent (as its
+//     EventFunc, or from your own). The transport may exist and connect
+//     before the remote: events before Start are ignored, and Start reads
+//     the transport's view instead.
 //  4. Start(rpc), before spawning any actor whose PID will travel: a PID's
 //     address is fixed when it is spawned, and one spawned earlier says
 //     "nonhost", which no other node can reach.
@@ -58,7 +62,9 @@ import (
 // may not have been delivered, and are never resent, so nothing is
 // delivered twice — and the loop opens a new stream, which the receiver
 // orders after the old one (ActorBatch epoch): a straggler of the old
-// stream is dropped rather than delivered out of order.
+// stream is dropped rather than delivered out of order. (These decisions
+// are made by pure state machines, outCore, orderCore and inCore; the
+// loops only perform them.)
 //
 // Messages are serialized on the send loop, straight into the batch, so
 // the sending actor pays only for queueing; a message must therefore not
@@ -67,7 +73,8 @@ import (
 // stays unreachable for ConnectGrace make dead letters, each counted by
 // reason (Stats, OnDeadLetter) and published as an *actor.DeadLetterEvent,
 // so a requester gets a DeadLetterResponse and its future fails with
-// actor.ErrDeadLetter instead of timing out.
+// actor.ErrDeadLetter instead of timing out. Remote.Result tells such a
+// future's caller why (*DeadLetterError).
 //
 // The receiver hands each message to the local process without blocking
 // on it: a full bounded mailbox refuses it (its own dead letter), the
@@ -77,17 +84,18 @@ import (
 // most BacklogWait per batch; then that message and the next ones to it
 // (until it drains below the bound) become DeadLetterTargetBusy dead
 // letters the sender sees, and the peer's other messages flow again. A
-// message that is undecodable, of a type peers may not send, or beyond
-// the decoding limits is counted, answered with a DeadLetterResponse to
-// its sender, and skipped; the rest of the batch is delivered and the
-// connection stays up.
+// message for an actor that does not exist, that is undecodable, of a type
+// peers may not send, or beyond the decoding limits is counted, answered
+// to its sender with the reason (RemoteDeadLetter, which the sender's
+// remote turns into a DeadLetterResponse), and skipped; the rest of the
+// batch is delivered and the connection stays up.
 //
 // # Who may send what
 //
 // Every member may send user messages to every actor of this node except:
 //   - actors hidden with Hide, and their descendants (DeadLetterHidden);
 //     protoactor's own processes (event stream, guardians, dead letters)
-//     are never reachable;
+//     and the remote's ("quicremote$" ids) are never reachable;
 //   - local futures: a request whose sender is a local future travels
 //     with a reply alias instead of the future's guessable id; the alias
 //     takes one reply, only from the member the request was sent to.
@@ -107,10 +115,26 @@ import (
 // for a watcher on the sending member, on an actor it may reach (a hidden
 // one answers Terminated NotFound, as if it did not exist); Terminated only
 // for an actor of the sending member, ending a watch this node recorded on
-// it; Stop (and PoisonPill) only with Config.AllowRemoteStop. protoactor's
-// system message types sent as user messages are refused, because an actor
-// cannot tell them from the real ones. Refusals are counted
-// (RefusedSystem, DeadLetterRefused).
+// it; Stop (and PoisonPill) only for actors the sending member spawned here
+// (SpawnNamed) and their children, or any actor with
+// Config.AllowRemoteStop. protoactor's system message types sent as user
+// messages are refused, because an actor cannot tell them from the real
+// ones. Refusals are counted (RefusedSystem, DeadLetterRefused).
+//
+// # Watches and failures
+//
+// Watch, Unwatch, Terminated and Stop travel as system messages, PoisonPill
+// as a user message, so Stop/Poison/StopFuture/PoisonFuture work across
+// nodes (where allowed). The remote records every watch a local actor (or
+// future) makes on a remote actor. When that peer's connection goes down,
+// the peer restarts, or it stays unreachable, each recorded watch ends
+// exactly once with Terminated{Why: AddressTerminated}; a Terminated the
+// peer sends later for a watch already ended this way is dropped
+// (StaleTerminated). Local futures whose requests went to that peer and
+// are still unanswered are completed at once with a DeadLetterResponse
+// (actor.ErrDeadLetter; DeadLetterPeerDown for Result). Connections coming
+// up and going down are published on the actor system's EventStream as
+// *EndpointConnected and *EndpointTerminated.
 type Remote struct {
 	system  *actor.ActorSystem
 	self    membership.NodeID
@@ -134,9 +158,12 @@ type Remote struct {
 
 	procs sync.Map // address string -> *remoteProcess
 
-	replies replyTable
-	types   typeRegistry // protobuf types peers may send
-	hidden  hiddenSet
+	replies   replyTable
+	types     typeRegistry // protobuf types peers may send
+	hidden    hiddenSet
+	spawns    spawnTable
+	reasons   reasonTable
+	endpoints endpointEvents
 
 	ctr remoteCounters
 }
@@ -185,6 +212,7 @@ func New(system *actor.ActorSystem, self membership.NodeID, members func() membe
 		orders:  make(map[membership.NodeID]*inboundOrder),
 	}
 	r.types.init(cfg.Messages)
+	r.endpoints.wake = make(chan struct{}, 1)
 	r.sers = append(append(r.sers, cfg.Serializers...), protoSerializer{&r.types})
 	for _, s := range r.sers {
 		r.serByID[s.ID()] = s
@@ -229,8 +257,19 @@ func (r *Remote) Start(rpc transport.RPC) error {
 	r.rpc = rpc
 	r.system.ProcessRegistry.Address = r.addr
 	r.system.ProcessRegistry.RegisterAddressResolver(r.resolve)
+	r.system.ProcessRegistry.Add(spawnWatcher{r}, spawnWatcherID)
 	r.system.Extensions.Register(r)
 	r.started = true
+	// The transport may have connected before the remote existed: its
+	// view now is the start of the endpoint events (later events that it
+	// already shows are not reported twice).
+	for _, peer := range rpc.Peers() {
+		if conn, up := rpc.ConnID(peer); up {
+			r.endpoints.noteUp(peer, conn)
+		}
+	}
+	r.wg.Add(1)
+	go r.publishEndpoints()
 	r.log.Info().Str("protocol", r.cfg.Protocol).Msg("remote started")
 	return nil
 }
@@ -277,6 +316,8 @@ func (r *Remote) Stats() Stats {
 		RefusedSystem:     r.ctr.refusedSystem.Load(),
 		BacklogStalls:     r.ctr.backlogStalls.Load(),
 		BadAcks:           r.ctr.badAcks.Load(),
+
+		EndpointEventsDropped: r.endpoints.droppedCount(),
 	}
 	for i := range s.DeadLetters {
 		s.DeadLetters[i] = r.ctr.dead[i].Load()
@@ -292,14 +333,17 @@ func (r *Remote) Stats() Stats {
 // PeerEvent tells the remote about the transport's peer events; it is an
 // EventFunc. It never blocks: the work a PeerDown causes (dead letters,
 // AddressTerminated, failed futures) runs on that peer's send loop.
+//
+// Events that come before Start are ignored: Start reads the transport's
+// view instead.
 func (r *Remote) PeerEvent(ev transport.PeerEvent) {
 	switch e := ev.(type) {
 	case transport.PeerUp:
-		if p := r.existingPeer(e.Peer); p != nil {
+		if p := r.noteEndpoint(e.Peer, e.ConnID, true, nil); p != nil {
 			p.post(outEvent{kind: evPeerUp, conn: e.ConnID})
 		}
 	case transport.PeerDown:
-		if p := r.existingPeer(e.Peer); p != nil {
+		if p := r.noteEndpoint(e.Peer, e.ConnID, false, e.Err); p != nil {
 			r.log.Info().Str("peer", e.Peer.Short()).Uint64("conn", e.ConnID).AnErr("cause", e.Err).Msg("peer down")
 			p.post(outEvent{kind: evPeerDown})
 			if !r.members().Contains(e.Peer) {
@@ -307,6 +351,22 @@ func (r *Remote) PeerEvent(ev transport.PeerEvent) {
 			}
 		}
 	}
+}
+
+// noteEndpoint queues the endpoint event, if the remote has started, and
+// returns the peer's state if there is one.
+func (r *Remote) noteEndpoint(peer membership.NodeID, conn uint64, up bool, err error) *remotePeer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.started {
+		return nil
+	}
+	if up {
+		r.endpoints.noteUp(peer, conn)
+	} else {
+		r.endpoints.noteDown(peer, conn, err)
+	}
+	return r.peers[peer]
 }
 
 func (r *Remote) existingPeer(id membership.NodeID) *remotePeer {
@@ -469,10 +529,13 @@ func (r *Remote) deadLetter(p *remotePeer, node membership.NodeID, it *outItem, 
 		return
 	}
 	sender := it.sender
-	if it.alias != nil && !it.alias.claim() {
+	switch {
+	case it.alias != nil && !it.alias.claim():
 		// Answered already (the peer went down and failed it): the
 		// future has its one result.
 		sender = nil
+	case sender != nil && !it.system && isLocalFuture(r, sender):
+		r.noteFutureFailed(sender, node, it.target, reason, false)
 	}
 	r.system.EventStream.Publish(&actor.DeadLetterEvent{PID: it.target, Message: it.msg, Sender: sender})
 }

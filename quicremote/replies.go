@@ -157,11 +157,12 @@ func (r *Remote) failingAliases(peer membership.NodeID) []*replyAlias {
 	return out[:n]
 }
 
-// failFutures answers each alias's future with a dead letter.
-func (r *Remote) failFutures(as []*replyAlias) {
+// failFutures answers each alias's future with a dead letter, for reason.
+func (r *Remote) failFutures(as []*replyAlias, reason DeadLetterReason) {
 	for _, a := range as {
 		if proc, ok := r.system.ProcessRegistry.GetLocal(a.future.Id); ok {
 			r.ctr.failedFutures.Add(1)
+			r.noteFutureFailed(a.future, a.peer, nil, reason, false)
 			proc.SendUserMessage(a.future, &actor.DeadLetterResponse{})
 		}
 	}

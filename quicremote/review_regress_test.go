@@ -108,7 +108,7 @@ func reviewNewStreamFirstBatchNotLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s1.Send(ctx, appendBatchTags(env("nobody", "no.such.Type", nil), 1, 0)); err != nil {
+	if err := s1.Send(ctx, appendBatchTags(env(pid.Id, "no.such.Type", nil), 1, 0)); err != nil {
 		t.Fatal(err)
 	}
 	synctest.Wait() // b holds the turn, stuck in OnDeadLetter
