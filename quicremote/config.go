@@ -38,8 +38,10 @@ type Config struct {
 	// MaxBatchMessages and MaxBatchBytes bound one batch (one frame on the
 	// peer's stream). The send loop takes whatever is queued up to these
 	// bounds, so batches stay small when traffic is light (low latency) and
-	// grow under load. MaxBatchBytes must not exceed the transport's
-	// MaxFrameSize; a message whose encoding alone exceeds it becomes a
+	// grow under load. The receiver refuses batches beyond its own bounds
+	// (a larger frame is refused by the transport before it is read, and
+	// the stream is reset), so every node must use the same values.
+	// MaxBatchBytes must not exceed the transport's MaxFrameSize; a message whose encoding alone exceeds it becomes a
 	// dead letter (DeadLetterUnserializable, ErrMessageTooLarge). Defaults
 	// 4,096 messages and 256 KiB (smaller batches pipeline better: the
 	// receiver decodes one while the next is on the wire; examples/

@@ -27,6 +27,9 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 	if r.closed.Load() {
 		return errClosedRemote
 	}
+	// A batch is at most MaxBatchBytes (every node uses the same): the
+	// transport refuses a larger frame before reading it.
+	s.SetRecvLimit(r.cfg.MaxBatchBytes)
 	// Closing the remote ends its incoming streams.
 	stopOnClose := context.AfterFunc(r.ctx, s.Close)
 	defer stopOnClose()

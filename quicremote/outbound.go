@@ -203,6 +203,9 @@ func (p *remotePeer) open(id uint64) outEvent {
 		}
 		return outEvent{kind: evOpened, stream: id, err: err}
 	}
+	// Acknowledgements are a varint each: the transport refuses anything
+	// longer before reading it.
+	st.SetRecvLimit(maxAckSize)
 	p.streams[id] = st
 	r.wg.Add(1)
 	go p.readAcks(id, st)
@@ -239,7 +242,8 @@ func (p *remotePeer) readAcks(id uint64, st transport.Stream) {
 			p.post(outEvent{kind: evStreamFailed, stream: id, err: fmt.Errorf("reading from %s: %w", p.id.Short(), err)})
 			return
 		}
-		// The frame is the transport's until the next Recv.
+		// The frame is the transport's until the next Recv; the receive
+		// limit keeps it short, and the copy stays short even without.
 		if len(frame) > maxAckSize {
 			frame = frame[:maxAckSize+1]
 		}

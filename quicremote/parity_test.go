@@ -155,6 +155,7 @@ func TestRemoteDeadLetterReasons(t *testing.T) {
 		// Waiting on a member that goes down.
 		spawnNamed(t, b.sys, actor.PropsFromFunc(func(actor.Context) {}), "silent")
 		f := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "silent"), wrapperspb.String("?"), time.Minute)
+		time.Sleep(10 * time.Millisecond) // delivered and acknowledged
 		synctest.Wait()
 		c.mem.Disconnect(a.id.ID, b.id.ID)
 		var dl *quicremote.DeadLetterError

@@ -137,6 +137,10 @@ func TestSecHostilePayloadRefusedHeapBounded(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			bubble(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) {
+				// Batches as large as the hostile one pass the
+				// transport: the remote's own decoding limits are
+				// under test.
+				rc.MaxBatchBytes = 2 << 20
 				if registered {
 					rc.Messages = []proto.Message{&descriptorpb.FileDescriptorSet{}}
 				}
@@ -416,9 +420,11 @@ func TestSecBacklogBoundsTargetMailbox(t *testing.T) {
 	})
 }
 
-// Finding 8: an acknowledgement is a varint; anything longer fails the
-// stream at once (counted), and the batches it was to acknowledge become
-// dead letters.
+// Finding 8: an acknowledgement is a varint. One longer than that is
+// refused by the transport before it is read (the remote sets the ack
+// direction's receive limit), anything else that is not one varint fails
+// the stream at once, counted; either way the batches it was to
+// acknowledge become dead letters.
 func TestSecLongAckFailsStream(t *testing.T) {
 	bubble(t, 2, rclusterOpts{remote: func(i int, rc *quicremote.Config) {
 		if i == 1 {
@@ -427,24 +433,34 @@ func TestSecLongAckFailsStream(t *testing.T) {
 	}}, func(t *testing.T, c *rcluster) {
 		a, b := c.nodes[0], c.nodes[1]
 		c.waitMesh()
+		var streams atomic.Int32
 		if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
 			if _, err := s.Recv(); err != nil {
 				return nil
 			}
-			long := append(protowire.AppendVarint(nil, 1), make([]byte, 64<<10)...)
-			_ = s.Send(ctx, long)
+			ack := append(protowire.AppendVarint(nil, 1), make([]byte, 64<<10)...) // a 64 KiB "acknowledgement"
+			if streams.Add(1) > 1 {
+				ack = ack[:2] // two bytes: not one varint
+			}
+			_ = s.Send(ctx, ack)
 			<-ctx.Done()
 			return nil
 		}, 0); err != nil {
 			t.Fatal(err)
 		}
-		_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "anyone"), wrapperspb.String("q"), 30*time.Second).Result()
-		if !errors.Is(err, actor.ErrDeadLetter) {
-			t.Fatalf("request answered by a long acknowledgement: %v", err)
+		for i := range 2 {
+			_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "anyone"), wrapperspb.String("q"), 30*time.Second).Result()
+			if !errors.Is(err, actor.ErrDeadLetter) {
+				t.Fatalf("request %d answered by a bad acknowledgement: %v", i, err)
+			}
 		}
-		c.eventually("the bad acknowledgement counted", func() bool {
+		oversized := a.rpc.(*transport.MemTransport).Stats(b.id.ID).OversizedFrames
+		c.eventually("the bad acknowledgements counted", func() bool {
 			s := a.remote.Stats()
-			return s.BadAcks == 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 1
+			return s.BadAcks == 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 2
 		})
+		if oversized != 1 {
+			t.Fatalf("the 64 KiB acknowledgement: %d oversized frames counted by the transport, want 1", oversized)
+		}
 	})
 }
