@@ -296,7 +296,9 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		return
 	}
 	defer r.rpc.Release(in.peer, cost)
-	if hidden {
+	if _, ends := msg.(*actor.Terminated); hidden && !ends {
+		// A hidden actor still learns that an actor it watches ended
+		// (deliverSystem checks the watch); nothing else reaches it.
 		in.refuse(&m, msg, DeadLetterHidden, nil)
 		return
 	}

@@ -135,6 +135,11 @@ func (h *hiddenSet) covers(id string) bool {
 // exactly as if it did not exist. Local actors reach it as before. Hide
 // only the actors the node uses internally; it may be called at any time,
 // also before the actor is spawned.
+//
+// A hidden actor can still send to peers, watch their actors (their
+// Terminated reaches it) and ask them with RequestFuture (a future is not
+// hidden), but answers to its own Request (ctx.Request with itself as
+// sender) are refused like any other message to it.
 func (r *Remote) Hide(pid *actor.PID) {
 	if pid != nil && pid.Id != "" {
 		r.hidden.change(pid.Id, true)

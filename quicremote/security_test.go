@@ -280,6 +280,24 @@ func TestSecHiddenActorsUnreachable(t *testing.T) {
 		if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterHidden] != 3 {
 			t.Fatalf("hidden dead letters %d, want 3", s.DeadLetters[quicremote.DeadLetterHidden])
 		}
+		// A hidden actor still learns that an actor it watches ended.
+		hiddenTerms := make(chan *actor.Terminated, 1)
+		watcher := spawnNamed(t, a.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+			switch m := ctx.Message().(type) {
+			case *actor.PID:
+				ctx.Watch(m)
+				ctx.Respond(m)
+			case *actor.Terminated:
+				hiddenTerms <- m
+			}
+		}), "internal/watcher")
+		watched := spawnNamed(t, x.sys, echoProps(nil), "watched")
+		request(t, a.sys, watcher, a.remote.PID(x.id.ID, watched.Id))
+		request(t, a.sys, a.remote.PID(x.id.ID, watched.Id), wrapperspb.String("sync")) // the Watch is at x
+		x.sys.Root.Stop(watched)
+		if m := recv(t, hiddenTerms, 10*time.Second, "Terminated at the hidden watcher"); m.Who.Id != watched.Id || m.Why != actor.TerminatedReason_Stopped {
+			t.Fatalf("hidden watcher got %v", m)
+		}
 		// The node's own actors still reach it.
 		if res := request(t, a.sys, parent, wrapperspb.String("local")); res.(*wrapperspb.StringValue).Value != "local" {
 			t.Fatalf("local request: %v", res)
