@@ -37,15 +37,18 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 		r: r, peer: peer, peerAddr: peer.String(), connID: s.ConnID(), order: r.orderFor(peer),
 		dec: &batchDecoder{r: r}, core: inCore{cfg: inConfigOf(&r.cfg)}, kick: make(chan struct{}, 1),
 	}
-	ackCtx, cancelAcks := context.WithCancel(ctx)
+	// The writer stops when the handler returns, after any acknowledgement
+	// it is writing: cancelling that write would reset the stream with a
+	// code of its own before the handler's error reached the peer.
+	stopAcks := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		in.writeAcks(ackCtx, s)
+		in.writeAcks(ctx, stopAcks, s)
 	}()
 	defer func() {
-		cancelAcks()
+		close(stopAcks)
 		wg.Wait()
 	}()
 	for {
@@ -91,10 +94,10 @@ type inStream struct {
 	kick   chan struct{}
 }
 
-// writeAcks writes the stream's acknowledgements until ctx ends or a
-// write fails: the ones inCore wanted at once, and the delayed ones when
-// their time comes.
-func (in *inStream) writeAcks(ctx context.Context, s transport.Stream) {
+// writeAcks writes the stream's acknowledgements until stop is closed, ctx
+// (the handler's) ends or a write fails: the ones inCore wanted at once,
+// and the delayed ones when their time comes.
+func (in *inStream) writeAcks(ctx context.Context, stop <-chan struct{}, s transport.Stream) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -103,6 +106,8 @@ func (in *inStream) writeAcks(ctx context.Context, s transport.Stream) {
 		select {
 		case <-in.kick:
 		case <-timer.C:
+		case <-stop:
+			return
 		case <-ctx.Done():
 			return
 		}
