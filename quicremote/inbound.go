@@ -87,6 +87,10 @@ type inStream struct {
 	order    *inboundOrder
 	dec      *batchDecoder
 
+	// credit is reserved from the peer's budget (RPC.Reserve) and not
+	// charged to a decoded message now; it is given back after each batch.
+	credit int
+
 	mu     sync.Mutex
 	core   inCore
 	ackNow bool // an acknowledgement of ackN waits for writeAcks
@@ -162,6 +166,7 @@ func (in *inStream) handleBatch(ctx context.Context, frame []byte) error {
 	// batch, which must wait anyway. The turn is handed on even if a
 	// delivery panics (an OnDeadLetter hook, say).
 	defer in.order.done()
+	defer in.releaseCredit()
 	in.mu.Lock()
 	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{})
 	in.mu.Unlock()
@@ -234,6 +239,45 @@ func (o *inboundOrder) done() {
 	o.mu.Unlock()
 }
 
+// chargeChunk is how much of the peer's budget a stream reserves at a
+// time for decoded messages: the transport's budget is behind a lock, and
+// reserving each message's few hundred bytes on its own cost more than
+// decoding it. At most this much is reserved beyond what is held, per
+// stream, until the end of the batch.
+const chargeChunk = 64 << 10
+
+// charge takes n bytes for a decoded message from the stream's credit,
+// reserving more from the peer's budget when it runs short; false if the
+// budget cannot take them.
+func (in *inStream) charge(n int) bool {
+	if n <= in.credit {
+		in.credit -= n
+		return true
+	}
+	need := n - in.credit
+	if in.r.rpc.Reserve(in.peer, max(need, chargeChunk)) {
+		in.credit += max(need, chargeChunk) - n
+		return true
+	}
+	if in.r.rpc.Reserve(in.peer, need) {
+		in.credit = 0
+		return true
+	}
+	return false
+}
+
+// uncharge gives n charged bytes back to the credit once the message is
+// handed on.
+func (in *inStream) uncharge(n int) { in.credit += n }
+
+// releaseCredit gives the credit back to the peer's budget.
+func (in *inStream) releaseCredit() {
+	if in.credit > 0 {
+		in.r.rpc.Release(in.peer, in.credit)
+		in.credit = 0
+	}
+}
+
 // incoming is one envelope being delivered.
 type incoming struct {
 	env    *rawEnvelope
@@ -300,7 +344,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	if !ok {
 		return
 	}
-	defer r.rpc.Release(in.peer, cost)
+	defer in.uncharge(cost)
 	if _, ends := msg.(*actor.Terminated); hidden && !ends {
 		// A hidden actor still learns that an actor it watches ended
 		// (deliverSystem checks the watch); nothing else reaches it.
@@ -340,14 +384,14 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 func (in *inStream) decode(m *incoming) (msg any, cost int, ok bool) {
 	r := in.r
 	plan, err := in.dec.plan(m.env)
-	if err == nil && !r.rpc.Reserve(in.peer, plan.cost) {
+	if err == nil && !in.charge(plan.cost) {
 		err = fmt.Errorf("%w: %d bytes decoded exceed what %s's memory budget has left", errDecodeLimit, plan.cost, in.peer.Short())
 	}
 	if err == nil {
 		if msg, err = in.dec.finish(&plan, m.env); err == nil {
 			return msg, plan.cost, true
 		}
-		r.rpc.Release(in.peer, plan.cost)
+		in.uncharge(plan.cost)
 	}
 	reason := DeadLetterUndecodable
 	switch {
@@ -435,7 +479,7 @@ func (in *inStream) deliverReply(m *incoming) {
 	if !ok {
 		return
 	}
-	defer in.r.rpc.Release(in.peer, cost)
+	defer in.uncharge(cost)
 	if dl, ok := msg.(*abcastpb.RemoteDeadLetter); ok {
 		// The peer refused the request: the future fails as with
 		// protoactor's own dead letters, and Result can say why.
@@ -515,7 +559,7 @@ func (in *inStream) deliverSpawn(m *incoming) {
 	if !ok {
 		return
 	}
-	in.r.rpc.Release(in.peer, cost)
+	in.uncharge(cost)
 	req, isReq := msg.(*abcastpb.ActorSpawnRequest)
 	if !isReq || m.sender == nil {
 		in.refuse(m, msg, DeadLetterRefused, errors.New("the remote takes only spawn requests with a sender"))
@@ -545,11 +589,18 @@ func (r *Remote) endWatch(peer membership.NodeID, who, watcher *actor.PID) bool 
 func (in *inStream) awaitBacklog(ctx context.Context, id string, mb actor.Mailbox) bool {
 	ev := inEvent{kind: inBacklog, target: id}
 	pause := 100 * time.Microsecond
+	limit := in.r.cfg.MaxTargetBacklog
 	for {
 		ev.queued = mb.UserMessageCount()
+		// The core reads the time only at the bound; below it, the
+		// clock (tens of nanoseconds a message) is not read.
+		var now time.Time
+		if ev.queued >= limit {
+			now = time.Now()
+		}
 		var fx inEffects
 		in.mu.Lock()
-		in.core.Step(&ev, time.Now(), &fx)
+		in.core.Step(&ev, now, &fx)
 		in.mu.Unlock()
 		if fx.stall {
 			in.r.ctr.backlogStalls.Add(1)

@@ -131,6 +131,7 @@ const (
 	inBatchStart inEventKind = iota
 	// inBacklog: a user message for target, whose mailbox holds queued
 	// user messages; retry says the shell already waited for this one.
+	// Below the bound the time is not used (the shell may pass zero).
 	inBacklog
 	// inBatchDone: a batch was handled.
 	inBatchDone

@@ -32,11 +32,42 @@ var builtinMessages = []proto.Message{
 	&abcastpb.ActorSpawnRequest{}, &abcastpb.ActorSpawnResponse{}, &abcastpb.RemoteDeadLetter{},
 }
 
-// typeRegistry is the set of protobuf types peers may send, by full name.
-// Readers never lock: the map is replaced on every change.
+// typeRegistry is the set of protobuf types peers may send, by full name,
+// with the struct size of every message type they contain (for costScan).
+// Readers never lock: the maps are replaced on every change.
 type typeRegistry struct {
 	mu sync.Mutex
-	m  atomic.Pointer[map[string]protoreflect.MessageType]
+	m  atomic.Pointer[typeMaps]
+}
+
+type typeMaps struct {
+	types map[string]*typeInfo
+	sizes map[protoreflect.FullName]int
+}
+
+// typeInfo is one type peers may send. A flat type (no message, repeated
+// or map fields) decodes to its struct plus at most its strings and
+// unknown bytes, so its cost is known from the payload's length alone,
+// without walking it.
+type typeInfo struct {
+	mt     protoreflect.MessageType
+	flat   bool
+	size   int // struct size
+	fields int
+}
+
+// flatCost bounds what a flat type's payload of n bytes decodes to.
+func (ti *typeInfo) flatCost(n int) int { return ti.size + ti.size/8 + 2*n + 8*ti.fields + 64 }
+
+func newTypeInfo(mt protoreflect.MessageType) *typeInfo {
+	md := mt.Descriptor()
+	ti := &typeInfo{mt: mt, flat: true, size: structSize(md), fields: md.Fields().Len()}
+	for i := range ti.fields {
+		if f := md.Fields().Get(i); f.Message() != nil || f.IsList() || f.IsMap() {
+			ti.flat = false
+		}
+	}
+	return ti
 }
 
 func (t *typeRegistry) init(extra []proto.Message) {
@@ -47,10 +78,13 @@ func (t *typeRegistry) init(extra []proto.Message) {
 func (t *typeRegistry) add(msgs ...proto.Message) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	next := make(map[string]protoreflect.MessageType)
+	next := typeMaps{types: make(map[string]*typeInfo), sizes: make(map[protoreflect.FullName]int)}
 	if old := t.m.Load(); old != nil {
-		for k, v := range *old {
-			next[k] = v
+		for k, v := range old.types {
+			next.types[k] = v
+		}
+		for k, v := range old.sizes {
+			next.sizes[k] = v
 		}
 	}
 	for _, m := range msgs {
@@ -58,23 +92,47 @@ func (t *typeRegistry) add(msgs ...proto.Message) {
 			continue
 		}
 		mt := m.ProtoReflect().Type()
-		next[string(mt.Descriptor().FullName())] = mt
+		next.types[string(mt.Descriptor().FullName())] = newTypeInfo(mt)
+		addSizes(mt.Descriptor(), next.sizes)
 	}
 	t.m.Store(&next)
 }
 
-// lookup returns the accepted type named name, or nil.
-func (t *typeRegistry) lookup(name string) protoreflect.MessageType {
+// addSizes records the struct size of md and of every message type its
+// fields contain.
+func addSizes(md protoreflect.MessageDescriptor, sizes map[protoreflect.FullName]int) {
+	if _, done := sizes[md.FullName()]; done {
+		return
+	}
+	sizes[md.FullName()] = structSize(md)
+	fields := md.Fields()
+	for i := range fields.Len() {
+		if sub := fields.Get(i).Message(); sub != nil {
+			addSizes(sub, sizes)
+		}
+	}
+}
+
+// sizes returns the struct sizes of the registered types.
+func (t *typeRegistry) sizes() map[protoreflect.FullName]int {
 	if m := t.m.Load(); m != nil {
-		return (*m)[name]
+		return m.sizes
+	}
+	return nil
+}
+
+// lookup returns the accepted type named name, or nil.
+func (t *typeRegistry) lookup(name string) *typeInfo {
+	if m := t.m.Load(); m != nil {
+		return m.types[name]
 	}
 	return nil
 }
 
 // lookupBytes is lookup without allocating a string.
-func (t *typeRegistry) lookupBytes(name []byte) protoreflect.MessageType {
+func (t *typeRegistry) lookupBytes(name []byte) *typeInfo {
 	if m := t.m.Load(); m != nil {
-		return (*m)[string(name)]
+		return m.types[string(name)]
 	}
 	return nil
 }
@@ -185,12 +243,14 @@ type decodeCost struct{ bytes, elems int }
 type costScan struct {
 	decodeCost
 	maxBytes, maxElems int
+	sizes              map[protoreflect.FullName]int // struct sizes known beforehand
 }
 
 // scanCost returns what decoding b as md would cost, or an error wrapping
 // errDecodeLimit past maxBytes or maxElems, or a malformed-payload error.
-func scanCost(md protoreflect.MessageDescriptor, b []byte, maxBytes, maxElems int) (decodeCost, error) {
-	s := costScan{maxBytes: maxBytes, maxElems: maxElems}
+// sizes, if not nil, holds the struct sizes of md's message types.
+func scanCost(md protoreflect.MessageDescriptor, b []byte, maxBytes, maxElems int, sizes map[protoreflect.FullName]int) (decodeCost, error) {
+	s := costScan{maxBytes: maxBytes, maxElems: maxElems, sizes: sizes}
 	err := s.message(md, b, 0, false)
 	return s.decodeCost, err
 }
@@ -224,7 +284,10 @@ func (s *costScan) message(md protoreflect.MessageDescriptor, b []byte, depth in
 		return fmt.Errorf("%w: nested deeper than %d", errMalformed, maxDecodeDepth)
 	}
 	if !entry {
-		size := structSize(md)
+		size, known := s.sizes[md.FullName()]
+		if !known {
+			size = structSize(md)
+		}
 		if err := s.add(size+size/8, 1); err != nil {
 			return err
 		}

@@ -65,15 +65,13 @@ func (p *remotePeer) post(ev outEvent) {
 
 // enqueue queues it for the peer; it never blocks.
 func (p *remotePeer) enqueue(it *outItem) enqResult {
-	var fx outEffects
-	ev := outEvent{kind: evEnqueue, item: *it}
 	p.mu.Lock()
-	p.core.Step(&ev, time.Time{}, &fx)
+	res, wake := p.core.enqueue(it)
 	p.mu.Unlock()
-	if fx.wake {
+	if wake {
 		p.signal()
 	}
-	return fx.enq
+	return res
 }
 
 // takeWatch ends the record of watcher's watch on the peer's actor
@@ -282,7 +280,7 @@ type outRing struct {
 	head, n int
 }
 
-func (q *outRing) push(it outItem, limit int) bool {
+func (q *outRing) push(it *outItem, limit int) bool {
 	if q.n >= limit {
 		return false
 	}
@@ -294,7 +292,7 @@ func (q *outRing) push(it outItem, limit int) bool {
 		}
 		q.buf, q.head = nb, 0
 	}
-	q.buf[(q.head+q.n)%len(q.buf)] = it
+	q.buf[(q.head+q.n)%len(q.buf)] = *it
 	q.n++
 	return true
 }

@@ -137,9 +137,9 @@ const (
 // evEnqueue allocates nothing.
 type outEvent struct {
 	kind   outEventKind
-	item   outItem // evEnqueue
-	conn   uint64  // evPeerUp, evOpened
-	stream uint64  // evOpened, evEncoded, evWritten, evAck, evStreamFailed
+	item   *outItem // evEnqueue (copied into the queue)
+	conn   uint64   // evPeerUp, evOpened
+	stream uint64   // evOpened, evEncoded, evWritten, evAck, evStreamFailed
 	batch  []outItem
 	rest   []outItem
 	frame  []byte
@@ -228,7 +228,7 @@ func (c *outCore) Step(ev *outEvent, now time.Time, fx *outEffects) {
 	}
 	switch ev.kind {
 	case evEnqueue:
-		c.enqueue(&ev.item, fx)
+		fx.enq, fx.wake = c.enqueue(ev.item)
 		return // the loop decides on its own round
 	case evPeerUp:
 		c.up, c.conn, c.downSince = true, ev.conn, time.Time{}
@@ -252,11 +252,13 @@ func (c *outCore) Step(ev *outEvent, now time.Time, fx *outEffects) {
 
 // enqueue queues it, keeping the watch records in step with the Watch
 // and Unwatch messages that pass (a Watch that finds the queue full is
-// recorded all the same, so that its dead letter ends it).
-func (c *outCore) enqueue(it *outItem, fx *outEffects) {
+// recorded all the same, so that its dead letter ends it). wake says the
+// queue was empty: the loop may be idle. It is evEnqueue's Step, which
+// senders call directly: one per message, it must not build an event or
+// effects.
+func (c *outCore) enqueue(it *outItem) (res enqResult, wake bool) {
 	if c.stopped {
-		fx.enq = enqStopped
-		return
+		return enqStopped, false
 	}
 	if it.system {
 		switch m := it.msg.(type) {
@@ -270,12 +272,10 @@ func (c *outCore) enqueue(it *outItem, fx *outEffects) {
 			}
 		}
 	}
-	if !c.q.push(*it, c.cfg.queueCapacity) {
-		fx.enq = enqFull
-		return
+	if !c.q.push(it, c.cfg.queueCapacity) {
+		return enqFull, false
 	}
-	fx.enq = enqOK
-	fx.wake = c.q.n == 1
+	return enqOK, c.q.n == 1
 }
 
 // takeWatch ends the record of watcher's watch on the peer's actor

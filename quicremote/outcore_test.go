@@ -105,7 +105,7 @@ func (h *outHarness) step(ev outEvent) *outEffects {
 func (h *outHarness) enqueue(system bool, msg any) enqResult {
 	h.t.Helper()
 	it := outItem{target: &actor.PID{Id: "t"}, msg: msg, system: system}
-	return h.step(outEvent{kind: evEnqueue, item: it}).enq
+	return h.step(outEvent{kind: evEnqueue, item: &it}).enq
 }
 
 func (h *outHarness) send() enqResult {

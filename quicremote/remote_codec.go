@@ -62,11 +62,11 @@ func (protoSerializer) Serialize(msg any) (string, []byte, error) {
 // Deserialize decodes data as typeName if peers may send that type. The
 // remote's own decoder does the same after checking the decoding limits.
 func (s protoSerializer) Deserialize(typeName string, data []byte) (any, error) {
-	mt := s.types.lookup(typeName)
-	if mt == nil {
+	ti := s.types.lookup(typeName)
+	if ti == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownMessageType, typeName)
 	}
-	m := mt.New().Interface()
+	m := ti.mt.New().Interface()
 	if err := unmarshalOpts.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("quicremote: decoding %s: %w", typeName, err)
 	}

@@ -499,6 +499,10 @@ type batchDecoder struct {
 	envs   []rawEnvelope
 	lastID []byte
 	target *actor.PID
+	// The type looked up last: a batch's messages are mostly of a few
+	// types. Registered types are never removed, so it stays valid.
+	lastName []byte
+	lastInfo *typeInfo
 }
 
 // typeName resolves the envelope's type name against the batch's table.
@@ -534,10 +538,22 @@ func (d *batchDecoder) plan(env *rawEnvelope) (decodePlan, error) {
 	p := decodePlan{name: name}
 	cfg := &d.r.cfg
 	if env.serializer == protoSerializerID {
-		if p.mt = d.r.types.lookupBytes(name); p.mt == nil {
-			return p, fmt.Errorf("%w: %q is not a type peers may send", ErrUnknownMessageType, name)
+		ti := d.lastInfo
+		if ti == nil || !bytes.Equal(name, d.lastName) {
+			if ti = d.r.types.lookupBytes(name); ti == nil {
+				return p, fmt.Errorf("%w: %q is not a type peers may send", ErrUnknownMessageType, name)
+			}
+			d.lastName, d.lastInfo = append(d.lastName[:0], name...), ti
 		}
-		c, err := scanCost(p.mt.Descriptor(), env.payload, cfg.MaxDecodedBytes, cfg.MaxDecodedElements)
+		p.mt = ti.mt
+		if ti.flat {
+			p.cost = ti.flatCost(len(env.payload))
+			if p.cost > cfg.MaxDecodedBytes {
+				return p, fmt.Errorf("quicremote: decoding %s: %w: about %d bytes, MaxDecodedBytes %d", name, errDecodeLimit, p.cost, cfg.MaxDecodedBytes)
+			}
+			return p, nil
+		}
+		c, err := scanCost(p.mt.Descriptor(), env.payload, cfg.MaxDecodedBytes, cfg.MaxDecodedElements, d.r.types.sizes())
 		if err != nil {
 			return p, fmt.Errorf("quicremote: decoding %s: %w", name, err)
 		}

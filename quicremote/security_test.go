@@ -230,7 +230,7 @@ func TestSecDecodedCopiesChargedToPeerBudget(t *testing.T) {
 			t.Fatalf("message beyond the peer's budget delivered (%d bytes)", len(m.(*wrapperspb.StringValue).Value))
 		default:
 		}
-		if budget.reserved.Load() == 0 || budget.refused.Load() != 1 || budget.held.Load() != 0 {
+		if budget.reserved.Load() == 0 || budget.refused.Load() == 0 || budget.held.Load() != 0 {
 			t.Fatalf("reserved %d, refused %d, still held %d", budget.reserved.Load(), budget.refused.Load(), budget.held.Load())
 		}
 		if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterDecodeLimit]; n != 1 {
