@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/abcast/abcast/membership"
 )
@@ -37,8 +38,10 @@ type Config struct {
 	// MaxBatchMessages and MaxBatchBytes bound one batch (one frame on the
 	// peer's stream). The send loop takes whatever is queued up to these
 	// bounds, so batches stay small when traffic is light (low latency) and
-	// grow under load. MaxBatchBytes must not exceed the transport's
-	// MaxFrameSize; a message whose encoding alone exceeds it becomes a
+	// grow under load. The receiver refuses batches beyond its own bounds
+	// (a larger frame is refused by the transport before it is read, and
+	// the stream is reset), so every node must use the same values.
+	// MaxBatchBytes must not exceed the transport's MaxFrameSize; a message whose encoding alone exceeds it becomes a
 	// dead letter (DeadLetterUnserializable, ErrMessageTooLarge). Defaults
 	// 4,096 messages and 256 KiB (smaller batches pipeline better: the
 	// receiver decodes one while the next is on the wire; examples/
@@ -76,8 +79,8 @@ type Config struct {
 
 	// Serializers are tried in order for every outgoing message; the first
 	// that does not return ErrUnsupportedMessage encodes it, and its ID
-	// travels with the message. The protobuf serializer (ID 0) is always
-	// appended last. IDs must be unique.
+	// travels with the message. The built-in protobuf serializer (ID 0,
+	// reserved) is always appended last. IDs must be unique.
 	Serializers []Serializer
 
 	// OnDeadLetter, if set, is told about every message the remote could not
@@ -87,6 +90,65 @@ type Config struct {
 	// *actor.DeadLetterEvent is published as well, so a sender waiting for a
 	// reply gets a DeadLetterResponse.
 	OnDeadLetter func(DeadLetter)
+
+	// Messages are the protobuf types peers may send to this node (each
+	// value only names its type), beside protoactor's own messages the
+	// remote carries (Watch, Unwatch, Terminated, Stop, PoisonPill,
+	// DeadLetterResponse, PID); Remote.RegisterMessages adds more later. A
+	// payload of any other type is refused undecoded (UnknownTypes,
+	// DeadLetterUndecodable): decoding whatever type a peer names would let
+	// it pick a type that costs far more memory decoded than on the wire
+	// (the program links descriptorpb, whose FileDescriptorSet of empty
+	// entries decodes to ~155 times its size). Default none.
+	Messages []proto.Message
+
+	// MaxDecodedBytes and MaxDecodedElements bound one incoming message
+	// decoded: its estimated size in memory (Go structs, strings, slices
+	// with their growth slack) and its elements (messages, nested ones
+	// included, repeated elements, map entries), both counted from the wire
+	// bytes before anything is allocated. A message past either is refused
+	// (DeadLetterDecodeLimit). The estimate is also charged to the sending
+	// peer's transport memory budget (RPC.Reserve) from decoding until the
+	// message is in its mailbox; one the budget cannot take is refused the
+	// same way. Defaults 4 MiB (16 full batches of MaxBatchBytes: honest
+	// messages decode to a few times their size) and 65,536.
+	MaxDecodedBytes    int
+	MaxDecodedElements int
+
+	// MaxTargetBacklog bounds, in messages, the user messages a local
+	// actor's mailbox may hold before the remote stops delivering more to
+	// it from peers. The remote then stops reading that peer's stream (QUIC
+	// flow control pushes back on the peer's sender, whose queue fills)
+	// until the backlog falls below the bound, for at most BacklogWait per
+	// batch; after that the message, and later ones to that actor while it
+	// stays full, become dead letters the sender sees
+	// (DeadLetterTargetBusy), and the peer's other messages flow again. So
+	// a slow actor slows its senders instead of growing its mailbox
+	// without bound. Other senders on this node are not counted against it
+	// and not held up. Actors with a bounded mailbox (actorkit) refuse
+	// beyond their own capacity first. Memory this allows per actor: about
+	// MaxTargetBacklog × MaxDecodedBytes at worst, MaxTargetBacklog ×
+	// message size in practice. Default 4,096 (MaxBatchMessages' default,
+	// so one full batch to an idle actor never waits).
+	MaxTargetBacklog int
+	// BacklogWait is how long one incoming batch may wait in all for full
+	// target mailboxes (see MaxTargetBacklog). It must be below
+	// SendTimeout, or the sender gives up on the stream first and all its
+	// unacknowledged messages fail. Default 2 s.
+	BacklogWait time.Duration
+
+	// AllowRemoteStop lets any member stop (Stop, PoisonPill) any actor it
+	// can reach on this node. Without it (the default), a peer may stop
+	// only actors it spawned here (SpawnNamed); other Stops and
+	// PoisonPills are refused (DeadLetterRefused, RefusedSystem).
+	AllowRemoteStop bool
+
+	// MaxSpawnsPerPeer bounds the actors one member may have spawned on
+	// this node (SpawnNamed) and alive at once; its further requests are
+	// refused (ErrSpawnRefused at the requester) until some stop. Each is
+	// a full actor, so this bounds what a member can make the node hold
+	// through remote spawning; 0 refuses every remote spawn. Default 1,024.
+	MaxSpawnsPerPeer int
 }
 
 // DefaultConfig returns the documented defaults.
@@ -100,6 +162,11 @@ func DefaultConfig() Config {
 		MaxInflightBatches: 32,
 		HandlerLimit:       4,
 		ConnectGrace:       3 * time.Second,
+		MaxDecodedBytes:    4 << 20,
+		MaxDecodedElements: 1 << 16,
+		MaxTargetBacklog:   4096,
+		BacklogWait:        2 * time.Second,
+		MaxSpawnsPerPeer:   1024,
 	}
 }
 
@@ -118,6 +185,14 @@ func (c Config) Validate() error {
 	check(c.MaxInflightBatches > 0, "MaxInflightBatches %d must be positive", c.MaxInflightBatches)
 	check(c.SendTimeout > 0, "SendTimeout %v must be positive", c.SendTimeout)
 	check(c.ConnectGrace >= 0, "ConnectGrace %v must not be negative", c.ConnectGrace)
+	check(c.MaxDecodedBytes > 0, "MaxDecodedBytes %d must be positive", c.MaxDecodedBytes)
+	check(c.MaxDecodedElements > 0, "MaxDecodedElements %d must be positive", c.MaxDecodedElements)
+	check(c.MaxSpawnsPerPeer >= 0, "MaxSpawnsPerPeer %d must not be negative", c.MaxSpawnsPerPeer)
+	check(c.MaxTargetBacklog > 0, "MaxTargetBacklog %d must be positive", c.MaxTargetBacklog)
+	check(c.BacklogWait >= 0 && c.BacklogWait < c.SendTimeout, "BacklogWait %v must be in [0, SendTimeout %v)", c.BacklogWait, c.SendTimeout)
+	for i, m := range c.Messages {
+		check(m != nil, "Messages[%d] is nil", i)
+	}
 	seen := map[int32]bool{protoSerializerID: true}
 	for _, s := range c.Serializers {
 		if s == nil {
@@ -133,7 +208,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// DeadLetterReason says why the remote gave up on a message.
+// DeadLetterReason says why the remote gave up on a message. The values
+// travel between nodes (RemoteDeadLetter): new ones are only appended.
 type DeadLetterReason int
 
 const (
@@ -159,10 +235,28 @@ const (
 	// knows, or its payload did not decode. The sender, if any, is sent a
 	// DeadLetterResponse.
 	DeadLetterUndecodable
+	// DeadLetterHidden: an incoming message was for an actor hidden from
+	// peers (Hide).
+	DeadLetterHidden
+	// DeadLetterRefused: an incoming message the sending peer may not send:
+	// a reply to a request that was not sent to it, a system message
+	// outside its rights, a Stop or PoisonPill it may not give.
+	DeadLetterRefused
+	// DeadLetterTargetBusy: the target's mailbox stayed at MaxTargetBacklog
+	// for BacklogWait.
+	DeadLetterTargetBusy
+	// DeadLetterDecodeLimit: an incoming message would decode beyond
+	// MaxDecodedBytes or MaxDecodedElements, or beyond what the peer's
+	// memory budget has left.
+	DeadLetterDecodeLimit
+	// DeadLetterNotFound: an incoming message was for an actor that does
+	// not exist on this node.
+	DeadLetterNotFound
 	numDeadLetterReasons
 )
 
-var deadLetterReasonNames = [...]string{"queue full", "peer down", "unreachable", "send failed", "not a member", "unserializable", "closed", "undecodable"}
+var deadLetterReasonNames = [...]string{"queue full", "peer down", "unreachable", "send failed", "not a member", "unserializable", "closed", "undecodable",
+	"hidden", "refused", "target busy", "decode limit", "no such actor"}
 
 func (r DeadLetterReason) String() string {
 	if r >= 0 && int(r) < len(deadLetterReasonNames) {
@@ -214,6 +308,22 @@ type Stats struct {
 	// had not acknowledged a batch within SendTimeout (their
 	// unacknowledged messages became DeadLetterSendFailed).
 	AckTimeouts uint64
+	// ForgedReplies counts incoming messages refused because they
+	// answered a local future that had not asked the sending peer (an
+	// unknown or already answered reply alias, another peer's alias, a
+	// future's own id).
+	ForgedReplies uint64
+	// RefusedSystem counts incoming Watch, Unwatch, Terminated, Stop and
+	// PoisonPill messages the sending peer had no right to send.
+	RefusedSystem uint64
+	// BacklogStalls counts the times delivery from a peer waited for a
+	// target whose mailbox was at MaxTargetBacklog.
+	BacklogStalls uint64
+	// BadAcks counts acknowledgement frames that were not a valid count.
+	BadAcks uint64
+	// EndpointEventsDropped counts EndpointConnected/EndpointTerminated
+	// events dropped because EventStream subscribers fell behind.
+	EndpointEventsDropped uint64
 	// Queued is the number of messages waiting in outbound queues right now.
 	Queued int
 }

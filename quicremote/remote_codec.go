@@ -5,8 +5,6 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // Serializer turns actor messages into bytes and back. The remote tries its
@@ -42,16 +40,14 @@ var (
 
 const protoSerializerID int32 = 0
 
-// ProtoSerializer encodes protobuf messages under their full name and
-// decodes any message type linked into the program (protobuf's global
-// registry). It is the remote's fallback serializer, ID 0.
-type ProtoSerializer struct{}
+// protoSerializer encodes protobuf messages under their full name and
+// decodes the types the remote accepts from peers (typeRegistry). It is
+// the remote's last serializer, ID 0.
+type protoSerializer struct{ types *typeRegistry }
 
-// ID is 0.
-func (ProtoSerializer) ID() int32 { return protoSerializerID }
+func (protoSerializer) ID() int32 { return protoSerializerID }
 
-// Serialize marshals msg if it is a proto.Message.
-func (ProtoSerializer) Serialize(msg any) (string, []byte, error) {
+func (protoSerializer) Serialize(msg any) (string, []byte, error) {
 	m, ok := msg.(proto.Message)
 	if !ok {
 		return "", nil, ErrUnsupportedMessage
@@ -63,19 +59,15 @@ func (ProtoSerializer) Serialize(msg any) (string, []byte, error) {
 	return string(m.ProtoReflect().Descriptor().FullName()), data, nil
 }
 
-// Deserialize finds typeName in protobuf's global registry and unmarshals
-// data into a new message of that type.
-func (ProtoSerializer) Deserialize(typeName string, data []byte) (any, error) {
-	name := protoreflect.FullName(typeName)
-	if !name.IsValid() {
+// Deserialize decodes data as typeName if peers may send that type. The
+// remote's own decoder does the same after checking the decoding limits.
+func (s protoSerializer) Deserialize(typeName string, data []byte) (any, error) {
+	ti := s.types.lookup(typeName)
+	if ti == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownMessageType, typeName)
 	}
-	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownMessageType, typeName)
-	}
-	m := mt.New().Interface()
-	if err := proto.Unmarshal(data, m); err != nil {
+	m := ti.mt.New().Interface()
+	if err := unmarshalOpts.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("quicremote: decoding %s: %w", typeName, err)
 	}
 	return m, nil

@@ -79,10 +79,11 @@ func TestRemoteNodeKilledMidConversation(t *testing.T) {
 	c.waitMesh()
 
 	// b's "sink" takes requests and never answers; "echo" answers.
-	var got atomic.Int32
+	const waiting = 20
+	arrived := make(chan struct{}, waiting)
 	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
 		if _, ok := ctx.Message().(*wrapperspb.StringValue); ok {
-			got.Add(1)
+			arrived <- struct{}{}
 		}
 	}), "sink")
 	spawnNamed(t, b.sys, echoProps(nil), "echo")
@@ -97,12 +98,13 @@ func TestRemoteNodeKilledMidConversation(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("x"))
 	}
-	const waiting = 20
 	futures := make([]*actor.Future, waiting)
 	for i := range futures {
 		futures[i] = a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "sink"), wrapperspb.String("wait"), 30*time.Second)
 	}
-	waitUntil(t, 10*time.Second, "requests to reach b", func() bool { return got.Load() == waiting })
+	for range waiting {
+		recv(t, arrived, 10*time.Second, "a request at b")
+	}
 	// A future watching b's actor via StopFuture-style watch ends too.
 	stopFut := actor.NewFuture(a.sys, 30*time.Second)
 	a.sys.Root.Send(a.remote.PID(b.id.ID, "echo"), &actor.MessageEnvelope{Message: wrapperspb.String("late"), Sender: stopFut.PID()})
@@ -145,72 +147,73 @@ func TestRemoteNodeKilledMidConversation(t *testing.T) {
 // the requests in flight, and once healed new messages flow; nothing is
 // delivered twice.
 func TestRemotePartitionHealsWithoutDuplicates(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.Config) {
+	bubble(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) {
 		rc.ConnectGrace = 100 * time.Millisecond
-	}})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	col := spawnCollector(t, b.sys, "col", 10000)
-	spawnNamed(t, b.sys, echoProps(nil), "echo")
-	watch, terms := termWatcher(t, a.sys)
-	watch(a.remote.PID(b.id.ID, "echo"))
-	watch(a.remote.PID(b.id.ID, "col"))
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		col := spawnCollector(t, b.sys, "col", 10000)
+		spawnNamed(t, b.sys, echoProps(nil), "echo")
+		watch, terms := termWatcher(t, a.sys)
+		watch(a.remote.PID(b.id.ID, "echo"))
+		watch(a.remote.PID(b.id.ID, "col"))
 
-	target := a.remote.PID(b.id.ID, "col")
-	seq := int64(0)
-	sendSome := func(n int) {
+		target := a.remote.PID(b.id.ID, "col")
+		seq := int64(0)
+		sendSome := func(n int) {
+			for i := 0; i < n; i++ {
+				a.sys.Root.Send(target, wrapperspb.Int64(seq))
+				seq++
+			}
+		}
+		sendSome(500)
+		request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("sync"))
+
+		c.mem.Disconnect(a.id.ID, b.id.ID)
+		expectTerms(t, terms, 2, actor.TerminatedReason_AddressTerminated)
+		sendSome(500) // while cut: dead letters once the grace has passed
+		_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "echo"), wrapperspb.String("cut"), 30*time.Second).Result()
+		if !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("request across the cut: %v", err)
+		}
+
+		c.mem.Connect(a.id.ID, b.id.ID)
+		c.waitMesh()
+		sendSome(500)
+		request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("healed"))
+		// b still has a as a watcher of echo; its Terminated now is stale.
+		b.sys.Root.Stop(b.sys.NewLocalPID("echo"))
+		c.eventually("stale Terminated", func() bool { return a.remote.Stats().StaleTerminated == 1 })
+		select {
+		case m := <-terms:
+			t.Fatalf("second Terminated %v after AddressTerminated", m)
+		default:
+		}
+
+		seen := map[int64]bool{}
+		var last int64 = -1
+		n := len(col.ch)
 		for i := 0; i < n; i++ {
-			a.sys.Root.Send(target, wrapperspb.Int64(seq))
-			seq++
+			v := (<-col.ch).(*wrapperspb.Int64Value).Value
+			if seen[v] {
+				t.Fatalf("message %d delivered twice", v)
+			}
+			if v <= last {
+				t.Fatalf("message %d after %d", v, last)
+			}
+			seen[v], last = true, v
 		}
-	}
-	sendSome(500)
-	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("sync"))
-
-	c.mem.Disconnect(a.id.ID, b.id.ID)
-	expectTerms(t, terms, 2, actor.TerminatedReason_AddressTerminated)
-	sendSome(500) // while cut: dead letters once the grace has passed
-	_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "echo"), wrapperspb.String("cut"), 30*time.Second).Result()
-	if !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("request across the cut: %v", err)
-	}
-
-	c.mem.Connect(a.id.ID, b.id.ID)
-	c.waitMesh()
-	sendSome(500)
-	request(t, a.sys, a.remote.PID(b.id.ID, "echo"), wrapperspb.String("healed"))
-	// b still has a as a watcher of echo; its Terminated now is stale.
-	b.sys.Root.Stop(b.sys.NewLocalPID("echo"))
-	waitUntil(t, 10*time.Second, "stale Terminated", func() bool { return a.remote.Stats().StaleTerminated == 1 })
-	select {
-	case m := <-terms:
-		t.Fatalf("second Terminated %v after AddressTerminated", m)
-	default:
-	}
-
-	seen := map[int64]bool{}
-	var last int64 = -1
-	n := len(col.ch)
-	for i := 0; i < n; i++ {
-		v := (<-col.ch).(*wrapperspb.Int64Value).Value
-		if seen[v] {
-			t.Fatalf("message %d delivered twice", v)
+		for i := int64(0); i < 500; i++ {
+			if !seen[i] || !seen[1000+i] {
+				t.Fatalf("message %d or %d (sent while connected) missing", i, 1000+i)
+			}
 		}
-		if v <= last {
-			t.Fatalf("message %d after %d", v, last)
+		s := a.remote.Stats()
+		t.Logf("delivered %d of %d; dead letters %v", n, seq, s.DeadLetters)
+		if uint64(n)+s.TotalDeadLetters() < uint64(seq) {
+			t.Fatalf("%d delivered + %d dead letters < %d sent", n, s.TotalDeadLetters(), seq)
 		}
-		seen[v], last = true, v
-	}
-	for i := int64(0); i < 500; i++ {
-		if !seen[i] || !seen[1000+i] {
-			t.Fatalf("message %d or %d (sent while connected) missing", i, 1000+i)
-		}
-	}
-	s := a.remote.Stats()
-	t.Logf("delivered %d of %d; dead letters %v", n, seq, s.DeadLetters)
-	if uint64(n)+s.TotalDeadLetters() < uint64(seq) {
-		t.Fatalf("%d delivered + %d dead letters < %d sent", n, s.TotalDeadLetters(), seq)
-	}
+	})
 }
 
 // A peer that names a type nobody knows, sends a payload that does not
@@ -344,30 +347,33 @@ func TestRemoteBoundedQueueUnreachablePeer(t *testing.T) {
 // with AddressTerminated.
 func TestRemoteUnreachablePeerAfterGrace(t *testing.T) {
 	const grace = 300 * time.Millisecond
-	c := newRCluster(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.Config) {
+	bubble(t, 1, rclusterOpts{phantoms: 1, remote: func(_ int, rc *quicremote.Config) {
 		rc.ConnectGrace = grace
-	}})
-	a := c.nodes[0]
-	ghost := a.remote.PID(c.phantom[0].ID, "anyone")
-	watch, terms := termWatcher(t, a.sys)
-	watch(ghost)
-	start := time.Now()
-	if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("request to unreachable peer: %v", err)
-	}
-	if d := time.Since(start); d > grace+5*time.Second {
-		t.Fatalf("request failed after %v", d)
-	}
-	expectTerms(t, terms, 1, actor.TerminatedReason_AddressTerminated)
-	// Later messages fail at once.
-	start = time.Now()
-	if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("second request: %v", err)
-	}
-	t.Logf("second request failed after %v", time.Since(start))
-	if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterUnreachable] < 2 || s.Queued != 0 {
-		t.Fatalf("stats %+v", s)
-	}
+	}}, func(t *testing.T, c *rcluster) {
+		a := c.nodes[0]
+		ghost := a.remote.PID(c.phantom[0].ID, "anyone")
+		watch, terms := termWatcher(t, a.sys)
+		watch(ghost)
+		start := time.Now()
+		if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("request to unreachable peer: %v", err)
+		}
+		if d := time.Since(start); d != grace { // virtual time: exactly
+			t.Fatalf("request failed after %v, want the grace %v", d, grace)
+		}
+		expectTerms(t, terms, 1, actor.TerminatedReason_AddressTerminated)
+		// Later messages fail at once.
+		start = time.Now()
+		if _, err := a.sys.Root.RequestFuture(ghost, wrapperspb.String("?"), time.Hour).Result(); !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("second request: %v", err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("second request failed after %v, want at once", d)
+		}
+		if s := a.remote.Stats(); s.DeadLetters[quicremote.DeadLetterUnreachable] < 2 || s.Queued != 0 {
+			t.Fatalf("stats %+v", s)
+		}
+	})
 }
 
 // A blocked target with a bounded mailbox refuses instead of stalling the
@@ -498,23 +504,24 @@ func TestRemoteCustomSerializerAndUnserializable(t *testing.T) {
 // A serializer that panics fails only its message (a dead letter); the
 // send loop survives and the messages after it are delivered.
 func TestRemoteSerializerPanicIsADeadLetter(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(_ int, rc *quicremote.Config) {
+	bubble(t, 2, rclusterOpts{remote: func(_ int, rc *quicremote.Config) {
 		rc.Serializers = []quicremote.Serializer{panickySerializer{}}
-	}})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	col := spawnCollector(t, b.sys, "col", 10)
-	_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "col"), &greeting{Text: "boom"}, 10*time.Second).Result()
-	if !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("message whose serializer panics: %v, want a dead letter", err)
-	}
-	a.sys.Root.Send(a.remote.PID(b.id.ID, "col"), wrapperspb.String("after"))
-	if m := recv(t, col.ch, 10*time.Second, "the next message"); m.(*wrapperspb.StringValue).Value != "after" {
-		t.Fatalf("got %v", m)
-	}
-	if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterUnserializable]; n != 1 {
-		t.Fatalf("%d unserializable dead letters, want 1", n)
-	}
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		col := spawnCollector(t, b.sys, "col", 10)
+		_, err := a.sys.Root.RequestFuture(a.remote.PID(b.id.ID, "col"), &greeting{Text: "boom"}, 10*time.Second).Result()
+		if !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("message whose serializer panics: %v, want a dead letter", err)
+		}
+		a.sys.Root.Send(a.remote.PID(b.id.ID, "col"), wrapperspb.String("after"))
+		if m := recv(t, col.ch, 10*time.Second, "the next message"); m.(*wrapperspb.StringValue).Value != "after" {
+			t.Fatalf("got %v", m)
+		}
+		if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterUnserializable]; n != 1 {
+			t.Fatalf("%d unserializable dead letters, want 1", n)
+		}
+	})
 }
 
 type panickySerializer struct{}
@@ -537,30 +544,31 @@ func (panickySerializer) Deserialize(name string, _ []byte) (any, error) {
 // of eight types, each batch full, all arrive and none is a dead letter.
 func TestRemoteBatchesFitMaxBatchBytes(t *testing.T) {
 	const limit = 1024
-	c := newRCluster(t, 2, rclusterOpts{mem: true,
+	bubble(t, 2, rclusterOpts{
 		remote: func(_ int, rc *quicremote.Config) { rc.MaxBatchBytes = limit },
 		tcfg:   func(tc *transport.Config) { tc.MaxFrameSize = limit; tc.MaxBytesPerPeer = 1 << 20 },
-	})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	var got atomic.Int32
-	spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
-		if _, ok := ctx.Message().(proto.Message); ok {
-			got.Add(1)
+	}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		var got atomic.Int32
+		spawnNamed(t, b.sys, actor.PropsFromFunc(func(ctx actor.Context) {
+			if _, ok := ctx.Message().(proto.Message); ok {
+				got.Add(1)
+			}
+		}), "count")
+		target := a.remote.PID(b.id.ID, "count")
+		msgs := []proto.Message{wrapperspb.String("s"), wrapperspb.Int64(-5), wrapperspb.UInt64(5), wrapperspb.Bool(true),
+			wrapperspb.Double(1.5), wrapperspb.Float(2.5), wrapperspb.Int32(-7), wrapperspb.Bytes(make([]byte, 40))}
+		const n = 300
+		for i := 0; i < n; i++ {
+			a.sys.Root.Send(target, msgs[i%len(msgs)])
 		}
-	}), "count")
-	target := a.remote.PID(b.id.ID, "count")
-	msgs := []proto.Message{wrapperspb.String("s"), wrapperspb.Int64(-5), wrapperspb.UInt64(5), wrapperspb.Bool(true),
-		wrapperspb.Double(1.5), wrapperspb.Float(2.5), wrapperspb.Int32(-7), wrapperspb.Bytes(make([]byte, 40))}
-	const n = 300
-	for i := 0; i < n; i++ {
-		a.sys.Root.Send(target, msgs[i%len(msgs)])
-	}
-	waitUntil(t, 10*time.Second, "every message", func() bool { return got.Load() == n })
-	s := a.remote.Stats()
-	if s.TotalDeadLetters() != 0 || b.remote.Stats().BadBatches != 0 {
-		t.Fatalf("dead letters or bad batches: %+v / %+v", s, b.remote.Stats())
-	}
+		c.eventually("every message", func() bool { return got.Load() == n })
+		s := a.remote.Stats()
+		if s.TotalDeadLetters() != 0 || b.remote.Stats().BadBatches != 0 {
+			t.Fatalf("dead letters or bad batches: %+v / %+v", s, b.remote.Stats())
+		}
+	})
 }
 
 // A batch with more envelopes than the receiver's MaxBatchMessages is
@@ -568,52 +576,53 @@ func TestRemoteBatchesFitMaxBatchBytes(t *testing.T) {
 // must stay bounded whatever a peer sends): the stream fails, the batch
 // is counted as bad, and the connection stays up.
 func TestRemoteTooManyEnvelopesRefused(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.Config) {
+	bubble(t, 2, rclusterOpts{remote: func(i int, rc *quicremote.Config) {
 		rc.MaxBatchMessages = 10
 		if i == 0 {
 			rc.Protocol = "actor/raw" // node 0 speaks the protocol by hand
 		}
-	}})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	col := spawnCollector(t, b.sys, "col", 20)
-	env := mustMarshal(t, &abcastpb.ActorEnvelope{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("x"))})
-	batch := func(k int) []byte {
-		envs := make([]*abcastpb.ActorEnvelope, k)
-		for i := range envs {
-			envs[i] = &abcastpb.ActorEnvelope{}
-			if err := proto.Unmarshal(env, envs[i]); err != nil {
-				t.Fatal(err)
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		col := spawnCollector(t, b.sys, "col", 20)
+		env := mustMarshal(t, &abcastpb.ActorEnvelope{TargetId: "col", TypeName: "google.protobuf.StringValue", Payload: mustMarshal(t, wrapperspb.String("x"))})
+		batch := func(k int) []byte {
+			envs := make([]*abcastpb.ActorEnvelope, k)
+			for i := range envs {
+				envs[i] = &abcastpb.ActorEnvelope{}
+				if err := proto.Unmarshal(env, envs[i]); err != nil {
+					t.Fatal(err)
+				}
 			}
+			return mustMarshal(t, &abcastpb.ActorBatch{Envelopes: envs, Epoch: 1})
 		}
-		return mustMarshal(t, &abcastpb.ActorBatch{Envelopes: envs, Epoch: 1})
-	}
-	st, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Send(t.Context(), batch(11)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Recv(); !errors.Is(err, transport.ErrRemote) {
-		t.Fatalf("batch of 11 envelopes with MaxBatchMessages 10: %v, want ErrRemote", err)
-	}
-	if s := b.remote.Stats(); s.BadBatches != 1 || s.Received != 0 || len(col.ch) != 0 {
-		t.Fatalf("refused batch partly delivered or not counted: %+v", s)
-	}
-	// Ten is fine, on a new stream.
-	st2, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st2.Close()
-	if err := st2.Send(t.Context(), batch(10)); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 10; i++ {
-		recv(t, col.ch, 10*time.Second, "envelope of the accepted batch")
-	}
+		st, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if err := st.Send(t.Context(), batch(11)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); !errors.Is(err, transport.ErrRemote) {
+			t.Fatalf("batch of 11 envelopes with MaxBatchMessages 10: %v, want ErrRemote", err)
+		}
+		if s := b.remote.Stats(); s.BadBatches != 1 || s.Received != 0 || len(col.ch) != 0 {
+			t.Fatalf("refused batch partly delivered or not counted: %+v", s)
+		}
+		// Ten is fine, on a new stream.
+		st2, err := a.rpc.OpenStream(t.Context(), b.id.ID, quicremote.DefaultProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st2.Close()
+		if err := st2.Send(t.Context(), batch(10)); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 10; i++ {
+			recv(t, col.ch, 10*time.Second, "envelope of the accepted batch")
+		}
+	})
 }
 
 // The remote's logs and protoactor's go to zerolog with the node id.
@@ -653,12 +662,17 @@ func TestRemoteConfigValidate(t *testing.T) {
 	bad := quicremote.DefaultConfig()
 	bad.QueueCapacity = 0
 	bad.Protocol = ""
-	bad.Serializers = []quicremote.Serializer{quicremote.ProtoSerializer{}}
+	bad.Serializers = []quicremote.Serializer{idZeroSerializer{}}
 	err := bad.Validate()
 	if err == nil || !strings.Contains(err.Error(), "QueueCapacity") || !strings.Contains(err.Error(), "Protocol") || !strings.Contains(err.Error(), "used twice") {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// idZeroSerializer claims the protobuf serializer's reserved ID.
+type idZeroSerializer struct{ jsonSerializer }
+
+func (idZeroSerializer) ID() int32 { return 0 }
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -682,43 +696,45 @@ func (s *syncBuffer) String() string {
 // the unacknowledged messages become dead letters (a waiting request fails
 // then, not at its own timeout) and the give-up is counted.
 func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
-	c := newRCluster(t, 2, rclusterOpts{mem: true, remote: func(i int, rc *quicremote.Config) {
+	bubble(t, 2, rclusterOpts{remote: func(i int, rc *quicremote.Config) {
 		rc.SendTimeout = 300 * time.Millisecond
+		rc.BacklogWait = 100 * time.Millisecond
 		if i == 1 {
 			rc.Protocol = "actor/elsewhere" // node 1's own remote stays out of the way
 		}
-	}})
-	a, b := c.nodes[0], c.nodes[1]
-	c.waitMesh()
-	read := make(chan int, 100)
-	if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
-		for {
-			f, err := s.Recv()
-			if err != nil {
-				return nil
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		read := make(chan int, 100)
+		if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				read <- len(f) // and never an acknowledgement
 			}
-			read <- len(f) // and never an acknowledgement
+		}, 0); err != nil {
+			t.Fatal(err)
 		}
-	}, 0); err != nil {
-		t.Fatal(err)
-	}
-	target := a.remote.PID(b.id.ID, "anyone")
-	for i := 0; i < 4; i++ {
-		a.sys.Root.Send(target, wrapperspb.String("one-way"))
-	}
-	start := time.Now()
-	_, err := a.sys.Root.RequestFuture(target, wrapperspb.String("request"), 30*time.Second).Result()
-	if !errors.Is(err, actor.ErrDeadLetter) {
-		t.Fatalf("request to a peer that never acknowledges: %v, want a dead letter", err)
-	}
-	if waited := time.Since(start); waited > 10*time.Second {
-		t.Fatalf("request failed after %v, not after about SendTimeout", waited)
-	}
-	if len(read) == 0 {
-		t.Fatal("the peer never received a batch")
-	}
-	waitUntil(t, 10*time.Second, "dead letters counted", func() bool {
-		s := a.remote.Stats()
-		return s.AckTimeouts >= 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 5 && s.Sent == 0
+		target := a.remote.PID(b.id.ID, "anyone")
+		for i := 0; i < 4; i++ {
+			a.sys.Root.Send(target, wrapperspb.String("one-way"))
+		}
+		start := time.Now()
+		_, err := a.sys.Root.RequestFuture(target, wrapperspb.String("request"), 30*time.Second).Result()
+		if !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("request to a peer that never acknowledges: %v, want a dead letter", err)
+		}
+		if waited := time.Since(start); waited != 300*time.Millisecond { // virtual time: exactly
+			t.Fatalf("request failed after %v, want SendTimeout", waited)
+		}
+		if len(read) == 0 {
+			t.Fatal("the peer never received a batch")
+		}
+		c.eventually("dead letters counted", func() bool {
+			s := a.remote.Stats()
+			return s.AckTimeouts >= 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 5 && s.Sent == 0
+		})
 	})
 }

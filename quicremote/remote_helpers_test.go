@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/abcast/abcast/actors/actorkit"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote"
@@ -38,6 +41,7 @@ type rcluster struct {
 	nodes   []*rnode
 	phantom []*membership.Identity // members that never run
 	mem     *transport.MemNetwork
+	bubble  bool
 }
 
 type rclusterOpts struct {
@@ -45,6 +49,28 @@ type rclusterOpts struct {
 	phantoms int  // extra members with an address nobody answers on
 	remote   func(i int, c *quicremote.Config)
 	tcfg     func(c *transport.Config)
+	// wrap, if set, wraps node i's transport as its remote sees it.
+	wrap func(i int, rpc transport.RPC) transport.RPC
+	// bubble: the cluster runs in a testing/synctest bubble (see bubble).
+	bubble bool
+}
+
+// bubble runs f with an n-node cluster on the in-memory transport inside a
+// testing/synctest bubble: time is virtual, so timeouts and grace periods
+// pass at once and exactly, and synctest.Wait says when every node has
+// done all it can.
+func bubble(t *testing.T, n int, o rclusterOpts, f func(t *testing.T, c *rcluster)) {
+	t.Helper()
+	synctest.Test(t, func(t *testing.T) {
+		o.mem, o.bubble = true, true
+		f(t, newRCluster(t, n, o))
+	})
+}
+
+// testMessages are the protobuf types the tests send between nodes.
+var testMessages = []proto.Message{
+	&wrapperspb.StringValue{}, &wrapperspb.Int64Value{}, &wrapperspb.UInt64Value{}, &wrapperspb.Int32Value{},
+	&wrapperspb.BoolValue{}, &wrapperspb.BytesValue{}, &wrapperspb.DoubleValue{}, &wrapperspb.FloatValue{},
 }
 
 func remoteLogger(t *testing.T) zerolog.Logger {
@@ -56,7 +82,7 @@ func remoteLogger(t *testing.T) zerolog.Logger {
 
 func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 	t.Helper()
-	c := &rcluster{t: t}
+	c := &rcluster{t: t, bubble: o.bubble}
 	var members []membership.Member
 	for i := 0; i < n; i++ {
 		id, err := membership.GenerateIdentity(rand.Reader)
@@ -80,13 +106,17 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// A bound socket that never answers: dials to it time out.
-		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
+		addr := fmt.Sprintf("10.0.1.%d:4000", i+1)
+		if !o.mem {
+			// A bound socket that never answers: dials to it time out.
+			pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pc.Close() })
+			addr = pc.LocalAddr().String()
 		}
-		t.Cleanup(func() { pc.Close() })
-		members = append(members, id.Member(pc.LocalAddr().String()))
+		members = append(members, id.Member(addr))
 		c.phantom = append(c.phantom, id)
 	}
 	snap, err := membership.NewSnapshot(1, members...)
@@ -104,6 +134,7 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		log := remoteLogger(t).With().Int("i", i).Logger()
 		nd.sys = actorkit.NewActorSystem(log, nd.id.ID.String())
 		rcfg := quicremote.DefaultConfig()
+		rcfg.Messages = testMessages
 		if o.remote != nil {
 			o.remote(i, &rcfg)
 		}
@@ -124,7 +155,11 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nd.remote.Start(nd.rpc); err != nil {
+		var seen transport.RPC = nd.rpc
+		if o.wrap != nil {
+			seen = o.wrap(i, nd.rpc)
+		}
+		if err := nd.remote.Start(seen); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -135,6 +170,11 @@ func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
 func (c *rcluster) close() {
 	for _, nd := range c.nodes {
 		c.kill(nd)
+	}
+	if c.bubble {
+		// protoactor's dead-letter log throttle keeps a goroutine for its
+		// interval (1 s); the bubble ends only once it is gone.
+		time.Sleep(2 * time.Second)
 	}
 }
 
@@ -155,7 +195,7 @@ func (c *rcluster) kill(nd *rnode) {
 // waitMesh waits until every live node sees every other live node up.
 func (c *rcluster) waitMesh() {
 	c.t.Helper()
-	waitUntil(c.t, 20*time.Second, "mesh", func() bool {
+	c.eventually("mesh", func() bool {
 		for _, a := range c.nodes {
 			for _, b := range c.nodes {
 				if a != b && !a.dead && !b.dead && !slices.Contains(a.rpc.Peers(), b.id.ID) {
@@ -167,7 +207,23 @@ func (c *rcluster) waitMesh() {
 	})
 }
 
-// waitUntil polls cond until it holds or timeout passes.
+// eventually checks that cond holds once the cluster has done all it can:
+// in a bubble, when every goroutine is blocked (synctest.Wait); over QUIC,
+// polling for up to 20 s.
+func (c *rcluster) eventually(what string, cond func() bool) {
+	c.t.Helper()
+	if !c.bubble {
+		waitUntil(c.t, 20*time.Second, what, cond)
+		return
+	}
+	synctest.Wait()
+	if !cond() {
+		c.t.Fatalf("%s: not so once everything settled", what)
+	}
+}
+
+// waitUntil polls cond until it holds or timeout passes (for clusters on
+// real QUIC, whose sockets are outside any bubble).
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // The remote encodes and decodes ActorBatch (proto/abcast_remote.proto)
@@ -39,18 +38,17 @@ const (
 	fHeaderEntryKey  = 1
 	fHeaderEntryVal  = 2
 	maxBatchTypes    = 1 << 16 // type names one batch may declare
-	maxCachedTypes   = 1024    // protobuf types remembered per incoming stream
 	envelopeOverhead = 1 + 5   // tag and length prefix of one envelope, at most (< 4 GiB)
 )
 
 // appendSerializer is a Serializer that can append its encoding to a
-// buffer, sparing an allocation per message. ProtoSerializer is one.
+// buffer, sparing an allocation per message. protoSerializer is one.
 type appendSerializer interface {
 	SerializeAppend(dst []byte, msg any) (typeName string, out []byte, err error)
 }
 
 // SerializeAppend is Serialize appending to dst.
-func (ProtoSerializer) SerializeAppend(dst []byte, msg any) (string, []byte, error) {
+func (protoSerializer) SerializeAppend(dst []byte, msg any) (string, []byte, error) {
 	m, ok := msg.(proto.Message)
 	if !ok {
 		return "", dst, ErrUnsupportedMessage
@@ -137,7 +135,11 @@ func (e *batchEncoder) add(it *outItem) error {
 	}
 	var senderAddr, senderID string
 	var senderReq uint32
-	if s := it.sender; s != nil && s.Id != "" {
+	s := it.sender
+	if it.alias != nil {
+		s = it.alias.pid
+	}
+	if s != nil && s.Id != "" {
 		if s.Address != r.addr && s.Address != protoactorLocalAddress {
 			senderAddr = s.Address
 		}
@@ -489,16 +491,18 @@ func parseHeaderEntry(b []byte) (string, string, error) {
 }
 
 // batchDecoder turns the envelopes of one incoming stream into messages.
-// It remembers the last target and the protobuf types it has resolved, so
-// a stream of messages to one actor costs one lookup per batch, not one
-// per message.
+// It remembers the last target, so a stream of messages to one actor
+// builds one PID per batch, not one per message.
 type batchDecoder struct {
 	r      *Remote
 	batch  rawBatch
 	envs   []rawEnvelope
-	types  map[string]protoreflect.MessageType
 	lastID []byte
 	target *actor.PID
+	// The type looked up last: a batch's messages are mostly of a few
+	// types. Registered types are never removed, so it stays valid.
+	lastName []byte
+	lastInfo *typeInfo
 }
 
 // typeName resolves the envelope's type name against the batch's table.
@@ -512,46 +516,98 @@ func (d *batchDecoder) typeName(env *rawEnvelope) ([]byte, error) {
 	return d.batch.typeNames[env.typeIndex-1], nil
 }
 
-// decode returns the envelope's message.
-func (d *batchDecoder) decode(env *rawEnvelope) (any, string, error) {
+// decodePlan says how an envelope's payload decodes and what the decoded
+// message will hold (cost, in bytes, an estimate).
+type decodePlan struct {
+	name []byte
+	mt   protoreflect.MessageType // a protobuf type peers may send, or
+	ser  Serializer               // another serializer
+	cost int
+}
+
+// plan checks that the envelope's payload may be decoded, and within the
+// limits (Config.MaxDecodedBytes, MaxDecodedElements), before anything is
+// allocated for it. Errors wrap ErrUnknownMessageType (a type peers may not
+// send, an unknown serializer), errDecodeLimit, or say the payload is
+// malformed.
+func (d *batchDecoder) plan(env *rawEnvelope) (decodePlan, error) {
 	name, err := d.typeName(env)
 	if err != nil {
-		return nil, "", err
+		return decodePlan{}, err
 	}
+	p := decodePlan{name: name}
+	cfg := &d.r.cfg
 	if env.serializer == protoSerializerID {
-		mt := d.types[string(name)] // no allocation for the lookup
-		if mt == nil {
-			full := protoreflect.FullName(name)
-			if !full.IsValid() {
-				return nil, string(name), fmt.Errorf("%w: %q", ErrUnknownMessageType, name)
+		ti := d.lastInfo
+		if ti == nil || !bytes.Equal(name, d.lastName) {
+			if ti = d.r.types.lookupBytes(name); ti == nil {
+				return p, fmt.Errorf("%w: %q is not a type peers may send", ErrUnknownMessageType, name)
 			}
-			mt, err = protoregistry.GlobalTypes.FindMessageByName(full)
-			if err != nil {
-				return nil, string(name), fmt.Errorf("%w: %q", ErrUnknownMessageType, name)
-			}
-			if d.types == nil {
-				d.types = make(map[string]protoreflect.MessageType)
-			}
-			if len(d.types) < maxCachedTypes {
-				d.types[string(name)] = mt
-			}
+			d.lastName, d.lastInfo = append(d.lastName[:0], name...), ti
 		}
-		m := mt.New().Interface()
-		if err := proto.Unmarshal(env.payload, m); err != nil {
-			return nil, string(name), fmt.Errorf("quicremote: decoding %s: %w", name, err)
+		p.mt = ti.mt
+		if ti.flat {
+			p.cost = ti.flatCost(len(env.payload))
+			if p.cost > cfg.MaxDecodedBytes {
+				return p, fmt.Errorf("quicremote: decoding %s: %w: about %d bytes, MaxDecodedBytes %d", name, errDecodeLimit, p.cost, cfg.MaxDecodedBytes)
+			}
+			return p, nil
 		}
-		return m, "", nil
+		c, err := scanCost(p.mt.Descriptor(), env.payload, cfg.MaxDecodedBytes, cfg.MaxDecodedElements, d.r.types.sizes())
+		if err != nil {
+			return p, fmt.Errorf("quicremote: decoding %s: %w", name, err)
+		}
+		p.cost = c.bytes
+		return p, nil
 	}
-	s := d.r.serByID[env.serializer]
-	if s == nil {
-		return nil, string(name), fmt.Errorf("unknown serializer id %d", env.serializer)
+	if p.ser = d.r.serByID[env.serializer]; p.ser == nil {
+		return p, fmt.Errorf("unknown serializer id %d", env.serializer)
+	}
+	// Other serializers bound their own decoding (see Serializer); the
+	// copy handed to them and what they make of it are estimated.
+	p.cost = 2*len(env.payload) + 256
+	if e, ok := p.ser.(decodeEstimator); ok {
+		if p.cost, err = e.estimateDecoded(string(name), env.payload); err != nil {
+			return p, err
+		}
+	}
+	if p.cost > cfg.MaxDecodedBytes {
+		return p, fmt.Errorf("%w: about %d bytes decoded, MaxDecodedBytes %d", errDecodeLimit, p.cost, cfg.MaxDecodedBytes)
+	}
+	return p, nil
+}
+
+// decodeEstimator is a Serializer that can say what decoding will cost.
+type decodeEstimator interface {
+	estimateDecoded(typeName string, data []byte) (int, error)
+}
+
+// finish decodes the payload as planned.
+func (d *batchDecoder) finish(p *decodePlan, env *rawEnvelope) (any, error) {
+	if p.mt != nil {
+		m := p.mt.New().Interface()
+		if err := unmarshalOpts.Unmarshal(env.payload, m); err != nil {
+			return nil, fmt.Errorf("quicremote: decoding %s: %w", p.name, err)
+		}
+		return m, nil
 	}
 	// A custom serializer may keep what it is given; hand it its own copy.
-	msg, err := s.Deserialize(string(name), bytes.Clone(env.payload))
+	msg, err := p.ser.Deserialize(string(p.name), bytes.Clone(env.payload))
 	if err == nil && msg == nil {
 		err = errors.New("serializer returned no message")
 	}
-	return msg, string(name), err
+	return msg, err
+}
+
+// decode plans and decodes the envelope's message, charging nothing (the
+// remote's delivery charges the plan's cost between the two).
+func (d *batchDecoder) decode(env *rawEnvelope) (any, string, error) {
+	p, err := d.plan(env)
+	if err != nil {
+		return nil, string(p.name), err
+	}
+	msg, err := d.finish(&p, env)
+	return msg, string(p.name), err
 }
 
 // release forgets the batch just handled, so that nothing keeps its frame

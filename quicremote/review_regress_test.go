@@ -1,9 +1,9 @@
 package quicremote
 
 import (
-	"context"
 	"crypto/rand"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/abcast/abcast/quicremote/transport"
@@ -16,26 +16,20 @@ import (
 	"github.com/abcast/abcast/membership"
 )
 
-// A batch of a newer epoch (or connection) that waits for the turn while a
+// A batch of a newer epoch (or connection) that asks for the turn while a
 // batch of the old epoch is still being delivered must not be refused as
-// stale when the old batch's done() moves the count on.
+// stale when the old batch's finish moves the count on.
 func TestReviewInboundOrderNewEpochWhileOldBusy(t *testing.T) {
-	o := &inboundOrder{changed: make(chan struct{})}
-	ctx := context.Background()
-	if err := o.waitTurn(ctx, 1, 1, 0); err != nil { // old epoch, batch 0: holds the turn
-		t.Fatal(err)
+	var o orderCore
+	if v, _ := o.admit(1, 1, 0); v != orderGo { // old epoch, batch 0: holds the turn
+		t.Fatalf("first batch: %v", v)
 	}
-	res := make(chan error, 1)
-	go func() { res <- o.waitTurn(ctx, 1, 2, 0) }() // new stream's first batch
-	time.Sleep(20 * time.Millisecond)
-	o.done() // the old batch finishes delivering
-	select {
-	case err := <-res:
-		if err != nil {
-			t.Fatalf("new epoch's batch 0 refused after the old epoch's batch finished: %v (it is acked and silently lost)", err)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("new epoch's batch 0 never got the turn")
+	if v, _ := o.admit(1, 2, 0); v != orderWait { // the new stream's first batch
+		t.Fatalf("new epoch's batch 0 while the old one is delivered: %v, want to wait", v)
+	}
+	o.finish() // the old batch finishes delivering
+	if v, _ := o.admit(1, 2, 0); v != orderGo {
+		t.Fatalf("new epoch's batch 0 after the old epoch's batch finished: %v (it is acked and silently lost)", v)
 	}
 }
 
@@ -43,6 +37,10 @@ func TestReviewInboundOrderNewEpochWhileOldBusy(t *testing.T) {
 // while the receiver is still delivering its batch; the replacement
 // stream's first batch must be delivered (it is acknowledged either way).
 func TestReviewNewStreamFirstBatchNotLost(t *testing.T) {
+	synctest.Test(t, reviewNewStreamFirstBatchNotLost)
+}
+
+func reviewNewStreamFirstBatchNotLost(t *testing.T) {
 	idA, _ := membership.GenerateIdentity(rand.Reader)
 	idB, _ := membership.GenerateIdentity(rand.Reader)
 	snap, err := membership.NewSnapshot(1, idA.Member("10.0.0.1:1"), idB.Member("10.0.0.2:1"))
@@ -77,7 +75,10 @@ func TestReviewNewStreamFirstBatchNotLost(t *testing.T) {
 	if err := rB.Start(tB); err != nil {
 		t.Fatal(err)
 	}
-	defer rB.Close()
+	defer func() {
+		rB.Close()
+		time.Sleep(2 * time.Second) // protoactor's dead-letter log throttle
+	}()
 	got := make(chan any, 10)
 	pid, err := sysB.Root.SpawnNamed(actor.PropsFromFunc(func(c actor.Context) {
 		if _, ok := c.Message().(*actor.PID); ok {
@@ -98,25 +99,22 @@ func TestReviewNewStreamFirstBatchNotLost(t *testing.T) {
 		b := protowire.AppendTag(nil, fBatchEnvelope, protowire.BytesType)
 		return protowire.AppendBytes(b, e)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	waitFor := func(cond func() bool) {
-		for !cond() {
-			if ctx.Err() != nil {
-				t.Fatal("timeout")
-			}
-			time.Sleep(time.Millisecond)
-		}
+	ctx := t.Context()
+	synctest.Wait()
+	if _, up := tA.ConnID(idB.ID); !up {
+		t.Fatal("not connected")
 	}
-	waitFor(func() bool { _, up := tA.ConnID(idB.ID); return up })
 	s1, err := tA.OpenStream(ctx, idB.ID, rcfg.Protocol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s1.Send(ctx, appendBatchTags(env("nobody", "no.such.Type", nil), 1, 0)); err != nil {
+	if err := s1.Send(ctx, appendBatchTags(env(pid.Id, "no.such.Type", nil), 1, 0)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(func() bool { return rB.Stats().DeadLetters[DeadLetterUndecodable] > 0 })
+	synctest.Wait() // b holds the turn, stuck in OnDeadLetter
+	if rB.Stats().DeadLetters[DeadLetterUndecodable] != 1 {
+		t.Fatal("the first batch is not being delivered")
+	}
 	s1.Close() // the sender gives up on stream 1 (say, an ack timeout)
 
 	s2, err := tA.OpenStream(ctx, idB.ID, rcfg.Protocol)
@@ -127,17 +125,17 @@ func TestReviewNewStreamFirstBatchNotLost(t *testing.T) {
 	if err := s2.Send(ctx, appendBatchTags(env(pid.Id, "actor.PID", payload), 2, 0)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // batch 0 of stream 2 waits for the turn
+	synctest.Wait() // batch 0 of stream 2 waits for the turn
 	close(slow)
 	ack, err := s2.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
 	n, _ := protowire.ConsumeVarint(ack)
-	t.Logf("stream 2 acknowledged %d batch(es); stale batches at receiver: %d", n, rB.Stats().StaleBatches)
+	synctest.Wait()
 	select {
 	case <-got:
-	case <-time.After(500 * time.Millisecond):
-		t.Fatalf("stream 2's batch 0 was acknowledged (%d) but never delivered: silently lost", n)
+	default:
+		t.Fatalf("stream 2's batch 0 was acknowledged (%d) but never delivered: silently lost (stale batches %d)", n, rB.Stats().StaleBatches)
 	}
 }

@@ -20,6 +20,8 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote"
@@ -64,6 +66,8 @@ func startQuicSide(id *membership.Identity, pc *net.UDPConn, peer membership.Mem
 	log := zerolog.Nop()
 	s := &quicSide{pc: pc, sys: actorkit.NewActorSystem(log, id.ID.String())}
 	rcfg := quicremote.DefaultConfig()
+	// The benchmark's messages (payload, sync, count, ping).
+	rcfg.Messages = []proto.Message{&wrapperspb.BytesValue{}, &wrapperspb.StringValue{}, &wrapperspb.Int64Value{}}
 	if v, err := strconv.Atoi(os.Getenv("REMOTEBENCH_INFLIGHT")); err == nil && v > 0 {
 		rcfg.MaxInflightBatches = v
 	}

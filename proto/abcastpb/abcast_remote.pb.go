@@ -26,6 +26,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ActorSpawnResponse_Status int32
+
+const (
+	ActorSpawnResponse_OK           ActorSpawnResponse_Status = 0
+	ActorSpawnResponse_UNKNOWN_KIND ActorSpawnResponse_Status = 1
+	ActorSpawnResponse_NAME_TAKEN   ActorSpawnResponse_Status = 2
+	// The node refused: an invalid or reserved name, or the requesting
+	// member spawned as many live actors there as it may.
+	ActorSpawnResponse_REFUSED ActorSpawnResponse_Status = 3
+	// Spawning failed for another reason (detail says which).
+	ActorSpawnResponse_FAILED ActorSpawnResponse_Status = 4
+)
+
+// Enum value maps for ActorSpawnResponse_Status.
+var (
+	ActorSpawnResponse_Status_name = map[int32]string{
+		0: "OK",
+		1: "UNKNOWN_KIND",
+		2: "NAME_TAKEN",
+		3: "REFUSED",
+		4: "FAILED",
+	}
+	ActorSpawnResponse_Status_value = map[string]int32{
+		"OK":           0,
+		"UNKNOWN_KIND": 1,
+		"NAME_TAKEN":   2,
+		"REFUSED":      3,
+		"FAILED":       4,
+	}
+)
+
+func (x ActorSpawnResponse_Status) Enum() *ActorSpawnResponse_Status {
+	p := new(ActorSpawnResponse_Status)
+	*p = x
+	return p
+}
+
+func (x ActorSpawnResponse_Status) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ActorSpawnResponse_Status) Descriptor() protoreflect.EnumDescriptor {
+	return file_abcast_remote_proto_enumTypes[0].Descriptor()
+}
+
+func (ActorSpawnResponse_Status) Type() protoreflect.EnumType {
+	return &file_abcast_remote_proto_enumTypes[0]
+}
+
+func (x ActorSpawnResponse_Status) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ActorSpawnResponse_Status.Descriptor instead.
+func (ActorSpawnResponse_Status) EnumDescriptor() ([]byte, []int) {
+	return file_abcast_remote_proto_rawDescGZIP(), []int{3, 0}
+}
+
 // ActorBatch carries envelopes the sending node had queued for the
 // receiving node, in the order they were sent.
 type ActorBatch struct {
@@ -240,6 +298,182 @@ func (x *ActorEnvelope) GetTypeIndex() uint32 {
 	return 0
 }
 
+// ActorSpawnRequest asks the receiving node to spawn an actor of a kind it
+// registered for remote spawning (quicremote.Remote.Register). It is sent
+// to the remote itself (target id "$quicremote/activator"); the answer,
+// an ActorSpawnResponse, goes to the sender.
+type ActorSpawnRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The actor's name; empty for one the node chooses.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActorSpawnRequest) Reset() {
+	*x = ActorSpawnRequest{}
+	mi := &file_abcast_remote_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActorSpawnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActorSpawnRequest) ProtoMessage() {}
+
+func (x *ActorSpawnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_abcast_remote_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActorSpawnRequest.ProtoReflect.Descriptor instead.
+func (*ActorSpawnRequest) Descriptor() ([]byte, []int) {
+	return file_abcast_remote_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ActorSpawnRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ActorSpawnRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// ActorSpawnResponse answers an ActorSpawnRequest.
+type ActorSpawnResponse struct {
+	state  protoimpl.MessageState    `protogen:"open.v1"`
+	Status ActorSpawnResponse_Status `protobuf:"varint,1,opt,name=status,proto3,enum=abcast.v1.ActorSpawnResponse_Status" json:"status,omitempty"`
+	// The spawned actor's id on the node, when status is OK.
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActorSpawnResponse) Reset() {
+	*x = ActorSpawnResponse{}
+	mi := &file_abcast_remote_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActorSpawnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActorSpawnResponse) ProtoMessage() {}
+
+func (x *ActorSpawnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_abcast_remote_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActorSpawnResponse.ProtoReflect.Descriptor instead.
+func (*ActorSpawnResponse) Descriptor() ([]byte, []int) {
+	return file_abcast_remote_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ActorSpawnResponse) GetStatus() ActorSpawnResponse_Status {
+	if x != nil {
+		return x.Status
+	}
+	return ActorSpawnResponse_OK
+}
+
+func (x *ActorSpawnResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ActorSpawnResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// RemoteDeadLetter is what a node's remote answers, instead of a bare
+// DeadLetterResponse, to the sender of a message it gave up on, so that
+// the requester learns why.
+type RemoteDeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A quicremote.DeadLetterReason (the numbering only grows).
+	Reason uint32 `protobuf:"varint,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The id of the actor the message was for, on the answering node.
+	TargetId      string `protobuf:"bytes,2,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoteDeadLetter) Reset() {
+	*x = RemoteDeadLetter{}
+	mi := &file_abcast_remote_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoteDeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoteDeadLetter) ProtoMessage() {}
+
+func (x *RemoteDeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_abcast_remote_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoteDeadLetter.ProtoReflect.Descriptor instead.
+func (*RemoteDeadLetter) Descriptor() ([]byte, []int) {
+	return file_abcast_remote_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RemoteDeadLetter) GetReason() uint32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *RemoteDeadLetter) GetTargetId() string {
+	if x != nil {
+		return x.TargetId
+	}
+	return ""
+}
+
 var File_abcast_remote_proto protoreflect.FileDescriptor
 
 const file_abcast_remote_proto_rawDesc = "" +
@@ -268,7 +502,25 @@ const file_abcast_remote_proto_rawDesc = "" +
 	"type_index\x18\v \x01(\rR\ttypeIndex\x1a9\n" +
 	"\vHeaderEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B)Z'github.com/abcast/abcast/proto/abcastpbb\x06proto3"
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\x11ActorSpawnRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xc7\x01\n" +
+	"\x12ActorSpawnResponse\x12<\n" +
+	"\x06status\x18\x01 \x01(\x0e2$.abcast.v1.ActorSpawnResponse.StatusR\x06status\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"K\n" +
+	"\x06Status\x12\x06\n" +
+	"\x02OK\x10\x00\x12\x10\n" +
+	"\fUNKNOWN_KIND\x10\x01\x12\x0e\n" +
+	"\n" +
+	"NAME_TAKEN\x10\x02\x12\v\n" +
+	"\aREFUSED\x10\x03\x12\n" +
+	"\n" +
+	"\x06FAILED\x10\x04\"G\n" +
+	"\x10RemoteDeadLetter\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\rR\x06reason\x12\x1b\n" +
+	"\ttarget_id\x18\x02 \x01(\tR\btargetIdB)Z'github.com/abcast/abcast/proto/abcastpbb\x06proto3"
 
 var (
 	file_abcast_remote_proto_rawDescOnce sync.Once
@@ -282,20 +534,26 @@ func file_abcast_remote_proto_rawDescGZIP() []byte {
 	return file_abcast_remote_proto_rawDescData
 }
 
-var file_abcast_remote_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_abcast_remote_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_abcast_remote_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_abcast_remote_proto_goTypes = []any{
-	(*ActorBatch)(nil),    // 0: abcast.v1.ActorBatch
-	(*ActorEnvelope)(nil), // 1: abcast.v1.ActorEnvelope
-	nil,                   // 2: abcast.v1.ActorEnvelope.HeaderEntry
+	(ActorSpawnResponse_Status)(0), // 0: abcast.v1.ActorSpawnResponse.Status
+	(*ActorBatch)(nil),             // 1: abcast.v1.ActorBatch
+	(*ActorEnvelope)(nil),          // 2: abcast.v1.ActorEnvelope
+	(*ActorSpawnRequest)(nil),      // 3: abcast.v1.ActorSpawnRequest
+	(*ActorSpawnResponse)(nil),     // 4: abcast.v1.ActorSpawnResponse
+	(*RemoteDeadLetter)(nil),       // 5: abcast.v1.RemoteDeadLetter
+	nil,                            // 6: abcast.v1.ActorEnvelope.HeaderEntry
 }
 var file_abcast_remote_proto_depIdxs = []int32{
-	1, // 0: abcast.v1.ActorBatch.envelopes:type_name -> abcast.v1.ActorEnvelope
-	2, // 1: abcast.v1.ActorEnvelope.header:type_name -> abcast.v1.ActorEnvelope.HeaderEntry
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 0: abcast.v1.ActorBatch.envelopes:type_name -> abcast.v1.ActorEnvelope
+	6, // 1: abcast.v1.ActorEnvelope.header:type_name -> abcast.v1.ActorEnvelope.HeaderEntry
+	0, // 2: abcast.v1.ActorSpawnResponse.status:type_name -> abcast.v1.ActorSpawnResponse.Status
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_abcast_remote_proto_init() }
@@ -308,13 +566,14 @@ func file_abcast_remote_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_abcast_remote_proto_rawDesc), len(file_abcast_remote_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   3,
+			NumEnums:      1,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_abcast_remote_proto_goTypes,
 		DependencyIndexes: file_abcast_remote_proto_depIdxs,
+		EnumInfos:         file_abcast_remote_proto_enumTypes,
 		MessageInfos:      file_abcast_remote_proto_msgTypes,
 	}.Build()
 	File_abcast_remote_proto = out.File

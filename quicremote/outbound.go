@@ -1,0 +1,351 @@
+package quicremote
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/abcast/abcast/quicremote/transport"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/abcast/abcast/membership"
+)
+
+// remotePeer is the shell around one peer's outCore: the send loop that
+// feeds it events and performs its effects, the goroutines that read the
+// peer's acknowledgements, and the lock that lets senders queue from any
+// goroutine.
+type remotePeer struct {
+	r       *Remote
+	id      membership.NodeID
+	addr    string
+	wake    chan struct{}
+	retired atomic.Bool
+
+	mu    sync.Mutex
+	core  *outCore
+	inbox []outEvent // events from other goroutines, for the loop
+
+	// Owned by the loop.
+	streams map[uint64]transport.Stream
+	enc     batchEncoder
+}
+
+func newRemotePeer(r *Remote, id membership.NodeID, up bool, conn uint64, now time.Time) *remotePeer {
+	return &remotePeer{
+		r: r, id: id, addr: id.String(),
+		wake:    make(chan struct{}, 1),
+		core:    newOutCore(outConfigOf(&r.cfg), up, conn, now),
+		streams: make(map[uint64]transport.Stream),
+		enc:     batchEncoder{r: r},
+	}
+}
+
+func (p *remotePeer) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// post hands an event to the loop.
+func (p *remotePeer) post(ev outEvent) {
+	p.mu.Lock()
+	p.inbox = append(p.inbox, ev)
+	p.mu.Unlock()
+	p.signal()
+}
+
+// enqueue queues it for the peer; it never blocks.
+func (p *remotePeer) enqueue(it *outItem) enqResult {
+	p.mu.Lock()
+	res, wake := p.core.enqueue(it)
+	p.mu.Unlock()
+	if wake {
+		p.signal()
+	}
+	return res
+}
+
+// takeWatch ends the record of watcher's watch on the peer's actor
+// watchee, reporting whether there was one.
+func (p *remotePeer) takeWatch(watchee string, watcher *actor.PID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.core.takeWatch(watchee, watcher)
+}
+
+// queued is the number of messages waiting to be sent.
+func (p *remotePeer) queued() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.core.queued()
+}
+
+// run is the peer's send loop, the only goroutine that sends to it: it
+// feeds the core what happened and does what the core says, until the
+// core stops (the remote closed or the peer left the member set).
+func (p *remotePeer) run() {
+	r := p.r
+	defer r.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var fx outEffects
+	var local, inbox []outEvent // outcomes of our own I/O; events from elsewhere
+	stopping := false
+	for {
+		fx.reset()
+		now := time.Now()
+		p.mu.Lock()
+		inbox, p.inbox = p.inbox, inbox[:0]
+		if !stopping && r.closed.Load() {
+			stopping = true
+			inbox = append(inbox, outEvent{kind: evStop, reason: DeadLetterClosed})
+		}
+		for i := range local {
+			p.core.Step(&local[i], now, &fx)
+		}
+		for i := range inbox {
+			p.core.Step(&inbox[i], now, &fx)
+		}
+		if len(local)+len(inbox) == 0 {
+			p.core.Step(&outEvent{kind: evTick}, now, &fx)
+		}
+		p.mu.Unlock()
+		clear(local)
+		clear(inbox)
+		local = p.perform(&fx, local[:0])
+		if fx.stopped {
+			return
+		}
+		if len(local) > 0 {
+			continue
+		}
+		var due <-chan time.Time
+		if !fx.wakeAt.IsZero() {
+			timer.Reset(time.Until(fx.wakeAt))
+			due = timer.C
+		}
+		select {
+		case <-p.wake:
+		case <-due:
+		case <-r.ctx.Done():
+		}
+		timer.Stop()
+	}
+}
+
+// perform does what fx says, in its documented order, and appends the
+// outcomes of its I/O to out.
+func (p *remotePeer) perform(fx *outEffects, out []outEvent) []outEvent {
+	r := p.r
+	var futures []*replyAlias
+	if fx.failFutures {
+		futures = r.failingAliases(p.id)
+	}
+	for _, id := range fx.close {
+		if st := p.streams[id]; st != nil {
+			st.Close()
+			delete(p.streams, id)
+		}
+	}
+	for _, d := range fx.dead {
+		if d.err != nil && r.ctx.Err() == nil {
+			r.log.Warn().Str("peer", p.id.Short()).Int("messages", len(d.items)).Str("reason", d.reason.String()).Err(d.err).Msg("messages given up")
+		}
+		for i := range d.items {
+			r.deadLetter(p, p.id, &d.items[i], d.reason, d.err)
+		}
+	}
+	for _, rec := range fx.watchEnds {
+		r.addressTerminated(rec.watcher, rec.watchee)
+	}
+	r.failFutures(futures, fx.failReason)
+	r.ctr.sent.Add(fx.sent)
+	r.ctr.batches.Add(fx.batches)
+	r.ctr.ackTimeouts.Add(fx.ackTimeouts)
+	r.ctr.badAcks.Add(fx.badAcks)
+	if fx.gaveUp && !r.members().Contains(p.id) {
+		r.retire(p)
+	}
+	switch {
+	case fx.open != 0:
+		out = append(out, p.open(fx.open))
+	case fx.encode != nil:
+		batch, rest := p.encodeBatch(&p.enc, fx.encode)
+		out = append(out, outEvent{kind: evEncoded, stream: fx.encodeStream, batch: batch, rest: rest})
+	case fx.write:
+		out = append(out, outEvent{kind: evWritten, stream: fx.writeStream, err: p.write(fx)})
+	}
+	return out
+}
+
+// open opens stream id on the peer's current connection and starts
+// reading its acknowledgements.
+func (p *remotePeer) open(id uint64) outEvent {
+	r := p.r
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
+	st, err := r.rpc.OpenStream(ctx, p.id, r.cfg.Protocol)
+	cancel()
+	if err != nil {
+		if r.ctx.Err() != nil {
+			err = errClosedRemote
+		}
+		return outEvent{kind: evOpened, stream: id, err: err}
+	}
+	// Acknowledgements are a varint each: the transport refuses anything
+	// longer before reading it.
+	st.SetRecvLimit(maxAckSize)
+	p.streams[id] = st
+	r.wg.Add(1)
+	go p.readAcks(id, st)
+	return outEvent{kind: evOpened, stream: id, conn: st.ConnID()}
+}
+
+// write writes the frame encoded last.
+func (p *remotePeer) write(fx *outEffects) error {
+	r := p.r
+	st := p.streams[fx.writeStream]
+	if st == nil {
+		return errors.New("stream closed before its write")
+	}
+	buf := p.enc.finish(fx.writeEpoch, fx.writeSeq)
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
+	err := st.Send(ctx, buf)
+	cancel()
+	if cap(p.enc.buf) > 2*r.cfg.MaxBatchBytes {
+		p.enc.buf = nil // do not keep a buffer a burst of type names grew
+	}
+	return err
+}
+
+// readAcks hands stream id's acknowledgements to the loop until the
+// stream fails (as it does when the loop closes it).
+func (p *remotePeer) readAcks(id uint64, st transport.Stream) {
+	defer p.r.wg.Done()
+	for {
+		frame, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("peer ended the stream")
+			}
+			p.post(outEvent{kind: evStreamFailed, stream: id, err: fmt.Errorf("reading from %s: %w", p.id.Short(), err)})
+			return
+		}
+		// The frame is the transport's until the next Recv; the receive
+		// limit keeps it short, and the copy stays short even without.
+		if len(frame) > maxAckSize {
+			frame = frame[:maxAckSize+1]
+		}
+		p.post(outEvent{kind: evAck, stream: id, frame: bytes.Clone(frame)})
+	}
+}
+
+// maxAckSize is the longest acknowledgement: a varint of 64 bits.
+const maxAckSize = 10
+
+var errBadAck = errors.New("bad acknowledgement")
+
+// parseAck reads an acknowledgement frame, the count of batches the peer
+// has handled on the stream, given the count acked before and the number
+// of batches awaiting acknowledgement; it returns how many of those the
+// frame acknowledges. A frame that is not exactly one varint of at most
+// maxAckSize bytes, goes back, or acknowledges more than was sent is an
+// error: the peer is broken or hostile, and the stream is failed.
+func parseAck(frame []byte, acked uint64, unacked int) (int, error) {
+	if len(frame) > maxAckSize {
+		return 0, fmt.Errorf("%w: %d bytes, at most %d", errBadAck, len(frame), maxAckSize)
+	}
+	n, k := protowire.ConsumeVarint(frame)
+	if k != len(frame) {
+		return 0, fmt.Errorf("%w: %x is not one varint", errBadAck, frame)
+	}
+	if n < acked || n-acked > uint64(unacked) {
+		return 0, fmt.Errorf("%w: %d batches after %d, with %d awaiting", errBadAck, n, acked, unacked)
+	}
+	return int(n - acked), nil
+}
+
+// outRing is a FIFO of outItems that grows on demand up to a limit.
+type outRing struct {
+	buf     []outItem
+	head, n int
+}
+
+func (q *outRing) push(it *outItem, limit int) bool {
+	if q.n >= limit {
+		return false
+	}
+	if q.n == len(q.buf) {
+		size := min(max(2*len(q.buf), 64), limit)
+		nb := make([]outItem, size)
+		for i := 0; i < q.n; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = *it
+	q.n++
+	return true
+}
+
+func (q *outRing) pop() outItem {
+	it := q.buf[q.head]
+	q.buf[q.head] = outItem{}
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	return it
+}
+
+// take moves queued items to dst until dst holds maxN.
+func (q *outRing) take(dst []outItem, maxN int) []outItem {
+	for q.n > 0 && len(dst) < maxN {
+		dst = append(dst, q.pop())
+	}
+	// Give a ring that grew for a burst back to the collector once empty.
+	if q.n == 0 && len(q.buf) > 1024 {
+		q.buf, q.head = nil, 0
+	}
+	return dst
+}
+
+// encodeBatch encodes items into enc until MaxBatchBytes is reached and
+// returns the items encoded (a new slice: it is kept until acknowledged)
+// and those left for the next batch. A message that cannot be serialized,
+// or alone exceeds MaxBatchBytes, becomes a dead letter.
+func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, rest []outItem) {
+	r := p.r
+	enc.reset()
+	// Encoded items are compacted to the front of items, which becomes the
+	// batch; rest is copied out (it is rare: the batch ran out of bytes).
+	batch = items[:0]
+	for i := range items {
+		mark := enc.mark()
+		if err := enc.add(&items[i]); err != nil {
+			r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, err)
+			continue
+		}
+		if enc.frameSize() <= r.cfg.MaxBatchBytes {
+			batch = append(batch, items[i])
+			continue
+		}
+		size := enc.frameSize() - mark.buf
+		enc.rollback(mark)
+		if len(batch) > 0 {
+			rest = append([]outItem(nil), items[i:]...)
+			clear(items[len(batch):])
+			return batch, rest
+		}
+		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("%w: message of %d bytes encoded exceeds MaxBatchBytes %d", ErrMessageTooLarge, size, r.cfg.MaxBatchBytes))
+	}
+	clear(items[len(batch):])
+	return batch, nil
+}

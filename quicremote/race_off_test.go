@@ -1,0 +1,6 @@
+//go:build !race
+
+package quicremote
+
+// raceEnabled: the race detector changes what allocations cost.
+const raceEnabled = false
