@@ -253,9 +253,9 @@ func (n *Node) Transport() transport.RPC { return n.rpc }
 func (n *Node) PID(node membership.NodeID, id string) *actor.PID { return n.remote.PID(node, id) }
 
 // hide makes pid (and its children) unreachable from other members.
-func (n *Node) hide(pid *actor.PID) { hideFromPeers(n.remote, pid) }
+func (n *Node) hide(pid *actor.PID) { n.remote.Hide(pid) }
 
-func (n *Node) unhide(pid *actor.PID) { unhideFromPeers(n.remote, pid) }
+func (n *Node) unhide(pid *actor.PID) { n.remote.Unhide(pid) }
 
 // onPeerEvent is the transport's callback: record the connection and tell
 // the presence core, whose effects go to the channels' actors.

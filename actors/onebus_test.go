@@ -1,6 +1,7 @@
 package actors_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"testing/synctest"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/actors/abcasttest"
+	"github.com/abcast/abcast/quicremote"
 )
 
 // echo answers a StringValue with the same text and the node it runs on.
@@ -31,6 +33,8 @@ func echoProps(node int) *actor.Props {
 func TestUserActorsTalkAcrossNodesBesideBroadcast(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Latency: 10 * time.Millisecond, OnStart: func(i int, node *actors.Node) {
+			// Peers may send only the types a node registered.
+			node.Remote().RegisterMessages(&wrapperspb.StringValue{})
 			if _, err := node.System().Root.SpawnNamed(echoProps(i), "echo"); err != nil {
 				t.Errorf("spawn echo on %d: %v", i, err)
 			}
@@ -56,10 +60,27 @@ func TestUserActorsTalkAcrossNodesBesideBroadcast(t *testing.T) {
 		}
 		ch.AssertDelivered(t, time.Minute)
 
+		// A type node 1 did not register is refused, and the requester
+		// learns why.
+		_, err := s.Node(0).Remote().Result(sys.Root.RequestFuture(s.Node(0).PID(s.ID(1), "echo"), wrapperspb.Int64(7), 10*time.Second))
+		var dl *quicremote.DeadLetterError
+		if !errors.As(err, &dl) || dl.Reason != quicremote.DeadLetterUndecodable || !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("unregistered type: %v, want a dead letter saying undecodable", err)
+		}
+
+		// abcast's own actors (a channel's, the node's supervisor) are
+		// unreachable from other members, whatever they send.
+		for _, id := range []string{ch.On(1).PID().Id, ch.On(1).PID().Id + "/sender", "abcast"} {
+			_, err := s.Node(0).Remote().Result(sys.Root.RequestFuture(s.Node(0).PID(s.ID(1), id), wrapperspb.String("x"), 10*time.Second))
+			if !errors.As(err, &dl) || dl.Reason != quicremote.DeadLetterHidden {
+				t.Fatalf("message to node 1's %s: %v, want refused as hidden", id, err)
+			}
+		}
+
 		// A watcher on node 0 watches node 2's echo; node 2 dies.
 		terminated := make(chan *actor.Terminated, 1)
 		target := s.Node(0).PID(s.ID(2), "echo")
-		_, err := sys.Root.SpawnNamed(actor.PropsFromFunc(func(ctx actor.Context) {
+		_, err = sys.Root.SpawnNamed(actor.PropsFromFunc(func(ctx actor.Context) {
 			switch m := ctx.Message().(type) {
 			case *actor.Started:
 				ctx.Watch(target)
@@ -70,6 +91,16 @@ func TestUserActorsTalkAcrossNodesBesideBroadcast(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		gone := make(chan *quicremote.EndpointTerminated, 4)
+		sub := sys.EventStream.Subscribe(func(evt any) {
+			if e, ok := evt.(*quicremote.EndpointTerminated); ok {
+				select {
+				case gone <- e:
+				default:
+				}
+			}
+		})
+		defer sys.EventStream.Unsubscribe(sub)
 		time.Sleep(time.Second)
 		s.Kill(2)
 		select {
@@ -79,6 +110,14 @@ func TestUserActorsTalkAcrossNodesBesideBroadcast(t *testing.T) {
 			}
 		case <-time.After(time.Minute):
 			t.Fatal("watch of a dead node's actor did not end")
+		}
+		select {
+		case e := <-gone:
+			if e.Peer != s.ID(2) {
+				t.Fatalf("endpoint terminated for %s, want node 2", e.Peer.Short())
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("the EventStream never said node 2 was gone")
 		}
 		// Restarted, node 2's echo is back (OnStart) and answers again.
 		s.Start(2)

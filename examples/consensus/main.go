@@ -24,6 +24,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/actors"
@@ -156,8 +157,10 @@ func main() {
 		fmt.Printf("node %d finalized height %d; replica %s says it is at %d\n", node, h, peer, peerHeight)
 	}
 	log := zerolog.New(os.Stderr).Level(zerolog.WarnLevel)
+	cfg := actors.DefaultConfig()
+	cfg.Remote.Messages = []proto.Message{&wrapperspb.UInt64Value{}} // what peers may send our actors
 	for i := range *nodes {
-		node, err := actors.NewNode(actors.DefaultConfig(), ids[i], registry, socks[i], log)
+		node, err := actors.NewNode(cfg, ids[i], registry, socks[i], log)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)

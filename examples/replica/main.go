@@ -36,6 +36,7 @@ import (
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
@@ -235,6 +236,7 @@ func start(cfg *Config, log zerolog.Logger) (*replica, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	acfg.Transport = tcfg
+	acfg.Remote.Messages = append(acfg.Remote.Messages, &wrapperspb.StringValue{}) // the status actor's requests and answers
 	// One node, one bus: the actor system, the QUIC transport and the
 	// remote. Our actors and channels are set up before it dials.
 	r.node, err = actors.NewNode(acfg, ident, r.registry, udp, r.log)
