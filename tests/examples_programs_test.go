@@ -40,3 +40,22 @@ func TestExamplesConsensusFinalizesEveryHeight(t *testing.T) {
 		t.Fatalf("no answer from a remote replica:\n%s", out)
 	}
 }
+
+// protoactor-go's own remote examples, ported to abcast nodes: a chat
+// server and clients (JSON-serialized Go structs), remote watch (a stop,
+// then a node that goes away), remote spawn (a registered kind, request,
+// name clash, unknown kind, stop by the spawner).
+func TestExamplesRemotePorts(t *testing.T) {
+	for _, tc := range []struct{ name, pass string }{
+		{"remote-chat", "PASS: each of 3 clients heard all 7 lines"},
+		{"remote-watch", "PASS"},
+		{"remote-spawn", "PASS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := runExample(t, tc.name, 2*time.Minute)
+			if !strings.Contains(out, tc.pass) {
+				t.Fatalf("no %q in the output:\n%s", tc.pass, out)
+			}
+		})
+	}
+}

@@ -14,10 +14,8 @@
 package main
 
 import (
-	"crypto/rand"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -29,6 +27,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/examples/internal/localsubnet"
 	"github.com/abcast/abcast/membership"
 )
 
@@ -131,22 +130,15 @@ func main() {
 	timeout := flag.Duration("timeout", time.Minute, "give up after")
 	flag.Parse()
 
-	var ids []*membership.Identity
-	var nodeIDs []membership.NodeID
-	var socks []net.PacketConn
-	var members []membership.Member
-	for range *nodes {
-		id, _ := membership.GenerateIdentity(rand.Reader)
-		sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
-		ids, nodeIDs, socks = append(ids, id), append(nodeIDs, id.ID), append(socks, sock)
-		members = append(members, id.Member(sock.LocalAddr().String()))
+	sub, err := localsubnet.New(*nodes) // identities, sockets, registry
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
-	snap, _ := membership.NewSnapshot(1, members...)
-	registry, _ := membership.NewStaticSource(snap)
+	var nodeIDs []membership.NodeID
+	for _, id := range sub.IDs {
+		nodeIDs = append(nodeIDs, id.ID)
+	}
 
 	var mu sync.Mutex
 	finalized := make([]uint64, *nodes)
@@ -160,7 +152,7 @@ func main() {
 	cfg := actors.DefaultConfig()
 	cfg.Remote.Messages = []proto.Message{&wrapperspb.UInt64Value{}} // what peers may send our actors
 	for i := range *nodes {
-		node, err := actors.NewNode(cfg, ids[i], registry, socks[i], log)
+		node, err := actors.NewNode(cfg, sub.IDs[i], sub.Registry, sub.Sockets[i], log)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
@@ -187,7 +179,7 @@ func main() {
 			for range time.Tick(100 * time.Millisecond) {
 				sys.Root.Send(pid, tick{})
 			}
-		}(node.System(), node.PID(ids[i].ID, "replica/consensus"))
+		}(node.System(), node.PID(sub.IDs[i].ID, "replica/consensus"))
 	}
 
 	deadline := time.Now().Add(*timeout)
