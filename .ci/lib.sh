@@ -5,7 +5,7 @@
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 die() {
-	printf '%s: %s\n' "${0##*/}" "$*" >&2
+	printf '.ci/%s: %s\n' "${0##*/}" "$*" >&2
 	exit 1
 }
 

@@ -13,7 +13,7 @@
 // results, the output of every failing test and a command that replays
 // it), then a closing line "tests: N passed, N failed, N skipped" counting
 // every test, subtest and fuzz seed of all commands, followed by
-// ", N problems" when something other than a test went wrong.
+// ", N problem(s)" when something other than a test went wrong.
 //
 // A command fails CI when
 //   - a test failed, or a package failed without a failing test (a build
@@ -613,7 +613,11 @@ func finish(out io.Writer, results []*result) int {
 		fmt.Fprintf(out, "\nproblems (each fails the run):\n  - %s\n", strings.Join(problems, "\n  - "))
 	}
 	fmt.Fprintf(out, "\ntests: %d passed, %d failed, %d skipped", passed, failed, skipped)
-	if len(problems) > 0 {
+	switch len(problems) {
+	case 0:
+	case 1:
+		fmt.Fprint(out, ", 1 problem")
+	default:
 		fmt.Fprintf(out, ", %d problems", len(problems))
 	}
 	fmt.Fprintln(out)

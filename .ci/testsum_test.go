@@ -99,7 +99,7 @@ func TestSummariser(t *testing.T) {
 			runs:   []run{{"go test -count=1 ./crash", recorded(t, "crash"), 1}},
 			status: 1,
 			want: []string{"FAIL\texample.com/rec/crash", "output of unfinished test TestExits", "about to exit", "replay: go test -count=1 ./crash",
-				"test TestExits in example.com/rec/crash started but never finished", "tests: 0 passed, 1 failed, 0 skipped, 1 problems\n"},
+				"test TestExits in example.com/rec/crash started but never finished", "tests: 0 passed, 1 failed, 0 skipped, 1 problem\n"},
 		},
 		{
 			name:   "a test timeout fails",
@@ -141,7 +141,7 @@ func TestSummariser(t *testing.T) {
 			name:   "empty output fails even with exit status 0",
 			runs:   []run{{"go test -count=1 ./...", "", 0}},
 			status: 1,
-			want:   []string{"no test ran", "tests: 0 passed, 0 failed, 0 skipped, 1 problems"},
+			want:   []string{"no test ran", "tests: 0 passed, 0 failed, 0 skipped, 1 problem"},
 			absent: []string{"exited with status"},
 		},
 		{
