@@ -2,7 +2,13 @@
 # either succeeds or stops the run with a message saying what is missing
 # and why; nothing is retried or ignored.
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Steps carry the time since the first script of the run started, so that
+# the log shows where CI's time budget goes.
+export CI_START="${CI_START:-$(date +%s)}"
+step() {
+	local t=$(($(date +%s) - CI_START))
+	printf '\n==> [%dm%02ds] %s\n' $((t / 60)) $((t % 60)) "$*" >&2
+}
 
 die() {
 	printf '.ci/%s: %s\n' "${0##*/}" "$*" >&2

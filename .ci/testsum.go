@@ -6,10 +6,13 @@
 // go never got as far as running a test (go.mod asks for a newer Go, a
 // go.mod syntax error, -race without cgo, a bad flag, a run cut short).
 //
-//	go run .ci/testsum.go [env NAME=value ...] go test ARGS... [--- [env NAME=value ...] go test ARGS...]...
+//	go run .ci/testsum.go [-j N] [env NAME=value ...] go test ARGS... [--- [env NAME=value ...] go test ARGS...]...
 //
-// Each command runs in turn with stdout and stderr on one pipe; -json is
-// added when missing. testsum prints what plain `go test` would (package
+// Each command runs with stdout and stderr on one pipe; -json is added when
+// missing. With -j N up to N commands run at once, started in the order
+// given; each one's output is still printed whole and in that order (the
+// first streams as it comes, the others follow when those before them
+// are done), ending with how long it took. testsum prints what plain `go test` would (package
 // results, the output of every failing test and a command that replays
 // it), then a closing line "tests: N passed, N failed, N skipped" counting
 // every test, subtest and fuzz seed of all commands, followed by
@@ -23,8 +26,10 @@
 //   - it passed or failed no test at all (skips alone do not count);
 //   - a package or test started and never reported a result (the binary
 //     died, or the output was cut);
-//   - it names tests with -run and some alternative of the pattern, at any
-//     level (Test|Test2/sub), matched no test that passed or failed.
+//   - it names tests with -run and some |-alternative of the pattern
+//     (TestA|TestB/sub) matched, to its full depth, no test that passed or
+//     failed: a renamed test, or a subtest that no longer exists under a
+//     parent that still passes.
 //
 // Nothing here knows the project's test names, so new tests need no change.
 // The build tag keeps this file out of the module's packages; its test is
@@ -42,22 +47,111 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
 
 func main() {
-	specs, err := parseSpecs(os.Args[1:])
+	args, jobs := os.Args[1:], 1
+	if len(args) >= 2 && args[0] == "-j" {
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "testsum: -j %q: want a positive number\n", args[1])
+			os.Exit(2)
+		}
+		args, jobs = args[2:], n
+	}
+	specs, err := parseSpecs(args)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testsum:", err)
 		os.Exit(2)
 	}
 	module := modulePath("go.mod")
-	var results []*result
-	for _, s := range specs {
-		fmt.Printf("==> %s\n", s)
-		results = append(results, execute(os.Stdout, s, module))
+	os.Exit(finish(os.Stdout, runAll(os.Stdout, specs, jobs, func(w io.Writer, s spec) *result {
+		return execute(w, s, module)
+	})))
+}
+
+// runAll runs up to jobs commands at once, in the order given, and prints
+// their output to out whole and in that order.
+func runAll(out io.Writer, specs []spec, jobs int, run func(io.Writer, spec) *result) []*result {
+	results := make([]*result, len(specs))
+	sinks := make([]*sink, len(specs))
+	for i := range sinks {
+		sinks[i] = newSink()
 	}
-	os.Exit(finish(os.Stdout, results))
+	printed := make(chan struct{})
+	go func() {
+		for _, k := range sinks {
+			k.drainTo(out)
+		}
+		close(printed)
+	}()
+	slots := make(chan struct{}, jobs)
+	for i, s := range specs {
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots }()
+			defer sinks[i].close()
+			start := time.Now()
+			fmt.Fprintf(sinks[i], "==> %s\n", s)
+			results[i] = run(sinks[i], s)
+			fmt.Fprintf(sinks[i], "==> took %v: %s\n", time.Since(start).Round(time.Second), s)
+		}()
+	}
+	<-printed
+	return results
+}
+
+// sink holds one command's output until the printer gets to it; writes
+// never wait for the printer.
+type sink struct {
+	mu     sync.Mutex
+	more   *sync.Cond
+	buf    []byte
+	closed bool
+}
+
+func newSink() *sink {
+	k := &sink{}
+	k.more = sync.NewCond(&k.mu)
+	return k
+}
+
+func (k *sink) Write(p []byte) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.buf = append(k.buf, p...)
+	k.more.Broadcast()
+	return len(p), nil
+}
+
+func (k *sink) close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.closed = true
+	k.more.Broadcast()
+}
+
+// drainTo copies what is written to k to out until k is closed.
+func (k *sink) drainTo(out io.Writer) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for {
+		for len(k.buf) == 0 && !k.closed {
+			k.more.Wait()
+		}
+		if len(k.buf) == 0 {
+			return
+		}
+		data := k.buf
+		k.buf = nil
+		k.mu.Unlock()
+		out.Write(data)
+		k.mu.Lock()
+	}
 }
 
 // spec is one go test command: extra environment, and the arguments after

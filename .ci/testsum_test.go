@@ -11,11 +11,15 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func recorded(t *testing.T, name string) string {
@@ -301,6 +305,52 @@ func TestSplitRun(t *testing.T) {
 		}
 		if got := strings.Join(alts, " ; "); got != want {
 			t.Errorf("splitRun(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// With -j 2 the second command runs while the first is still going, yet
+// the output comes out whole and in command order.
+func TestRunAllConcurrentInOrder(t *testing.T) {
+	specs, err := parseSpecs(strings.Fields("go test ./a --- go test ./b --- go test ./c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secondStarted := make(chan struct{})
+	var out bytes.Buffer
+	results := runAll(&out, specs, 2, func(w io.Writer, s spec) *result {
+		pkg := s.args[len(s.args)-1]
+		switch pkg {
+		case "./a":
+			fmt.Fprintln(w, "a1")
+			select {
+			case <-secondStarted:
+			case <-time.After(time.Minute):
+				t.Error("the second command did not start while the first ran")
+			}
+			fmt.Fprintln(w, "a2")
+		case "./b":
+			fmt.Fprintln(w, "b1")
+			close(secondStarted)
+			fmt.Fprintln(w, "b2")
+		default:
+			fmt.Fprintln(w, "c1")
+		}
+		return newResult(s, "")
+	})
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if !strings.HasPrefix(l, "==> took") {
+			got = append(got, l)
+		}
+	}
+	want := []string{"==> go test -json ./a", "a1", "a2", "==> go test -json ./b", "b1", "b2", "==> go test -json ./c", "c1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("output:\n%s\nwant the lines %q", out.String(), want)
+	}
+	for i, r := range results {
+		if r == nil || r.spec.String() != specs[i].String() {
+			t.Errorf("result %d is %v, want the one of %s", i, r, specs[i])
 		}
 	}
 }
