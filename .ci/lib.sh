@@ -92,3 +92,26 @@ apt_install() {
 	fi
 	apt-get install -y -qq -o Dpkg::Use-Pty=0 "$@" || die "apt-get install $* failed (exit $?)"
 }
+
+# pick_seed sets and exports ABCAST_SEED, the run's one rotating seed, and
+# prints it with the command that repeats the run: derived from the commit
+# (a re-run of a commit repeats its seeds, each new commit tries others),
+# from the date outside git, or taken from the environment.
+pick_seed() {
+	local commit
+	if [ -z "${ABCAST_SEED_FROM:-}" ]; then
+		if [ -n "${ABCAST_SEED:-}" ]; then
+			ABCAST_SEED_FROM="ABCAST_SEED from the environment"
+		elif commit="$(git rev-parse --short=12 HEAD 2>/dev/null)"; then
+			ABCAST_SEED=$((16#${commit:0:8} % 900000 + 100000))
+			ABCAST_SEED_FROM="commit $commit"
+		else
+			ABCAST_SEED=$(($(date -u +%Y%m%d) % 900000 + 100000))
+			ABCAST_SEED_FROM="date $(date -u +%F)"
+		fi
+		export ABCAST_SEED ABCAST_SEED_FROM
+	fi
+	[[ $ABCAST_SEED =~ ^[0-9]+$ ]] || die "ABCAST_SEED=$ABCAST_SEED is not a number"
+	step "seed $ABCAST_SEED ($ABCAST_SEED_FROM)"
+	echo "every randomized test uses it; 'ABCAST_SEED=$ABCAST_SEED bash .ci/test' repeats this run's tests, and each failure below prints its own replay command" >&2
+}
