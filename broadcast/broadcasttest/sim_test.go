@@ -32,6 +32,21 @@ func seedCount(t *testing.T) int {
 	return 1000
 }
 
+// seedBase is the sweep's first seed: SIM_SEED_BASE, 0 by default. CI runs
+// the fixed seeds from 0 and, under the race detector, a block from a
+// rotating base that it prints.
+func seedBase(t *testing.T) uint64 {
+	v := os.Getenv("SIM_SEED_BASE")
+	if v == "" {
+		return 0
+	}
+	b, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		t.Fatalf("SIM_SEED_BASE=%q: %v", v, err)
+	}
+	return b
+}
+
 func run(t *testing.T, cfg Config) Result {
 	t.Helper()
 	s, err := New(cfg)
@@ -127,13 +142,25 @@ func checkFaultsHappened(t *testing.T, class seedClass, res Result) {
 // (G4); invariants hold after every step. Every class of runs must have
 // seen each fault it asks for.
 func TestSimSeedSweep(t *testing.T) {
-	n := seedCount(t)
+	n, base := seedCount(t), seedBase(t)
+	t.Logf("seeds %d..%d (SIM_SEED_BASE, SIM_SEEDS)", base, base+uint64(n)-1)
 	var total Result
 	classes := map[seedClass]*Result{}
 	start := time.Now()
-	for seed := range uint64(n) {
+	var current uint64
+	inSeed := false
+	defer func() {
+		// The sweep derives more of the configuration from the seed than
+		// TestSimReplay's flags carry; this replays it exactly.
+		if t.Failed() && inSeed {
+			t.Logf("replay seed %d as the sweep ran it: SIM_SEED_BASE=%d SIM_SEEDS=1 go test -count=1 -run '^TestSimSeedSweep$' ./broadcast/broadcasttest", current, current)
+		}
+	}()
+	for seed := base; seed < base+uint64(n); seed++ {
+		current, inSeed = seed, true
 		cfg := sweepConfig(seed)
 		res := run(t, cfg)
+		inSeed = false
 		class := seedClass{cfg.Nodes, cfg.Byzantine}
 		if classes[class] == nil {
 			classes[class] = &Result{}
@@ -145,10 +172,15 @@ func TestSimSeedSweep(t *testing.T) {
 		n, len(classes), time.Since(start).Round(time.Millisecond), total.Published, total.Aborted, total.Deliveries, total.Withdrawals, total.Restarts,
 		total.Cuts, total.Flaps, total.Messages, total.Lost, total.Duplicates, total.Reordered, total.ByzantineUpdates, total.RefusedStale, total.RefusedOver, total.RefusedInvalid,
 		total.Mismatch, total.BadResponses, total.Events, total.PeakPending, total.PeakTimers, total.SettledAfter)
+	// A replay of a few seeds (fewer than 24) checks their guarantees; what
+	// the sweep as a whole must have exercised needs every class of runs
+	// several times.
 	for _, class := range slices.SortedFunc(maps.Keys(classes), func(a, b seedClass) int {
 		return cmp.Or(cmp.Compare(a.nodes, b.nodes), cmp.Compare(a.byzantine, b.byzantine))
 	}) {
-		checkFaultsHappened(t, class, *classes[class])
+		if n >= 24 {
+			checkFaultsHappened(t, class, *classes[class])
+		}
 	}
 	// The cores ask for one timer each (broadcast.RetryAt); a simulator
 	// that scheduled every RetryAt instead reached 556 here, and a sender
@@ -157,7 +189,7 @@ func TestSimSeedSweep(t *testing.T) {
 	if total.PeakTimers > 64 {
 		t.Errorf("a node had %d timer events pending; it keeps one earliest timer", total.PeakTimers)
 	}
-	if total.Withdrawals == 0 {
+	if n >= 24 && total.Withdrawals == 0 {
 		t.Errorf("the sweep never withdrew a delivered artifact: %+v", total)
 	}
 	if n >= 24 {

@@ -1,0 +1,8 @@
+package crash
+
+import (
+	"os"
+	"testing"
+)
+
+func TestExits(t *testing.T) { t.Log("about to exit"); os.Exit(3) }
