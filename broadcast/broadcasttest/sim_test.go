@@ -55,7 +55,7 @@ func run(t *testing.T, cfg Config) Result {
 	}
 	res, err := s.Run()
 	if err != nil {
-		t.Fatalf("%v\nreplay: go test ./broadcast/broadcasttest -run 'TestSimReplay' -seed %d -nodes %d -byz %d", err, cfg.Seed, cfg.Nodes, cfg.Byzantine)
+		t.Fatalf("%v\nreplay: go test ./broadcast/broadcasttest -run 'TestSimReplay' -seed %d -nodes %d -byz %d -ops %d", err, cfg.Seed, cfg.Nodes, cfg.Byzantine, cfg.Ops)
 	}
 	return res
 }
@@ -273,12 +273,16 @@ var (
 	replaySeed  = flag.Uint64("seed", 0, "TestSimReplay: seed to replay")
 	replayNodes = flag.Int("nodes", 4, "TestSimReplay: subnet size")
 	replayByz   = flag.Int("byz", 0, "TestSimReplay: Byzantine nodes")
+	replayOps   = flag.Int("ops", -1, "TestSimReplay: publish/abort operations (-1: the default for the seed)")
 )
 
 // TestSimReplay replays one seed printed by a failing run.
 func TestSimReplay(t *testing.T) {
 	cfg := DefaultConfig(*replaySeed)
 	cfg.Nodes, cfg.Byzantine = *replayNodes, *replayByz
+	if *replayOps >= 0 {
+		cfg.Ops = *replayOps
+	}
 	res := run(t, cfg)
 	t.Logf("%+v", res)
 }
