@@ -33,7 +33,7 @@ func TestExamplesLocalnetVerdictPasses(t *testing.T) {
 	var out bytes.Buffer
 	v, err := demo.Run(context.Background(), demo.Options{
 		Nodes:          4,
-		Duration:       5 * time.Second,
+		Duration:       8 * time.Second, // the heal at 3 s leaves 5 s to reconnect, even on a loaded machine
 		Settle:         30 * time.Second,
 		MinSize:        200,
 		MaxSize:        256 << 10,
