@@ -239,9 +239,12 @@ func TestSecurityHostileMember(t *testing.T) {
 			t.Fatal("update with an over-long id accepted")
 		}
 
-		// 6. Garbage protobuf, to both protocols.
+		// 6. Garbage protobuf, to both protocols. A fetch request that
+		// does not decode is refused with an error; one that happens to
+		// decode names an id nobody published and is answered "not found".
+		// Never an artifact, never a hang.
 		rng := rand.New(rand.NewPCG(9, 9))
-		garbageRefused := 0
+		garbageRefused, fetchRefused, fetchNotFound := 0, 0, 0
 		for range 200 {
 			junk := make([]byte, 1+rng.IntN(300))
 			for k := range junk {
@@ -250,7 +253,33 @@ func TestSecurityHostileMember(t *testing.T) {
 			if hostile.Push(context.Background(), s.ID(0), hostileUpdate, junk) != nil {
 				garbageRefused++
 			}
-			_, _ = hostile.Call(context.Background(), s.ID(0), hostileFetch, junk)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := hostile.Call(ctx, s.ID(0), hostileFetch, junk)
+			cancel()
+			switch {
+			case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, transport.ErrCancelled):
+				t.Fatalf("garbage fetch request %x: no answer within 10 s", junk)
+			case err != nil:
+				fetchRefused++
+			default:
+				a, derr := wire.DecodeFetchResponse(resp, wire.DefaultLimits())
+				if derr != nil || a != nil {
+					t.Fatalf("garbage fetch request %x answered with %v (decode error %v), want an error or not found", junk, a, derr)
+				}
+				fetchNotFound++
+			}
+		}
+		t.Logf("garbage fetch requests: %d refused, %d answered not found", fetchRefused, fetchNotFound)
+		if fetchRefused < 100 {
+			t.Errorf("only %d of 200 garbage fetch requests refused", fetchRefused)
+		}
+		// The fetch server still serves a well-formed request afterwards.
+		req, err := wire.EncodeFetchRequest("honest-0-1")
+		must(t, err)
+		resp, err := hostile.Call(context.Background(), s.ID(0), hostileFetch, req)
+		must(t, err)
+		if a, err := wire.DecodeFetchResponse(resp, wire.DefaultLimits()); err != nil || a == nil || verifyPayload(*a) != nil {
+			t.Fatalf("after the garbage, a fetch of a live artifact got %v, %v", a, err)
 		}
 		honestPublish()
 
