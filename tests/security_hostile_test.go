@@ -263,7 +263,7 @@ func TestSecurityHostileMember(t *testing.T) {
 				fetchRefused++
 			default:
 				a, derr := wire.DecodeFetchResponse(resp, wire.DefaultLimits())
-				if derr != nil || a != nil {
+				if !errors.Is(derr, wire.ErrNotFound) {
 					t.Fatalf("garbage fetch request %x answered with %v (decode error %v), want an error or not found", junk, a, derr)
 				}
 				fetchNotFound++
