@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/abcast/abcast/actors"
-	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/actors/abcasttest"
+	"github.com/abcast/abcast/broadcast"
 )
 
 // workload drives a subnet's "consensus" channel: publishes of mixed

@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/examples/abcastctl/nodeconfig"
-	"github.com/abcast/abcast/internal/testnet"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/membership/etcdreg"
 	"github.com/abcast/abcast/membership/etcdreg/etcdtest"
@@ -191,7 +191,7 @@ func procSubnet(t *testing.T, dir string, n int, registry func(*nodeconfig.Confi
 // version at least wantVersion() (asked after the removal).
 func removeWhileTrafficFlows(t *testing.T, procs []*nodeProc, remove func() uint64) {
 	t.Helper()
-	testnet.Eventually(t, 30*time.Second, func() error {
+	must(t, abcasttest.Eventually(30*time.Second, func() error {
 		for _, p := range procs {
 			for _, q := range procs {
 				if p != q && p.deliveredFrom(q) < 5 {
@@ -200,13 +200,13 @@ func removeWhileTrafficFlows(t *testing.T, procs []*nodeProc, remove func() uint
 			}
 		}
 		return nil
-	})
+	}))
 	a, b, gone := procs[0], procs[1], procs[2]
 	version := remove()
 
 	// The removal is applied, and the survivors hold nothing of the
 	// removed node (everything it had advertised is withdrawn).
-	testnet.Eventually(t, 15*time.Second, func() error {
+	must(t, abcasttest.Eventually(15*time.Second, func() error {
 		for _, p := range []*nodeProc{a, b} {
 			if v, n := p.membership(); v < version || n != 2 {
 				return fmt.Errorf("%s at version %d with %d members, want >= %d with 2", p.name, v, n, version)
@@ -216,18 +216,18 @@ func removeWhileTrafficFlows(t *testing.T, procs []*nodeProc, remove func() uint
 			}
 		}
 		return nil
-	})
+	}))
 	// Let anything already in a pipe drain: the survivors exchange a few
 	// more artifacts first.
 	more := func(k int) {
 		t.Helper()
 		ab, ba := a.deliveredFrom(b), b.deliveredFrom(a)
-		testnet.Eventually(t, 15*time.Second, func() error {
+		must(t, abcasttest.Eventually(15*time.Second, func() error {
 			if a.deliveredFrom(b) < ab+k || b.deliveredFrom(a) < ba+k {
 				return fmt.Errorf("survivors delivered %d and %d new artifacts, want %d", a.deliveredFrom(b)-ab, b.deliveredFrom(a)-ba, k)
 			}
 			return nil
-		})
+		}))
 	}
 	more(5)
 	goneFromA, goneFromB, aFromGone, bFromGone := gone.deliveredFrom(a), gone.deliveredFrom(b), a.deliveredFrom(gone), b.deliveredFrom(gone)
