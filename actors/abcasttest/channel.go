@@ -45,6 +45,7 @@ type Channel struct {
 	mu      sync.Mutex
 	chans   []*actors.Channel
 	recs    []*Recorder
+	opened  []bool // per node: opened at least once (later opens are new lives)
 	pools   []map[broadcast.ArtifactID]broadcast.Artifact // per node: what its application has live
 	aborted []broadcast.ArtifactID
 }
@@ -53,7 +54,7 @@ type Channel struct {
 // later.
 func (s *Subnet) OpenChannel(name string, opt ChannelOptions) *Channel {
 	s.t.Helper()
-	c := &Channel{s: s, name: name, opt: opt, chans: make([]*actors.Channel, s.N()), recs: make([]*Recorder, s.N()),
+	c := &Channel{s: s, name: name, opt: opt, chans: make([]*actors.Channel, s.N()), recs: make([]*Recorder, s.N()), opened: make([]bool, s.N()),
 		pools: make([]map[broadcast.ArtifactID]broadcast.Artifact, s.N())}
 	for i := range c.pools {
 		c.pools[i] = map[broadcast.ArtifactID]broadcast.Artifact{}
@@ -76,7 +77,13 @@ func (s *Subnet) OpenChannel(name string, opt ChannelOptions) *Channel {
 func (c *Channel) open(i int) {
 	c.s.t.Helper()
 	rec := c.recs[i]
-	rec.reset()
+	c.mu.Lock()
+	again := c.opened[i]
+	c.opened[i] = true
+	c.mu.Unlock()
+	if again {
+		rec.reset() // a new life of the node
+	}
 	cfg := actors.ChannelConfig{Name: c.name, Admit: c.opt.Admit, Verify: c.opt.Verify, Consume: rec.Consume}
 	switch {
 	case c.opt.ConsumerProps != nil:

@@ -177,6 +177,22 @@ func (w *wrapped) WriteTo(b []byte, addr net.Addr) (int, error) {
 	return len(b), nil
 }
 
+// SetReadBuffer and SetWriteBuffer reach the real socket, so quic-go can
+// size its buffers as on an unwrapped one.
+func (w *wrapped) SetReadBuffer(bytes int) error {
+	if c, ok := w.PacketConn.(interface{ SetReadBuffer(int) error }); ok {
+		return c.SetReadBuffer(bytes)
+	}
+	return nil
+}
+
+func (w *wrapped) SetWriteBuffer(bytes int) error {
+	if c, ok := w.PacketConn.(interface{ SetWriteBuffer(int) error }); ok {
+		return c.SetWriteBuffer(bytes)
+	}
+	return nil
+}
+
 // send routes p: it is dropped, or queued on its link for delivery (by
 // deliver, or to the simulated endpoint when deliver is nil).
 func (n *Network) send(p simnet.Packet, deliver func(simnet.Packet) bool) {
