@@ -45,7 +45,7 @@ type Channel struct {
 	mu      sync.Mutex
 	chans   []*actors.Channel
 	recs    []*Recorder
-	opened  []bool // per node: opened at least once (later opens are new lives)
+	opened  []bool                                        // per node: opened at least once (later opens are new lives)
 	pools   []map[broadcast.ArtifactID]broadcast.Artifact // per node: what its application has live
 	aborted []broadcast.ArtifactID
 }
