@@ -123,12 +123,14 @@ func statusOf(err error) int {
 
 // status is what /status answers.
 type status struct {
-	ID       string                   `json:"id"`
-	Listen   string                   `json:"listen"`
-	Members  int                      `json:"members"`
-	Peers    []string                 `json:"peers"`
-	Channels map[string]channelStatus `json:"channels"`
-	Restarts uint64                   `json:"restarts"`
+	ID      string `json:"id"`
+	Listen  string `json:"listen"`
+	Members int    `json:"members"`
+	// RegistryVersion is the version of the membership snapshot in use.
+	RegistryVersion uint64                   `json:"registry_version"`
+	Peers           []string                 `json:"peers"`
+	Channels        map[string]channelStatus `json:"channels"`
+	Restarts        uint64                   `json:"restarts"`
 }
 
 type channelStatus struct {
@@ -145,7 +147,8 @@ type channelStatus struct {
 func (r *replica) serveStatus(w http.ResponseWriter, _ *http.Request) { writeJSON(w, r.status()) }
 
 func (r *replica) status() status {
-	s := status{ID: r.ident.ID.String(), Listen: r.cfg.Listen, Members: r.registry.Current().Len(), Peers: []string{}, Channels: map[string]channelStatus{}, Restarts: r.node.Stats().Restarts}
+	snap := r.registry.Current()
+	s := status{ID: r.ident.ID.String(), Listen: r.cfg.Listen, Members: snap.Len(), RegistryVersion: snap.Version, Peers: []string{}, Channels: map[string]channelStatus{}, Restarts: r.node.Stats().Restarts}
 	for _, p := range r.node.Transport().Peers() {
 		s.Peers = append(s.Peers, p.String())
 	}
