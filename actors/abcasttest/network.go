@@ -351,9 +351,11 @@ func DefaultQueueLimit(capacity int64) int {
 	return int(max(64<<10, capacity/5))
 }
 
-// close stops delivering: queued packets are dropped and the link
-// goroutines end before it returns.
-func (n *Network) close() {
+// Close stops delivering: packets still queued are dropped (and counted
+// in DroppedNoRoute) and the links' goroutines end before it returns.
+// Close the endpoints first: a link may be blocked handing a packet to a
+// socket nobody reads. A Subnet closes its network itself.
+func (n *Network) Close() {
 	n.mu.Lock()
 	n.closed = true
 	n.mu.Unlock()

@@ -505,7 +505,7 @@ func (s *Subnet) Close() {
 		}
 	}
 	s.mu.Unlock()
-	s.net.close()
+	s.net.Close()
 	if inBubble() {
 		time.Sleep(2 * time.Second) // virtual; no event to wait for
 	}
