@@ -10,6 +10,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 	"github.com/asynkron/protoactor-go/actor"
 )
@@ -264,7 +265,7 @@ func (c *Channel) WaitDelivered(within time.Duration) error {
 func (c *Channel) AssertDelivered(t TB, within time.Duration) {
 	t.Helper()
 	if err := c.WaitDelivered(within); err != nil {
-		t.Fatalf("abcasttest: channel %s not delivered everywhere within %v: %v", c.name, within, err)
+		t.Fatalf("abcasttest: channel %s not delivered everywhere: %v", c.name, err)
 	}
 }
 
@@ -275,17 +276,12 @@ type TB interface {
 }
 
 // Eventually calls cond every 10 ms until it returns nil or within has
-// passed, and returns its last error. Inside a synctest bubble the polling
-// and the deadline are in virtual time.
+// passed, and returns its last error, saying it timed out. Inside a
+// synctest bubble the polling and the deadline are in virtual time. It is
+// the repository's one polling loop (internal/poll), for tests that wait
+// for a condition instead of sleeping.
 func Eventually(within time.Duration, cond func() error) error {
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil || !time.Now().Before(deadline) {
-			return err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return poll.Eventually(within, cond)
 }
 
 // Bounds are the limits CheckBounds holds a subnet to. Zero fields are not
