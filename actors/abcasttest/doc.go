@@ -4,27 +4,30 @@
 // on a network the test controls.
 //
 // Backends (Options.Backend):
+//
 //   - Simulated (the default): real QUIC and TLS over the kit's simulated
 //     network. Use it inside testing/synctest.Test: connection timeouts,
 //     fetch backoffs, link latency and capacity and the assertions'
 //     deadlines then run in virtual time, so a minute-long partition takes
 //     milliseconds and the outcome does not depend on the machine's load.
+//
 //   - LoopbackQUIC: real QUIC over real UDP sockets on 127.0.0.1, each
 //     behind the same Network, so the fault controls still apply, in real
 //     time. Outside synctest bubbles.
+//
 //   - Memory: transport.MemNetwork, no packets; Cut and Heal disconnect
 //     pairs, loss, latency and capacity are refused.
 //
-//	synctest.Test(t, func(t *testing.T) {
-//		s := abcasttest.NewSubnet(t, 4, abcasttest.Options{Latency: 50 * time.Millisecond})
-//		s.StartAll()
-//		ch := s.OpenChannel("blocks", abcasttest.ChannelOptions{})
-//		ch.Publish(0, broadcast.Artifact{ID: "b1", Payload: payload})
-//		s.Isolate(3)          // node 3 hears nobody
-//		time.Sleep(30 * time.Second)
-//		s.HealAll()
-//		ch.AssertDelivered(t, time.Minute)
-//	})
+//     synctest.Test(t, func(t *testing.T) {
+//     s := abcasttest.NewSubnet(t, 4, abcasttest.Options{Latency: 50 * time.Millisecond})
+//     s.StartAll()
+//     ch := s.OpenChannel("blocks", abcasttest.ChannelOptions{})
+//     ch.Publish(0, broadcast.Artifact{ID: "b1", Payload: payload})
+//     s.Isolate(3)          // node 3 hears nobody
+//     time.Sleep(30 * time.Second)
+//     s.HealAll()
+//     ch.AssertDelivered(t, time.Minute)
+//     })
 //
 // Network controls: Cut, Heal, Isolate and HealAll for links; SetLoss,
 // SetLatency and SetCapacity (and per link, through Network, which also

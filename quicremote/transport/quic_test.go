@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/testutils/simnet"
 
+	"github.com/abcast/abcast/actors/abcasttest/faultnet"
 	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 )
@@ -59,15 +59,11 @@ func TestRestartNoticedByStatelessReset(t *testing.T) {
 				before, _ := survivor.rpc.ConnID(c.nodes[who].id.ID)
 
 				// Crash: the dying node's goodbye packets are lost.
-				c.simRouter.mu.Lock()
-				c.simRouter.drop = func(p simnet.Packet) bool { return p.From.String() == c.nodes[who].addr }
-				c.simRouter.mu.Unlock()
+				c.net.SetTap(func(p faultnet.Packet) bool { return p.From.String() != c.nodes[who].addr })
 				if err := c.nodes[who].rpc.Close(); err != nil {
 					t.Fatal(err)
 				}
-				c.simRouter.mu.Lock()
-				c.simRouter.drop = nil
-				c.simRouter.mu.Unlock()
+				c.net.SetTap(nil)
 				crashed := time.Now()
 				c.nodes[who].events = newEventLog()
 				c.start(who)
