@@ -13,7 +13,6 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -51,7 +50,7 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 	base := heapInUse()
 
 	const updates = 4 * slotLimit
-	lim := wire.DefaultLimits()
+	lim := actors.DefaultConfig().Wire
 	attr := make([]byte, lim.MaxAttributeLen)
 	var refused, accepted int
 	var mu sync.Mutex
@@ -63,7 +62,7 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			id := fmt.Sprintf("%0*d", lim.MaxIDLen, i)
-			msg, err := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(i + 1), Slot: broadcast.Slot(i), Kind: broadcast.KindAdvert,
+			msg, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(i + 1), Slot: broadcast.Slot(i), Kind: broadcast.KindAdvert,
 				Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(id), Attribute: attr}})
 			if err != nil {
 				t.Error(err)
@@ -71,7 +70,7 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			err = flooder.Push(ctx, s.ID(0), "abcast/consensus/update", msg)
+			err = flooder.Push(ctx, s.ID(0), abcasttest.UpdateProtocol("consensus"), msg)
 			mu.Lock()
 			if err != nil {
 				refused++
@@ -269,7 +268,7 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 			recv, pub, rec := ch.On(0), ch.On(1), ch.Recorder(0)
 			served := make(chan struct{}, 100)
 			forged := []byte("forged")
-			if err := liar.Handle("abcast/consensus/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
+			if err := liar.Handle(abcasttest.FetchProtocol("consensus"), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
 				served <- struct{}{}
 				switch mode {
 				case "silent":
@@ -280,7 +279,7 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				}
 				// The manifest its advert named, with forged bytes that
 				// match it: they assemble, and the verifier refuses them.
-				return wire.EncodeFetchManifest(broadcast.Describe(forged, broadcast.MinChunkSize), forged)
+				return abcasttest.EncodeFetchManifest(broadcast.Describe(forged, broadcast.MinChunkSize), forged)
 			}, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -294,8 +293,8 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The liar advertises x first; only later does the honest node.
-			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
-			if err := liar.Push(t.Context(), s.ID(0), "abcast/consensus/update", msg); err != nil {
+			msg, _ := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
+			if err := liar.Push(t.Context(), s.ID(0), abcasttest.UpdateProtocol("consensus"), msg); err != nil {
 				t.Fatal(err)
 			}
 			<-served // the receiver asked the liar
