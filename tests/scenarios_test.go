@@ -158,7 +158,7 @@ func TestScenarioLargeArtifactsBothWays(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves 120 MiB")
 	}
-	s := abcasttest.NewSubnet(t, 2, abcasttest.Options{Backend: abcasttest.LoopbackQUIC})
+	s := abcasttest.NewSubnet(t, 2, abcasttest.Options{Backend: abcasttest.LoopbackQUIC, BareSockets: true})
 	s.StartAll()
 	w := newWorkload(t, s, 9)
 	for i := range 2 {

@@ -42,6 +42,12 @@ type Options struct {
 	Loss     float64
 	Capacity int64
 	Seed     uint64
+	// BareSockets, with LoopbackQUIC, hands the nodes their UDP sockets
+	// as they are instead of behind the Network, so quic-go can use
+	// segmentation offload as in production: for tests that move a lot of
+	// data and inject no fault. Cut, Kill, loss, latency and capacity then
+	// fail the test.
+	BareSockets bool
 	// Log receives the nodes' logs; nil means warnings and errors to the
 	// test log (everything when ABCAST_DEBUG is set).
 	Log *zerolog.Logger
@@ -100,6 +106,7 @@ type Subnet struct {
 	tcfg    transport.Config
 	log     zerolog.Logger
 	backend Backend
+	bare    bool // LoopbackQUIC with unwrapped sockets
 	net     *Network
 	mem     *transport.MemNetwork // Memory backend only
 	ids     []*membership.Identity
@@ -119,10 +126,13 @@ type Subnet struct {
 // NewSubnet builds identities, addresses and a registry for n nodes.
 func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 	t.Helper()
-	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport, onStart: opt.OnStart, backend: opt.Backend,
+	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport, onStart: opt.OnStart, backend: opt.Backend, bare: opt.BareSockets,
 		net:   NewNetwork(opt.Seed, opt.Latency, opt.Loss),
 		nodes: make([]*actors.Node, n), raws: make([]transport.RPC, n), socks: make([]net.PacketConn, n), removed: map[int]bool{}}
 	s.net.SetCapacity(opt.Capacity)
+	if opt.BareSockets && (opt.Backend != LoopbackQUIC || opt.Latency != 0 || opt.Loss != 0 || opt.Capacity != 0) {
+		t.Fatalf("abcasttest: BareSockets is for LoopbackQUIC without latency, loss or capacity")
+	}
 	switch opt.Backend {
 	case Simulated, LoopbackQUIC:
 	case Memory:
@@ -183,9 +193,9 @@ func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 func (s *Subnet) N() int { return len(s.ids) }
 
 // Network returns the network, for finer control of faults and for its
-// counters; nil on the Memory backend.
+// counters; nil on the Memory backend and with bare sockets.
 func (s *Subnet) Network() *Network {
-	if s.backend == Memory {
+	if s.backend == Memory || s.bare {
 		return nil
 	}
 	return s.net
@@ -318,7 +328,7 @@ func (s *Subnet) Cut(i, j int) {
 		s.mem.Disconnect(s.ids[i].ID, s.ids[j].ID)
 		return
 	}
-	s.net.Cut(s.Addr(i), s.Addr(j))
+	s.packets("Cut").Cut(s.Addr(i), s.Addr(j))
 }
 
 // Heal restores the link between nodes i and j.
@@ -327,7 +337,7 @@ func (s *Subnet) Heal(i, j int) {
 		s.mem.Connect(s.ids[i].ID, s.ids[j].ID)
 		return
 	}
-	s.net.Heal(s.Addr(i), s.Addr(j))
+	s.packets("Heal").Heal(s.Addr(i), s.Addr(j))
 }
 
 // Isolate cuts every link between the nodes in group and the others.
@@ -371,11 +381,14 @@ func (s *Subnet) SetCapacity(bytesPerSecond int64) {
 }
 
 // packets returns the network for a control that needs packets, failing
-// the test on the Memory backend.
+// the test on the Memory backend and with bare sockets.
 func (s *Subnet) packets(what string) *Network {
 	s.t.Helper()
 	if s.mem != nil {
 		s.t.Fatalf("abcasttest: %s needs packets; the memory backend has none", what)
+	}
+	if s.bare {
+		s.t.Fatalf("abcasttest: %s needs the Network; this subnet's sockets are bare", what)
 	}
 	return s.net
 }
@@ -396,6 +409,9 @@ func (s *Subnet) socket(i int) net.PacketConn {
 		if pc, err = net.ListenUDP("udp", s.addrs[i]); err != nil {
 			s.t.Fatalf("abcasttest: rebind %s for node %d: %v", s.addrs[i], i, err)
 		}
+	}
+	if s.bare {
+		return pc
 	}
 	return s.net.Wrap(pc)
 }

@@ -175,7 +175,8 @@ type wrapped struct {
 }
 
 func (w *wrapped) WriteTo(b []byte, addr net.Addr) (int, error) {
-	w.n.send(simnet.Packet{From: w.LocalAddr(), To: addr, Data: append([]byte(nil), b...)}, func(p simnet.Packet) bool {
+	// b is only borrowed: send copies it if it has to queue it.
+	w.n.send(simnet.Packet{From: w.LocalAddr(), To: addr, Data: b}, func(p simnet.Packet) bool {
 		_, err := w.PacketConn.WriteTo(p.Data, p.To)
 		return err == nil
 	})
@@ -199,7 +200,8 @@ func (w *wrapped) SetWriteBuffer(bytes int) error {
 }
 
 // send routes p: it is dropped, or queued on its link for delivery (by
-// deliver, or to the simulated endpoint when deliver is nil).
+// deliver, or to the simulated endpoint when deliver is nil). With a
+// deliver function p.Data is borrowed from the writer for the call only.
 func (n *Network) send(p simnet.Packet, deliver func(simnet.Packet) bool) {
 	k := [2]string{p.From.String(), p.To.String()}
 	n.mu.Lock()
@@ -270,6 +272,9 @@ func (n *Network) send(p simnet.Packet, deliver func(simnet.Packet) bool) {
 			l.stats.DroppedNoRoute++
 		}
 		return
+	}
+	if deliver != nil {
+		p.Data = append([]byte(nil), p.Data...) // the writer's buffer was only lent
 	}
 	l.queue = append(l.queue, queued{p: p, at: at})
 	if !l.running {
