@@ -8,19 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not a wait for an event
-	}
-}
+	"github.com/abcast/abcast/internal/poll"
+)
 
 func newFileSource(t *testing.T, path string) *FileSource {
 	t.Helper()
@@ -125,7 +115,7 @@ func TestFileSourceKeepsLastGoodSnapshot(t *testing.T) {
 	}
 	refused := func(want string) {
 		t.Helper()
-		waitFor(t, "refusal mentioning "+want, func() bool {
+		poll.Until(t, 5*time.Second, "refusal mentioning "+want, func() bool {
 			err := s.LastError()
 			return err != nil && strings.Contains(err.Error(), want)
 		})
@@ -154,7 +144,7 @@ func TestFileSourceKeepsLastGoodSnapshot(t *testing.T) {
 
 	// Rewriting the good content (other formatting) is no change, no error.
 	raw(`{"members":[` + entryJSON(a) + `,` + entryJSON(b) + `],"version":5}`)
-	waitFor(t, "error cleared", func() bool { return s.LastError() == nil })
+	poll.Until(t, 5*time.Second, "error cleared", func() bool { return s.LastError() == nil })
 	if s.Current().Version != 5 {
 		t.Fatal("version changed")
 	}
@@ -163,7 +153,7 @@ func TestFileSourceKeepsLastGoodSnapshot(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "missing file reported", func() bool { return s.LastError() != nil })
+	poll.Until(t, 5*time.Second, "missing file reported", func() bool { return s.LastError() != nil })
 	if s.Current().Len() != 2 {
 		t.Fatal("snapshot lost with the file")
 	}
@@ -171,7 +161,7 @@ func TestFileSourceKeepsLastGoodSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeRegistry(t, path, r)
-	waitFor(t, "version 6", func() bool { return s.Current().Version == 6 })
+	poll.Until(t, 5*time.Second, "version 6", func() bool { return s.Current().Version == 6 })
 	if s.Current().Contains(b.ID) || s.LastError() != nil {
 		t.Fatalf("v6 wrong: %v, %v", s.Current().IDs(), s.LastError())
 	}

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/testutils/simnet"
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/actors/abcasttest"
@@ -34,7 +33,7 @@ import (
 // id dials) and the highest is the natural victim. All n are members.
 type attackNet struct {
 	t     *testing.T
-	sn    *simnet.Simnet
+	net   *abcasttest.Network
 	ids   []*membership.Identity
 	addrs []string
 	pcs   []net.PacketConn
@@ -43,7 +42,7 @@ type attackNet struct {
 
 func newAttackNet(t *testing.T, n int) *attackNet {
 	t.Helper()
-	a := &attackNet{t: t, sn: &simnet.Simnet{Router: &simnet.PerfectRouter{}}}
+	a := &attackNet{t: t, net: abcasttest.NewNetwork(1, 2*time.Millisecond, 0)}
 	for range n {
 		id, err := membership.GenerateIdentity(rand.Reader)
 		must(t, err)
@@ -54,10 +53,9 @@ func newAttackNet(t *testing.T, n int) *attackNet {
 	for i := range n {
 		udp := &net.UDPAddr{IP: net.IPv4(10, 7, 0, byte(i+1)), Port: 4000}
 		a.addrs = append(a.addrs, udp.String())
-		a.pcs = append(a.pcs, a.sn.NewEndpoint(udp, simnet.NodeBiDiLinkSettings{Latency: 2 * time.Millisecond}))
+		a.pcs = append(a.pcs, a.net.Listen(udp))
 		ms = append(ms, a.ids[i].Member(udp.String()))
 	}
-	must(t, a.sn.Start())
 	snap, err := membership.NewSnapshot(1, ms...)
 	must(t, err)
 	for range n {
@@ -69,7 +67,7 @@ func newAttackNet(t *testing.T, n int) *attackNet {
 		for _, pc := range a.pcs {
 			pc.Close()
 		}
-		a.sn.Close()
+		a.net.Close()
 	})
 	return a
 }

@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/membership/etcdreg"
 	"github.com/abcast/abcast/membership/etcdreg/etcdtest"
@@ -189,14 +190,14 @@ func startSubnetWith(t *testing.T, bin string, n int, etcd string) []*replicaPro
 		procs = append(procs, p)
 	}
 	for _, p := range procs {
-		waitFor(t, 60*time.Second, func() error {
+		must(t, abcasttest.Eventually(60*time.Second, func() error {
 			b, err := os.ReadFile(p.ready)
 			if err != nil || len(b) == 0 {
 				return fmt.Errorf("replica %s not serving yet", p.id.Short())
 			}
 			p.http = string(b)
 			return nil
-		})
+		}))
 	}
 	return procs
 }
@@ -207,22 +208,6 @@ func tail(s string, lines int) string {
 		ls = ls[len(ls)-lines:]
 	}
 	return strings.Join(ls, "\n")
-}
-
-// waitFor polls cond until it returns nil or within passes.
-func waitFor(t *testing.T, within time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition, with a deadline
-	}
 }
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
@@ -297,7 +282,7 @@ func (m metrics) sum(name string, labels ...string) float64 {
 func waitMetric(t *testing.T, p *replicaProc, want float64, name string, labels ...string) metrics {
 	t.Helper()
 	var last metrics
-	waitFor(t, 30*time.Second, func() error {
+	must(t, abcasttest.Eventually(30*time.Second, func() error {
 		m, err := scrape(p)
 		if err != nil {
 			return err
@@ -307,7 +292,7 @@ func waitMetric(t *testing.T, p *replicaProc, want float64, name string, labels 
 			return fmt.Errorf("replica %s: %s%v = %v, want >= %v", p.id.Short(), name, labels, got, want)
 		}
 		return nil
-	})
+	}))
 	return last
 }
 

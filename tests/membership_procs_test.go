@@ -1,168 +1,36 @@
 package tests
 
-// Three replica processes on loopback (tests/testdata/cmd/node); one is
-// removed from the registry while all three publish: it is cut off and the
-// other two keep delivering to each other. Once with the registry file,
-// once with etcd.
+// Three examples/replica processes on loopback; one is removed from the
+// registry while all three publish: it is cut off and the other two keep
+// delivering to each other. Once with the registry file, once with etcd.
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/examples/abcastctl/nodeconfig"
-	"github.com/abcast/abcast/internal/testnet"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/membership/etcdreg"
 	"github.com/abcast/abcast/membership/etcdreg/etcdtest"
 )
 
-// buildNodeBinary compiles tests/testdata/cmd/node into dir.
-func buildNodeBinary(t *testing.T, dir string) string {
-	t.Helper()
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
-	bin := filepath.Join(dir, "node")
-	out, err := exec.Command(goBin, "build", "-o", bin, "./testdata/cmd/node").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build node binary: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// nodeProc is one node process and what it reported.
+// nodeProc is one replica process under the removal scenario.
 type nodeProc struct {
-	name   string
-	id     membership.NodeID
-	cmd    *exec.Cmd
-	stdin  interface{ Close() error }
-	stderr *lockedBuffer
-	done   chan struct{}
-
-	mu        sync.Mutex
-	ready     bool
-	version   uint64
-	members   int
-	delivered map[string]int    // publisher NodeID → deliveries
-	held      map[string]string // artifact id → publisher NodeID
+	*replicaProc
+	name string
 }
 
-type procEvent struct {
-	Event   string `json:"event"`
-	ID      string `json:"id"`
-	From    string `json:"from"`
-	Version uint64 `json:"version"`
-	Count   int    `json:"count"`
-}
-
-func startNodeProc(t *testing.T, bin, name, config string, id membership.NodeID) *nodeProc {
-	t.Helper()
-	p := &nodeProc{name: name, id: id, stderr: &lockedBuffer{}, done: make(chan struct{}), delivered: map[string]int{}, held: map[string]string{}}
-	p.cmd = exec.Command(bin, "-config", config)
-	p.cmd.Stderr = p.stderr
-	stdin, err := p.cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.stdin = stdin
-	go func() {
-		defer close(p.done)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var ev procEvent
-			if json.Unmarshal(sc.Bytes(), &ev) != nil {
-				continue
-			}
-			p.record(ev)
-		}
-		p.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		p.stdin.Close() // asks the node to shut down
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("%s stderr (tail):\n%s", p.name, logTail(p.stderr, 30))
-		}
-	})
-	return p
-}
-
-func logTail(b *lockedBuffer, n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lines := strings.Split(strings.TrimSpace(b.buf.String()), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-func (p *nodeProc) record(ev procEvent) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch ev.Event {
-	case "ready":
-		p.ready = true
-	case "members":
-		p.version, p.members = ev.Version, ev.Count
-	case "delivered":
-		p.delivered[ev.From]++
-		p.held[ev.ID] = ev.From
-	case "withdrawn":
-		delete(p.held, ev.ID)
-	}
-}
-
-// deliveredFrom is how many artifacts of q this process delivered.
-func (p *nodeProc) deliveredFrom(q *nodeProc) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.delivered[q.id.String()]
-}
-
-// heldFrom is how many artifacts of q this process holds right now.
-func (p *nodeProc) heldFrom(q *nodeProc) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, from := range p.held {
-		if from == q.id.String() {
-			n++
-		}
-	}
-	return n
-}
-
-func (p *nodeProc) membership() (uint64, int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.version, p.members
-}
-
-// procSubnet writes keys and per-node configs for n processes; registry
+// procSubnet writes keys and per-node configs for n replicas; registry
 // sets each config's registry fields.
 func procSubnet(t *testing.T, dir string, n int, registry func(*nodeconfig.Config)) ([]*membership.Identity, []string, []string) {
 	t.Helper()
@@ -175,7 +43,8 @@ func procSubnet(t *testing.T, dir string, n int, registry func(*nodeconfig.Confi
 			t.Fatal(err)
 		}
 		addr := freeUDPAddr(t)
-		cfg := nodeconfig.Config{IdentityKey: key, Listen: addr, Channels: []string{"blocks"}}
+		cfg := nodeconfig.Config{IdentityKey: key, Listen: addr, Channels: []string{"blocks"},
+			Log: nodeconfig.LogConfig{Format: "json", Level: "debug"}}
 		registry(&cfg)
 		config := filepath.Join(dir, fmt.Sprintf("node-%d.json", i))
 		if err := cfg.Save(config); err != nil {
@@ -186,59 +55,191 @@ func procSubnet(t *testing.T, dir string, n int, registry func(*nodeconfig.Confi
 	return ids, addrs, configs
 }
 
+// startProcs starts a replica per config and waits until each serves HTTP.
+func startProcs(t *testing.T, bin, dir string, ids []*membership.Identity, configs []string) []*nodeProc {
+	t.Helper()
+	var procs []*nodeProc
+	for i, cfg := range configs {
+		p := &nodeProc{name: fmt.Sprintf("node-%d", i), replicaProc: &replicaProc{id: ids[i].ID, exited: make(chan error, 1),
+			logPath: filepath.Join(dir, fmt.Sprintf("node-%d.log", i)), ready: filepath.Join(dir, fmt.Sprintf("node-%d.ready", i))}}
+		p.start(t, p.name, exec.Command(bin, "-config", cfg, "-http", "127.0.0.1:0", "-ready-file", p.ready))
+		procs = append(procs, p)
+	}
+	for _, p := range procs {
+		must(t, abcasttest.Eventually(time.Minute, func() error {
+			b, err := os.ReadFile(p.ready)
+			if err != nil || len(b) == 0 {
+				return fmt.Errorf("%s not serving yet", p.name)
+			}
+			p.http = string(b)
+			return nil
+		}))
+	}
+	return procs
+}
+
+// publishLoop makes every replica publish a 2 KiB artifact every 20 ms
+// through its HTTP API, keeping its newest 20 live (aborting older ones),
+// until the test ends.
+func publishLoop(t *testing.T, procs []*nodeProc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for _, p := range procs {
+		wg.Go(func() {
+			var live []string
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for seq := 0; ; seq++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				id := fmt.Sprintf("%s-%d", p.id.Short(), seq)
+				if postCtx(ctx, p.url("/publish?channel=blocks&size=2048&id="+id)) != http.StatusOK {
+					continue // busy or shutting down: skip this tick
+				}
+				if live = append(live, id); len(live) > 20 && postCtx(ctx, p.url("/abort?channel=blocks&id="+live[0])) == http.StatusOK {
+					live = live[1:]
+				}
+			}
+		})
+	}
+}
+
+func postCtx(ctx context.Context, url string) int {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// deliveries reads p's debug log: how many artifacts it delivered from
+// each publisher (short NodeID) and how many of each it holds now.
+func (p *nodeProc) deliveries() (delivered, held map[string]int, err error) {
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	delivered, held = map[string]int{}, map[string]int{}
+	from := map[string]string{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l struct{ Message, Channel, ID, From string }
+		if json.Unmarshal(sc.Bytes(), &l) != nil || l.Channel != "blocks" {
+			continue
+		}
+		switch l.Message {
+		case "delivered":
+			delivered[l.From]++
+			held[l.From]++
+			from[l.ID] = l.From
+		case "withdrawn":
+			held[from[l.ID]]--
+			delete(from, l.ID)
+		}
+	}
+	return delivered, held, sc.Err()
+}
+
+// deliveredFrom is how many artifacts of q this process delivered.
+func (p *nodeProc) deliveredFrom(t *testing.T, q *nodeProc) int {
+	t.Helper()
+	d, _, err := p.deliveries()
+	must(t, err)
+	return d[q.id.Short()]
+}
+
+// heldFrom is how many artifacts of q this process holds right now.
+func (p *nodeProc) heldFrom(t *testing.T, q *nodeProc) int {
+	t.Helper()
+	_, h, err := p.deliveries()
+	must(t, err)
+	return h[q.id.Short()]
+}
+
+// membership asks p's /status for its registry version and size.
+func (p *nodeProc) membership() (uint64, int, error) {
+	resp, err := httpClient.Get(p.url("/status"))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Members         int    `json:"members"`
+		RegistryVersion uint64 `json:"registry_version"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	return st.RegistryVersion, st.Members, err
+}
+
 // removeWhileTrafficFlows runs the shared scenario: three processes deliver
-// to each other; remove(2) takes the last one out of the registry at
-// version at least wantVersion() (asked after the removal).
+// to each other; remove() takes the last one out of the registry and
+// returns the registry version that removal made.
 func removeWhileTrafficFlows(t *testing.T, procs []*nodeProc, remove func() uint64) {
 	t.Helper()
-	testnet.Eventually(t, 30*time.Second, func() error {
+	publishLoop(t, procs)
+	must(t, abcasttest.Eventually(30*time.Second, func() error {
 		for _, p := range procs {
 			for _, q := range procs {
-				if p != q && p.deliveredFrom(q) < 5 {
-					return fmt.Errorf("%s delivered %d from %s", p.name, p.deliveredFrom(q), q.name)
+				if p != q && p.deliveredFrom(t, q) < 5 {
+					return fmt.Errorf("%s delivered %d from %s", p.name, p.deliveredFrom(t, q), q.name)
 				}
 			}
 		}
 		return nil
-	})
+	}))
 	a, b, gone := procs[0], procs[1], procs[2]
 	version := remove()
 
 	// The removal is applied, and the survivors hold nothing of the
 	// removed node (everything it had advertised is withdrawn).
-	testnet.Eventually(t, 15*time.Second, func() error {
+	must(t, abcasttest.Eventually(15*time.Second, func() error {
 		for _, p := range []*nodeProc{a, b} {
-			if v, n := p.membership(); v < version || n != 2 {
+			v, n, err := p.membership()
+			if err != nil {
+				return err
+			}
+			if v < version || n != 2 {
 				return fmt.Errorf("%s at version %d with %d members, want >= %d with 2", p.name, v, n, version)
 			}
-			if n := p.heldFrom(gone); n != 0 {
+			if n := p.heldFrom(t, gone); n != 0 {
 				return fmt.Errorf("%s still holds %d artifacts of the removed node", p.name, n)
 			}
 		}
 		return nil
-	})
+	}))
 	// Let anything already in a pipe drain: the survivors exchange a few
 	// more artifacts first.
 	more := func(k int) {
 		t.Helper()
-		ab, ba := a.deliveredFrom(b), b.deliveredFrom(a)
-		testnet.Eventually(t, 15*time.Second, func() error {
-			if a.deliveredFrom(b) < ab+k || b.deliveredFrom(a) < ba+k {
-				return fmt.Errorf("survivors delivered %d and %d new artifacts, want %d", a.deliveredFrom(b)-ab, b.deliveredFrom(a)-ba, k)
+		ab, ba := a.deliveredFrom(t, b), b.deliveredFrom(t, a)
+		must(t, abcasttest.Eventually(15*time.Second, func() error {
+			if a.deliveredFrom(t, b) < ab+k || b.deliveredFrom(t, a) < ba+k {
+				return fmt.Errorf("survivors delivered %d and %d new artifacts, want %d", a.deliveredFrom(t, b)-ab, b.deliveredFrom(t, a)-ba, k)
 			}
 			return nil
-		})
+		}))
 	}
 	more(5)
-	goneFromA, goneFromB, aFromGone, bFromGone := gone.deliveredFrom(a), gone.deliveredFrom(b), a.deliveredFrom(gone), b.deliveredFrom(gone)
+	goneFromA, goneFromB, aFromGone, bFromGone := gone.deliveredFrom(t, a), gone.deliveredFrom(t, b), a.deliveredFrom(t, gone), b.deliveredFrom(t, gone)
 	// Traffic keeps flowing between the other two...
 	more(20)
 	// ...and none of it reaches the removed node, nor does its traffic
 	// (it publishes all along) reach them.
-	if gone.deliveredFrom(a) != goneFromA || gone.deliveredFrom(b) != goneFromB {
-		t.Errorf("removed node kept receiving: %d→%d from a, %d→%d from b", goneFromA, gone.deliveredFrom(a), goneFromB, gone.deliveredFrom(b))
+	if gone.deliveredFrom(t, a) != goneFromA || gone.deliveredFrom(t, b) != goneFromB {
+		t.Errorf("removed node kept receiving: %d→%d from a, %d→%d from b", goneFromA, gone.deliveredFrom(t, a), goneFromB, gone.deliveredFrom(t, b))
 	}
-	if a.deliveredFrom(gone) != aFromGone || b.deliveredFrom(gone) != bFromGone || a.heldFrom(gone) != 0 || b.heldFrom(gone) != 0 {
+	if a.deliveredFrom(t, gone) != aFromGone || b.deliveredFrom(t, gone) != bFromGone || a.heldFrom(t, gone) != 0 || b.heldFrom(t, gone) != 0 {
 		t.Errorf("survivors kept receiving from the removed node")
 	}
 }
@@ -248,7 +249,7 @@ func TestMembershipProcessesFileRemoval(t *testing.T) {
 		t.Skip("builds and runs separate processes")
 	}
 	dir := t.TempDir()
-	bin := buildNodeBinary(t, dir)
+	bin := buildReplica(t, dir)
 	regPath := filepath.Join(dir, "registry.json")
 	ids, addrs, configs := procSubnet(t, dir, 3, func(c *nodeconfig.Config) {
 		c.Registry = regPath
@@ -263,10 +264,7 @@ func TestMembershipProcessesFileRemoval(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeReg(t, regPath, doc)
-	var procs []*nodeProc
-	for i := range 3 {
-		procs = append(procs, startNodeProc(t, bin, fmt.Sprintf("node-%d", i), configs[i], ids[i].ID))
-	}
+	procs := startProcs(t, bin, dir, ids, configs)
 	removeWhileTrafficFlows(t, procs, func() uint64 {
 		if err := doc.Remove(ids[2].ID); err != nil {
 			t.Fatal(err)
@@ -284,7 +282,7 @@ func TestMembershipProcessesEtcdRemoval(t *testing.T) {
 	cli := srv.Client(t)
 	const prefix = "/abcast/procs/members/"
 	dir := t.TempDir()
-	bin := buildNodeBinary(t, dir)
+	bin := buildReplica(t, dir)
 	ids, addrs, configs := procSubnet(t, dir, 3, func(c *nodeconfig.Config) {
 		c.Etcd = &nodeconfig.EtcdConfig{Endpoints: []string{srv.Endpoint}, Prefix: prefix}
 	})
@@ -294,10 +292,7 @@ func TestMembershipProcessesEtcdRemoval(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var procs []*nodeProc
-	for i := range 3 {
-		procs = append(procs, startNodeProc(t, bin, fmt.Sprintf("node-%d", i), configs[i], ids[i].ID))
-	}
+	procs := startProcs(t, bin, dir, ids, configs)
 	removeWhileTrafficFlows(t, procs, func() uint64 {
 		rev, err := etcdreg.Delete(ctx, cli, prefix, ids[2].ID)
 		if err != nil {

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/abcast/abcast/actors/abcasttest"
 )
 
 // Processes (issue 9): four examples/replica processes on loopback; one is
@@ -97,7 +99,7 @@ func TestReliabilityKill9AndRestart(t *testing.T) {
 		}
 	}
 	var last []string
-	waitFor(t, 2*time.Minute, func() error {
+	must(t, abcasttest.Eventually(2*time.Minute, func() error {
 		last = last[:0]
 		for i, p := range procs {
 			held, _, err := logDeliveries(p.logPath)
@@ -119,7 +121,7 @@ func TestReliabilityKill9AndRestart(t *testing.T) {
 			return fmt.Errorf("%d differences, e.g. %v", len(last), last[:min(3, len(last))])
 		}
 		return nil
-	})
+	}))
 	for i, p := range procs {
 		_, count, err := logDeliveries(p.logPath)
 		if err != nil {
@@ -148,7 +150,7 @@ func countOwned(live map[string]int, owner int) int {
 // waitPeers waits until every replica reports n peers up.
 func waitPeers(t *testing.T, procs []*replicaProc, n int) {
 	t.Helper()
-	waitFor(t, time.Minute, func() error {
+	must(t, abcasttest.Eventually(time.Minute, func() error {
 		for i, p := range procs {
 			resp, err := httpClient.Get(p.url("/status"))
 			if err != nil {
@@ -167,7 +169,7 @@ func waitPeers(t *testing.T, procs []*replicaProc, n int) {
 			}
 		}
 		return nil
-	})
+	}))
 }
 
 // restartReplica starts a killed replica again with the same command line
@@ -178,14 +180,14 @@ func restartReplica(t *testing.T, old *replicaProc) *replicaProc {
 	p := &replicaProc{id: old.id, ready: old.ready, exited: make(chan error, 1),
 		logPath: filepath.Join(filepath.Dir(old.logPath), fmt.Sprintf("restarted-%s.log", old.id.Short()))}
 	p.start(t, "restarted node", exec.Command(old.cmd.Path, old.cmd.Args[1:]...))
-	waitFor(t, time.Minute, func() error {
+	must(t, abcasttest.Eventually(time.Minute, func() error {
 		b, err := os.ReadFile(p.ready)
 		if err != nil || len(b) == 0 {
 			return fmt.Errorf("restarted replica not serving yet")
 		}
 		p.http = string(b)
 		return nil
-	})
+	}))
 	return p
 }
 

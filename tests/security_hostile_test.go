@@ -18,7 +18,6 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -41,8 +40,6 @@ import (
 
 const (
 	hostileChannel  = "consensus"
-	hostileUpdate   = "abcast/" + hostileChannel + "/update"
-	hostileFetch    = "abcast/" + hostileChannel + "/fetch"
 	honestFrameSize = 4 << 20
 )
 
@@ -83,7 +80,7 @@ func stormSize() (int, time.Duration) {
 }
 
 func advert(commit uint64, slot uint64, id string, attr []byte) []byte {
-	msg, err := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindAdvert,
+	msg, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindAdvert,
 		Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(id), Attribute: attr}})
 	if err != nil {
 		panic(err)
@@ -121,19 +118,19 @@ func TestSecurityHostileMember(t *testing.T) {
 		// The hostile node's handlers: updates and fetches sent to it stall
 		// until the caller gives up; fetches of "wrong-*" get forged bytes.
 		var stalledUpdates, stalledFetches, forged atomic.Int64
-		must(t, hostile.Handle(hostileUpdate, func(ctx context.Context, _ membership.NodeID, _ []byte) ([]byte, error) {
+		must(t, hostile.Handle(abcasttest.UpdateProtocol(hostileChannel), func(ctx context.Context, _ membership.NodeID, _ []byte) ([]byte, error) {
 			stalledUpdates.Add(1)
 			<-ctx.Done()
 			return nil, ctx.Err()
 		}, 1000))
-		must(t, hostile.Handle(hostileFetch, func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
-			r, err := wire.DecodeFetchRequest(req, wire.DefaultLimits())
+		must(t, hostile.Handle(abcasttest.FetchProtocol(hostileChannel), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
+			r, err := abcasttest.DecodeFetchRequest(req)
 			if err == nil && bytes.HasPrefix([]byte(r.ID), []byte("wrong-")) {
 				// A manifest of forged bytes, and the bytes: it assembles,
 				// and the verifier refuses it.
 				forged.Add(1)
 				payload := []byte("forged bytes")
-				return wire.EncodeFetchManifest(broadcast.Describe(payload, broadcast.MinChunkSize), payload)
+				return abcasttest.EncodeFetchManifest(broadcast.Describe(payload, broadcast.MinChunkSize), payload)
 			}
 			stalledFetches.Add(1)
 			<-ctx.Done()
@@ -170,7 +167,7 @@ func TestSecurityHostileMember(t *testing.T) {
 		// the hostile node first so the receiver asks it first. Their slots
 		// lie beyond the flood's.
 		for k, id := range []string{"ghost-0", "ghost-1", "ghost-shared", "wrong-shared"} {
-			must(t, hostile.Push(context.Background(), s.ID(0), hostileUpdate, advert(uint64(k)+1, uint64(updates+k), id, nil)))
+			must(t, hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), advert(uint64(k)+1, uint64(updates+k), id, nil)))
 		}
 		must(t, abcasttest.Eventually(time.Minute, func() error {
 			if forged.Load() == 0 || stalledFetches.Load() < 3 {
@@ -202,7 +199,7 @@ func TestSecurityHostileMember(t *testing.T) {
 		for w := range workers {
 			wg.Go(func() {
 				for i := w; i < updates; i += workers {
-					err := hostile.Push(context.Background(), s.ID(0), hostileUpdate, advert(uint64(i)+1, uint64(i), "f"+strconv.Itoa(i), nil))
+					err := hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), advert(uint64(i)+1, uint64(i), "f"+strconv.Itoa(i), nil))
 					if err != nil {
 						refused.Add(1)
 					} else {
@@ -224,33 +221,64 @@ func TestSecurityHostileMember(t *testing.T) {
 
 		// 2. Stale commit replays: the same and older commits for held slots.
 		for i := range 1000 {
-			must(t, hostile.Push(context.Background(), s.ID(0), hostileUpdate, advert(uint64(i)+1, uint64(i), "f"+strconv.Itoa(i), nil)))
-			must(t, hostile.Push(context.Background(), s.ID(0), hostileUpdate, advert(uint64(i), uint64(i), "replayed"+strconv.Itoa(i), nil)))
+			must(t, hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), advert(uint64(i)+1, uint64(i), "f"+strconv.Itoa(i), nil)))
+			must(t, hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), advert(uint64(i), uint64(i), "replayed"+strconv.Itoa(i), nil)))
 		}
 
 		// 5. Oversized frames (transport) and updates over the wire limits.
 		for range 3 {
-			if err := hostile.Push(context.Background(), s.ID(0), hostileUpdate, make([]byte, honestFrameSize+1)); err == nil {
+			if err := hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), make([]byte, honestFrameSize+1)); err == nil {
 				t.Fatal("oversized frame accepted")
 			}
 		}
-		long := advert(uint64(updates)+10, 7, string(make([]byte, wire.DefaultLimits().MaxIDLen+1)), nil)
-		if err := hostile.Push(context.Background(), s.ID(0), hostileUpdate, long); err == nil {
+		long := advert(uint64(updates)+10, 7, string(make([]byte, actors.DefaultConfig().Wire.MaxIDLen+1)), nil)
+		if err := hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), long); err == nil {
 			t.Fatal("update with an over-long id accepted")
 		}
 
-		// 6. Garbage protobuf, to both protocols.
+		// 6. Garbage protobuf, to both protocols. A fetch request that
+		// does not decode is refused with an error; one that happens to
+		// decode names an id nobody published and is answered "not found".
+		// Never an artifact, never a hang.
 		rng := rand.New(rand.NewPCG(9, 9))
-		garbageRefused := 0
+		garbageRefused, fetchRefused, fetchNotFound := 0, 0, 0
 		for range 200 {
 			junk := make([]byte, 1+rng.IntN(300))
 			for k := range junk {
 				junk[k] = byte(rng.Uint32())
 			}
-			if hostile.Push(context.Background(), s.ID(0), hostileUpdate, junk) != nil {
+			if hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), junk) != nil {
 				garbageRefused++
 			}
-			_, _ = hostile.Call(context.Background(), s.ID(0), hostileFetch, junk)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := hostile.Call(ctx, s.ID(0), abcasttest.FetchProtocol(hostileChannel), junk)
+			cancel()
+			switch {
+			case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, transport.ErrCancelled):
+				t.Fatalf("garbage fetch request %x: no answer within 10 s", junk)
+			case err != nil:
+				fetchRefused++
+			default:
+				f, derr := abcasttest.DecodeFetchResponse(resp)
+				if !errors.Is(derr, abcasttest.ErrNotFound) {
+					t.Fatalf("garbage fetch request %x answered with %+v (decode error %v), want an error or not found", junk, f, derr)
+				}
+				fetchNotFound++
+			}
+		}
+		t.Logf("garbage fetch requests: %d refused, %d answered not found", fetchRefused, fetchNotFound)
+		if fetchRefused < 100 {
+			t.Errorf("only %d of 200 garbage fetch requests refused", fetchRefused)
+		}
+		// The fetch server still serves a well-formed request afterwards.
+		// (honest-0-1 is live on node 0, 30,000 bytes.)
+		req, err := abcasttest.EncodeFetchRequest(abcasttest.FetchRequest{ID: "honest-0-1", Chunk: broadcast.ManifestPart})
+		must(t, err)
+		resp, err := hostile.Call(context.Background(), s.ID(0), abcasttest.FetchProtocol(hostileChannel), req)
+		must(t, err)
+		if f, err := abcasttest.DecodeFetchResponse(resp); err != nil || f.Manifest == nil || f.Manifest.Size != 30_000 ||
+			(f.Data != nil && !bytes.Equal(f.Data, payloadFor("honest-0-1", 30_000))) {
+			t.Fatalf("after the garbage, a manifest request for a live artifact got %+v, %v", f, err)
 		}
 		honestPublish()
 
@@ -261,7 +289,7 @@ func TestSecurityHostileMember(t *testing.T) {
 		// transports (the hostile's too: it shares the process),
 		// mailboxes and the honest artifacts.
 		retained := abcasttest.HeapInUse()
-		lim := wire.DefaultLimits()
+		lim := actors.DefaultConfig().Wire
 		bound := uint64(cfg.Receiver.SlotLimit)*uint64(lim.MaxIDLen+1024) + 16<<20
 		growth := int64(retained) - int64(baseHeap)
 
@@ -273,7 +301,7 @@ func TestSecurityHostileMember(t *testing.T) {
 			wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), stormWait)
 				defer cancel()
-				err := hostile.Push(ctx, s.ID(0), hostileUpdate, advert(uint64(i%1000)+1, uint64(i%1000), "f"+strconv.Itoa(i%1000), nil))
+				err := hostile.Push(ctx, s.ID(0), abcasttest.UpdateProtocol(hostileChannel), advert(uint64(i%1000)+1, uint64(i%1000), "f"+strconv.Itoa(i%1000), nil))
 				switch {
 				case err == nil:
 					done.Add(1)
@@ -378,7 +406,7 @@ func TestSecurityUndecodableUpdateCountedAgainstPeer(t *testing.T) {
 			return nil
 		}))
 		for range 10 {
-			if hostile.Push(context.Background(), s.ID(0), hostileUpdate, []byte{0xff, 0xff, 0xff}) == nil {
+			if hostile.Push(context.Background(), s.ID(0), abcasttest.UpdateProtocol(hostileChannel), []byte{0xff, 0xff, 0xff}) == nil {
 				t.Fatal("garbage accepted")
 			}
 		}

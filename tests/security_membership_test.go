@@ -16,7 +16,6 @@ import (
 
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -51,11 +50,11 @@ func attacker(t *testing.T, s *abcasttest.Subnet, id *membership.Identity, addr 
 	must(t, err)
 	t.Cleanup(func() { tr.Close() })
 	push := func(i int) error {
-		msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindPush,
+		msg, _ := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 0, Kind: broadcast.KindPush,
 			Artifact: broadcast.Artifact{ID: "intruder", Payload: []byte("x")}})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		return tr.Push(ctx, s.ID(i), "abcast/consensus/update", msg)
+		return tr.Push(ctx, s.ID(i), abcasttest.UpdateProtocol("consensus"), msg)
 	}
 	return tr, push
 }
@@ -212,11 +211,11 @@ func TestSecurityRemovedMemberCutOff(t *testing.T) {
 		must(t, err)
 		defer tr.Close()
 		push := func(i int) error {
-			msg, _ := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 9, Slot: 0, Kind: broadcast.KindPush,
+			msg, _ := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 9, Slot: 0, Kind: broadcast.KindPush,
 				Artifact: broadcast.Artifact{ID: "intruder", Payload: []byte("x")}})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			return tr.Push(ctx, s.ID(i), "abcast/consensus/update", msg)
+			return tr.Push(ctx, s.ID(i), abcasttest.UpdateProtocol("consensus"), msg)
 		}
 		expectRefused(t, s, ch, []int{0, 1, 2}, removed, push, 20*time.Second)
 		honestTraffic(t, ch, []int{0, 1, 2}, "after")

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/abcast/abcast/actors"
-	"github.com/abcast/abcast/internal/testnet"
+	"github.com/abcast/abcast/actors/abcasttest"
 )
 
 // Supervision: make each kind of actor panic in the middle of the flows;
@@ -30,9 +30,9 @@ func TestSupervisionEveryActorKindCrashesMidFlow(t *testing.T) {
 						}
 					}
 				}}
-				c := testnet.NewSim(t, 3, cfg, testnet.SimOptions{Latency: 10 * time.Millisecond, Seed: 5})
-				c.StartAll()
-				w := newWorkload(t, c, 5)
+				s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Config: cfg, Latency: 10 * time.Millisecond, Seed: 5})
+				s.StartAll()
+				w := newWorkload(t, s, 5)
 				for round := range 6 {
 					for i := range 3 {
 						w.publish(i)
@@ -43,15 +43,11 @@ func TestSupervisionEveryActorKindCrashesMidFlow(t *testing.T) {
 					time.Sleep(200 * time.Millisecond)
 				}
 				w.converge(2 * time.Minute)
-				var restarts uint64
-				for _, n := range c.Nodes {
-					restarts += n.Stats().Restarts
-				}
+				restarts := s.Restarts()
 				if crashes.Load() == 0 || restarts < uint64(crashes.Load()) {
 					t.Fatalf("%d crashes injected, %d restarts counted", crashes.Load(), restarts)
 				}
-				t.Logf("%s: %d crashes, %d restarts, %d live artifacts delivered exactly once", kind, crashes.Load(), restarts, len(w.live))
-				c.CloseInBubble()
+				t.Logf("%s: %d crashes, %d restarts, %d live artifacts delivered exactly once", kind, crashes.Load(), restarts, len(w.ch.Live()))
 			})
 		})
 	}

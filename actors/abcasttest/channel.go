@@ -10,6 +10,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 	"github.com/asynkron/protoactor-go/actor"
 )
@@ -45,6 +46,7 @@ type Channel struct {
 	mu      sync.Mutex
 	chans   []*actors.Channel
 	recs    []*Recorder
+	opened  []bool                                        // per node: opened at least once (later opens are new lives)
 	pools   []map[broadcast.ArtifactID]broadcast.Artifact // per node: what its application has live
 	aborted []broadcast.ArtifactID
 }
@@ -53,7 +55,7 @@ type Channel struct {
 // later.
 func (s *Subnet) OpenChannel(name string, opt ChannelOptions) *Channel {
 	s.t.Helper()
-	c := &Channel{s: s, name: name, opt: opt, chans: make([]*actors.Channel, s.N()), recs: make([]*Recorder, s.N()),
+	c := &Channel{s: s, name: name, opt: opt, chans: make([]*actors.Channel, s.N()), recs: make([]*Recorder, s.N()), opened: make([]bool, s.N()),
 		pools: make([]map[broadcast.ArtifactID]broadcast.Artifact, s.N())}
 	for i := range c.pools {
 		c.pools[i] = map[broadcast.ArtifactID]broadcast.Artifact{}
@@ -76,7 +78,13 @@ func (s *Subnet) OpenChannel(name string, opt ChannelOptions) *Channel {
 func (c *Channel) open(i int) {
 	c.s.t.Helper()
 	rec := c.recs[i]
-	rec.reset()
+	c.mu.Lock()
+	again := c.opened[i]
+	c.opened[i] = true
+	c.mu.Unlock()
+	if again {
+		rec.reset() // a new life of the node
+	}
 	cfg := actors.ChannelConfig{Name: c.name, Admit: c.opt.Admit, Verify: c.opt.Verify, Consume: rec.Consume}
 	switch {
 	case c.opt.ConsumerProps != nil:
@@ -165,6 +173,13 @@ func (c *Channel) Abort(i int, id broadcast.ArtifactID) error {
 	return nil
 }
 
+// Aborted returns the ids aborted through Abort, in order.
+func (c *Channel) Aborted() []broadcast.ArtifactID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.aborted)
+}
+
 // Live returns the live artifacts' ids and their publishers.
 func (c *Channel) Live() map[broadcast.ArtifactID]int {
 	c.mu.Lock()
@@ -250,7 +265,7 @@ func (c *Channel) WaitDelivered(within time.Duration) error {
 func (c *Channel) AssertDelivered(t TB, within time.Duration) {
 	t.Helper()
 	if err := c.WaitDelivered(within); err != nil {
-		t.Fatalf("abcasttest: channel %s not delivered everywhere within %v: %v", c.name, within, err)
+		t.Fatalf("abcasttest: channel %s not delivered everywhere: %v", c.name, err)
 	}
 }
 
@@ -261,17 +276,12 @@ type TB interface {
 }
 
 // Eventually calls cond every 10 ms until it returns nil or within has
-// passed, and returns its last error. Inside a synctest bubble the polling
-// and the deadline are in virtual time.
+// passed, and returns its last error, saying it timed out. Inside a
+// synctest bubble the polling and the deadline are in virtual time. It is
+// the repository's one polling loop (internal/poll), for tests that wait
+// for a condition instead of sleeping.
 func Eventually(within time.Duration, cond func() error) error {
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil || !time.Now().Before(deadline) {
-			return err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return poll.Eventually(within, cond)
 }
 
 // Bounds are the limits CheckBounds holds a subnet to. Zero fields are not
@@ -333,6 +343,58 @@ func (s *Subnet) AssertBounds(t TB, b Bounds) {
 	}
 }
 
+// NodeMemory is what a subnet can honestly attribute to one node. Every
+// node of a subnet shares one Go process, and the runtime cannot say which
+// node a heap object belongs to, so there is no per-node heap figure: these
+// are the payload bytes the node is known to hold, summed over the
+// subnet's channels, and the process heap for scale. For a node's own
+// heap, run it alone in a process (examples/replica reports the Go
+// runtime's memory on /metrics; tests/reliability_procs_test.go runs
+// replicas as processes).
+type NodeMemory struct {
+	// Published is the payload bytes of the artifacts the node's
+	// application has live (published and not aborted, republished after
+	// a restart): the node's sender pool holds each once.
+	Published uint64
+	// Held is the payload bytes of the artifacts the node's consumers
+	// hold now (delivered or confirmed, not withdrawn), from the kit's
+	// recorders: the application's copy.
+	Held uint64
+	// Unconfirmed counts events the node's channels hold for their
+	// consumers (handed out and not confirmed, or waiting), each with its
+	// payload, from actors.ChannelStats.
+	Unconfirmed int
+	// Live counts the artifacts the node's senders hold (ChannelStats.Live).
+	Live int
+	// ProcessHeap is the heap in use of the whole process after a GC,
+	// shared by every node of the subnet and the test itself.
+	ProcessHeap uint64
+}
+
+// Memory returns node i's figures (see NodeMemory); zero counts from the
+// channels while the node is not running.
+func (s *Subnet) Memory(i int) NodeMemory {
+	m := NodeMemory{ProcessHeap: HeapInUse()}
+	s.mu.Lock()
+	chans := append([]*Channel(nil), s.chans...)
+	s.mu.Unlock()
+	running := s.Node(i) != nil
+	for _, c := range chans {
+		c.mu.Lock()
+		for _, a := range c.pools[i] {
+			m.Published += uint64(len(a.Payload))
+		}
+		c.mu.Unlock()
+		m.Held += c.recs[i].heldBytes()
+		if ch := c.On(i); running && ch != nil {
+			st := ch.Stats()
+			m.Unconfirmed += st.Unconfirmed
+			m.Live += st.Live
+		}
+	}
+	return m
+}
+
 // HeapInUse collects garbage and returns the heap in use, in bytes.
 func HeapInUse() uint64 {
 	runtime.GC()
@@ -355,6 +417,7 @@ type Recorder struct {
 	seqs        map[uint64]bool
 	redelivered int
 	at          map[broadcast.ArtifactID]time.Time // first delivery, this life
+	lifeCount   map[broadcast.ArtifactID]int       // deliveries, this life
 	lives       int
 	perLife     []int // deliveries recorded in each life
 }
@@ -375,6 +438,7 @@ func (r *Recorder) reset() {
 	r.from = map[broadcast.ArtifactID]membership.NodeID{}
 	r.seqs = map[uint64]bool{}
 	r.at = map[broadcast.ArtifactID]time.Time{}
+	r.lifeCount = map[broadcast.ArtifactID]int{}
 	if r.deliveries == nil {
 		r.deliveries = map[broadcast.ArtifactID]int{}
 	}
@@ -404,6 +468,7 @@ func (r *Recorder) Consume(ev actors.Event) {
 		r.held[e.Artifact.ID] = e.Artifact.Payload
 		r.from[e.Artifact.ID] = e.From
 		r.deliveries[e.Artifact.ID]++
+		r.lifeCount[e.Artifact.ID]++
 		if _, ok := r.at[e.Artifact.ID]; !ok {
 			r.at[e.Artifact.ID] = time.Now()
 		}
@@ -439,6 +504,16 @@ func (r *Recorder) heldSet() map[broadcast.ArtifactID][]byte {
 	return out
 }
 
+func (r *Recorder) heldBytes() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n uint64
+	for _, p := range r.held {
+		n += uint64(len(p))
+	}
+	return n
+}
+
 // Holds returns id's payload if it is currently delivered.
 func (r *Recorder) Holds(id broadcast.ArtifactID) ([]byte, bool) {
 	r.mu.Lock()
@@ -452,6 +527,15 @@ func (r *Recorder) Deliveries(id broadcast.ArtifactID) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.deliveries[id]
+}
+
+// LifeDeliveries counts the deliveries of id in the node's current life
+// (since its last start): exactly-once is a property of one life, since a
+// restarted node starts empty and receives everything again.
+func (r *Recorder) LifeDeliveries(id broadcast.ArtifactID) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lifeCount[id]
 }
 
 // TotalDeliveries counts every delivery of any id.

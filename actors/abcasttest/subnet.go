@@ -29,12 +29,25 @@ type Options struct {
 	// Transport is every node's QUIC configuration; zero means
 	// transport.DefaultConfig().
 	Transport transport.Config
+	// Backend chooses what the nodes run on: the simulated network (the
+	// zero value), real QUIC on loopback UDP, or the in-memory transport.
+	Backend Backend
 	// Latency is the one-way delay of every link, Loss the probability a
-	// packet is dropped, Seed the source of the loss decisions (and of
-	// nothing else). All three can change later through Network.
-	Latency time.Duration
-	Loss    float64
-	Seed    uint64
+	// packet is dropped, Capacity every link's capacity in bytes per
+	// second and per direction (0: unlimited; see Network for the queue),
+	// Seed the source of the loss decisions (and of nothing else). All
+	// can change later through Network. The memory backend has no packets:
+	// it refuses non-zero values.
+	Latency  time.Duration
+	Loss     float64
+	Capacity int64
+	Seed     uint64
+	// BareSockets, with LoopbackQUIC, hands the nodes their UDP sockets
+	// as they are instead of behind the Network, so quic-go can use
+	// segmentation offload as in production: for tests that move a lot of
+	// data and inject no fault. Cut, Kill, loss, latency and capacity then
+	// fail the test.
+	BareSockets bool
 	// Log receives the nodes' logs; nil means warnings and errors to the
 	// test log (everything when ABCAST_DEBUG is set).
 	Log *zerolog.Logger
@@ -45,10 +58,43 @@ type Options struct {
 	OnStart func(i int, node *actors.Node)
 }
 
-// Subnet is an in-process subnet of abcast nodes: real actors, real QUIC
-// and TLS, on a simulated network. Create it inside a testing/synctest
-// bubble (synctest.Test) so timeouts, backoffs and latency run in virtual
-// time; it also works outside one, in real time.
+// Backend is what a subnet's nodes run on.
+type Backend int
+
+const (
+	// Simulated runs real QUIC and TLS over the kit's simulated network
+	// (Network.Listen): every fault control applies, and inside a
+	// testing/synctest bubble everything runs in virtual time. The default.
+	Simulated Backend = iota
+	// LoopbackQUIC runs real QUIC over real UDP sockets on 127.0.0.1,
+	// each behind the same Network (Network.Wrap), so cuts, loss, latency
+	// and capacity apply in real time. Not inside a synctest bubble: a
+	// goroutine waiting on a socket is not durably blocked, so virtual
+	// time would never advance.
+	LoopbackQUIC
+	// Memory runs the nodes on transport.MemNetwork: no packets, no TLS,
+	// the fastest. Cut and Heal disconnect and reconnect pairs; loss,
+	// latency and capacity are refused. Works inside a bubble or not.
+	Memory
+)
+
+func (b Backend) String() string {
+	switch b {
+	case Simulated:
+		return "simulated"
+	case LoopbackQUIC:
+		return "loopback-quic"
+	case Memory:
+		return "memory"
+	}
+	return fmt.Sprintf("Backend(%d)", int(b))
+}
+
+// Subnet is an in-process subnet of abcast nodes: real actors, and real
+// QUIC and TLS on a simulated network unless Options.Backend says
+// otherwise. Create a simulated subnet inside a testing/synctest bubble
+// (synctest.Test) so timeouts, backoffs and latency run in virtual time;
+// it also works outside one, in real time.
 //
 // Nodes are numbered 0..N-1. Every node is a member of the registry from
 // the start; NewSubnet does not start them (see StartAll). The subnet
@@ -59,14 +105,18 @@ type Subnet struct {
 	cfg     actors.Config
 	tcfg    transport.Config
 	log     zerolog.Logger
+	backend Backend
+	bare    bool // LoopbackQUIC with unwrapped sockets
 	net     *Network
+	mem     *transport.MemNetwork // Memory backend only
 	ids     []*membership.Identity
 	addrs   []*net.UDPAddr
 	source  *membership.StaticSource
 
 	mu      sync.Mutex
 	nodes   []*actors.Node
-	raws    []*transport.Transport
+	raws    []transport.RPC
+	socks   []net.PacketConn // LoopbackQUIC: sockets bound by NewSubnet, not yet used
 	chans   []*Channel
 	crash   []crashRule
 	removed map[int]bool
@@ -76,9 +126,23 @@ type Subnet struct {
 // NewSubnet builds identities, addresses and a registry for n nodes.
 func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 	t.Helper()
-	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport, onStart: opt.OnStart,
+	s := &Subnet{t: t, cfg: opt.Config, tcfg: opt.Transport, onStart: opt.OnStart, backend: opt.Backend, bare: opt.BareSockets,
 		net:   NewNetwork(opt.Seed, opt.Latency, opt.Loss),
-		nodes: make([]*actors.Node, n), raws: make([]*transport.Transport, n), removed: map[int]bool{}}
+		nodes: make([]*actors.Node, n), raws: make([]transport.RPC, n), socks: make([]net.PacketConn, n), removed: map[int]bool{}}
+	s.net.SetCapacity(opt.Capacity)
+	if opt.BareSockets && (opt.Backend != LoopbackQUIC || opt.Latency != 0 || opt.Loss != 0 || opt.Capacity != 0) {
+		t.Fatalf("abcasttest: BareSockets is for LoopbackQUIC without latency, loss or capacity")
+	}
+	switch opt.Backend {
+	case Simulated, LoopbackQUIC:
+	case Memory:
+		if opt.Latency != 0 || opt.Loss != 0 || opt.Capacity != 0 {
+			t.Fatalf("abcasttest: the memory backend has no latency, loss or capacity")
+		}
+		s.mem = transport.NewMemNetwork()
+	default:
+		t.Fatalf("abcasttest: unknown backend %v", opt.Backend)
+	}
 	if s.cfg.MailboxCapacity == 0 {
 		s.cfg = actors.DefaultConfig()
 	}
@@ -101,6 +165,15 @@ func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 			t.Fatal(err)
 		}
 		addr := &net.UDPAddr{IP: net.IPv4(10, 0, byte(i>>8), byte(i+1)), Port: 4000}
+		if opt.Backend == LoopbackQUIC {
+			// Bound now so the registry can name the port; the node
+			// takes the socket at its first Start.
+			pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.socks[i], addr = pc, pc.LocalAddr().(*net.UDPAddr)
+		}
 		s.ids = append(s.ids, id)
 		s.addrs = append(s.addrs, addr)
 		members = append(members, id.Member(addr.String()))
@@ -119,8 +192,17 @@ func NewSubnet(t testing.TB, n int, opt Options) *Subnet {
 // N returns the number of nodes.
 func (s *Subnet) N() int { return len(s.ids) }
 
-// Network returns the simulated network, for finer control of faults.
-func (s *Subnet) Network() *Network { return s.net }
+// Network returns the network, for finer control of faults and for its
+// counters; nil on the Memory backend and with bare sockets.
+func (s *Subnet) Network() *Network {
+	if s.backend == Memory || s.bare {
+		return nil
+	}
+	return s.net
+}
+
+// Backend returns what the nodes run on.
+func (s *Subnet) Backend() Backend { return s.backend }
 
 // Identity returns node i's identity (its key and NodeID).
 func (s *Subnet) Identity(i int) *membership.Identity { return s.ids[i] }
@@ -128,7 +210,7 @@ func (s *Subnet) Identity(i int) *membership.Identity { return s.ids[i] }
 // ID returns node i's NodeID.
 func (s *Subnet) ID(i int) membership.NodeID { return s.ids[i].ID }
 
-// Addr returns node i's address on the simulated network.
+// Addr returns node i's address (in the registry, and on the network).
 func (s *Subnet) Addr(i int) string { return s.addrs[i].String() }
 
 // Registry returns the subnet's registry; Update it to change membership.
@@ -156,7 +238,16 @@ func (s *Subnet) Start(i int) *actors.Node {
 	cfg := s.cfg
 	cfg.Hooks = s.hooks(i)
 	cfg.Transport = s.tcfg
-	node, err := actors.NewNode(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log)
+	var node *actors.Node
+	var err error
+	if s.backend == Memory {
+		node, err = actors.NewNode(cfg, s.ids[i], s.source, nil, s.log, actors.WithTransport(
+			func(src membership.Source, ev transport.EventFunc) (transport.RPC, error) {
+				return s.mem.NewTransport(s.tcfg, s.ids[i].ID, src, ev)
+			}))
+	} else {
+		node, err = actors.NewNode(cfg, s.ids[i], s.source, s.socket(i), s.log)
+	}
 	if err != nil {
 		s.t.Fatalf("abcasttest: start node %d: %v", i, err)
 	}
@@ -204,21 +295,21 @@ func (s *Subnet) Stop(i int) {
 
 // Kill stops node i as a crash would: nothing it sends on the way out
 // reaches anyone, so its peers notice only when their idle timeout
-// expires (or when it comes back, by stateless reset).
+// expires (or when it comes back, by stateless reset). On the Memory
+// backend, which has no idle timeout, peers see the links drop at once,
+// as with Stop.
 func (s *Subnet) Kill(i int) {
 	s.t.Helper()
-	others := make([]string, 0, s.N()-1)
 	for j := range s.ids {
 		if j != i {
-			others = append(others, s.Addr(j))
+			s.Cut(i, j)
 		}
 	}
-	for _, o := range others {
-		s.net.Cut(s.Addr(i), o)
-	}
 	s.Stop(i)
-	for _, o := range others {
-		s.net.Heal(s.Addr(i), o)
+	for j := range s.ids {
+		if j != i {
+			s.Heal(i, j)
+		}
 	}
 }
 
@@ -229,11 +320,25 @@ func (s *Subnet) Restart(i int) *actors.Node {
 	return s.Start(i)
 }
 
-// Cut breaks the link between nodes i and j; Heal restores it.
-func (s *Subnet) Cut(i, j int) { s.net.Cut(s.Addr(i), s.Addr(j)) }
+// Cut breaks the link between nodes i and j; Heal restores it. On the
+// Memory backend the pair is disconnected (each side sees the other go
+// down at once) rather than silently losing packets.
+func (s *Subnet) Cut(i, j int) {
+	if s.mem != nil {
+		s.mem.Disconnect(s.ids[i].ID, s.ids[j].ID)
+		return
+	}
+	s.packets("Cut").Cut(s.Addr(i), s.Addr(j))
+}
 
 // Heal restores the link between nodes i and j.
-func (s *Subnet) Heal(i, j int) { s.net.Heal(s.Addr(i), s.Addr(j)) }
+func (s *Subnet) Heal(i, j int) {
+	if s.mem != nil {
+		s.mem.Connect(s.ids[i].ID, s.ids[j].ID)
+		return
+	}
+	s.packets("Heal").Heal(s.Addr(i), s.Addr(j))
+}
 
 // Isolate cuts every link between the nodes in group and the others.
 func (s *Subnet) Isolate(group ...int) {
@@ -251,13 +356,65 @@ func (s *Subnet) Isolate(group ...int) {
 }
 
 // HealAll restores every cut link.
-func (s *Subnet) HealAll() { s.net.HealAll() }
+func (s *Subnet) HealAll() {
+	if s.mem != nil {
+		for i := range s.ids {
+			for j := i + 1; j < len(s.ids); j++ {
+				s.Heal(i, j)
+			}
+		}
+		return
+	}
+	s.net.HealAll()
+}
 
 // SetLoss sets the loss probability of every link.
-func (s *Subnet) SetLoss(p float64) { s.net.SetLoss(p) }
+func (s *Subnet) SetLoss(p float64) { s.packets("SetLoss").SetLoss(p) }
 
 // SetLatency sets the one-way delay of every link.
-func (s *Subnet) SetLatency(d time.Duration) { s.net.SetLatency(d) }
+func (s *Subnet) SetLatency(d time.Duration) { s.packets("SetLatency").SetLatency(d) }
+
+// SetCapacity sets every link's capacity in bytes per second and per
+// direction (0: unlimited).
+func (s *Subnet) SetCapacity(bytesPerSecond int64) {
+	s.packets("SetCapacity").SetCapacity(bytesPerSecond)
+}
+
+// packets returns the network for a control that needs packets, failing
+// the test on the Memory backend and with bare sockets.
+func (s *Subnet) packets(what string) *Network {
+	s.t.Helper()
+	if s.mem != nil {
+		s.t.Fatalf("abcasttest: %s needs packets; the memory backend has none", what)
+	}
+	if s.bare {
+		s.t.Fatalf("abcasttest: %s needs the Network; this subnet's sockets are bare", what)
+	}
+	return s.net
+}
+
+// socket returns the socket node or raw member i binds.
+func (s *Subnet) socket(i int) net.PacketConn {
+	s.t.Helper()
+	if s.backend == Simulated {
+		return s.net.Listen(s.addrs[i])
+	}
+	s.mu.Lock()
+	pc := s.socks[i]
+	s.socks[i] = nil
+	s.mu.Unlock()
+	if pc == nil {
+		// A restart binds the same port again.
+		var err error
+		if pc, err = net.ListenUDP("udp", s.addrs[i]); err != nil {
+			s.t.Fatalf("abcasttest: rebind %s for node %d: %v", s.addrs[i], i, err)
+		}
+	}
+	if s.bare {
+		return pc
+	}
+	return s.net.Wrap(pc)
+}
 
 // Remove takes node i out of the registry (a new snapshot version): the
 // others disconnect it and drop its state. From then on the assertions
@@ -294,12 +451,21 @@ func (s *Subnet) active(i int) bool {
 // Raw starts a bare transport as member i instead of a node (i must not be
 // running), so a test can speak the wire protocol directly: a hostile or
 // broken peer. It closes when the test ends or with Close.
-func (s *Subnet) Raw(i int, cfg transport.Config) *transport.Transport {
+//
+// On the Simulated and LoopbackQUIC backends the result is a
+// *transport.Transport, on Memory a *transport.MemTransport.
+func (s *Subnet) Raw(i int, cfg transport.Config) transport.RPC {
 	s.t.Helper()
 	if s.Node(i) != nil {
 		s.t.Fatalf("abcasttest: node %d is running; Stop it before Raw", i)
 	}
-	tr, err := transport.New(cfg, s.ids[i], s.source, s.net.Listen(s.addrs[i]), s.log, nil)
+	var tr transport.RPC
+	var err error
+	if s.mem != nil {
+		tr, err = s.mem.NewTransport(cfg, s.ids[i].ID, s.source, nil)
+	} else {
+		tr, err = transport.New(cfg, s.ids[i], s.source, s.socket(i), s.log, nil)
+	}
 	if err != nil {
 		s.t.Fatalf("abcasttest: raw transport %d: %v", i, err)
 	}
@@ -347,9 +513,25 @@ func (s *Subnet) Close() {
 		s.Stop(i)
 		s.CloseRaw(i)
 	}
-	s.net.close()
-	time.Sleep(2 * time.Second) // virtual inside a bubble; no event to wait for
+	s.mu.Lock()
+	for i, pc := range s.socks {
+		if pc != nil {
+			pc.Close()
+			s.socks[i] = nil
+		}
+	}
+	s.mu.Unlock()
+	s.net.Close()
+	if inBubble() {
+		time.Sleep(2 * time.Second) // virtual; no event to wait for
+	}
 }
+
+// inBubble reports whether the caller runs inside a testing/synctest
+// bubble, whose fake clock starts at midnight UTC, 2000-01-01 (as the
+// package documents); a subnet outside one need not wait for
+// protoactor's throttle goroutine to end.
+func inBubble() bool { return time.Now().Before(time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)) }
 
 // crashRule makes matching actors panic.
 type crashRule struct {

@@ -11,21 +11,11 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/rs/zerolog"
+
+	"github.com/abcast/abcast/internal/poll"
 )
 
 const waitDeadline = 10 * time.Second
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitDeadline)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 func newTestSystem(t testing.TB) *actor.ActorSystem {
 	t.Helper()
@@ -129,7 +119,7 @@ func TestBoundedMailboxRefusesWhenFullExactAccounting(t *testing.T) {
 	close(a.gate)
 
 	const sent = 1 + senders*perSender
-	waitFor(t, "accepted messages to be processed", func() bool {
+	poll.Until(t, waitDeadline, "accepted messages to be processed", func() bool {
 		s := metrics.Stats()
 		return s.Processed == s.Accepted && s.Len == 0
 	})
@@ -207,7 +197,7 @@ func TestBoundedMailboxAcceptsSystemMessagesWhenFull(t *testing.T) {
 	mb.PostSystemMessage(probeSystemMessage{})
 	close(gate)
 
-	waitFor(t, "everything to run", func() bool {
+	poll.Until(t, waitDeadline, "everything to run", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(order) == capacity+2
@@ -240,7 +230,7 @@ func TestBoundedMailboxPreservesOrderForOneSender(t *testing.T) {
 	for i := range n {
 		sys.Root.Send(pid, i)
 	}
-	waitFor(t, "accepted messages to be processed", func() bool {
+	poll.Until(t, waitDeadline, "accepted messages to be processed", func() bool {
 		s := metrics.Stats()
 		return s.Processed == s.Accepted && s.Len == 0
 	})
@@ -284,7 +274,7 @@ func TestBoundedMailboxActorProcessesEverything(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	waitFor(t, "all messages", func() bool { return count.Load() == senders*perSender })
+	poll.Until(t, waitDeadline, "all messages", func() bool { return count.Load() == senders*perSender })
 	if st := metrics.Stats(); st.Refused != 0 || st.Processed != senders*perSender {
 		t.Errorf("stats %+v: want no refusals and %d processed", st, senders*perSender)
 	}
@@ -302,7 +292,7 @@ func TestBoundedMailboxEscalatesPanics(t *testing.T) {
 	sys.Root.Send(pid, 1)
 	sys.Root.Send(pid, -1)
 	sys.Root.Send(pid, 2)
-	waitFor(t, "message after the panic", func() bool { return len(a.got()) == 2 })
+	poll.Until(t, waitDeadline, "message after the panic", func() bool { return len(a.got()) == 2 })
 	if a.restarted.Load() != 1 {
 		t.Errorf("restarted %d times, want 1", a.restarted.Load())
 	}
@@ -344,13 +334,14 @@ func TestBoundedMailboxStopWhileFull(t *testing.T) {
 	if got := a.got(); len(got) > 1 {
 		t.Errorf("actor handled %v after being stopped", got)
 	}
-	deadline := time.Now().Add(waitDeadline)
-	for runtime.NumGoroutine() > base {
-		if time.Now().After(deadline) {
+	if err := poll.Eventually(waitDeadline, func() error {
+		if n := runtime.NumGoroutine(); n > base {
 			buf := make([]byte, 1<<16)
-			t.Fatalf("goroutines: %d, baseline %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+			return fmt.Errorf("goroutines: %d, baseline %d\n%s", n, base, buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -378,7 +369,7 @@ func TestBoundedMailboxNoCPUBurnWhenIdle(t *testing.T) {
 		sys.Root.Send(pid, i)
 	}
 	close(a.gate)
-	waitFor(t, "the mailbox to drain", func() bool {
+	poll.Until(t, waitDeadline, "the mailbox to drain", func() bool {
 		s := metrics.Stats()
 		return s.Refused > 0 && s.Len == 0 && s.Processed == s.Accepted
 	})

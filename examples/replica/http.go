@@ -18,6 +18,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/examples/abcastctl/nodeconfig"
 )
 
 // maxTestPayload bounds what /publish generates, so a typo cannot make the
@@ -65,7 +66,7 @@ func (r *replica) servePublish(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
 	size := 1024
 	if s := q.Get("size"); s != "" {
-		v, err := parseSize(s)
+		v, err := nodeconfig.ParseSize(s)
 		if err != nil || v > maxTestPayload {
 			http.Error(w, fmt.Sprintf("size %q: want a byte count up to %d", s, maxTestPayload), http.StatusBadRequest)
 			return
@@ -122,12 +123,14 @@ func statusOf(err error) int {
 
 // status is what /status answers.
 type status struct {
-	ID       string                   `json:"id"`
-	Listen   string                   `json:"listen"`
-	Members  int                      `json:"members"`
-	Peers    []string                 `json:"peers"`
-	Channels map[string]channelStatus `json:"channels"`
-	Restarts uint64                   `json:"restarts"`
+	ID      string `json:"id"`
+	Listen  string `json:"listen"`
+	Members int    `json:"members"`
+	// RegistryVersion is the version of the membership snapshot in use.
+	RegistryVersion uint64                   `json:"registry_version"`
+	Peers           []string                 `json:"peers"`
+	Channels        map[string]channelStatus `json:"channels"`
+	Restarts        uint64                   `json:"restarts"`
 }
 
 type channelStatus struct {
@@ -144,7 +147,8 @@ type channelStatus struct {
 func (r *replica) serveStatus(w http.ResponseWriter, _ *http.Request) { writeJSON(w, r.status()) }
 
 func (r *replica) status() status {
-	s := status{ID: r.ident.ID.String(), Listen: r.cfg.Listen, Members: r.registry.Current().Len(), Peers: []string{}, Channels: map[string]channelStatus{}, Restarts: r.node.Stats().Restarts}
+	snap := r.registry.Current()
+	s := status{ID: r.ident.ID.String(), Listen: r.cfg.Listen, Members: snap.Len(), RegistryVersion: snap.Version, Peers: []string{}, Channels: map[string]channelStatus{}, Restarts: r.node.Stats().Restarts}
 	for _, p := range r.node.Transport().Peers() {
 		s.Peers = append(s.Peers, p.String())
 	}
@@ -252,22 +256,4 @@ func (h *heldSet) count(ch string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.n[ch]
-}
-
-// parseSize reads "300000", "64KiB", "2MiB", "1.5MB".
-func parseSize(s string) (int, error) {
-	s = strings.TrimSpace(s)
-	for _, u := range []struct {
-		suffix string
-		mult   float64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"KB", 1e3}, {"MB", 1e6}, {"B", 1}, {"", 1}} {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-			if err != nil || v < 0 || v*u.mult > 1<<40 {
-				return 0, fmt.Errorf("size %q: want a number with an optional unit B, KB, KiB, MB, MiB", s)
-			}
-			return int(v * u.mult), nil
-		}
-	}
-	return 0, fmt.Errorf("size %q: unknown unit", s)
 }

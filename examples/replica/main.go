@@ -40,6 +40,7 @@ import (
 
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/examples/abcastctl/nodeconfig"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/membership/etcdreg"
 )
@@ -80,7 +81,7 @@ Flags:
 		flags.Usage()
 		return errors.New("-config is required")
 	}
-	cfg, err := LoadConfig(*configPath)
+	cfg, err := nodeconfig.Load(*configPath)
 	if err != nil {
 		return err
 	}
@@ -139,7 +140,7 @@ Flags:
 	return nil
 }
 
-func newLogger(c LogConfig, w io.Writer) (zerolog.Logger, error) {
+func newLogger(c nodeconfig.LogConfig, w io.Writer) (zerolog.Logger, error) {
 	level := zerolog.InfoLevel
 	if c.Level != "" {
 		var err error
@@ -161,7 +162,7 @@ func newLogger(c LogConfig, w io.Writer) (zerolog.Logger, error) {
 
 // replica is a running node with its channels and exporters.
 type replica struct {
-	cfg      *Config
+	cfg      *nodeconfig.Config
 	log      zerolog.Logger
 	ident    *membership.Identity
 	registry membership.Source
@@ -174,8 +175,8 @@ type replica struct {
 	held     *heldSet
 }
 
-func start(cfg *Config, log zerolog.Logger) (*replica, error) {
-	acfg, tcfg, static, err := cfg.nodeConfigs()
+func start(cfg *nodeconfig.Config, log zerolog.Logger) (*replica, error) {
+	acfg, tcfg, static, err := cfg.NodeConfigs()
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/membership/etcdreg"
 	"github.com/abcast/abcast/membership/etcdreg/etcdtest"
@@ -25,17 +26,6 @@ func member(t *testing.T, port int) membership.Member {
 		t.Fatal(err)
 	}
 	return id.Member(fmt.Sprintf("127.0.0.1:%d", port))
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for an event
-	}
 }
 
 func newSource(t *testing.T, srv *etcdtest.Server) *etcdreg.Source {
@@ -123,7 +113,7 @@ func TestEtcdSourceKeepsLastGoodSnapshot(t *testing.T) {
 
 	refused := func(want string) {
 		t.Helper()
-		waitFor(t, "refusal: "+want, func() bool {
+		poll.Until(t, 15*time.Second, "refusal: "+want, func() bool {
 			err := s.LastError()
 			return err != nil && strings.Contains(err.Error(), want)
 		})
@@ -156,7 +146,7 @@ func TestEtcdSourceKeepsLastGoodSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the fixed state", func() bool { return s.Current().Version == uint64(rev) })
+	poll.Until(t, 15*time.Second, "the fixed state", func() bool { return s.Current().Version == uint64(rev) })
 	if s.Current().Len() != 1 || s.LastError() != nil {
 		t.Fatalf("%d members, err %v", s.Current().Len(), s.LastError())
 	}
@@ -180,14 +170,14 @@ func TestEtcdSourceSurvivesAnOutage(t *testing.T) {
 	}
 	srv.Restart()
 	var rev int64
-	waitFor(t, "a write after the restart", func() bool {
+	poll.Until(t, 15*time.Second, "a write after the restart", func() bool {
 		wctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		r, err := etcdreg.Put(wctx, cli, prefix, b)
 		rev = r
 		return err == nil
 	})
-	waitFor(t, "the change made after the outage", func() bool { return s.Current().Version >= uint64(rev) })
+	poll.Until(t, 15*time.Second, "the change made after the outage", func() bool { return s.Current().Version >= uint64(rev) })
 	if !s.Current().Contains(b.ID) || !s.Current().Contains(a.ID) {
 		t.Fatalf("members after the outage: %v", s.Current().IDs())
 	}

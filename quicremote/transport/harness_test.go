@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go/testutils/simnet"
 	"github.com/rs/zerolog"
 
+	"github.com/abcast/abcast/actors/abcasttest/faultnet"
 	"github.com/abcast/abcast/membership"
 )
 
@@ -133,9 +133,8 @@ type cluster struct {
 	cleanup []func()
 
 	// simnet backend only
-	simRouter *partRouter
-	simnet    *simnet.Simnet
-	spare     *tnode // an extra endpoint and identity, not a member
+	net   *faultnet.Network
+	spare *tnode // an extra endpoint and identity, not a member
 }
 
 // newIdentities returns n identities sorted by NodeID, so node 0 is the
@@ -258,53 +257,20 @@ func newMemCluster(t *testing.T, cfg Config, n int) *cluster {
 	return c
 }
 
-// partRouter is a simnet router that can cut links between address pairs
-// and drop packets by a predicate.
-type partRouter struct {
-	simnet.PerfectRouter
-	mu      sync.Mutex
-	blocked map[[2]string]bool
-	drop    func(simnet.Packet) bool
-}
-
-func (r *partRouter) SendPacket(p simnet.Packet) error {
-	r.mu.Lock()
-	cut := r.blocked[[2]string{p.From.String(), p.To.String()}]
-	drop := r.drop
-	r.mu.Unlock()
-	if cut || (drop != nil && drop(p)) {
-		return nil
-	}
-	return r.PerfectRouter.SendPacket(p)
-}
-
-func (r *partRouter) set(a, b string, cut bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.blocked == nil {
-		r.blocked = make(map[[2]string]bool)
-	}
-	r.blocked[[2]string{a, b}] = cut
-	r.blocked[[2]string{b, a}] = cut
-}
-
-// newSimnetCluster runs real QUIC transports over quic-go's simulated
-// network; use it inside synctest.Test.
+// newSimnetCluster runs real QUIC transports over the test kit's simulated
+// network (faultnet, on quic-go's simnet sockets); use it inside
+// synctest.Test.
 func newSimnetCluster(t *testing.T, cfg Config, n int) *cluster {
 	c := &cluster{t: t, cfg: cfg}
-	router := &partRouter{}
-	sn := &simnet.Simnet{Router: router}
+	sn := faultnet.New(1, 2*time.Millisecond, 0)
 	for i, id := range newIdentities(t, n+1) {
 		udp := &net.UDPAddr{IP: net.IPv4(1, 0, 0, byte(i+1)), Port: 9000}
-		pc := sn.NewEndpoint(udp, simnet.NodeBiDiLinkSettings{Latency: 2 * time.Millisecond})
+		pc := sn.Listen(udp)
 		c.nodes = append(c.nodes, &tnode{id: id, addr: udp.String(), pc: pc, events: newEventLog()})
 	}
 	// The extra endpoint is a spare for tests that need a raw sender.
 	c.spare = c.nodes[n]
 	c.nodes = c.nodes[:n:n]
-	if err := sn.Start(); err != nil {
-		t.Fatal(err)
-	}
 	all := make([]int, n)
 	for i := range all {
 		all[i] = i
@@ -316,8 +282,8 @@ func newSimnetCluster(t *testing.T, cfg Config, n int) *cluster {
 		}
 		nd.src = src
 	}
-	c.partition = func(i, j int) { router.set(c.nodes[i].addr, c.nodes[j].addr, true) }
-	c.heal = func(i, j int) { router.set(c.nodes[i].addr, c.nodes[j].addr, false) }
+	c.partition = func(i, j int) { sn.Cut(c.nodes[i].addr, c.nodes[j].addr) }
+	c.heal = func(i, j int) { sn.Heal(c.nodes[i].addr, c.nodes[j].addr) }
 	c.linkTimeout = cfg.IdleTimeout + 5*time.Second
 	c.build = func(i int) RPC {
 		nd := c.nodes[i]
@@ -334,8 +300,7 @@ func newSimnetCluster(t *testing.T, cfg Config, n int) *cluster {
 		c.spare.pc.Close()
 		sn.Close()
 	})
-	c.simRouter = router
-	c.simnet = sn
+	c.net = sn
 	return c
 }
 

@@ -16,8 +16,9 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/testutils/simnet"
 
+	"github.com/abcast/abcast/actors/abcasttest/faultnet"
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 )
 
@@ -58,15 +59,11 @@ func TestRestartNoticedByStatelessReset(t *testing.T) {
 				before, _ := survivor.rpc.ConnID(c.nodes[who].id.ID)
 
 				// Crash: the dying node's goodbye packets are lost.
-				c.simRouter.mu.Lock()
-				c.simRouter.drop = func(p simnet.Packet) bool { return p.From.String() == c.nodes[who].addr }
-				c.simRouter.mu.Unlock()
+				c.net.SetTap(func(p faultnet.Packet) bool { return p.From.String() != c.nodes[who].addr })
 				if err := c.nodes[who].rpc.Close(); err != nil {
 					t.Fatal(err)
 				}
-				c.simRouter.mu.Lock()
-				c.simRouter.drop = nil
-				c.simRouter.mu.Unlock()
+				c.net.SetTap(nil)
 				crashed := time.Now()
 				c.nodes[who].events = newEventLog()
 				c.start(who)
@@ -231,10 +228,12 @@ func TestGarbageDatagramsCountedAndSurvived(t *testing.T) {
 			}
 		}
 		tr := c.nodes[1].rpc.(*Transport)
-		deadline := time.Now().Add(5 * time.Second)
-		for tr.GarbageDatagrams() < nonQUIC && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		_ = poll.Eventually(5*time.Second, func() error {
+			if tr.GarbageDatagrams() < nonQUIC {
+				return errors.New("not all counted yet")
+			}
+			return nil
+		})
 		if got := tr.GarbageDatagrams(); got != nonQUIC {
 			t.Fatalf("counted %d garbage datagrams, want %d", got, nonQUIC)
 		}
@@ -492,10 +491,12 @@ func newLoopbackPair(t *testing.T, cfg Config) []*udpNode {
 func checkNoLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		_ = poll.Eventually(5*time.Second, func() error {
+			if runtime.NumGoroutine() > before {
+				return errors.New("goroutines above the baseline")
+			}
+			return nil
+		})
 		if n := runtime.NumGoroutine(); n > before {
 			buf := make([]byte, 1<<20)
 			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])

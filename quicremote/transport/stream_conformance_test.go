@@ -13,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 )
 
@@ -88,7 +89,7 @@ func testStreamRecvLimit(t *testing.T, c *cluster) {
 	_, err := recvWithin(t, s, time.Minute, "the reset")
 	wantKind(t, "opener after the handler refused its frame", err, ErrTooLarge)
 	s.Close()
-	eventually(t, time.Minute, "the oversized frame counted", func() bool {
+	poll.Until(t, time.Minute, "the oversized frame counted", func() bool {
 		return statsOf(c.nodes[0].rpc, c.nodes[1].id.ID).OversizedFrames == 1
 	})
 
@@ -144,19 +145,6 @@ func within[T any](t *testing.T, ch <-chan T, d time.Duration, what string) T {
 		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 	panic("unreachable")
-}
-
-// eventually calls f every 10 ms of virtual time until it returns true,
-// failing the test after d.
-func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		<-time.After(10 * time.Millisecond)
-	}
 }
 
 // ctxGrace is how long a test handler waits for its ctx to end once its
@@ -684,7 +672,7 @@ func testStreamHandlerError(t *testing.T, c *cluster) {
 		// Send fails too, once the reset reached us; its first failure
 		// says why (ErrRemote, per StreamHandler's contract).
 		var sendErr error
-		eventually(t, time.Minute, proto+": Send to fail", func() bool {
+		poll.Until(t, time.Minute, proto+": Send to fail", func() bool {
 			sctx, scancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer scancel()
 			sendErr = s.Send(sctx, []byte("more"))
@@ -1062,7 +1050,7 @@ func testStreamHandlerReturnsNil(t *testing.T, c *cluster) {
 		t.Fatalf("Recv from a handler that returned nil: %v, want io.EOF", err)
 	}
 	var sendErr error
-	eventually(t, time.Minute, "Send to a finished handler to fail", func() bool {
+	poll.Until(t, time.Minute, "Send to a finished handler to fail", func() bool {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
 		sendErr = s.Send(ctx, []byte("anyone?"))

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/abcast/abcast/actors"
+	"github.com/abcast/abcast/actors/abcasttest/faultnet"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
 )
@@ -43,7 +44,7 @@ type member struct {
 	idx   int
 	ident *membership.Identity
 	addr  string
-	conn  *cuttableConn
+	conn  net.PacketConn // its socket behind the demo's network, until the node owns it
 	node  *actors.Node
 	chans map[string]*actors.Channel
 	sink  *sink
@@ -73,6 +74,10 @@ type run struct {
 
 	cutMu sync.Mutex
 	cuts  map[[2]int]bool
+	// net carries every node's packets, so links can be cut. Wrapping a
+	// socket hides the *net.UDPConn from quic-go, which then cannot use
+	// segmentation offload: fine for a demo, not for production.
+	net *faultnet.Network
 
 	watchers   sync.WaitGroup // recovery watchers
 	recMu      sync.Mutex
@@ -88,7 +93,7 @@ func Run(ctx context.Context, o Options) (*Verdict, error) {
 	if err := o.fill(); err != nil {
 		return nil, err
 	}
-	r := &run{o: o, ledger: map[key]*record{}, cuts: map[[2]int]bool{}, done: make(chan struct{})}
+	r := &run{o: o, ledger: map[key]*record{}, cuts: map[[2]int]bool{}, done: make(chan struct{}), net: faultnet.New(0, 0, 0)}
 	defer close(r.done)
 	if err := r.startNodes(); err != nil {
 		r.closeNodes()
@@ -214,7 +219,7 @@ func (r *run) startNodes() error {
 		if err != nil {
 			return fmt.Errorf("node %d: %w", i, err)
 		}
-		m := &member{idx: i, ident: ident, addr: pc.LocalAddr().String(), conn: newCuttableConn(pc), chans: map[string]*actors.Channel{}, sink: newSink()}
+		m := &member{idx: i, ident: ident, addr: pc.LocalAddr().String(), conn: r.net.Wrap(pc), chans: map[string]*actors.Channel{}, sink: newSink()}
 		r.members = append(r.members, m)
 		ms = append(ms, ident.Member(m.addr))
 	}
@@ -430,8 +435,11 @@ func (r *run) setLink(a, b int, cut bool, why string) {
 	}
 	r.cutMu.Unlock()
 	ma, mb := r.members[a], r.members[b]
-	ma.conn.setCut(mb.addr, cut)
-	mb.conn.setCut(ma.addr, cut)
+	if cut {
+		r.net.Cut(ma.addr, mb.addr)
+	} else {
+		r.net.Heal(ma.addr, mb.addr)
+	}
 	switch {
 	case cut && !was:
 		r.event("cut link %d-%d (%s): every packet between n%d and n%d is dropped", a, b, why, a, b)

@@ -120,8 +120,12 @@ func (r *run) printSummary(v *Verdict) {
 			sent += st.UpdateBytesSent + st.FetchBytesServed
 		}
 		sv := m.sink.view(false)
+		var dropped uint64
+		for _, o := range r.members {
+			dropped += r.net.LinkStats(m.addr, o.addr).DroppedCut
+		}
 		fmt.Fprintf(tw, "\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t\n", m.name(), m.published.Load(), m.aborted.Load(),
-			sv.delivered, sv.withdrawn, FormatBytes(sent), fmtLatency(sv.all, 0.5), fmtLatency(sv.all, 0.99), m.conn.dropped.Load(), m.node.Stats().Restarts)
+			sv.delivered, sv.withdrawn, FormatBytes(sent), fmtLatency(sv.all, 0.5), fmtLatency(sv.all, 0.99), dropped, m.node.Stats().Restarts)
 	}
 	tw.Flush()
 	fmt.Fprintf(&buf, "\n%d artifacts published, %d aborted, %d final; %d deliveries, latency p50 %v, p99 %v, max %v\n",

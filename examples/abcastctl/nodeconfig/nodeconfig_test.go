@@ -1,4 +1,4 @@
-package main
+package nodeconfig_test
 
 import (
 	"crypto/rand"
@@ -20,16 +20,16 @@ func writeFile(t *testing.T, dir, name, content string) string {
 	return p
 }
 
-// A node config file written by abcastctl's nodeconfig package runs as is,
-// with relative paths resolved against its directory.
-func TestConfigAcceptsNodeConfigFiles(t *testing.T) {
+// A config file Save wrote loads back, with relative paths resolved
+// against its directory.
+func TestSaveAndLoad(t *testing.T) {
 	dir := t.TempDir()
 	nc := nodeconfig.Config{IdentityKey: "node-0.key", Listen: "127.0.0.1:7000", Registry: "registry.json", Channels: []string{"blocks"}, PollInterval: "100ms"}
 	path := filepath.Join(dir, "node-0.json")
 	if err := nc.Save(path); err != nil {
 		t.Fatal(err)
 	}
-	c, err := LoadConfig(path)
+	c, err := nodeconfig.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,11 +48,11 @@ func TestConfigStaticMembersAndLimits(t *testing.T) {
 	path := writeFile(t, dir, "c.json", `{"identity_key": "k", "listen": "127.0.0.1:7000", "channels": ["blocks"],
 		"static_members": [{"node_id": "`+e.NodeID+`", "addr": "`+e.Addr+`", "public_key": "`+e.PublicKey+`"}],
 		"limits": {"slot_limit": 1000, "max_payload": "4MiB", "idle_timeout": "3s", "push_threshold": 512}}`)
-	c, err := LoadConfig(path)
+	c, err := nodeconfig.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	acfg, tcfg, snap, err := c.nodeConfigs()
+	acfg, tcfg, snap, err := c.NodeConfigs()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestConfigRejects(t *testing.T) {
 		"bad static node": {`{` + base + `, "static_members": [{"node_id": "zz", "addr": "127.0.0.1:1", "public_key": ""}]}`, "static_members[0]"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := LoadConfig(writeFile(t, t.TempDir(), "c.json", tc.body))
+			_, err := nodeconfig.Load(writeFile(t, t.TempDir(), "c.json", tc.body))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
 			}
@@ -92,13 +92,13 @@ func TestConfigRejects(t *testing.T) {
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int{"300": 300, "200KiB": 200 << 10, "2MiB": 2 << 20, "1.5MB": 1_500_000, "10B": 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		if got, err := nodeconfig.ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{"", "x", "-1", "3GiB?"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
+		if _, err := nodeconfig.ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
 		}
 	}
 }
