@@ -167,12 +167,12 @@ type node struct {
 	// aborted (a request that left before the abort may be answered in
 	// full: that transfer raced the abort, it did not follow it).
 	fetchedBytes, lateBytes map[broadcast.ArtifactID]int
-	delivered    map[broadcast.ArtifactID]bool
-	times        map[broadcast.ArtifactID]int // deliveries in this incarnation
-	owned        []broadcast.ArtifactID       // live artifacts it published, in order
-	byzSent      []sentUpdate                 // Byzantine: what it sent, to replay
-	byzCommit    broadcast.CommitID
-	dirty        bool // a core changed since its invariants were checked
+	delivered               map[broadcast.ArtifactID]bool
+	times                   map[broadcast.ArtifactID]int // deliveries in this incarnation
+	owned                   []broadcast.ArtifactID       // live artifacts it published, in order
+	byzSent                 []sentUpdate                 // Byzantine: what it sent, to replay
+	byzCommit               broadcast.CommitID
+	dirty                   bool // a core changed since its invariants were checked
 }
 
 type sentUpdate struct {
