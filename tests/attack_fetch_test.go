@@ -9,7 +9,6 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
@@ -65,7 +64,7 @@ func TestAttackFetchWithheldLastChunks(t *testing.T) {
 		cfg.Receiver.FetchTimeoutMin = time.Second
 		cfg.Receiver.FetchTimeoutMax = 4 * time.Second
 		rawCfg := tcfg
-		a := newNodeAttack(t, cfg, tcfg, &rawCfg, abcasttest.Options{})
+		a := newNodeAttack(t, cfg, tcfg, &rawCfg, nil)
 		k, size, chunk := cfg.Receiver.MaxFetchesPerPeer, cfg.Receiver.MaxFetchSize, 256<<10
 		arts := map[broadcast.ArtifactID]*hostileArtifact{}
 		for i := range k {
@@ -104,7 +103,7 @@ func TestAttackFetchWithheldLastChunks(t *testing.T) {
 		// runs for the hostile member gets everything but its last chunk.
 		time.Sleep(30 * time.Second)
 		hr := hl.finish(30 * time.Second)
-		st := a.ch.On(victimNode).Stats()
+		st := a.ch.On(a.victim).Stats()
 		t.Logf("hostile served %.1f MiB of chunks, withheld %d last chunks; victim: fetches running %d, budget waits %d; %s",
 			mib(uint64(served.Load())), withheld.Load(), st.ActiveFetches, st.Receiver.FetchBudgetWaits, hr)
 		term := uint64(a.bound.Term("fetches following"))

@@ -31,12 +31,6 @@ import (
 // CI; ABCAST_ATTACK_FULL=1 runs the sizes (128 MiB frames, 32 MiB
 // pushes, the default limits).
 
-const (
-	victimNode  = 0
-	honestNode  = 1
-	hostileNode = 2
-)
-
 // attackFull reports whether the attacks run at the sizes.
 func attackFull() bool { return os.Getenv("ABCAST_ATTACK_FULL") != "" }
 
@@ -67,8 +61,13 @@ func attackConfig() (actors.Config, transport.Config) {
 	return cfg, tcfg
 }
 
-// nodeAttack is a running attack set-up.
+// nodeAttack is a running attack set-up. The roles go by NodeID: the
+// hostile member is the lowest of the three, so it is the one that dials
+// (a hostile member speaking QUIC itself needs no listener), and the
+// victim and the honest node are the other two.
 type nodeAttack struct {
+	victim, honest, hostile int
+
 	t     *testing.T
 	s     *abcasttest.Subnet
 	ch    *abcasttest.Channel
@@ -81,36 +80,42 @@ type nodeAttack struct {
 	peak peakTracker
 	stop chan struct{}
 	wg   sync.WaitGroup
+	// stoppers end the loads still running when the test ends early.
+	stoppers []func()
 }
 
 // newNodeAttack starts the victim and the honest node with cfg and tcfg,
 // opens the test channel on both (payloads checked by verifyPayload), and,
 // if rawCfg is set, starts the hostile member as a bare transport that has
-// announced the channel to both. opt may set OnStart, Config hooks, etc.
-func newNodeAttack(t *testing.T, cfg actors.Config, tcfg transport.Config, rawCfg *transport.Config, opt abcasttest.Options) *nodeAttack {
+// announced the channel to both. onStart, if set, runs as the kit's
+// OnStart with the roles known.
+func newNodeAttack(t *testing.T, cfg actors.Config, tcfg transport.Config, rawCfg *transport.Config, onStart func(a *nodeAttack, i int, node *actors.Node)) *nodeAttack {
 	t.Helper()
 	cfg.Transport = tcfg
-	opt.Config, opt.Transport = cfg, tcfg
-	if opt.Latency == 0 {
-		opt.Latency = 5 * time.Millisecond
-	}
 	a := &nodeAttack{t: t, cfg: cfg, tcfg: tcfg, bound: cfg.MemoryBound(3, 1), stop: make(chan struct{})}
+	opt := abcasttest.Options{Config: cfg, Transport: tcfg, Latency: 5 * time.Millisecond}
+	if onStart != nil {
+		opt.OnStart = func(i int, node *actors.Node) { onStart(a, i, node) }
+	}
 	a.bound.Terms = slices.Clone(a.bound.Terms)
 	a.s = abcasttest.NewSubnet(t, 3, opt)
-	a.s.Start(victimNode)
-	a.s.Start(honestNode)
+	order := []int{0, 1, 2}
+	slices.SortFunc(order, func(i, j int) int { return a.s.ID(i).Compare(a.s.ID(j)) })
+	a.hostile, a.victim, a.honest = order[0], order[1], order[2]
+	a.s.Start(a.victim)
+	a.s.Start(a.honest)
 	a.ch = a.s.OpenChannel(hostileChannel, abcasttest.ChannelOptions{Verify: verifyPayload})
 	if rawCfg != nil {
-		a.raw = a.s.Raw(hostileNode, *rawCfg)
+		a.raw = a.s.Raw(a.hostile, *rawCfg)
 		must(t, abcasttest.Eventually(time.Minute, func() error {
-			for i := range 2 {
+			for _, i := range []int{a.victim, a.honest} {
 				if _, up := a.raw.ConnID(a.s.ID(i)); !up {
 					return fmt.Errorf("hostile member not connected to node %d", i)
 				}
 			}
 			return nil
 		}))
-		for i := range 2 {
+		for _, i := range []int{a.victim, a.honest} {
 			must(t, abcasttest.Announce(context.Background(), a.raw, a.s.ID(i), hostileChannel))
 		}
 	}
@@ -119,8 +124,8 @@ func newNodeAttack(t *testing.T, cfg actors.Config, tcfg transport.Config, rawCf
 }
 
 // victimID and friends name the members.
-func (a *nodeAttack) victimID() membership.NodeID  { return a.s.ID(victimNode) }
-func (a *nodeAttack) hostileID() membership.NodeID { return a.s.ID(hostileNode) }
+func (a *nodeAttack) victimID() membership.NodeID  { return a.s.ID(a.victim) }
+func (a *nodeAttack) hostileID() membership.NodeID { return a.s.ID(a.hostile) }
 
 // startSampling records the baseline heap and samples the retained heap
 // every interval of virtual time until end.
@@ -140,6 +145,9 @@ func (a *nodeAttack) startSampling(interval time.Duration) {
 }
 
 func (a *nodeAttack) end() {
+	for _, stop := range a.stoppers {
+		stop()
+	}
 	select {
 	case <-a.stop:
 	default:
@@ -192,6 +200,7 @@ type honestLoad struct {
 	start     time.Time
 	stopped   time.Time
 	stop      chan struct{}
+	once      sync.Once
 	done      chan struct{}
 }
 
@@ -208,7 +217,14 @@ func (a *nodeAttack) startHonest(interval time.Duration, sizes ...int) *honestLo
 	h := &honestLoad{a: a, interval: interval, sizes: sizes, published: map[broadcast.ArtifactID]honestPub{},
 		start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
 	go h.run()
+	a.stoppers = append(a.stoppers, h.halt)
 	return h
+}
+
+// halt stops publishing (once) and waits for the publisher to end.
+func (h *honestLoad) halt() {
+	h.once.Do(func() { close(h.stop) })
+	<-h.done
 }
 
 func (h *honestLoad) run() {
@@ -223,16 +239,24 @@ func (h *honestLoad) run() {
 			return
 		case <-tick.C:
 		}
-		for _, from := range []int{victimNode, honestNode} {
+		for _, from := range []int{h.a.victim, h.a.honest} {
 			seq++
 			id := broadcast.ArtifactID(fmt.Sprintf("honest-%d-%d", from, seq))
 			size := h.sizes[seq%len(h.sizes)]
 			if err := h.a.ch.Publish(from, broadcast.Artifact{ID: id, Payload: payloadFor(id, size)}); err != nil {
-				h.a.t.Errorf("honest publish: %v", err)
+				select {
+				case <-h.stop: // the test is ending
+				default:
+					h.a.t.Errorf("honest publish: %v", err)
+				}
 				return
 			}
 			h.mu.Lock()
-			h.published[id] = honestPub{from: from, to: 1 - from, at: time.Now(), size: size}
+			to := h.a.victim
+			if from == to {
+				to = h.a.honest
+			}
+			h.published[id] = honestPub{from: from, to: to, at: time.Now(), size: size}
 			h.mu.Unlock()
 		}
 	}
@@ -261,8 +285,7 @@ func (h *honestLoad) collect() {
 // to be delivered, and returns what was measured.
 func (h *honestLoad) finish(within time.Duration) honestResult {
 	h.a.t.Helper()
-	close(h.stop)
-	<-h.done
+	h.halt()
 	h.stopped = time.Now()
 	err := abcasttest.Eventually(within, func() error {
 		h.collect()

@@ -30,7 +30,7 @@ func TestAttackPushLarge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg, tcfg := attackConfig()
 		rawCfg := tcfg
-		a := newNodeAttack(t, cfg, tcfg, &rawCfg, abcasttest.Options{})
+		a := newNodeAttack(t, cfg, tcfg, &rawCfg, nil)
 		pushes, size := 24, 3<<20
 		if attackFull() {
 			size = 32 << 20
@@ -83,7 +83,7 @@ func TestAttackPushLarge(t *testing.T) {
 		if broadcast.EncodedSize(maxPush) != cfg.Sender.MaxPushSize {
 			t.Fatalf("could not size an artifact to exactly %d bytes", cfg.Sender.MaxPushSize)
 		}
-		must(t, a.ch.Publish(honestNode, maxPush))
+		must(t, a.ch.Publish(a.honest, maxPush))
 		var refusedBudget, invalid, accepted int
 		var mu sync.Mutex
 		for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(500 * time.Millisecond) {
@@ -107,12 +107,12 @@ func TestAttackPushLarge(t *testing.T) {
 		}
 		hr := hl.finish(30 * time.Second)
 		must(t, abcasttest.Eventually(30*time.Second, func() error {
-			if _, ok := a.ch.Recorder(victimNode).Holds(maxPush.ID); !ok {
+			if _, ok := a.ch.Recorder(a.victim).Holds(maxPush.ID); !ok {
 				return fmt.Errorf("honest push of MaxPushSize not delivered")
 			}
 			return nil
 		}))
-		st := a.ch.On(victimNode).Stats()
+		st := a.ch.On(a.victim).Stats()
 		ps := st.PeerStats[a.hostileID().String()]
 		t.Logf("rounds of %d pushes of %.0f MiB for 10 s: %d read and refused as invalid (counted %d against the peer), %d refused unread by the peer's budget; delivered from pushes %d; %s",
 			pushes, mib(uint64(size)), invalid, ps.Invalid, refusedBudget, st.Receiver.DeliveredFromPush, hr)
