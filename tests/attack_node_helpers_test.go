@@ -3,6 +3,8 @@ package tests
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
+	"github.com/quic-go/quic-go"
 )
 
 // Attacks of issue 16 against whole nodes: three members on the kit's
@@ -321,4 +324,46 @@ type honestResult struct {
 func (r honestResult) String() string {
 	return fmt.Sprintf("honest: %d delivered in %.1f s (%.1f/s, %.1f KB/s), %d missing, latency p50 %v p99 %v",
 		r.delivered, r.window.Seconds(), float64(r.delivered)/r.window.Seconds(), float64(r.bytes)/1e3/r.window.Seconds(), r.missing, r.p50, r.p99)
+}
+
+// dialRaw connects the hostile member to the victim by hand, over quic-go
+// with the member's real key, and performs the welcome exchange (the
+// victim then counts it up): a member that speaks the wire protocol
+// itself, free to leave answers unread or frames unfinished. The hostile
+// member must not also run as Raw.
+func (a *nodeAttack) dialRaw() *quic.Conn {
+	a.t.Helper()
+	udp, err := net.ResolveUDPAddr("udp", a.s.Addr(a.hostile))
+	must(a.t, err)
+	qt := &quic.Transport{Conn: a.s.Network().Listen(udp)}
+	a.t.Cleanup(func() { qt.Close() })
+	to, err := net.ResolveUDPAddr("udp", a.s.Addr(a.victim))
+	must(a.t, err)
+	id := a.s.Identity(a.hostile)
+	tlsConf := membership.ClientTLSConfig(id, membership.LatestMembers(a.s.Registry()), a.victimID(), []string{transport.ALPN})
+	conn, err := qt.Dial(context.Background(), to, tlsConf, &quic.Config{MaxIdleTimeout: a.tcfg.IdleTimeout, KeepAlivePeriod: a.tcfg.KeepAlive})
+	must(a.t, err)
+	a.t.Cleanup(func() { conn.CloseWithError(0, "") })
+	str, err := conn.OpenStreamSync(context.Background())
+	must(a.t, err)
+	_, err = str.Write(rawWelcome(id.ID))
+	must(a.t, err)
+	must(a.t, str.Close())
+	got, err := io.ReadAll(str)
+	must(a.t, err)
+	if want := rawWelcome(a.victimID()); string(got) != string(want) {
+		a.t.Fatalf("victim's welcome %q, want %q", got, want)
+	}
+	must(a.t, abcasttest.Eventually(time.Minute, func() error {
+		if _, up := a.victimTransport().ConnID(a.hostileID()); !up {
+			return fmt.Errorf("the victim does not count the hostile member up")
+		}
+		return nil
+	}))
+	return conn
+}
+
+// victimTransport is the victim node's QUIC transport.
+func (a *nodeAttack) victimTransport() *transport.Transport {
+	return a.s.Node(a.victim).Transport().(*transport.Transport)
 }
