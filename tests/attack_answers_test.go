@@ -177,4 +177,3 @@ func TestAttackOversizedAnswers(t *testing.T) {
 	})
 	t.Logf("real time %.1f s", time.Since(realStart).Seconds())
 }
-
