@@ -61,7 +61,9 @@ func TestAttackUnreadFetchAnswers(t *testing.T) {
 		// For 30 s the member keeps 64 such streams open: a stream the
 		// victim reset is replaced at once.
 		replaced := 0
-		for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(500 * time.Millisecond) {
+		// Long enough for unread writes to meet the progress timeout.
+		attack := max(attackFor(30*time.Second), tcfg.ProgressTimeout+5*time.Second)
+		for start := time.Now(); time.Since(start) < attack; time.Sleep(500 * time.Millisecond) {
 			for i, str := range strs {
 				reset, err := streamResetBy(str)
 				if err != nil {
@@ -76,8 +78,8 @@ func TestAttackUnreadFetchAnswers(t *testing.T) {
 		hr := hl.finish(30 * time.Second)
 		ts := a.victimTransport().Stats(a.hostileID())
 		st := a.ch.On(a.victim).Stats()
-		t.Logf("64 unread streams for 30 s on a %.0f MiB artifact (%d chunks): %d reset and replaced; victim served the member %.1f MiB; transport counters %+v; %s",
-			mib(uint64(size)), chunks, replaced, mib(st.BytesServedTo[a.hostileID().String()]), ts, hr)
+		t.Logf("64 unread streams for %v on a %.0f MiB artifact (%d chunks): %d reset and replaced; victim served the member %.1f MiB; transport counters %+v; %s",
+			attack, mib(uint64(size)), chunks, replaced, mib(st.BytesServedTo[a.hostileID().String()]), ts, hr)
 		if ts.StalledWrites == 0 {
 			t.Error("no write to the member that stopped reading was given up")
 		}
@@ -155,7 +157,7 @@ func TestAttackOversizedAnswers(t *testing.T) {
 
 		a.startSampling(250 * time.Millisecond)
 		hl := a.startHonest(100*time.Millisecond, 500, 20_000)
-		time.Sleep(20 * time.Second) // the attack's length, in virtual time
+		time.Sleep(attackFor(20 * time.Second)) // the attack's length, in virtual time
 		hr := hl.finish(30 * time.Second)
 		ts := a.victimTransport().Stats(a.hostileID())
 		st := a.ch.On(a.victim).Stats()

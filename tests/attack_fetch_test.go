@@ -101,7 +101,7 @@ func TestAttackFetchWithheldLastChunks(t *testing.T) {
 		}
 		// The attack lasts 30 s of virtual time: every fetch the victim
 		// runs for the hostile member gets everything but its last chunk.
-		time.Sleep(30 * time.Second)
+		time.Sleep(attackFor(30 * time.Second))
 		hr := hl.finish(30 * time.Second)
 		st := a.ch.On(a.victim).Stats()
 		t.Logf("hostile served %.1f MiB of chunks, withheld %d last chunks; victim: fetches running %d, budget waits %d; %s",

@@ -37,6 +37,17 @@ import (
 // attackFull reports whether the attacks run at the sizes.
 func attackFull() bool { return os.Getenv("ABCAST_ATTACK_FULL") != "" }
 
+// attackFor is how long (virtual time) an attack that lasts d lasts in
+// this run: a third of it under the race detector, which makes every byte
+// moved several times dearer in real time; long enough still for each
+// limit to be reached and each timeout to pass.
+func attackFor(d time.Duration) time.Duration {
+	if raceBuild && !attackFull() {
+		return d / 3
+	}
+	return d
+}
+
 // attackConfig is the configuration attacks run against: the defaults at
 // full size; otherwise every limit that bounds what a peer can make us
 // hold is scaled down (so an attack can reach it quickly and the bound

@@ -242,7 +242,7 @@ func TestAttackRemoteHostilePayloads(t *testing.T) {
 		unknown := descriptorBomb(bombEntries)
 		unknown.TypeName = "google.protobuf.FileDescriptorProto"
 		batches := 0
-		for start := time.Now(); time.Since(start) < 10*time.Second; batches++ {
+		for start := time.Now(); time.Since(start) < attackFor(10*time.Second); batches++ {
 			switch batches % 10 {
 			case 0:
 				// An unregistered type: never decoded.
@@ -262,8 +262,8 @@ func TestAttackRemoteHostilePayloads(t *testing.T) {
 		s := victim.Stats()
 		hr := hl.finish(30 * time.Second)
 		rh := rl.finish(t)
-		t.Logf("%d batches of %d KiB in 10 s; victim's remote: unknown types %d, decode-limit dead letters %d, received %d, queued charged %.1f MiB of a %.1f MiB budget, streams reset for want of budget %d; %s; %s",
-			batches, cfg.Remote.MaxBatchBytes>>10, s.UnknownTypes, s.DeadLetters[quicremote.DeadLetterDecodeLimit], s.Received, mib(uint64(s.QueuedBytes)), mib(uint64(tcfg.MaxBytesPerPeer)), a.rr.resets, hr, rh)
+		t.Logf("%d batches of %d KiB in %v; victim's remote: unknown types %d, decode-limit dead letters %d, received %d, queued charged %.1f MiB of a %.1f MiB budget, streams reset for want of budget %d; %s; %s",
+			batches, cfg.Remote.MaxBatchBytes>>10, attackFor(10*time.Second), s.UnknownTypes, s.DeadLetters[quicremote.DeadLetterDecodeLimit], s.Received, mib(uint64(s.QueuedBytes)), mib(uint64(tcfg.MaxBytesPerPeer)), a.rr.resets, hr, rh)
 		switch {
 		case s.UnknownTypes == 0:
 			t.Error("the unregistered type was not refused as unknown")
@@ -429,7 +429,7 @@ func TestAttackRemoteRights(t *testing.T) {
 		}
 		// A flood to the slow actor, for 5 s.
 		small := &wrapperspb.BytesValue{Value: make([]byte, 100)}
-		for start := time.Now(); time.Since(start) < 5*time.Second; {
+		for start := time.Now(); time.Since(start) < attackFor(5*time.Second); {
 			envs := make([]*abcastpb.ActorEnvelope, 0, 1000)
 			for range 1000 {
 				envs = append(envs, remoteEnv(t, "slow", small))

@@ -53,7 +53,7 @@ func TestAttackHeaderOnlyStreams(t *testing.T) {
 		}
 		var held time.Duration
 		resets := 0
-		for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(250 * time.Millisecond) {
+		for start := time.Now(); time.Since(start) < attackFor(30*time.Second); time.Sleep(250 * time.Millisecond) {
 			for str, since := range opened {
 				reset, err := streamResetBy(str)
 				must(t, err)
@@ -68,8 +68,8 @@ func TestAttackHeaderOnlyStreams(t *testing.T) {
 		}
 		hr := hl.finish(30 * time.Second)
 		ts := a.victimTransport().Stats(a.hostileID())
-		t.Logf("%d header-only streams kept open for 30 s: %d reset by the victim, the longest held %v (HeaderTimeout %v); counted %+v; %s",
-			tcfg.MaxIncomingStreams, resets, held, tcfg.HeaderTimeout, ts, hr)
+		t.Logf("%d header-only streams kept open for %v: %d reset by the victim, the longest held %v (HeaderTimeout %v); counted %+v; %s",
+			tcfg.MaxIncomingStreams, attackFor(30*time.Second), resets, held, tcfg.HeaderTimeout, ts, hr)
 		if resets == 0 || held > tcfg.HeaderTimeout+time.Second {
 			t.Errorf("header-only streams held up to %v, HeaderTimeout %v", held, tcfg.HeaderTimeout)
 		}
@@ -90,6 +90,9 @@ func TestAttackSlotsAcrossConnections(t *testing.T) {
 	realStart := time.Now()
 	synctest.Test(t, func(t *testing.T) {
 		cfg, tcfg := attackConfig()
+		if raceBuild && !attackFull() {
+			cfg.Receiver.SlotLimit = 500
+		}
 		rawCfg := tcfg
 		a := newNodeAttack(t, cfg, tcfg, &rawCfg, nil)
 		limit := cfg.Receiver.SlotLimit
@@ -166,7 +169,7 @@ func TestAttackLongAcks(t *testing.T) {
 		target := victim.Remote().PID(a.hostileID(), "anyone")
 		a.startSampling(250 * time.Millisecond)
 		hl := a.startHonest(100*time.Millisecond, 500, 20_000)
-		for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(500 * time.Millisecond) {
+		for start := time.Now(); time.Since(start) < attackFor(10*time.Second); time.Sleep(500 * time.Millisecond) {
 			for i := range 10 {
 				victim.System().Root.Send(target, wrapperspb.String(strconv.Itoa(i)))
 			}
