@@ -45,8 +45,10 @@ const (
 	// SlotEntryOverhead is what one slot entry costs beyond its id and
 	// attribute: the entry, the advertiser set and id state, a fetch-queue
 	// slot, the digest, and a delivered id's record for the consumer.
-	// Measured 276 bytes before adverts carried a digest.
-	SlotEntryOverhead = 512
+	// Measured 525 bytes (50,000 entries with 128-byte ids and 1 KiB
+	// attributes took 80 MiB, TestAttackSlotsAcrossConnections at full
+	// size).
+	SlotEntryOverhead = 640
 	// WatchCost is one peer's watch of a local actor: protoactor's
 	// watcher entry and the remote's record (measured 240 + 80 bytes).
 	WatchCost = 320
@@ -90,7 +92,7 @@ func (c Config) MemoryBound(members, channels int) MemoryBound {
 	add(true, "watches on local actors",
 		"Remote.MaxWatchesPerPeer × 320 B", int64(rm.MaxWatchesPerPeer)*WatchCost)
 	add(true, "slot entries, those of older connections included",
-		"channels × Receiver.SlotLimit × (Receiver.MaxIDLen + Receiver.MaxAttributeLen + 512 B)",
+		"channels × Receiver.SlotLimit × (Receiver.MaxIDLen + Receiver.MaxAttributeLen + 640 B)",
 		ch*int64(rc.SlotLimit)*int64(rc.MaxIDLen+rc.MaxAttributeLen+SlotEntryOverhead))
 	add(true, "fetches following the peer's manifests: chunks and manifests",
 		"channels × Receiver.MaxFetchBytesPerPeer × (1 + 64/1024)",

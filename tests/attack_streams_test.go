@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -98,15 +99,22 @@ func TestAttackSlotsAcrossConnections(t *testing.T) {
 		limit := cfg.Receiver.SlotLimit
 		attr := make([]byte, cfg.Receiver.MaxAttributeLen)
 		// flood advertises limit ids, from id number first, in the slots
-		// from slot on.
-		flood := func(raw *transport.Transport, first, slot int) (accepted int) {
-			for i := range limit {
-				id := fmt.Sprintf("%0*d", cfg.Receiver.MaxIDLen, first+i)
-				if raw.Push(context.Background(), a.victimID(), "abcast/"+hostileChannel+"/update", advert(uint64(i)+1, uint64(slot+i), id, attr)) == nil {
-					accepted++
-				}
+		// from slot on, from 64 streams at once.
+		flood := func(raw *transport.Transport, first, slot int) int {
+			var accepted atomic.Int64
+			var wg sync.WaitGroup
+			for w := range 64 {
+				wg.Go(func() {
+					for i := w; i < limit; i += 64 {
+						id := fmt.Sprintf("%0*d", cfg.Receiver.MaxIDLen, first+i)
+						if raw.Push(context.Background(), a.victimID(), "abcast/"+hostileChannel+"/update", advert(uint64(i)+1, uint64(slot+i), id, attr)) == nil {
+							accepted.Add(1)
+						}
+					}
+				})
 			}
-			return accepted
+			wg.Wait()
+			return int(accepted.Load())
 		}
 		a.startSampling(250 * time.Millisecond)
 		hl := a.startHonest(100*time.Millisecond, 500, 20_000)
