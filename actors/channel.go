@@ -607,12 +607,25 @@ func (c *Channel) post(pid *actor.PID, msg any) {
 	}
 }
 
+// maxUpdateLen is the longest update an honest peer sends: a push of at
+// most MaxPushSize encoded, or an advert (id, attribute, digest), plus the
+// commit, the slot and the artifact's tag and length (64 bytes covers them).
+func (c *Channel) maxUpdateLen() int {
+	advert := c.limit.MaxIDLen + c.limit.MaxAttributeLen + len(broadcast.Digest{}) + 16
+	return max(c.rcfg.MaxPushSize, advert) + 64
+}
+
 // handleUpdate serves an incoming slot update: the receiver actor applies
 // it, and only then is it acknowledged. Stale updates are acknowledged too
 // (a newer state is already held); refused ones return an error.
 func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
-	u, decodeErr := wire.DecodeSlotUpdate(req, c.limit)
-	if decodeErr != nil {
+	var u broadcast.SlotUpdate
+	var decodeErr error
+	if max := c.maxUpdateLen(); len(req) > max {
+		// Not decoded: the copy would cost as much as the frame, for an
+		// update the core refuses anyway.
+		decodeErr = fmt.Errorf("update from %s: %w: %d bytes, more than a push of MaxPushSize or an advert takes (%d)", peer.Short(), broadcast.ErrInvalid, len(req), max)
+	} else if u, decodeErr = wire.DecodeSlotUpdate(req, c.limit); decodeErr != nil {
 		decodeErr = fmt.Errorf("update from %s: %w", peer.Short(), decodeErr)
 	}
 	conn, ok := connIDOf(ctx, c.n, peer)

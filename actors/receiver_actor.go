@@ -33,6 +33,9 @@ type (
 		got     broadcast.Fetched
 		elapsed time.Duration
 		err     error
+		// taken, if set, is closed once the core has taken the outcome:
+		// until then the answer stays charged to the peer.
+		taken chan struct{}
 	}
 	fetchRestarted struct{}
 	fetchTick      struct{}
@@ -166,6 +169,9 @@ func (a *receiverActor) applyConsumed(ctx actor.Context, total uint64) {
 // fault), or nothing (timeout, transport error, not found).
 func (a *receiverActor) fetchOutcome(ctx actor.Context, m fetchOutcome) {
 	c := a.c
+	if m.taken != nil {
+		defer close(m.taken)
+	}
 	var eff []broadcast.Effect
 	switch {
 	case m.err == nil:
@@ -302,6 +308,20 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 		start := time.Now()
 		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
 		elapsed := time.Since(start)
+		// The transport charged the answer to the peer's budget while
+		// reading it; it stays charged, decoded, until the receiver has
+		// taken it (what the core keeps then counts under
+		// MaxFetchBytesPerPeer), so that answers waiting for the receiver
+		// cannot pile up beyond the budget.
+		held := 0
+		if err == nil {
+			if !c.n.rpc.Reserve(peer, len(resp)) {
+				err = fmt.Errorf("%w: answer of %d bytes does not fit the peer's memory budget", transport.ErrRefused, len(resp))
+			} else {
+				held = len(resp)
+				defer c.n.rpc.Release(peer, held)
+			}
+		}
 		var got broadcast.Fetched
 		if err == nil {
 			got, err = wire.DecodeFetchResponse(resp, c.limit)
@@ -312,7 +332,22 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 			if err != nil {
 				err = fmt.Errorf("fetch of %x from %s: %w", []byte(m.ID), peer.Short(), err)
 			}
-			root.Send(parent, fetchOutcome{tok: m.Token, got: got, elapsed: elapsed, err: err})
+			out := fetchOutcome{tok: m.Token, got: got, elapsed: elapsed, err: err}
+			if held > 0 {
+				out.taken = make(chan struct{})
+			}
+			root.Send(parent, out)
+			if held > 0 {
+				// A lost outcome (the receiver restarted) gives the
+				// charge back after HandlerTimeout.
+				wait := time.NewTimer(c.n.cfg.HandlerTimeout)
+				select {
+				case <-out.taken:
+				case <-wait.C:
+				case <-c.n.ctx.Done():
+				}
+				wait.Stop()
+			}
 		}
 		root.Send(self, attemptEnded{m.Token})
 	})

@@ -93,6 +93,16 @@ type fetchRun struct {
 	// progress is when the digest was chosen or last brought something.
 	progress time.Time
 	pause    time.Time // when a backing-off peer is ready again (zero: none)
+	// supplier is the peer whose manifest the run follows, and reserved
+	// the bytes of its MaxFetchBytesPerPeer the run holds (the manifest's
+	// size, from when the manifest was kept). need is the size of a
+	// manifest the run could not keep for lack of room: until one is kept,
+	// the manifest is asked only of peers with that much room, and
+	// budgetWait says none has it.
+	supplier   PeerID
+	reserved   int
+	need       int
+	budgetWait bool
 }
 
 type fetchReq struct {
@@ -214,7 +224,9 @@ func (r *Receiver) advance(id ArtifactID, st *idState, eff []Effect) []Effect {
 		// one holds nothing or has made no progress for FetchTimeoutMax:
 		// a peer that serves its own digest for a while and then stalls
 		// cannot hold the fetch forever.
-		stuck := len(peers) > 0 && !r.anyReady(f, peers) && (f.held == 0 || r.now.Sub(f.progress) > r.cfg.FetchTimeoutMax)
+		// A fetch waiting for a supplier with room holds nothing and is
+		// as stuck as one whose peers all back off.
+		stuck := len(peers) > 0 && (!r.anyReady(f, peers) || f.budgetWait) && (f.held == 0 || r.now.Sub(f.progress) > r.cfg.FetchTimeoutMax)
 		if len(peers) == 0 {
 			eff = r.resetRun(id, st, eff)
 		} else if stuck {
@@ -236,6 +248,7 @@ func (r *Receiver) advance(id ArtifactID, st *idState, eff []Effect) []Effect {
 	if f.man != nil && f.missing == 0 {
 		return r.complete(id, st, eff)
 	}
+	peers = r.withRoom(id, f, peers)
 	var ready time.Time // earliest end of a backoff that keeps a peer idle
 	for len(f.reqs) < r.cfg.FetchParallel {
 		chunk, size := r.nextPart(f)
@@ -252,6 +265,74 @@ func (r *Receiver) advance(id ArtifactID, st *idState, eff []Effect) []Effect {
 	r.setPause(id, f, ready)
 	return eff
 }
+
+// withRoom returns, while the run needs a manifest it could not keep
+// before, the peers whose MaxFetchBytesPerPeer has room for it, and records
+// whether the run must wait for one; otherwise peers unchanged.
+func (r *Receiver) withRoom(id ArtifactID, f *fetchRun, peers []PeerID) []PeerID {
+	wait := false
+	if f.man == nil && f.need > 0 {
+		var room []PeerID
+		for _, p := range peers {
+			if r.assembly[p]+f.need <= r.cfg.MaxFetchBytesPerPeer {
+				room = append(room, p)
+			}
+		}
+		wait = len(room) == 0 && len(peers) > 0
+		peers = room
+	}
+	f.budgetWait = wait
+	if wait {
+		r.budgetWaiting[id] = struct{}{}
+	} else {
+		delete(r.budgetWaiting, id)
+	}
+	return peers
+}
+
+// reserve charges a kept manifest's artifact to its supplier, or reports
+// false when the supplier's MaxFetchBytesPerPeer has no room for it.
+func (r *Receiver) reserve(f *fetchRun, supplier PeerID, size int) bool {
+	if r.assembly[supplier]+size > r.cfg.MaxFetchBytesPerPeer {
+		return false
+	}
+	if size > 0 {
+		r.assembly[supplier] += size
+	}
+	f.supplier, f.reserved, f.need = supplier, size, 0
+	return true
+}
+
+// unreserve gives a run's reservation back; the fetches waiting for room
+// are resumed by the next resumeBudgetWaiters.
+func (r *Receiver) unreserve(f *fetchRun) {
+	if f.reserved > 0 {
+		if r.assembly[f.supplier] -= f.reserved; r.assembly[f.supplier] == 0 {
+			delete(r.assembly, f.supplier)
+		}
+		r.budgetFreed = true
+	}
+	f.supplier, f.reserved = "", 0
+}
+
+// resumeBudgetWaiters advances the fetches waiting for a supplier with
+// room, once a reservation was given back.
+func (r *Receiver) resumeBudgetWaiters(eff []Effect) []Effect {
+	if !r.budgetFreed {
+		return eff
+	}
+	r.budgetFreed = false
+	for _, id := range sortedKeys(r.budgetWaiting) {
+		if st, ok := r.ids[id]; ok && st.run != nil && st.run.budgetWait {
+			eff = r.announceRun(st, r.advance(id, st, eff))
+		}
+	}
+	return eff
+}
+
+// FetchBytesHeld returns the payload bytes reserved by running fetches
+// that follow manifests peer served (what MaxFetchBytesPerPeer bounds).
+func (r *Receiver) FetchBytesHeld(peer PeerID) int { return r.assembly[peer] }
 
 // usablePeers returns the non-blamed advertisers of the digest being
 // fetched (with those that name none, when it was learned or is unknown).
@@ -375,7 +456,10 @@ func (r *Receiver) resetRun(id ArtifactID, st *idState, eff []Effect) []Effect {
 		delete(r.attempts, tok)
 		eff = append(eff, CancelAttempt{ID: id, Token: tok})
 	}
+	r.unreserve(f)
 	f.chosen, f.learned, f.man, f.chunks, f.state, f.missing, f.held = false, "", nil, nil, nil, 0, 0
+	f.need, f.budgetWait = 0, false
+	delete(r.budgetWaiting, id)
 	return eff
 }
 
@@ -513,16 +597,18 @@ func (r *Receiver) FetchDone(tok Token, got Fetched, elapsed time.Duration, now 
 		r.peers[q.peer].stats.Mismatch++
 		r.backOff(f, q.peer, 4)
 		eff := r.advance(id, st, nil)
-		return r.announceRun(r.ids[id], eff), fmt.Errorf("fetch of %x from %s: %w: %w", []byte(id), q.peer, ErrMismatch, err)
+		eff = r.resumeBudgetWaiters(r.announceRun(r.ids[id], eff))
+		return eff, fmt.Errorf("fetch of %x from %s: %w: %w", []byte(id), q.peer, ErrMismatch, err)
 	}
 	f.peer(q.peer).fails = 0
 	f.from, f.progress = q.peer, r.now
 	r.sampleRate(q, elapsed)
 	eff := r.advance(id, st, nil)
+	eff = r.resumeBudgetWaiters(r.announceRun(r.ids[id], eff))
 	if err := r.lastFalse; err != nil {
-		return r.announceRun(r.ids[id], eff), fmt.Errorf("%w: %w", ErrMismatch, err)
+		return eff, fmt.Errorf("%w: %w", ErrMismatch, err)
 	}
-	return r.announceRun(r.ids[id], eff), nil
+	return eff, nil
 }
 
 // tookManifest keeps a manifest that names the digest being fetched, and
@@ -543,6 +629,13 @@ func (r *Receiver) tookManifest(id ArtifactID, st *idState, from PeerID, got Fet
 	if err := m.check(r.cfg.MaxFetchSize); err != nil {
 		// The digest names an impossible manifest: its advertisers lied.
 		r.falseDigest(id, st, err)
+		return nil
+	}
+	if !r.reserve(f, from, m.Size) {
+		// Not the peer's fault: its manifests already hold what we allow
+		// it. The manifest is asked again, of a peer with room, later.
+		f.need = m.Size
+		r.stats.FetchBudgetWaits++
 		return nil
 	}
 	n := m.Chunks()
@@ -611,7 +704,7 @@ func (r *Receiver) attemptFailed(tok Token, now time.Time, fails int, count func
 		count(&p.stats)
 	}
 	r.backOff(st.run, q.peer, fails)
-	return r.announceRun(st, r.advance(id, st, nil))
+	return r.resumeBudgetWaiters(r.announceRun(st, r.advance(id, st, nil)))
 }
 
 // Tick resumes the fetches whose waiting peers are ready and announces the
@@ -623,11 +716,11 @@ func (r *Receiver) Tick(now time.Time) []Effect {
 	r.announced = time.Time{}
 	var eff []Effect
 	for _, id := range sortedKeys(r.pausing) {
-		if st := r.ids[id]; !now.Before(st.run.pause) {
+		if st := r.ids[id]; st != nil && st.run != nil && !now.Before(st.run.pause) {
 			eff = r.advance(id, st, eff)
 		}
 	}
-	return r.announceAll(eff)
+	return r.announceAll(r.resumeBudgetWaiters(eff))
 }
 
 // announceAll announces the earliest pause of any run.
@@ -668,7 +761,7 @@ func (r *Receiver) RestartFetches() []Effect {
 		}
 		eff = r.advance(id, st, eff)
 	}
-	return r.announceAll(eff)
+	return r.announceAll(r.resumeBudgetWaiters(eff))
 }
 
 // advertiserJoined is called when a pair starts advertising a fetching id:
@@ -685,6 +778,8 @@ func (r *Receiver) endRun(id ArtifactID, st *idState) {
 		delete(r.attempts, tok)
 	}
 	delete(r.pausing, id)
+	delete(r.budgetWaiting, id)
+	r.unreserve(st.run)
 	st.run = nil
 }
 
@@ -721,6 +816,9 @@ func (r *Receiver) checkRuns() error {
 			return fmt.Errorf("pausing fetch of %x is not fetching or has no pause", []byte(id))
 		}
 	}
+	if err := r.checkBudgets(); err != nil {
+		return err
+	}
 	for pid, p := range r.peers {
 		if p.inflight != perPeer[pid] || p.inflightBytes != perPeerBytes[pid] {
 			return fmt.Errorf("peer %s: %d requests of %d bytes counted, %d of %d running", pid, p.inflight, p.inflightBytes, perPeer[pid], perPeerBytes[pid])
@@ -734,7 +832,7 @@ func (r *Receiver) checkRun(id ArtifactID, f *fetchRun) error {
 	switch {
 	case paused != !f.pause.IsZero():
 		return fmt.Errorf("fetch of %x: pause %v but pausing %v", []byte(id), f.pause, paused)
-	case len(f.reqs) == 0 && !paused && !f.stalled:
+	case len(f.reqs) == 0 && !paused && !f.stalled && !f.budgetWait:
 		return fmt.Errorf("fetch of %x has neither an attempt, nor a pause, nor a reason to wait", []byte(id))
 	case len(f.reqs) > r.cfg.FetchParallel:
 		return fmt.Errorf("fetch of %x has %d requests, above %d", []byte(id), len(f.reqs), r.cfg.FetchParallel)
@@ -781,6 +879,53 @@ func (r *Receiver) checkRun(id ArtifactID, f *fetchRun) error {
 	}
 	if missing != f.missing || held != f.held {
 		return fmt.Errorf("fetch of %x: %d missing and %d bytes counted, %d and %d held", []byte(id), f.missing, f.held, missing, held)
+	}
+	return nil
+}
+
+// checkBudgets verifies the MaxFetchBytesPerPeer reservations: each peer's
+// total is what its runs reserved and within the bound; a run holds a
+// reservation exactly while it keeps a manifest, of that manifest's size,
+// and holds no more chunk bytes than that; a run waits for room only
+// without a manifest and without requests, and is listed as waiting.
+func (r *Receiver) checkBudgets() error {
+	reserved := make(map[PeerID]int)
+	waiting := 0
+	for id, st := range r.ids {
+		f := st.run
+		if f == nil {
+			continue
+		}
+		switch {
+		case f.man != nil && (f.supplier == "" || f.reserved != f.man.Size):
+			return fmt.Errorf("fetch of %x keeps a manifest of %d bytes with %d reserved from %q", []byte(id), f.man.Size, f.reserved, f.supplier)
+		case f.man == nil && (f.reserved != 0 || f.supplier != ""):
+			return fmt.Errorf("fetch of %x reserves %d bytes from %q without a manifest", []byte(id), f.reserved, f.supplier)
+		case f.held > f.reserved:
+			return fmt.Errorf("fetch of %x holds %d bytes, %d reserved", []byte(id), f.held, f.reserved)
+		case f.budgetWait && (f.man != nil || f.need == 0 || len(f.reqs) > 0):
+			return fmt.Errorf("fetch of %x waits for room with a manifest, no need or requests running", []byte(id))
+		}
+		if _, listed := r.budgetWaiting[id]; listed != f.budgetWait {
+			return fmt.Errorf("fetch of %x waits for room %v, listed %v", []byte(id), f.budgetWait, listed)
+		}
+		if f.budgetWait {
+			waiting++
+		}
+		reserved[f.supplier] += f.reserved
+	}
+	if waiting != len(r.budgetWaiting) {
+		return fmt.Errorf("%d fetches wait for room, %d listed", waiting, len(r.budgetWaiting))
+	}
+	for p, n := range r.assembly {
+		if n <= 0 || n != reserved[p] || n > r.cfg.MaxFetchBytesPerPeer {
+			return fmt.Errorf("peer %s: %d bytes reserved counted, %d by its fetches, bound %d", p, n, reserved[p], r.cfg.MaxFetchBytesPerPeer)
+		}
+	}
+	for p, n := range reserved {
+		if n > 0 && r.assembly[p] != n {
+			return fmt.Errorf("peer %s: fetches reserve %d bytes, %d counted", p, n, r.assembly[p])
+		}
 	}
 	return nil
 }

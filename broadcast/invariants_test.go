@@ -155,6 +155,20 @@ func TestReceiverCheckInvariantsReportsEachBrokenInvariant(t *testing.T) {
 			r.pausing["d"] = struct{}{}
 		}},
 		{"per-peer fetch count", "fetches counted", func(t *testing.T, r *Receiver) { r.peers["q"].active++ }},
+		{"supplier's reservation not counted", "bytes reserved counted", func(t *testing.T, r *Receiver) { r.assembly["u"]++ }},
+		{"reservation above MaxFetchBytesPerPeer", "bound 1", func(t *testing.T, r *Receiver) { r.cfg.MaxFetchBytesPerPeer = 1 }},
+		{"manifest kept without its reservation", "keeps a manifest of", func(t *testing.T, r *Receiver) { r.ids["h"].run.reserved-- }},
+		{"reservation without a manifest", "reserves 5 bytes", func(t *testing.T, r *Receiver) {
+			r.ids["g"].run.reserved, r.ids["g"].run.supplier = 5, "s"
+		}},
+		{"waiting for room, not listed", "listed false", func(t *testing.T, r *Receiver) {
+			r.ids["g"].run.budgetWait, r.ids["g"].run.need = true, 1
+		}},
+		{"listed as waiting for room", "listed true", func(t *testing.T, r *Receiver) { r.budgetWaiting["g"] = struct{}{} }},
+		{"waiting for room with a manifest", "waits for room with", func(t *testing.T, r *Receiver) {
+			r.ids["h"].run.budgetWait, r.ids["h"].run.need = true, 1
+			r.budgetWaiting["h"] = struct{}{}
+		}},
 		{"fetch queue bound", "fetch queue of", func(t *testing.T, r *Receiver) {
 			p := r.peers["q"]
 			for range 200 {

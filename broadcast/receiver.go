@@ -48,6 +48,24 @@ type ReceiverConfig struct {
 	// chunks one fetch holds (at most MaxActiveFetches plus one per peer
 	// run at once). Bytes; default 128 MiB (the wire's payload limit).
 	MaxFetchSize int
+	// MaxFetchBytesPerPeer bounds the payload bytes that running fetches
+	// may hold under the manifests one peer served: a fetch reserves its
+	// artifact's size against the peer whose manifest it follows when that
+	// manifest arrives, and gives it back when it delivers, starts over or
+	// ends. A manifest that does not fit is not kept (counted as
+	// FetchBudgetWaits): the fetch asks another advertiser of its digest
+	// with room, or waits until one has room, with no timer and no blame.
+	// Without it, a peer that serves every chunk but the last of the
+	// artifacts it advertises makes us hold MaxFetchesPerPeer ×
+	// MaxFetchSize per channel (1 GiB with the defaults) for as long as it
+	// advertises them. The chunks come from any advertiser of the digest,
+	// but they are the supplier's bytes: each matches a hash its manifest
+	// named. Must be at least MaxFetchSize, so that any artifact can be
+	// assembled. Bytes; default 128 MiB: one artifact of the largest size,
+	// or several smaller ones, assemble at once per supplier; a single
+	// fetch moves chunks in parallel, so an honest publisher's link stays
+	// busy.
+	MaxFetchBytesPerPeer int
 	// FetchWindow is the most requests of one fetch in flight to one peer
 	// (two keep a link busy while an answer is on its way back), and
 	// FetchParallel the most in flight for one fetch, spread over the
@@ -80,20 +98,21 @@ type ReceiverConfig struct {
 // DefaultReceiverConfig returns the documented defaults.
 func DefaultReceiverConfig() ReceiverConfig {
 	return ReceiverConfig{
-		SlotLimit:         50_000,
-		MaxIDLen:          128,
-		MaxAttributeLen:   1024,
-		MaxPushSize:       1 << 20,
-		MaxActiveFetches:  32,
-		MaxFetchesPerPeer: 8,
-		DeliveryCredits:   64,
-		MaxFetchSize:      128 << 20,
-		FetchWindow:       2,
-		FetchParallel:     8,
-		FetchTimeoutMin:   5 * time.Second,
-		FetchTimeoutMax:   120 * time.Second,
-		FetchBackoffMin:   100 * time.Millisecond,
-		FetchBackoffMax:   5 * time.Second,
+		SlotLimit:            50_000,
+		MaxIDLen:             128,
+		MaxAttributeLen:      1024,
+		MaxPushSize:          1 << 20,
+		MaxActiveFetches:     32,
+		MaxFetchesPerPeer:    8,
+		DeliveryCredits:      64,
+		MaxFetchSize:         128 << 20,
+		MaxFetchBytesPerPeer: 128 << 20,
+		FetchWindow:          2,
+		FetchParallel:        8,
+		FetchTimeoutMin:      5 * time.Second,
+		FetchTimeoutMax:      120 * time.Second,
+		FetchBackoffMin:      100 * time.Millisecond,
+		FetchBackoffMax:      5 * time.Second,
 	}
 }
 
@@ -116,6 +135,8 @@ func (c ReceiverConfig) Validate() error {
 		return fmt.Errorf("%w: ReceiverConfig.DeliveryCredits must be positive, got %d", ErrInvalid, c.DeliveryCredits)
 	case c.MaxFetchSize < 0:
 		return fmt.Errorf("%w: ReceiverConfig.MaxFetchSize must not be negative, got %d", ErrInvalid, c.MaxFetchSize)
+	case c.MaxFetchBytesPerPeer <= 0 || c.MaxFetchBytesPerPeer < c.MaxFetchSize:
+		return fmt.Errorf("%w: ReceiverConfig.MaxFetchBytesPerPeer must be positive and at least MaxFetchSize %d, got %d", ErrInvalid, c.MaxFetchSize, c.MaxFetchBytesPerPeer)
 	case c.FetchWindow <= 0 || c.FetchParallel < c.FetchWindow:
 		return fmt.Errorf("%w: ReceiverConfig needs 0 < FetchWindow <= FetchParallel, got %d and %d", ErrInvalid, c.FetchWindow, c.FetchParallel)
 	case c.FetchTimeoutMin <= 0 || c.FetchTimeoutMax < c.FetchTimeoutMin:
@@ -162,10 +183,13 @@ type ReceiverStats struct {
 	// FetchedBytes counts the payload bytes of artifacts assembled from
 	// fetched chunks; FalseDigests the digests proven false.
 	FetchedBytes, FalseDigests uint64
-	Delivered, Withdrawn       uint64
-	DeliveredFromPush          uint64
-	LateFetchResults           uint64
-	UnknownPeerUpdates         uint64
+	// FetchBudgetWaits counts manifests not kept because their supplier's
+	// MaxFetchBytesPerPeer could not take the artifact at the time.
+	FetchBudgetWaits     uint64
+	Delivered, Withdrawn uint64
+	DeliveredFromPush    uint64
+	LateFetchResults     uint64
+	UnknownPeerUpdates   uint64
 }
 
 type entry struct {
@@ -267,6 +291,14 @@ type Receiver struct {
 	// lastFalse is the reason the last digest was proven false, reported
 	// by the FetchDone call during which that happened.
 	lastFalse error
+	// assembly is, per peer, the payload bytes reserved by running fetches
+	// that follow a manifest it served (MaxFetchBytesPerPeer);
+	// budgetWaiting the fetches waiting for a supplier with room, and
+	// budgetFreed says a reservation was given back since they were last
+	// resumed.
+	assembly      map[PeerID]int
+	budgetWaiting map[ArtifactID]struct{}
+	budgetFreed   bool
 }
 
 // NewReceiver returns a receiver with no peers.
@@ -278,7 +310,8 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 		cfg.Admit = AdmitAll
 	}
 	return &Receiver{cfg: cfg, peers: make(map[PeerID]*peerRx), ids: make(map[ArtifactID]*idState),
-		attempts: make(map[Token]ArtifactID), pausing: make(map[ArtifactID]struct{}), rng: cfg.Seed}, nil
+		attempts: make(map[Token]ArtifactID), pausing: make(map[ArtifactID]struct{}), rng: cfg.Seed,
+		assembly: make(map[PeerID]int), budgetWaiting: make(map[ArtifactID]struct{})}, nil
 }
 
 // Stats returns the receiver's counters.
@@ -332,8 +365,8 @@ func (r *Receiver) DescribeID(id ArtifactID) string {
 		if f.man != nil {
 			held = fmt.Sprintf("%d of %d chunks (%d bytes)", len(f.chunks)-f.missing, len(f.chunks), f.held)
 		}
-		run = fmt.Sprintf(", digest %v (chosen %v, stalled %v), %s, %d requests, pausing until %v, peers %+v, false digests %v",
-			f.digest, f.chosen, f.stalled, held, len(f.reqs), f.pause, f.peers, f.bad)
+		run = fmt.Sprintf(", digest %v (chosen %v, stalled %v), %s, %d bytes reserved from %q (waiting for room for %d: %v), %d requests, pausing until %v, peers %+v, false digests %v",
+			f.digest, f.chosen, f.stalled, held, f.reserved, f.supplier, f.need, f.budgetWait, len(f.reqs), f.pause, f.peers, f.bad)
 	}
 	return fmt.Sprintf("decision %v, %s, charged to %q, advertisers %v (%d pairs), fetching %d/%d, credits %d/%d%s",
 		st.decision, names[st.phase], st.charged, st.peerList(), st.adv.len(), r.fetching, r.cfg.MaxActiveFetches, r.fetching+r.waiting, r.cfg.DeliveryCredits, run)
@@ -670,6 +703,7 @@ func (r *Receiver) verify(id ArtifactID, a Artifact) error {
 // pump starts queued fetches while capacity and credits allow, taking
 // peers' queues in turn and skipping peers at their MaxFetchesPerPeer.
 func (r *Receiver) pump(eff []Effect) []Effect {
+	eff = r.resumeBudgetWaiters(eff)
 	for r.queued > 0 {
 		started := false
 		for i := range r.order {

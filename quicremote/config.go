@@ -109,9 +109,12 @@ type Config struct {
 	// bytes before anything is allocated. A message past either is refused
 	// (DeadLetterDecodeLimit). The estimate is also charged to the sending
 	// peer's transport memory budget (RPC.Reserve) from decoding until the
-	// message is in its mailbox; one the budget cannot take is refused the
-	// same way. Defaults 4 MiB (16 full batches of MaxBatchBytes: honest
-	// messages decode to a few times their size) and 65,536.
+	// message is handed on (a user message: until its actor has taken it
+	// from its mailbox, so what a peer's messages waiting in mailboxes cost
+	// is bounded by its budget however many actors it sends to); one the
+	// budget cannot take is refused the same way. Defaults 4 MiB (16 full batches of
+	// MaxBatchBytes: honest messages decode to a few times their size) and
+	// 65,536.
 	MaxDecodedBytes    int
 	MaxDecodedElements int
 
@@ -126,9 +129,10 @@ type Config struct {
 	// a slow actor slows its senders instead of growing its mailbox
 	// without bound. Other senders on this node are not counted against it
 	// and not held up. Actors with a bounded mailbox (actorkit) refuse
-	// beyond their own capacity first. Memory this allows per actor: about
-	// MaxTargetBacklog × MaxDecodedBytes at worst, MaxTargetBacklog ×
-	// message size in practice. Default 4,096 (MaxBatchMessages' default,
+	// beyond their own capacity first. What waiting messages cost stays
+	// charged to their senders' budgets until taken (MaxDecodedBytes), so
+	// one peer's are bounded by its budget on all actors together, this
+	// bound applying per actor on top. Default 4,096 (MaxBatchMessages' default,
 	// so one full batch to an idle actor never waits).
 	MaxTargetBacklog int
 	// BacklogWait is how long one incoming batch may wait in all for full
@@ -142,6 +146,16 @@ type Config struct {
 	// only actors it spawned here (SpawnNamed); other Stops and
 	// PoisonPills are refused (DeadLetterRefused, RefusedSystem).
 	AllowRemoteStop bool
+
+	// MaxWatchesPerPeer bounds the watches one member may hold on this
+	// node's actors at once (each is an entry in the watched actor's
+	// state, about 250 bytes, and a peer may name watchers of any id). A
+	// Watch beyond it is refused (DeadLetterRefused, Stats.WatchesRefused)
+	// and the watcher is not told: it watches nothing. A record ends with
+	// the peer's Unwatch, with the Terminated the actor sends when it
+	// stops, and when the peer leaves the member set (its watches are then
+	// taken off the actors). Default 16,384 (about 4 MiB per peer).
+	MaxWatchesPerPeer int
 
 	// MaxSpawnsPerPeer bounds the actors one member may have spawned on
 	// this node (SpawnNamed) and alive at once; its further requests are
@@ -167,6 +181,7 @@ func DefaultConfig() Config {
 		MaxTargetBacklog:   4096,
 		BacklogWait:        2 * time.Second,
 		MaxSpawnsPerPeer:   1024,
+		MaxWatchesPerPeer:  16384,
 	}
 }
 
@@ -188,6 +203,7 @@ func (c Config) Validate() error {
 	check(c.MaxDecodedBytes > 0, "MaxDecodedBytes %d must be positive", c.MaxDecodedBytes)
 	check(c.MaxDecodedElements > 0, "MaxDecodedElements %d must be positive", c.MaxDecodedElements)
 	check(c.MaxSpawnsPerPeer >= 0, "MaxSpawnsPerPeer %d must not be negative", c.MaxSpawnsPerPeer)
+	check(c.MaxWatchesPerPeer >= 0, "MaxWatchesPerPeer %d must not be negative", c.MaxWatchesPerPeer)
 	check(c.MaxTargetBacklog > 0, "MaxTargetBacklog %d must be positive", c.MaxTargetBacklog)
 	check(c.BacklogWait >= 0 && c.BacklogWait < c.SendTimeout, "BacklogWait %v must be in [0, SendTimeout %v)", c.BacklogWait, c.SendTimeout)
 	for i, m := range c.Messages {
@@ -324,8 +340,15 @@ type Stats struct {
 	// EndpointEventsDropped counts EndpointConnected/EndpointTerminated
 	// events dropped because EventStream subscribers fell behind.
 	EndpointEventsDropped uint64
+	// WatchesRefused counts incoming Watch messages refused because the
+	// peer already held MaxWatchesPerPeer watches on this node's actors.
+	WatchesRefused uint64
 	// Queued is the number of messages waiting in outbound queues right now.
 	Queued int
+	// QueuedBytes is what peers' messages waiting in local mailboxes are
+	// charged to their transport memory budgets right now (their decoded
+	// estimates; see MaxDecodedBytes).
+	QueuedBytes int64
 }
 
 // TotalDeadLetters sums DeadLetters over all reasons.

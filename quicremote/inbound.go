@@ -90,6 +90,9 @@ type inStream struct {
 	// credit is reserved from the peer's budget (RPC.Reserve) and not
 	// charged to a decoded message now; it is given back after each batch.
 	credit int
+	// owed are the charges of this batch's messages now waiting in
+	// mailboxes, handed to the ledger at the end of the batch.
+	owed []owedCharge
 
 	mu     sync.Mutex
 	core   inCore
@@ -167,6 +170,7 @@ func (in *inStream) handleBatch(ctx context.Context, frame []byte) error {
 	// delivery panics (an OnDeadLetter hook, say).
 	defer in.order.done()
 	defer in.releaseCredit()
+	defer in.handOver()
 	in.mu.Lock()
 	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{})
 	in.mu.Unlock()
@@ -270,6 +274,20 @@ func (in *inStream) charge(n int) bool {
 // handed on.
 func (in *inStream) uncharge(n int) { in.credit += n }
 
+// owe keeps the n charged bytes of a message now waiting in proc's
+// mailbox charged to the peer: the ledger gives them back once the actor
+// took it.
+func (in *inStream) owe(id string, proc actor.Process, mb actor.Mailbox, n int) {
+	in.owed = append(in.owed, owedCharge{id: id, proc: proc, mb: mb, queuedCharge: queuedCharge{peer: in.peer, cost: n}})
+}
+
+// handOver gives the batch's waiting messages' charges to the ledger.
+func (in *inStream) handOver() {
+	in.r.ledger.add(in.owed)
+	clear(in.owed)
+	in.owed = in.owed[:0]
+}
+
 // releaseCredit gives the credit back to the peer's budget.
 func (in *inStream) releaseCredit() {
 	if in.credit > 0 {
@@ -334,8 +352,9 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		in.refuse(&m, nil, DeadLetterNotFound, nil)
 		return
 	}
+	var mb actor.Mailbox
 	if !env.system && !hidden {
-		if mb := mailboxOf(m.proc); mb != nil && !in.awaitBacklog(ctx, id, mb) {
+		if mb = mailboxOf(m.proc); mb != nil && !in.awaitBacklog(ctx, id, mb) {
 			in.refuse(&m, nil, DeadLetterTargetBusy, nil)
 			return
 		}
@@ -344,7 +363,12 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	if !ok {
 		return
 	}
-	defer in.uncharge(cost)
+	queued := false // its charge went to the ledger
+	defer func() {
+		if !queued {
+			in.uncharge(cost)
+		}
+	}()
 	if _, ends := msg.(*actor.Terminated); hidden && !ends {
 		// A hidden actor still learns that an actor it watches ended
 		// (deliverSystem checks the watch); nothing else reaches it.
@@ -376,6 +400,10 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	}
 	r.ctr.received.Add(1)
 	m.proc.SendUserMessage(m.target, msg)
+	if mb != nil && cost > 0 {
+		in.owe(id, m.proc, mb, cost)
+		queued = true
+	}
 }
 
 // decode decodes m's payload within the limits, charging its decoded size
@@ -384,7 +412,9 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 func (in *inStream) decode(m *incoming) (msg any, cost int, ok bool) {
 	r := in.r
 	plan, err := in.dec.plan(m.env)
-	if err == nil && !in.charge(plan.cost) {
+	// Before refusing for want of budget, the ledger gives back what
+	// mailboxes no longer hold.
+	if err == nil && !in.charge(plan.cost) && (r.ledger.settle() == 0 || !in.charge(plan.cost)) {
 		err = fmt.Errorf("%w: %d bytes decoded exceed what %s's memory budget has left", errDecodeLimit, plan.cost, in.peer.Short())
 	}
 	if err == nil {
@@ -516,11 +546,17 @@ func (in *inStream) deliverSystem(m *incoming, msg any) {
 			in.refuseSystem(m, msg, "Watch for a watcher on another node")
 			return
 		}
+		if !r.watches.add(in.peer, m.target.Id, v.Watcher.Id, r.cfg.MaxWatchesPerPeer) {
+			r.ctr.watchesRefused.Add(1)
+			in.refuse(m, msg, DeadLetterRefused, errTooManyWatches)
+			return
+		}
 	case *actor.Unwatch:
 		if fixAddress(v.Watcher, in.peerAddr); future || v.Watcher == nil || v.Watcher.Address != in.peerAddr {
 			in.refuseSystem(m, msg, "Unwatch for a watcher on another node")
 			return
 		}
+		r.watches.remove(in.peer, m.target.Id, v.Watcher.Id)
 	case *actor.Terminated:
 		if fixAddress(v.Who, in.peerAddr); v.Who == nil || v.Who.Address != in.peerAddr {
 			in.refuseSystem(m, msg, "Terminated for an actor on another node")

@@ -164,6 +164,8 @@ type Remote struct {
 	spawns    spawnTable
 	reasons   reasonTable
 	endpoints endpointEvents
+	ledger    queueLedger     // peers' messages waiting in local mailboxes
+	watches   incomingWatches // peers' watches on local actors
 
 	ctr remoteCounters
 }
@@ -178,6 +180,7 @@ type remoteCounters struct {
 	ackTimeouts                      atomic.Uint64
 	forgedReplies, refusedSystem     atomic.Uint64
 	backlogStalls, badAcks           atomic.Uint64
+	watchesRefused                   atomic.Uint64
 }
 
 var remoteExtensionID = extensions.NextExtensionID()
@@ -212,6 +215,7 @@ func New(system *actor.ActorSystem, self membership.NodeID, members func() membe
 		orders:  make(map[membership.NodeID]*inboundOrder),
 	}
 	r.types.init(cfg.Messages)
+	r.ledger.init(r)
 	r.endpoints.wake = make(chan struct{}, 1)
 	r.sers = append(append(r.sers, cfg.Serializers...), protoSerializer{&r.types})
 	for _, s := range r.sers {
@@ -268,8 +272,12 @@ func (r *Remote) Start(rpc transport.RPC) error {
 			r.endpoints.noteUp(peer, conn)
 		}
 	}
-	r.wg.Add(1)
+	r.wg.Add(2)
 	go r.publishEndpoints()
+	go func() {
+		defer r.wg.Done()
+		r.ledger.run(r.ctx)
+	}()
 	r.log.Info().Str("protocol", r.cfg.Protocol).Msg("remote started")
 	return nil
 }
@@ -316,6 +324,8 @@ func (r *Remote) Stats() Stats {
 		RefusedSystem:     r.ctr.refusedSystem.Load(),
 		BacklogStalls:     r.ctr.backlogStalls.Load(),
 		BadAcks:           r.ctr.badAcks.Load(),
+		WatchesRefused:    r.ctr.watchesRefused.Load(),
+		QueuedBytes:       r.ledger.bytes.Load(),
 
 		EndpointEventsDropped: r.endpoints.droppedCount(),
 	}
@@ -350,6 +360,9 @@ func (r *Remote) PeerEvent(ev transport.PeerEvent) {
 				r.retire(p)
 			}
 		}
+		if r.started0() && !r.members().Contains(e.Peer) {
+			r.dropWatchesOf(e.Peer)
+		}
 	}
 }
 
@@ -367,6 +380,13 @@ func (r *Remote) noteEndpoint(peer membership.NodeID, conn uint64, up bool, err 
 		r.endpoints.noteDown(peer, conn, err)
 	}
 	return r.peers[peer]
+}
+
+// started0 reports whether Start has run.
+func (r *Remote) started0() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.started
 }
 
 func (r *Remote) existingPeer(id membership.NodeID) *remotePeer {
@@ -475,8 +495,14 @@ func (r *Remote) send(rp *remoteProcess, target *actor.PID, message any, system 
 	header, msg, sender := actor.UnwrapEnvelope(message)
 	it := outItem{target: target, sender: sender, msg: msg, header: header, system: system}
 	if system {
-		switch msg.(type) {
-		case *actor.Watch, *actor.Unwatch, *actor.Terminated, *actor.Stop:
+		switch m := msg.(type) {
+		case *actor.Terminated:
+			// A local actor ended, or was never there: the peer's watch of
+			// it ends with this message, sent or not.
+			if m.Who != nil && m.Who.Address == r.addr {
+				r.watches.remove(rp.node, m.Who.Id, target.Id)
+			}
+		case *actor.Watch, *actor.Unwatch, *actor.Stop:
 		default:
 			r.deadLetter(nil, rp.node, &it, DeadLetterUnserializable, errUnsupportedSystem)
 			return

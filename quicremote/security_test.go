@@ -230,9 +230,12 @@ func TestSecDecodedCopiesChargedToPeerBudget(t *testing.T) {
 			t.Fatalf("message beyond the peer's budget delivered (%d bytes)", len(m.(*wrapperspb.StringValue).Value))
 		default:
 		}
-		if budget.reserved.Load() == 0 || budget.refused.Load() == 0 || budget.held.Load() != 0 {
-			t.Fatalf("reserved %d, refused %d, still held %d", budget.reserved.Load(), budget.refused.Load(), budget.held.Load())
+		if budget.reserved.Load() == 0 || budget.refused.Load() == 0 {
+			t.Fatalf("reserved %d, refused %d", budget.reserved.Load(), budget.refused.Load())
 		}
+		// The small message's charge comes back once the ledger sees the
+		// collector took it.
+		waitUntil(t, time.Second, "everything charged given back", func() bool { return budget.held.Load() == 0 })
 		if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterDecodeLimit]; n != 1 {
 			t.Fatalf("%d decode-limit dead letters, want 1", n)
 		}

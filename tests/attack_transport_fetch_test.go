@@ -41,6 +41,7 @@ func TestAttackTransportUnreadResponses(t *testing.T) {
 			return resp, nil
 		}, 0))
 		waitUp(t, honest, an.ids[2].ID)
+		hc := startHonestCalls(t, honest, victim, an.ids[2].ID, true)
 
 		// The attacker keeps quic-go's default receive windows: whatever the
 		// victim manages to send sits in them unread.
@@ -126,6 +127,7 @@ func TestAttackTransportUnreadResponses(t *testing.T) {
 		if len(got) != 5+respSize || got[0] != statusOK {
 			t.Fatalf("fetch by a reading peer after the resets: %d bytes, status %d", len(got), got[0])
 		}
+		t.Log(hc.finish(t))
 	})
 }
 

@@ -193,3 +193,74 @@ func callWithin(tr *transport.Transport, d time.Duration, peer membership.NodeID
 	defer cancel()
 	return tr.Call(ctx, peer, protocol, req)
 }
+
+// honestCalls is an honest peer calling the victim's "echo" every 50 ms
+// of virtual time while an attack runs: what the attack leaves of honest
+// service.
+type honestCalls struct {
+	honest     *transport.Transport
+	victim     membership.NodeID
+	ok, failed atomic.Int64
+	worst      atomic.Int64 // nanoseconds
+	start      time.Time
+	stop, done chan struct{}
+}
+
+// startHonestCalls registers "echo" on victim (unless registered) and
+// starts calling it from honest.
+func startHonestCalls(t *testing.T, honest, victim *transport.Transport, victimID membership.NodeID, register bool) *honestCalls {
+	t.Helper()
+	if register {
+		must(t, victim.Handle("echo", func(_ context.Context, _ membership.NodeID, req []byte) ([]byte, error) { return req, nil }, 0))
+	}
+	h := &honestCalls{honest: honest, victim: victimID, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		for i := 0; ; i++ {
+			select {
+			case <-h.stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			h.call(i)
+		}
+	}()
+	t.Cleanup(h.halt)
+	return h
+}
+
+func (h *honestCalls) call(i int) {
+	t0 := time.Now()
+	want := fmt.Sprintf("honest %d", i)
+	resp, err := callWithin(h.honest, 5*time.Second, h.victim, "echo", []byte(want))
+	if err != nil || string(resp) != want {
+		h.failed.Add(1)
+		return
+	}
+	h.ok.Add(1)
+	if d := int64(time.Since(t0)); d > h.worst.Load() {
+		h.worst.Store(d)
+	}
+}
+
+func (h *honestCalls) halt() {
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
+	<-h.done
+}
+
+// finish stops the calls, fails the test if any failed, and describes them.
+func (h *honestCalls) finish(t *testing.T) string {
+	t.Helper()
+	h.halt()
+	h.call(-1) // one more, now: the attack may have lasted less than a period
+	w := time.Since(h.start)
+	if h.failed.Load() > 0 || h.ok.Load() == 0 {
+		t.Errorf("honest calls during the attack: %d answered, %d failed", h.ok.Load(), h.failed.Load())
+	}
+	return fmt.Sprintf("honest calls: %d answered in %.1f s (%.1f/s), %d failed, slowest %v",
+		h.ok.Load(), w.Seconds(), float64(h.ok.Load())/w.Seconds(), h.failed.Load(), time.Duration(h.worst.Load()))
+}

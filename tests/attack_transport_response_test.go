@@ -24,9 +24,12 @@ import (
 // caller: ErrProtocol for a Push, ErrTooLarge for a Call.
 func TestAttackTransportOversizedResponses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		an := newAttackNet(t, 2) // 0 attacker (dials), 1 victim
+		an := newAttackNet(t, 3) // 0 attacker (dials), 1 victim, 2 honest
 		cfg := transport.DefaultConfig()
 		victim := an.start(1, cfg)
+		honest := an.start(2, cfg)
+		waitUp(t, honest, an.ids[1].ID)
+		hc := startHonestCalls(t, honest, victim, an.ids[1].ID, true)
 		conn := an.rawMember(0, 1, &quic.Config{MaxIdleTimeout: cfg.IdleTimeout, KeepAlivePeriod: cfg.KeepAlive})
 		waitUp(t, victim, an.ids[0].ID)
 
@@ -97,6 +100,7 @@ func TestAttackTransportOversizedResponses(t *testing.T) {
 				t.Errorf("answer with an oversized body: %v, want ErrProtocol (push) or ErrTooLarge (call)", err)
 			}
 		}
+		t.Log(hc.finish(t))
 		conn.CloseWithError(0, "")
 		serving.Wait()
 		st := victim.Stats(an.ids[0].ID)

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 
 	"github.com/abcast/abcast/membership"
@@ -244,6 +245,28 @@ func (c *peerCounters) hold(n, limit int) bool {
 }
 
 func (c *peerCounters) unhold(n int) { c.held.Add(-int64(n)) }
+
+// counterTable holds the counters of every peer ever seen. Lookups take no
+// lock: Reserve and Release, which the layers above call per decoded
+// message or chunk, cost a map read and an atomic add.
+type counterTable struct{ m sync.Map } // membership.NodeID -> *peerCounters
+
+// get returns peer's counters, made on first use.
+func (t *counterTable) get(peer membership.NodeID) *peerCounters {
+	if v, ok := t.m.Load(peer); ok {
+		return v.(*peerCounters)
+	}
+	v, _ := t.m.LoadOrStore(peer, &peerCounters{})
+	return v.(*peerCounters)
+}
+
+// stats returns peer's counters (zero if never seen).
+func (t *counterTable) stats(peer membership.NodeID) PeerStats {
+	if v, ok := t.m.Load(peer); ok {
+		return v.(*peerCounters).snapshot()
+	}
+	return PeerStats{}
+}
 
 func (c *peerCounters) snapshot() PeerStats {
 	return PeerStats{GarbageFrames: c.garbage.Load(), OversizedFrames: c.oversized.Load(), RefusedStreams: c.refused.Load(), StalledWrites: c.stalled.Load()}

@@ -81,7 +81,7 @@ type MemTransport struct {
 	snap       *membership.Snapshot
 	links      map[membership.NodeID]*memLink
 	nextConnID uint64
-	counters   map[membership.NodeID]*peerCounters
+	counters   counterTable
 }
 
 // NewTransport adds a node to the network. Like New, it follows source.
@@ -96,7 +96,6 @@ func (n *MemNetwork) NewTransport(cfg Config, id membership.NodeID, source membe
 		net: n, id: id, cfg: cfg, events: events,
 		handlers: make(map[string]*handlerEntry),
 		links:    make(map[membership.NodeID]*memLink),
-		counters: make(map[membership.NodeID]*peerCounters),
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	n.mu.Lock()
@@ -209,26 +208,9 @@ func (m *MemTransport) Peers() []membership.NodeID {
 }
 
 // Stats returns the counters kept about peer.
-func (m *MemTransport) Stats(peer membership.NodeID) PeerStats {
-	m.net.mu.Lock()
-	c := m.counters[peer]
-	m.net.mu.Unlock()
-	if c == nil {
-		return PeerStats{}
-	}
-	return c.snapshot()
-}
+func (m *MemTransport) Stats(peer membership.NodeID) PeerStats { return m.counters.stats(peer) }
 
-func (m *MemTransport) counter(peer membership.NodeID) *peerCounters {
-	m.net.mu.Lock()
-	defer m.net.mu.Unlock()
-	c := m.counters[peer]
-	if c == nil {
-		c = &peerCounters{}
-		m.counters[peer] = c
-	}
-	return c
-}
+func (m *MemTransport) counter(peer membership.NodeID) *peerCounters { return m.counters.get(peer) }
 
 // Close implements RPC.
 func (m *MemTransport) Close() error {

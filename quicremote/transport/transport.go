@@ -48,7 +48,7 @@ type Transport struct {
 	closed     bool
 	applied    uint64 // version of the last snapshot applied
 	peers      map[membership.NodeID]*peerState
-	counters   map[membership.NodeID]*peerCounters
+	counters   counterTable
 	nextConnID uint64
 
 	// evMu serialises event delivery. It is taken while mu is still held
@@ -162,7 +162,6 @@ func NewWithTransport(cfg Config, self *membership.Identity, source membership.S
 		qt:       qt,
 		handlers: make(map[string]*handlerEntry),
 		peers:    make(map[membership.NodeID]*peerState),
-		counters: make(map[membership.NodeID]*peerCounters),
 		members:  membership.LatestMembers(source),
 	}
 	t.qconf = &quic.Config{
@@ -248,15 +247,7 @@ func (t *Transport) Peers() []membership.NodeID {
 }
 
 // Stats returns the misbehaviour counters of peer (zero if never seen).
-func (t *Transport) Stats(peer membership.NodeID) PeerStats {
-	t.mu.Lock()
-	c := t.counters[peer]
-	t.mu.Unlock()
-	if c == nil {
-		return PeerStats{}
-	}
-	return c.snapshot()
-}
+func (t *Transport) Stats(peer membership.NodeID) PeerStats { return t.counters.stats(peer) }
 
 // Handshakes returns the counters of incoming QUIC handshakes.
 func (t *Transport) Handshakes() HandshakeStats { return t.handshakes.stats() }
@@ -265,16 +256,7 @@ func (t *Transport) Handshakes() HandshakeStats { return t.handshakes.stats() }
 // that look like QUIC but fail decryption are dropped inside quic-go.
 func (t *Transport) GarbageDatagrams() uint64 { return t.garbageDatagrams.Load() }
 
-func (t *Transport) counter(peer membership.NodeID) *peerCounters {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	c := t.counters[peer]
-	if c == nil {
-		c = &peerCounters{}
-		t.counters[peer] = c
-	}
-	return c
-}
+func (t *Transport) counter(peer membership.NodeID) *peerCounters { return t.counters.get(peer) }
 
 // Close implements RPC.
 func (t *Transport) Close() error {
