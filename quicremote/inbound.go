@@ -69,9 +69,14 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 			in.ackNow, in.ackN = true, fx.ackN
 		}
 		in.mu.Unlock()
-		select {
-		case in.kick <- struct{}{}:
-		default:
+		// The writer needs waking only for an acknowledgement due now or
+		// a new delay to time; between the two it sleeps (under light
+		// traffic a wake-up per batch costs a goroutine switch each).
+		if fx.ack || fx.arm {
+			select {
+			case in.kick <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -292,7 +297,8 @@ type incoming struct {
 // is full, and within the decoding limits.
 func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	r, d := in.r, in.dec
-	m := incoming{env: env, target: d.targetOf(env)}
+	t := d.target(env)
+	m := incoming{env: env, target: t.pid}
 	if len(env.senderID) > 0 {
 		addr := in.peerAddr
 		if len(env.senderAddr) > 0 {
@@ -303,13 +309,13 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	id := m.target.Id
 	hidden := false
 	switch {
-	case strings.HasPrefix(id, replyAliasPrefix):
+	case t.kind == targetReply:
 		in.deliverReply(&m)
 		return
-	case id == activatorID && !env.system:
+	case t.kind == targetActivator && !env.system:
 		in.deliverSpawn(&m)
 		return
-	case strings.HasPrefix(id, futurePrefix):
+	case t.kind == targetFuture:
 		// A future is answered through its alias only; the one system
 		// message for it is a Terminated ending its watch (StopFuture),
 		// checked in deliverSystem.
@@ -317,7 +323,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 			in.refuseReply(&m, "addressed to a future's own id")
 			return
 		}
-	case internalProcess(id) || r.hidden.covers(id):
+	case d.targets.isHidden(t):
 		// A hidden system message is decoded all the same: a Watch is
 		// answered as for an actor that does not exist.
 		if !env.system {
@@ -327,7 +333,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		hidden = true
 	}
 	var found bool
-	m.proc, found = r.system.ProcessRegistry.GetLocal(id)
+	m.proc, found = d.targets.process(t)
 	if !found && !env.system && !hidden {
 		// Refused here rather than by the dead-letter process, so that
 		// the sender learns why.

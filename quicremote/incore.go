@@ -160,6 +160,7 @@ type inEffects struct {
 	ack    bool // send the acknowledgement ackN now
 	ackN   uint64
 	ackAt  time.Time // else step again with inTick at this time (zero: no need)
+	arm    bool      // inBatchDone: ackAt is new (until it passes, later batches need no tick)
 	stall  bool      // a message started waiting (counted)
 	answer backlogVerdict
 	until  time.Time
@@ -181,6 +182,7 @@ func (c *inCore) Step(ev *inEvent, now time.Time, fx *inEffects) {
 		}
 		if c.ackDue.IsZero() {
 			c.ackDue = now.Add(ackDelay)
+			fx.arm = true
 		}
 		fx.ackAt = c.ackDue
 	case inTick:

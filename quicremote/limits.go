@@ -170,8 +170,10 @@ func (h *hiddenSet) change(id string, hide bool) {
 
 // covers reports whether id or one of its ancestors (the prefixes of id
 // that end before a '/') is hidden.
-func (h *hiddenSet) covers(id string) bool {
-	m := h.m.Load()
+func (h *hiddenSet) covers(id string) bool { return coveredBy(h.m.Load(), id) }
+
+// coveredBy is covers against one version of the set.
+func coveredBy(m *map[string]struct{}, id string) bool {
 	if m == nil || len(*m) == 0 {
 		return false
 	}
@@ -424,6 +426,22 @@ var mailboxOffset, mailboxKnown = func() (uintptr, bool) {
 	}
 	return f.Offset, true
 }()
+
+// The process's dead flag, which protoactor sets when the actor stops or
+// leaves the registry, is read the same way (targetTable keeps a process
+// only while it is not set; without the field it keeps none).
+var deadOffset, deadKnown = func() (uintptr, bool) {
+	f, ok := reflect.TypeOf(actor.ActorProcess{}).FieldByName("dead")
+	if !ok || f.Type != reflect.TypeOf(int32(0)) {
+		return 0, false
+	}
+	return f.Offset, true
+}()
+
+// processDead reports whether protoactor has marked ap dead.
+func processDead(ap *actor.ActorProcess) bool {
+	return !deadKnown || atomic.LoadInt32((*int32)(unsafe.Add(unsafe.Pointer(ap), deadOffset))) != 0
+}
 
 // mailboxOf returns the mailbox of a local actor's process, or nil for
 // any other process (futures, routers, the dead-letter process).

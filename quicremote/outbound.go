@@ -274,47 +274,124 @@ func parseAck(frame []byte, acked uint64, unacked int) (int, error) {
 	return int(n - acked), nil
 }
 
-// outRing is a FIFO of outItems that grows on demand up to a limit.
-type outRing struct {
-	buf     []outItem
-	head, n int
+// outQueue is a FIFO of outItems in fixed-size chunks taken from a pool
+// shared by every peer: it holds memory in proportion to what it holds
+// now, and a burst neither copies what is queued to grow it nor leaves a
+// large buffer behind (a ring that grows by doubling did both, and under
+// load allocating it was most of the sender's garbage).
+type outQueue struct {
+	head, tail *itemChunk
+	hi, ti     int // next item to take from head; next free slot in tail
+	n          int
 }
 
-func (q *outRing) push(it *outItem, limit int) bool {
+// chunkItems is the number of items in a chunk (64 bytes each).
+const chunkItems = 128
+
+type itemChunk struct {
+	items [chunkItems]outItem
+	next  *itemChunk
+}
+
+// chunkPool keeps emptied chunks (cleared, so they pin no messages) for
+// any peer's queue; the collector takes those unused for two cycles.
+var chunkPool = sync.Pool{New: func() any { return new(itemChunk) }}
+
+func (q *outQueue) push(it *outItem, limit int) bool {
 	if q.n >= limit {
 		return false
 	}
-	if q.n == len(q.buf) {
-		size := min(max(2*len(q.buf), 64), limit)
-		nb := make([]outItem, size)
-		for i := 0; i < q.n; i++ {
-			nb[i] = q.buf[(q.head+i)%len(q.buf)]
-		}
-		q.buf, q.head = nb, 0
+	switch {
+	case q.tail == nil:
+		q.head = chunkPool.Get().(*itemChunk)
+		q.tail, q.hi, q.ti = q.head, 0, 0
+	case q.ti == chunkItems:
+		c := chunkPool.Get().(*itemChunk)
+		q.tail.next, q.tail, q.ti = c, c, 0
 	}
-	q.buf[(q.head+q.n)%len(q.buf)] = *it
+	q.tail.items[q.ti] = *it
+	q.ti++
 	q.n++
 	return true
 }
 
-func (q *outRing) pop() outItem {
-	it := q.buf[q.head]
-	q.buf[q.head] = outItem{}
-	q.head = (q.head + 1) % len(q.buf)
-	q.n--
-	return it
-}
-
-// take moves queued items to dst until dst holds maxN.
-func (q *outRing) take(dst []outItem, maxN int) []outItem {
+// take moves queued items to dst until dst holds maxN, a chunk's run at a
+// time.
+func (q *outQueue) take(dst []outItem, maxN int) []outItem {
 	for q.n > 0 && len(dst) < maxN {
-		dst = append(dst, q.pop())
-	}
-	// Give a ring that grew for a burst back to the collector once empty.
-	if q.n == 0 && len(q.buf) > 1024 {
-		q.buf, q.head = nil, 0
+		end := chunkItems
+		if q.head == q.tail {
+			end = q.ti
+		}
+		k := min(end-q.hi, maxN-len(dst))
+		run := q.head.items[q.hi : q.hi+k]
+		dst = append(dst, run...)
+		clear(run)
+		q.hi += k
+		q.n -= k
+		if q.hi == end {
+			// The head chunk is drained: back to the pool (the tail
+			// too once empty, so that an idle peer holds none).
+			old := q.head
+			q.head, q.hi = old.next, 0
+			old.next = nil
+			if q.head == nil {
+				q.tail, q.ti = nil, 0
+			}
+			chunkPool.Put(old)
+		}
 	}
 	return dst
+}
+
+// Batch slices (the messages of a batch, kept until it is acknowledged)
+// come from pools by capacity class, 64 × 4^i items, and go back once
+// acknowledged: under load every batch needs one, and up to
+// MaxInflightBatches are held at once.
+const (
+	batchClassMin = 64
+	batchClasses  = 6 // up to 64 × 4^5 = 65,536 items
+)
+
+var batchPools [batchClasses]sync.Pool
+
+// batchClass is the smallest class that holds n items, or -1 beyond the
+// largest.
+func batchClass(n int) int {
+	c, size := 0, batchClassMin
+	for size < n {
+		c, size = c+1, size*4
+	}
+	if c >= batchClasses {
+		return -1
+	}
+	return c
+}
+
+// getItems returns an empty slice with room for n items.
+func getItems(n int) []outItem {
+	c := batchClass(n)
+	if c < 0 {
+		return make([]outItem, 0, n)
+	}
+	if b, ok := batchPools[c].Get().(*[]outItem); ok {
+		return (*b)[:0]
+	}
+	return make([]outItem, 0, batchClassMin<<(2*c))
+}
+
+// putItems gives b back for reuse, cleared so that it pins no messages
+// (what lies beyond its length was never written or was cleared when the
+// batch was compacted). Only slices from getItems fit a class exactly;
+// others are left to the collector.
+func putItems(b []outItem) {
+	c := batchClass(cap(b))
+	if c < 0 || cap(b) != batchClassMin<<(2*c) {
+		return
+	}
+	clear(b)
+	b = b[:0]
+	batchPools[c].Put(&b)
 }
 
 // encodeBatch encodes items into enc until MaxBatchBytes is reached and
@@ -340,7 +417,7 @@ func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, res
 		size := enc.frameSize() - mark.buf
 		enc.rollback(mark)
 		if len(batch) > 0 {
-			rest = append([]outItem(nil), items[i:]...)
+			rest = append(getItems(len(items)-i), items[i:]...)
 			clear(items[len(batch):])
 			return batch, rest
 		}

@@ -35,7 +35,7 @@ import (
 type outCore struct {
 	cfg outConfig
 
-	q       outRing
+	q       outQueue
 	pending []outItem // taken from the queue, waiting for the next encode (front of the queue)
 
 	up         bool
@@ -56,7 +56,6 @@ type outCore struct {
 	openAfter   time.Time
 	encoding    uint64 // stream whose batch is being encoded (0: none)
 	writing     bool   // the batch encoded last is being written
-	free        [][]outItem
 	watches     map[watchKey]watchRec
 	encodeTaken int // messages handed out for encoding (for CheckInvariants)
 }
@@ -456,7 +455,7 @@ func (c *outCore) ack(ev *outEvent, fx *outEffects) {
 	}
 	for i := range done {
 		fx.sent += uint64(len(c.unacked[i].items))
-		c.recycle(c.unacked[i].items)
+		putItems(c.unacked[i].items)
 	}
 	fx.batches += uint64(done)
 	clear(c.unacked[:done])
@@ -520,7 +519,8 @@ func (c *outCore) advance(now time.Time, fx *outEffects) {
 		return
 	}
 	if len(c.pending) == 0 {
-		c.pending = c.q.take(c.spare(), c.cfg.maxBatchMessages)
+		n := min(c.q.n, c.cfg.maxBatchMessages)
+		c.pending = c.q.take(getItems(n), n)
 	}
 	fx.encode, fx.encodeStream = c.pending, c.stream
 	c.encodeTaken = len(c.pending)
@@ -533,27 +533,6 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-// spare returns an empty slice to take a batch into, reusing one of an
-// acknowledged batch when there is one.
-func (c *outCore) spare() []outItem {
-	if n := len(c.free); n > 0 {
-		b := c.free[n-1]
-		c.free[n-1] = nil
-		c.free = c.free[:n-1]
-		return b
-	}
-	return nil
-}
-
-// recycle keeps an acknowledged batch's slice for reuse (cleared, so it
-// pins no messages).
-func (c *outCore) recycle(b []outItem) {
-	if len(c.free) < 4 && cap(b) <= c.cfg.maxBatchMessages {
-		clear(b[:cap(b)])
-		c.free = append(c.free, b[:0])
-	}
 }
 
 // CheckInvariants reports the first inconsistency in the core's state.
