@@ -187,7 +187,7 @@ func (r *Remote) orderFor(peer membership.NodeID) *inboundOrder {
 	defer r.mu.Unlock()
 	o := r.orders[peer]
 	if o == nil {
-		o = &inboundOrder{changed: make(chan struct{})}
+		o = &inboundOrder{}
 		r.orders[peer] = o
 	}
 	return o
@@ -200,12 +200,16 @@ var errStaleBatch = errors.New("batch out of date (a newer epoch or connection h
 type inboundOrder struct {
 	mu      sync.Mutex
 	core    orderCore
-	changed chan struct{} // closed and replaced when the turn moves
+	changed chan struct{} // closed when the turn moves, if a batch waits (nil: none does)
 }
 
+// moveLocked tells the waiting batches that the turn moved. Normally
+// none waits (one stream per peer), and no channel is made.
 func (o *inboundOrder) moveLocked() {
-	close(o.changed)
-	o.changed = make(chan struct{})
+	if o.changed != nil {
+		close(o.changed)
+		o.changed = nil
+	}
 }
 
 // waitTurn waits until batch seq of (connID, epoch) has the turn, or
@@ -224,6 +228,9 @@ func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) 
 		case orderStale:
 			o.mu.Unlock()
 			return errStaleBatch
+		}
+		if o.changed == nil {
+			o.changed = make(chan struct{})
 		}
 		ch := o.changed
 		o.mu.Unlock()
@@ -298,7 +305,7 @@ type incoming struct {
 func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	r, d := in.r, in.dec
 	t := d.target(env)
-	m := incoming{env: env, target: t.pid}
+	m := incoming{env: env, target: &t.pid}
 	if len(env.senderID) > 0 {
 		addr := in.peerAddr
 		if len(env.senderAddr) > 0 {

@@ -36,15 +36,41 @@ type remotePeer struct {
 	// Owned by the loop.
 	streams map[uint64]transport.Stream
 	enc     batchEncoder
+
+	// A write that has not finished SendTimeout after it began (the peer
+	// stopped reading), or when the remote closes, closes its stream. One
+	// timer rearmed per write and one hook on the remote's context per
+	// peer, rather than a context with a deadline per write: that cost a
+	// timer, a context and a cancellation hook per batch, more than the
+	// write itself when batches are small.
+	watchdog *time.Timer
+	wmu      sync.Mutex
+	writeOn  transport.Stream // the stream being written to (nil: none)
+	expired  bool             // the watchdog closed it
 }
 
 func newRemotePeer(r *Remote, id membership.NodeID, up bool, conn uint64, now time.Time) *remotePeer {
-	return &remotePeer{
+	p := &remotePeer{
 		r: r, id: id, addr: id.String(),
 		wake:    make(chan struct{}, 1),
 		core:    newOutCore(outConfigOf(&r.cfg), up, conn, now),
 		streams: make(map[uint64]transport.Stream),
 		enc:     batchEncoder{r: r},
+	}
+	p.watchdog = time.AfterFunc(time.Hour, func() { p.abortWrite(true) })
+	p.watchdog.Stop()
+	return p
+}
+
+// abortWrite closes the stream being written to, if any: the write took
+// SendTimeout (expired) or the remote closed.
+func (p *remotePeer) abortWrite(expired bool) {
+	p.wmu.Lock()
+	st := p.writeOn
+	p.expired = expired && st != nil
+	p.wmu.Unlock()
+	if st != nil {
+		st.Close()
 	}
 }
 
@@ -95,6 +121,9 @@ func (p *remotePeer) queued() int {
 func (p *remotePeer) run() {
 	r := p.r
 	defer r.wg.Done()
+	unhook := context.AfterFunc(r.ctx, func() { p.abortWrite(false) })
+	defer unhook()
+	defer p.watchdog.Stop()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -210,7 +239,7 @@ func (p *remotePeer) open(id uint64) outEvent {
 	return outEvent{kind: evOpened, stream: id, conn: st.ConnID()}
 }
 
-// write writes the frame encoded last.
+// write writes the frame encoded last, under the watchdog.
 func (p *remotePeer) write(fx *outEffects) error {
 	r := p.r
 	st := p.streams[fx.writeStream]
@@ -218,9 +247,28 @@ func (p *remotePeer) write(fx *outEffects) error {
 		return errors.New("stream closed before its write")
 	}
 	buf := p.enc.finish(fx.writeEpoch, fx.writeSeq)
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
-	err := st.Send(ctx, buf)
-	cancel()
+	p.wmu.Lock()
+	p.writeOn, p.expired = st, false
+	p.wmu.Unlock()
+	if r.ctx.Err() != nil {
+		// Closed before the hook could see this write.
+		p.wmu.Lock()
+		p.writeOn = nil
+		p.wmu.Unlock()
+		return errClosedRemote
+	}
+	p.watchdog.Reset(r.cfg.SendTimeout)
+	// No context: the watchdog bounds the write, and closing the remote
+	// closes the stream.
+	err := st.Send(context.Background(), buf)
+	p.watchdog.Stop()
+	p.wmu.Lock()
+	expired := p.expired
+	p.writeOn, p.expired = nil, false
+	p.wmu.Unlock()
+	if expired {
+		err = fmt.Errorf("write not finished within %v (SendTimeout): %w", r.cfg.SendTimeout, context.DeadlineExceeded)
+	}
 	if cap(p.enc.buf) > 2*r.cfg.MaxBatchBytes {
 		p.enc.buf = nil // do not keep a buffer a burst of type names grew
 	}

@@ -58,6 +58,10 @@ type outCore struct {
 	writing     bool   // the batch encoded last is being written
 	watches     map[watchKey]watchRec
 	encodeTaken int // messages handed out for encoding (for CheckInvariants)
+	// small is an acknowledged batch slice of the smallest class, kept
+	// for the next small batch: under light traffic every batch is one,
+	// and the pool would cost an allocation per batch to take it back.
+	small []outItem
 }
 
 // outConfig is the part of Config the core uses.
@@ -454,12 +458,21 @@ func (c *outCore) ack(ev *outEvent, fx *outEffects) {
 		return
 	}
 	for i := range done {
-		fx.sent += uint64(len(c.unacked[i].items))
-		putItems(c.unacked[i].items)
+		b := c.unacked[i].items
+		fx.sent += uint64(len(b))
+		if c.small == nil && cap(b) == batchClassMin {
+			clear(b)
+			c.small = b[:0]
+		} else {
+			putItems(b)
+		}
 	}
 	fx.batches += uint64(done)
-	clear(c.unacked[:done])
-	c.unacked = c.unacked[done:]
+	// Shifted down rather than resliced, so that appending reuses the
+	// array instead of growing a new one as the front moves.
+	n := copy(c.unacked, c.unacked[done:])
+	clear(c.unacked[n:])
+	c.unacked = c.unacked[:n]
 	c.acked += uint64(done)
 }
 
@@ -520,7 +533,13 @@ func (c *outCore) advance(now time.Time, fx *outEffects) {
 	}
 	if len(c.pending) == 0 {
 		n := min(c.q.n, c.cfg.maxBatchMessages)
-		c.pending = c.q.take(getItems(n), n)
+		var b []outItem
+		if n <= batchClassMin && c.small != nil {
+			b, c.small = c.small, nil
+		} else {
+			b = getItems(n)
+		}
+		c.pending = c.q.take(b, n)
 	}
 	fx.encode, fx.encodeStream = c.pending, c.stream
 	c.encodeTaken = len(c.pending)

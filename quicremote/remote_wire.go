@@ -667,7 +667,7 @@ func (d *batchDecoder) release() {
 
 // targetOf returns the local PID the envelope is for: the same PID for
 // every envelope to that target on the stream.
-func (d *batchDecoder) targetOf(env *rawEnvelope) *actor.PID { return d.target(env).pid }
+func (d *batchDecoder) targetOf(env *rawEnvelope) *actor.PID { return &d.target(env).pid }
 
 // target returns the stream's entry for the envelope's target.
 func (d *batchDecoder) target(env *rawEnvelope) *targetEntry {

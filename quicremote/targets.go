@@ -43,7 +43,7 @@ const (
 //     actor's process (and its mailbox) in memory. Processes other than
 //     actors' are looked up every time.
 type targetEntry struct {
-	pid      *actor.PID
+	pid      actor.PID // handed out by address; entries are never copied
 	kind     targetKind
 	internal bool // protoactor's or the remote's own process (the activator too)
 	hidden   bool
@@ -61,6 +61,10 @@ func (t *targetTable) entry(env *rawEnvelope) *targetEntry {
 	e := t.m[string(env.targetID)]
 	if e == nil || e.pid.RequestId != env.targetReq {
 		e = t.newEntry(env)
+		if e.kind == targetReply {
+			// Every reply has an alias of its own: nothing to remember.
+			return e
+		}
 		if t.m == nil || len(t.m) >= maxStreamTargets {
 			t.m = make(map[string]*targetEntry)
 		}
@@ -72,7 +76,7 @@ func (t *targetTable) entry(env *rawEnvelope) *targetEntry {
 
 func (t *targetTable) newEntry(env *rawEnvelope) *targetEntry {
 	id := string(env.targetID)
-	e := &targetEntry{pid: &actor.PID{Address: t.r.addr, Id: id, RequestId: env.targetReq}}
+	e := &targetEntry{pid: actor.PID{Address: t.r.addr, Id: id, RequestId: env.targetReq}}
 	switch {
 	case strings.HasPrefix(id, replyAliasPrefix):
 		e.kind = targetReply

@@ -172,7 +172,8 @@ type result struct {
 	sent        int
 	p50, p99    time.Duration
 	rtPerSecond float64
-	perMsg      resources // both processes, one-way phase, per message (cpu in ns)
+	perMsg      resources     // both processes, one-way phase, per message (cpu in ns)
+	rtCPU       time.Duration // both processes, per round trip
 	notes       string
 }
 
@@ -287,6 +288,10 @@ func run(impl string, n, round, rts int) (result, error) {
 			return res, err
 		}
 	}
+	before, err = bothUsage(stdin, out)
+	if err != nil {
+		return res, err
+	}
 	t0 := time.Now()
 	for i := 0; i < rts; i++ {
 		s := time.Now()
@@ -296,6 +301,11 @@ func run(impl string, n, round, rts int) (result, error) {
 		lat = append(lat, time.Since(s))
 	}
 	res.rtPerSecond = float64(rts) / time.Since(t0).Seconds()
+	after, err = bothUsage(stdin, out)
+	if err != nil {
+		return res, err
+	}
+	res.rtCPU = after.minus(before).cpu / time.Duration(rts)
 	slices.Sort(lat)
 	res.p50 = lat[len(lat)/2]
 	res.p99 = lat[len(lat)*99/100]
@@ -339,7 +349,7 @@ func main() {
 	}
 	fmt.Printf("GOMAXPROCS=%d %s/%s %s; %d one-way 100-byte messages in rounds of %d, %d sequential round trips\n",
 		runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version(), *n, *round, *rts)
-	fmt.Printf("%-6s %14s %10s %10s %12s %12s %12s  %s\n", "remote", "one-way msg/s", "cpu/msg", "allocs/msg", "rt p50", "rt p99", "rt/s", "notes")
+	fmt.Printf("%-6s %14s %10s %10s %12s %12s %12s %10s  %s\n", "remote", "one-way msg/s", "cpu/msg", "allocs/msg", "rt p50", "rt p99", "rt/s", "cpu/rt", "notes")
 	var rates, p50s = map[string][]float64{}, map[string][]float64{}
 	for rep := 0; rep < *reps; rep++ {
 		for _, impl := range strings.Split(*impls, ",") {
@@ -350,8 +360,8 @@ func main() {
 			}
 			rates[impl] = append(rates[impl], r.oneWay)
 			p50s[impl] = append(p50s[impl], float64(r.p50))
-			fmt.Printf("%-6s %14.0f %10v %10d %12v %12v %12.0f  %s\n", r.impl, r.oneWay, r.perMsg.cpu, r.perMsg.mallocs,
-				r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.rtPerSecond, r.notes)
+			fmt.Printf("%-6s %14.0f %10v %10d %12v %12v %12.0f %10v  %s\n", r.impl, r.oneWay, r.perMsg.cpu, r.perMsg.mallocs,
+				r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.rtPerSecond, r.rtCPU.Round(100*time.Nanosecond), r.notes)
 		}
 	}
 	if q, g := rates["quic"], rates["grpc"]; len(q) > 0 && len(g) > 0 {
