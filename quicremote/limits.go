@@ -232,6 +232,10 @@ const maxDecodeDepth = 64
 // bytes rather than resolved against every type linked into the program.
 var unmarshalOpts = proto.UnmarshalOptions{RecursionLimit: maxDecodeDepth, Resolver: (*protoregistry.Types)(nil)}
 
+// unmarshalFresh is unmarshalOpts for a message just made (nothing to
+// reset).
+var unmarshalFresh = proto.UnmarshalOptions{Merge: true, RecursionLimit: maxDecodeDepth, Resolver: (*protoregistry.Types)(nil)}
+
 var errDecodeLimit = errors.New("quicremote: message would decode beyond the limits")
 
 // decodeCost is what decoding one payload would hold: an estimate of the

@@ -443,34 +443,58 @@ func putItems(b []outItem) {
 }
 
 // encodeBatch encodes items into enc until MaxBatchBytes is reached and
-// returns the items encoded (a new slice: it is kept until acknowledged)
-// and those left for the next batch. A message that cannot be serialized,
-// or alone exceeds MaxBatchBytes, becomes a dead letter.
+// returns the items encoded (compacted to the front of items, whose array
+// is kept until the batch is acknowledged) and those left for the next
+// batch. A message that cannot be serialized, whose serializer panics, or
+// that alone exceeds MaxBatchBytes, becomes a dead letter.
 func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, rest []outItem) {
-	r := p.r
 	enc.reset()
-	// Encoded items are compacted to the front of items, which becomes the
-	// batch; rest is copied out (it is rare: the batch ran out of bytes).
 	batch = items[:0]
-	for i := range items {
-		mark := enc.mark()
-		if err := enc.add(&items[i]); err != nil {
+	for i := 0; i < len(items) && rest == nil; {
+		i, batch, rest = p.encodeFrom(enc, items, i, batch)
+	}
+	clear(items[len(batch):])
+	return batch, rest
+}
+
+// encodeFrom is encodeBatch from items[i] on, appending to batch, until the
+// items run out, the batch is full (rest: a copy of the items left; it is
+// rare) or a serializer panics: then that message is a dead letter and
+// next is the one after it. The panic is recovered here, once per run of
+// messages, not once per message.
+func (p *remotePeer) encodeFrom(enc *batchEncoder, items []outItem, i int, batch []outItem) (next int, out, rest []outItem) {
+	r := p.r
+	out = batch
+	mark := enc.mark()
+	serializing := false
+	defer func() {
+		if !serializing {
+			return
+		}
+		v := recover()
+		enc.undo(mark)
+		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("serializer panicked on %T: %v", items[i].msg, v))
+		next = i + 1
+	}()
+	for ; i < len(items); i++ {
+		mark = enc.mark()
+		serializing = true
+		err := enc.add(&items[i])
+		serializing = false
+		if err != nil {
 			r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, err)
 			continue
 		}
 		if enc.frameSize() <= r.cfg.MaxBatchBytes {
-			batch = append(batch, items[i])
+			out = append(out, items[i])
 			continue
 		}
 		size := enc.frameSize() - mark.buf
 		enc.rollback(mark)
-		if len(batch) > 0 {
-			rest = append(getItems(len(items)-i), items[i:]...)
-			clear(items[len(batch):])
-			return batch, rest
+		if len(out) > 0 {
+			return i, out, append(getItems(len(items)-i), items[i:]...)
 		}
 		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("%w: message of %d bytes encoded exceeds MaxBatchBytes %d", ErrMessageTooLarge, size, r.cfg.MaxBatchBytes))
 	}
-	clear(items[len(batch):])
-	return batch, nil
+	return i, out, nil
 }

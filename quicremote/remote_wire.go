@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/runtime/protoiface"
 )
 
 // The remote encodes and decodes ActorBatch (proto/abcast_remote.proto)
@@ -86,14 +87,9 @@ type payloadOf struct {
 var marshalCached = proto.MarshalOptions{UseCachedSize: true}
 
 // serialize finds the first serializer that takes msg and, for any but
-// the built-in protobuf one, serializes it into e.payload. A serializer
-// that panics fails the message, not the send loop.
-func (e *batchEncoder) serialize(msg any) (p payloadOf, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			p, err = payloadOf{}, fmt.Errorf("serializer panicked on %T: %v", msg, v)
-		}
-	}()
+// the built-in protobuf one, serializes it into e.payload. (A serializer
+// may panic: the caller of add recovers, see encodeFrom.)
+func (e *batchEncoder) serialize(msg any) (payloadOf, error) {
 	for _, s := range e.r.sers {
 		if _, builtin := s.(protoSerializer); builtin {
 			m, ok := msg.(proto.Message)
@@ -115,7 +111,7 @@ func (e *batchEncoder) serialize(msg any) (p payloadOf, err error) {
 }
 
 // appendPayload appends p's bytes (tag and length included) to b.
-func (e *batchEncoder) appendPayload(b []byte, p *payloadOf) (out []byte, err error) {
+func (e *batchEncoder) appendPayload(b []byte, p *payloadOf) ([]byte, error) {
 	if p.size == 0 {
 		return b, nil
 	}
@@ -124,13 +120,9 @@ func (e *batchEncoder) appendPayload(b []byte, p *payloadOf) (out []byte, err er
 	if p.pm == nil {
 		return append(b, e.payload...), nil
 	}
-	defer func() {
-		if v := recover(); v != nil {
-			err = fmt.Errorf("serializer panicked on %T: %v", p.pm, v)
-		}
-	}()
 	at := len(b)
-	if b, err = marshalCached.MarshalAppend(b, p.pm); err != nil {
+	b, err := marshalCached.MarshalAppend(b, p.pm)
+	if err != nil {
 		return nil, err
 	}
 	if len(b)-at != p.size {
@@ -161,7 +153,8 @@ func (e *batchEncoder) index(typeName string) uint32 {
 	return idx
 }
 
-// add appends it as one envelope. On error nothing was appended.
+// add appends it as one envelope. On error nothing was appended; if a
+// serializer panics, the caller undoes what was (encodeFrom).
 func (e *batchEncoder) add(it *outItem) error {
 	r := e.r
 	p, err := e.serialize(it.msg)
@@ -627,11 +620,13 @@ type decodeEstimator interface {
 // finish decodes the payload as planned.
 func (d *batchDecoder) finish(p *decodePlan, env *rawEnvelope) (any, error) {
 	if p.mt != nil {
-		m := p.mt.New().Interface()
-		if err := unmarshalOpts.Unmarshal(env.payload, m); err != nil {
+		// Into a new message: merging skips the reset Unmarshal would do,
+		// and the reflective view is used as made.
+		m := p.mt.New()
+		if _, err := unmarshalFresh.UnmarshalState(protoiface.UnmarshalInput{Message: m, Buf: env.payload}); err != nil {
 			return nil, fmt.Errorf("quicremote: decoding %s: %w", p.name, err)
 		}
-		return m, nil
+		return m.Interface(), nil
 	}
 	// A custom serializer may keep what it is given; hand it its own copy.
 	msg, err := p.ser.Deserialize(string(p.name), bytes.Clone(env.payload))

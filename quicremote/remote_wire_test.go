@@ -25,8 +25,9 @@ const wireTestAddr = "node-a.test:4000"
 // append (so the encoder's Serialize path is used) under a negative id
 // (so serializer_id is a sign-extended 10-byte varint).
 type wireTestMsg struct {
-	Data []byte
-	fail bool // Serialize refuses it with an error other than ErrUnsupportedMessage
+	Data  []byte
+	fail  bool // Serialize refuses it with an error other than ErrUnsupportedMessage
+	panic bool // Serialize panics
 }
 
 const (
@@ -48,6 +49,9 @@ func (wireTestSerializer) Serialize(msg any) (string, []byte, error) {
 	}
 	if m.fail {
 		return "", nil, errWireTestRefused
+	}
+	if m.panic {
+		panic("wire test serializer told to panic")
 	}
 	return wireTestTypeName, bytes.Clone(m.Data), nil
 }
@@ -459,6 +463,56 @@ func TestRemoteWireRollback(t *testing.T) {
 		if got := enc.finish(5, 6); !bytes.Equal(got, aThenC) {
 			t.Fatalf("%s: A, rolled back B, C\n got %x\nwant %x", name, got, aThenC)
 		}
+	}
+}
+
+// A serializer that panics in the middle of a batch fails its message
+// alone: it is a dead letter, its type is not in the batch's table, and
+// the messages before and after it ride the same batch.
+func TestRemoteWirePanicMidBatch(t *testing.T) {
+	r := newWireTestRemote()
+	r.system = actor.NewActorSystem()
+	p := &remotePeer{r: r}
+	items := []outItem{
+		{target: &actor.PID{Id: "a"}, msg: wrapperspb.String("before")},
+		{target: &actor.PID{Id: "a"}, msg: &wireTestMsg{Data: []byte("x"), panic: true}},
+		{target: &actor.PID{Id: "a"}, msg: wrapperspb.String("after")},
+		{target: &actor.PID{Id: "a"}, msg: &wireTestMsg{Data: []byte("y")}},
+	}
+	enc := batchEncoder{r: r}
+	batch, rest := p.encodeBatch(&enc, items)
+	if len(batch) != 3 || rest != nil {
+		t.Fatalf("batch of %d, rest %d; want 3 and none", len(batch), len(rest))
+	}
+	if n := r.ctr.dead[DeadLetterUnserializable].Load(); n != 1 {
+		t.Fatalf("%d unserializable dead letters, want 1", n)
+	}
+	if len(enc.names) != 2 {
+		t.Fatalf("type table %q, want the two types of the messages sent", enc.names)
+	}
+	d := &batchDecoder{r: r}
+	if err := parseBatch(enc.finish(1, 0), &d.batch, 100); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range d.batch.envelopes {
+		var env rawEnvelope
+		if err := parseEnvelope(b, &env); err != nil {
+			t.Fatal(err)
+		}
+		msg, _, err := d.decode(&env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *wrapperspb.StringValue:
+			got = append(got, m.Value)
+		case *wireTestMsg:
+			got = append(got, string(m.Data))
+		}
+	}
+	if strings.Join(got, ",") != "before,after,y" {
+		t.Fatalf("batch carries %q", got)
 	}
 }
 
