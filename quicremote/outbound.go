@@ -129,6 +129,7 @@ func (p *remotePeer) run() {
 	defer timer.Stop()
 	var fx outEffects
 	var local, inbox []outEvent // outcomes of our own I/O; events from elsewhere
+	var armed time.Time         // when the timer fires (zero: stopped)
 	stopping := false
 	for {
 		fx.reset()
@@ -158,17 +159,22 @@ func (p *remotePeer) run() {
 		if len(local) > 0 {
 			continue
 		}
-		var due <-chan time.Time
-		if !fx.wakeAt.IsZero() {
-			timer.Reset(time.Until(fx.wakeAt))
-			due = timer.C
+		// The timer is moved only when the wake-up time changes (under
+		// light traffic most rounds keep it); one that fires late or for
+		// an old time only makes a round with nothing to do.
+		if !fx.wakeAt.Equal(armed) {
+			if armed = fx.wakeAt; armed.IsZero() {
+				timer.Stop()
+			} else {
+				timer.Reset(time.Until(armed))
+			}
 		}
 		select {
 		case <-p.wake:
-		case <-due:
+		case <-timer.C:
+			armed = time.Time{}
 		case <-r.ctx.Done():
 		}
-		timer.Stop()
 	}
 }
 
