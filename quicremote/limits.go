@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/runtime/protoimpl"
 
 	"github.com/abcast/abcast/proto/abcastpb"
 )
@@ -54,6 +55,11 @@ type typeInfo struct {
 	flat   bool
 	size   int // struct size
 	fields int
+	// goType is the struct of a generated type (nil for others, such as
+	// dynamicpb's). Decoding makes the message from it directly: the
+	// message type's New hands back a reflective view, and turning that
+	// into the message again costs a reflective conversion per message.
+	goType reflect.Type
 }
 
 // flatCost bounds what a flat type's payload of n bytes decodes to.
@@ -62,6 +68,11 @@ func (ti *typeInfo) flatCost(n int) int { return ti.size + ti.size/8 + 2*n + 8*t
 func newTypeInfo(mt protoreflect.MessageType) *typeInfo {
 	md := mt.Descriptor()
 	ti := &typeInfo{mt: mt, flat: true, size: structSize(md), fields: md.Fields().Len()}
+	if _, generated := mt.(*protoimpl.MessageInfo); generated {
+		if t := reflect.TypeOf(mt.Zero().Interface()); t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct {
+			ti.goType = t.Elem()
+		}
+	}
 	for i := range ti.fields {
 		if f := md.Fields().Get(i); f.Message() != nil || f.IsList() || f.IsMap() {
 			ti.flat = false

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -556,6 +557,7 @@ func (d *batchDecoder) typeName(env *rawEnvelope) ([]byte, error) {
 type decodePlan struct {
 	name []byte
 	mt   protoreflect.MessageType // a protobuf type peers may send, or
+	ti   *typeInfo                // (its registration)
 	ser  Serializer               // another serializer
 	cost int
 }
@@ -580,7 +582,7 @@ func (d *batchDecoder) plan(env *rawEnvelope) (decodePlan, error) {
 			}
 			d.lastName, d.lastInfo = append(d.lastName[:0], name...), ti
 		}
-		p.mt = ti.mt
+		p.mt, p.ti = ti.mt, ti
 		if ti.flat {
 			p.cost = ti.flatCost(len(env.payload))
 			if p.cost > cfg.MaxDecodedBytes {
@@ -620,13 +622,17 @@ type decodeEstimator interface {
 // finish decodes the payload as planned.
 func (d *batchDecoder) finish(p *decodePlan, env *rawEnvelope) (any, error) {
 	if p.mt != nil {
-		// Into a new message: merging skips the reset Unmarshal would do,
-		// and the reflective view is used as made.
-		m := p.mt.New()
-		if _, err := unmarshalFresh.UnmarshalState(protoiface.UnmarshalInput{Message: m, Buf: env.payload}); err != nil {
+		// Into a new message: merging skips the reset Unmarshal would do.
+		var m proto.Message
+		if t := p.ti.goType; t != nil {
+			m = reflect.New(t).Interface().(proto.Message)
+		} else {
+			m = p.mt.New().Interface()
+		}
+		if _, err := unmarshalFresh.UnmarshalState(protoiface.UnmarshalInput{Message: m.ProtoReflect(), Buf: env.payload}); err != nil {
 			return nil, fmt.Errorf("quicremote: decoding %s: %w", p.name, err)
 		}
-		return m.Interface(), nil
+		return m, nil
 	}
 	// A custom serializer may keep what it is given; hand it its own copy.
 	msg, err := p.ser.Deserialize(string(p.name), bytes.Clone(env.payload))

@@ -14,6 +14,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/proto/abcastpb"
@@ -575,6 +576,26 @@ func decodeOne(t *testing.T, r *Remote, frame []byte) (any, string, error) {
 		t.Fatalf("parseEnvelope: %v", err)
 	}
 	return d.decode(&env)
+}
+
+// Generated types decode into their Go struct, made directly; a type
+// registered as a dynamic message (no generated code) decodes through its
+// message type, to the same content.
+func TestRemoteWireDecodeGeneratedAndDynamic(t *testing.T) {
+	r := newWireTestRemote()
+	str, _ := proto.Marshal(wrapperspb.String("ok"))
+	frame, _ := proto.Marshal(&abcastpb.ActorBatch{Envelopes: []*abcastpb.ActorEnvelope{{TypeName: "google.protobuf.StringValue", Payload: str}}})
+	msg, _, err := decodeOne(t, r, frame)
+	if v, ok := msg.(*wrapperspb.StringValue); err != nil || !ok || v.Value != "ok" {
+		t.Fatalf("generated type: %#v, %v", msg, err)
+	}
+	desc := (&wrapperspb.StringValue{}).ProtoReflect().Descriptor()
+	r.types.add(dynamicpb.NewMessage(desc)) // replaces the generated registration
+	msg, _, err = decodeOne(t, r, frame)
+	dm, ok := msg.(*dynamicpb.Message)
+	if err != nil || !ok || dm.Get(desc.Fields().ByName("value")).String() != "ok" {
+		t.Fatalf("dynamic type: %#v, %v", msg, err)
+	}
 }
 
 func TestRemoteWireDecodeErrors(t *testing.T) {
