@@ -37,6 +37,9 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 		r: r, peer: peer, peerAddr: peer.String(), connID: s.ConnID(), order: r.orderFor(peer),
 		dec: &batchDecoder{r: r}, core: inCore{cfg: inConfigOf(&r.cfg)}, kick: make(chan struct{}, 1),
 	}
+	in.ackTimer = time.AfterFunc(time.Hour, in.wakeWriter)
+	in.ackTimer.Stop()
+	defer in.ackTimer.Stop()
 	// The writer stops when the handler returns, after any acknowledgement
 	// it is writing: cancelling that write would reset the stream with a
 	// code of its own before the handler's error reached the peer.
@@ -69,15 +72,24 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 			in.ackNow, in.ackN = true, fx.ackN
 		}
 		in.mu.Unlock()
-		// The writer needs waking only for an acknowledgement due now or
-		// a new delay to time; between the two it sleeps (under light
-		// traffic a wake-up per batch costs a goroutine switch each).
-		if fx.ack || fx.arm {
-			select {
-			case in.kick <- struct{}{}:
-			default:
-			}
+		// The writer is woken for an acknowledgement due now, or by the
+		// timer for a delayed one; a new delay only sets the timer. Under
+		// light traffic (a request, an answer) waking the writer per batch
+		// put a goroutine switch in front of the message's handling.
+		switch {
+		case fx.ack:
+			in.wakeWriter()
+		case fx.arm:
+			in.ackTimer.Reset(time.Until(fx.ackAt))
 		}
+	}
+}
+
+// wakeWriter tells writeAcks to look.
+func (in *inStream) wakeWriter() {
+	select {
+	case in.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -101,20 +113,18 @@ type inStream struct {
 	ackNow bool // an acknowledgement of ackN waits for writeAcks
 	ackN   uint64
 	kick   chan struct{}
+	// ackTimer wakes the writer when a delayed acknowledgement is due.
+	ackTimer *time.Timer
 }
 
 // writeAcks writes the stream's acknowledgements until stop is closed, ctx
 // (the handler's) ends or a write fails: the ones inCore wanted at once,
 // and the delayed ones when their time comes.
 func (in *inStream) writeAcks(ctx context.Context, stop <-chan struct{}, s transport.Stream) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 	var buf []byte
 	for {
 		select {
 		case <-in.kick:
-		case <-timer.C:
 		case <-stop:
 			return
 		case <-ctx.Done():
@@ -126,9 +136,10 @@ func (in *inStream) writeAcks(ctx context.Context, stop <-chan struct{}, s trans
 		send, n := in.ackNow || fx.ack, max(in.ackN, fx.ackN)
 		in.ackNow = false
 		in.mu.Unlock()
-		timer.Stop()
 		if !fx.ackAt.IsZero() {
-			timer.Reset(time.Until(fx.ackAt))
+			// Woken before the delay ended (the timer is shared with
+			// the reader, which may have moved it): wait again.
+			in.ackTimer.Reset(time.Until(fx.ackAt))
 		}
 		if send {
 			buf = protowire.AppendVarint(buf[:0], n)
