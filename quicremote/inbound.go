@@ -108,6 +108,8 @@ type inStream struct {
 	// charged to a decoded message now; it is given back after each batch.
 	credit int
 
+	// mu guards core's acknowledgement part, which the reader and the
+	// writer share; its backlog part is the reader's alone (see inCore).
 	mu     sync.Mutex
 	core   inCore
 	ackNow bool // an acknowledgement of ackN waits for writeAcks
@@ -183,9 +185,7 @@ func (in *inStream) handleBatch(ctx context.Context, frame []byte) error {
 	// delivery panics (an OnDeadLetter hook, say).
 	defer in.order.done()
 	defer in.releaseCredit()
-	in.mu.Lock()
-	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{})
-	in.mu.Unlock()
+	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{}) // the backlog part, no lock
 	for i := range d.envs {
 		in.deliver(ctx, &d.envs[i])
 	}
@@ -623,9 +623,7 @@ func (in *inStream) awaitBacklog(ctx context.Context, id string, mb actor.Mailbo
 			now = time.Now()
 		}
 		var fx inEffects
-		in.mu.Lock()
-		in.core.Step(&ev, now, &fx)
-		in.mu.Unlock()
+		in.core.Step(&ev, now, &fx) // the backlog part: this goroutine's alone (inCore)
 		if fx.stall {
 			in.r.ctr.backlogStalls.Add(1)
 		}

@@ -151,11 +151,20 @@ func childUsage(w io.Writer, r *bufio.Reader) (resources, error) {
 	return u, nil
 }
 
-// bothUsage is the resources of this process and the child together.
-func bothUsage(w io.Writer, r *bufio.Reader) (resources, error) {
+// pairUsage is the resources of this process (the sending side) and of
+// the child (the receiving side).
+type pairUsage struct{ client, server resources }
+
+func bothUsage(w io.Writer, r *bufio.Reader) (pairUsage, error) {
 	c, err := childUsage(w, r)
-	return usage().plus(c), err
+	return pairUsage{usage(), c}, err
 }
+
+func (a pairUsage) minus(b pairUsage) pairUsage {
+	return pairUsage{a.client.minus(b.client), a.server.minus(b.server)}
+}
+
+func (a pairUsage) total() resources { return a.client.plus(a.server) }
 
 func writeMemProfile(path string) error {
 	f, err := os.Create(path)
@@ -278,7 +287,8 @@ func run(impl string, n, round, rts int) (result, error) {
 		return res, err
 	}
 	used := after.minus(before)
-	res.perMsg = resources{used.cpu / time.Duration(sent), used.mallocs / uint64(sent)}
+	res.perMsg = resources{used.total().cpu / time.Duration(sent), used.total().mallocs / uint64(sent)}
+	res.notes += fmt.Sprintf("cpu/msg sender %v receiver %v; ", used.client.cpu/time.Duration(sent), used.server.cpu/time.Duration(sent))
 
 	// Sequential round trips.
 	lat := make([]time.Duration, 0, rts)
@@ -305,7 +315,7 @@ func run(impl string, n, round, rts int) (result, error) {
 	if err != nil {
 		return res, err
 	}
-	res.rtCPU = after.minus(before).cpu / time.Duration(rts)
+	res.rtCPU = after.minus(before).total().cpu / time.Duration(rts)
 	slices.Sort(lat)
 	res.p50 = lat[len(lat)/2]
 	res.p99 = lat[len(lat)*99/100]
