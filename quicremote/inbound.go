@@ -341,7 +341,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 			in.refuseReply(&m, "addressed to a future's own id")
 			return
 		}
-	case d.targets.isHidden(t):
+	case t.isHidden(r):
 		// A hidden system message is decoded all the same: a Watch is
 		// answered as for an actor that does not exist.
 		if !env.system {
@@ -351,7 +351,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		hidden = true
 	}
 	var found bool
-	m.proc, found = d.targets.process(t)
+	m.proc, found = t.process(r)
 	if !found && !env.system && !hidden {
 		// Refused here rather than by the dead-letter process, so that
 		// the sender learns why.

@@ -671,7 +671,4 @@ func (d *batchDecoder) release() {
 func (d *batchDecoder) targetOf(env *rawEnvelope) *actor.PID { return &d.target(env).pid }
 
 // target returns the stream's entry for the envelope's target.
-func (d *batchDecoder) target(env *rawEnvelope) *targetEntry {
-	d.targets.r = d.r
-	return d.targets.entry(env)
-}
+func (d *batchDecoder) target(env *rawEnvelope) *targetEntry { return d.targets.entry(d.r, env) }

@@ -15,7 +15,6 @@ import (
 // message. Nothing here widens what a peer may reach: every entry is
 // checked again against what can change (see targetEntry).
 type targetTable struct {
-	r    *Remote
 	last *targetEntry
 	m    map[string]*targetEntry
 }
@@ -54,13 +53,13 @@ type targetEntry struct {
 // entry returns the entry for the envelope's target, making it on first
 // sight. Its PID is the one handed to the local process for every message
 // to that target.
-func (t *targetTable) entry(env *rawEnvelope) *targetEntry {
+func (t *targetTable) entry(r *Remote, env *rawEnvelope) *targetEntry {
 	if e := t.last; e != nil && e.pid.RequestId == env.targetReq && e.pid.Id == string(env.targetID) {
 		return e
 	}
 	e := t.m[string(env.targetID)]
 	if e == nil || e.pid.RequestId != env.targetReq {
-		e = t.newEntry(env)
+		e = newTargetEntry(r, env)
 		if e.kind == targetReply {
 			// Every reply has an alias of its own: nothing to remember.
 			return e
@@ -74,9 +73,9 @@ func (t *targetTable) entry(env *rawEnvelope) *targetEntry {
 	return e
 }
 
-func (t *targetTable) newEntry(env *rawEnvelope) *targetEntry {
+func newTargetEntry(r *Remote, env *rawEnvelope) *targetEntry {
 	id := string(env.targetID)
-	e := &targetEntry{pid: actor.PID{Address: t.r.addr, Id: id, RequestId: env.targetReq}}
+	e := &targetEntry{pid: actor.PID{Address: r.addr, Id: id, RequestId: env.targetReq}}
 	switch {
 	case strings.HasPrefix(id, replyAliasPrefix):
 		e.kind = targetReply
@@ -91,11 +90,11 @@ func (t *targetTable) newEntry(env *rawEnvelope) *targetEntry {
 
 // isHidden reports whether peers may not reach e (Hide, or one of
 // protoactor's or the remote's own processes).
-func (t *targetTable) isHidden(e *targetEntry) bool {
+func (e *targetEntry) isHidden(r *Remote) bool {
 	if e.internal {
 		return true
 	}
-	set := t.r.hidden.m.Load()
+	set := r.hidden.m.Load()
 	if set != e.hiddenIn || e.hiddenIn == nil {
 		e.hidden, e.hiddenIn = coveredBy(set, e.pid.Id), set
 	}
@@ -104,11 +103,11 @@ func (t *targetTable) isHidden(e *targetEntry) bool {
 
 // process returns e's local process and whether there is one (the
 // dead-letter process if not).
-func (t *targetTable) process(e *targetEntry) (actor.Process, bool) {
+func (e *targetEntry) process(r *Remote) (actor.Process, bool) {
 	if ap := e.proc.Value(); ap != nil && !processDead(ap) {
 		return ap, true
 	}
-	p, found := t.r.system.ProcessRegistry.GetLocal(e.pid.Id)
+	p, found := r.system.ProcessRegistry.GetLocal(e.pid.Id)
 	e.proc = weak.Pointer[actor.ActorProcess]{}
 	if ap, ok := p.(*actor.ActorProcess); ok && found && deadKnown && !processDead(ap) {
 		e.proc = weak.Make(ap)
