@@ -37,6 +37,9 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 		r: r, peer: peer, peerAddr: peer.String(), connID: s.ConnID(), order: r.orderFor(peer),
 		dec: &batchDecoder{r: r}, core: inCore{cfg: inConfigOf(&r.cfg)}, kick: make(chan struct{}, 1),
 	}
+	in.ackTimer = time.AfterFunc(time.Hour, in.wakeWriter)
+	in.ackTimer.Stop()
+	defer in.ackTimer.Stop()
 	// The writer stops when the handler returns, after any acknowledgement
 	// it is writing: cancelling that write would reset the stream with a
 	// code of its own before the handler's error reached the peer.
@@ -69,10 +72,24 @@ func (r *Remote) serveStream(ctx context.Context, peer membership.NodeID, s tran
 			in.ackNow, in.ackN = true, fx.ackN
 		}
 		in.mu.Unlock()
-		select {
-		case in.kick <- struct{}{}:
-		default:
+		// The writer is woken for an acknowledgement due now, or by the
+		// timer for a delayed one; a new delay only sets the timer. Under
+		// light traffic (a request, an answer) waking the writer per batch
+		// put a goroutine switch in front of the message's handling.
+		switch {
+		case fx.ack:
+			in.wakeWriter()
+		case fx.arm:
+			in.ackTimer.Reset(time.Until(fx.ackAt))
 		}
+	}
+}
+
+// wakeWriter tells writeAcks to look.
+func (in *inStream) wakeWriter() {
+	select {
+	case in.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -94,25 +111,25 @@ type inStream struct {
 	// mailboxes, handed to the ledger at the end of the batch.
 	owed []owedCharge
 
+	// mu guards core's acknowledgement part, which the reader and the
+	// writer share; its backlog part is the reader's alone (see inCore).
 	mu     sync.Mutex
 	core   inCore
 	ackNow bool // an acknowledgement of ackN waits for writeAcks
 	ackN   uint64
 	kick   chan struct{}
+	// ackTimer wakes the writer when a delayed acknowledgement is due.
+	ackTimer *time.Timer
 }
 
 // writeAcks writes the stream's acknowledgements until stop is closed, ctx
 // (the handler's) ends or a write fails: the ones inCore wanted at once,
 // and the delayed ones when their time comes.
 func (in *inStream) writeAcks(ctx context.Context, stop <-chan struct{}, s transport.Stream) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 	var buf []byte
 	for {
 		select {
 		case <-in.kick:
-		case <-timer.C:
 		case <-stop:
 			return
 		case <-ctx.Done():
@@ -124,9 +141,10 @@ func (in *inStream) writeAcks(ctx context.Context, stop <-chan struct{}, s trans
 		send, n := in.ackNow || fx.ack, max(in.ackN, fx.ackN)
 		in.ackNow = false
 		in.mu.Unlock()
-		timer.Stop()
 		if !fx.ackAt.IsZero() {
-			timer.Reset(time.Until(fx.ackAt))
+			// Woken before the delay ended (the timer is shared with
+			// the reader, which may have moved it): wait again.
+			in.ackTimer.Reset(time.Until(fx.ackAt))
 		}
 		if send {
 			buf = protowire.AppendVarint(buf[:0], n)
@@ -171,9 +189,7 @@ func (in *inStream) handleBatch(ctx context.Context, frame []byte) error {
 	defer in.order.done()
 	defer in.releaseCredit()
 	defer in.handOver()
-	in.mu.Lock()
-	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{})
-	in.mu.Unlock()
+	in.core.Step(&inEvent{kind: inBatchStart}, time.Now(), &inEffects{}) // the backlog part, no lock
 	for i := range d.envs {
 		in.deliver(ctx, &d.envs[i])
 	}
@@ -186,7 +202,7 @@ func (r *Remote) orderFor(peer membership.NodeID) *inboundOrder {
 	defer r.mu.Unlock()
 	o := r.orders[peer]
 	if o == nil {
-		o = &inboundOrder{changed: make(chan struct{})}
+		o = &inboundOrder{}
 		r.orders[peer] = o
 	}
 	return o
@@ -199,12 +215,16 @@ var errStaleBatch = errors.New("batch out of date (a newer epoch or connection h
 type inboundOrder struct {
 	mu      sync.Mutex
 	core    orderCore
-	changed chan struct{} // closed and replaced when the turn moves
+	changed chan struct{} // closed when the turn moves, if a batch waits (nil: none does)
 }
 
+// moveLocked tells the waiting batches that the turn moved. Normally
+// none waits (one stream per peer), and no channel is made.
 func (o *inboundOrder) moveLocked() {
-	close(o.changed)
-	o.changed = make(chan struct{})
+	if o.changed != nil {
+		close(o.changed)
+		o.changed = nil
+	}
 }
 
 // waitTurn waits until batch seq of (connID, epoch) has the turn, or
@@ -223,6 +243,9 @@ func (o *inboundOrder) waitTurn(ctx context.Context, connID, epoch, seq uint64) 
 		case orderStale:
 			o.mu.Unlock()
 			return errStaleBatch
+		}
+		if o.changed == nil {
+			o.changed = make(chan struct{})
 		}
 		ch := o.changed
 		o.mu.Unlock()
@@ -310,7 +333,8 @@ type incoming struct {
 // is full, and within the decoding limits.
 func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	r, d := in.r, in.dec
-	m := incoming{env: env, target: d.targetOf(env)}
+	t := d.target(env)
+	m := incoming{env: env, target: &t.pid}
 	if len(env.senderID) > 0 {
 		addr := in.peerAddr
 		if len(env.senderAddr) > 0 {
@@ -321,13 +345,13 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 	id := m.target.Id
 	hidden := false
 	switch {
-	case strings.HasPrefix(id, replyAliasPrefix):
+	case t.kind == targetReply:
 		in.deliverReply(&m)
 		return
-	case id == activatorID && !env.system:
+	case t.kind == targetActivator && !env.system:
 		in.deliverSpawn(&m)
 		return
-	case strings.HasPrefix(id, futurePrefix):
+	case t.kind == targetFuture:
 		// A future is answered through its alias only; the one system
 		// message for it is a Terminated ending its watch (StopFuture),
 		// checked in deliverSystem.
@@ -335,7 +359,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 			in.refuseReply(&m, "addressed to a future's own id")
 			return
 		}
-	case internalProcess(id) || r.hidden.covers(id):
+	case t.isHidden(r):
 		// A hidden system message is decoded all the same: a Watch is
 		// answered as for an actor that does not exist.
 		if !env.system {
@@ -345,7 +369,7 @@ func (in *inStream) deliver(ctx context.Context, env *rawEnvelope) {
 		hidden = true
 	}
 	var found bool
-	m.proc, found = r.system.ProcessRegistry.GetLocal(id)
+	m.proc, found = t.process(r)
 	if !found && !env.system && !hidden {
 		// Refused here rather than by the dead-letter process, so that
 		// the sender learns why.
@@ -635,9 +659,7 @@ func (in *inStream) awaitBacklog(ctx context.Context, id string, mb actor.Mailbo
 			now = time.Now()
 		}
 		var fx inEffects
-		in.mu.Lock()
-		in.core.Step(&ev, now, &fx)
-		in.mu.Unlock()
+		in.core.Step(&ev, now, &fx) // the backlog part: this goroutine's alone (inCore)
 		if fx.stall {
 			in.r.ctr.backlogStalls.Add(1)
 		}

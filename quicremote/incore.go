@@ -88,7 +88,12 @@ const (
 	ackDelay = 2 * time.Millisecond
 )
 
-// inCore is one incoming stream's protocol state:
+// inCore is one incoming stream's protocol state, in two parts that no
+// event mixes: inBatchDone and inTick touch only the acknowledgement
+// fields, inBatchStart and inBacklog only the backlog fields. So a shell
+// whose reader alone steps the backlog events needs its lock only around
+// the acknowledgement ones (the per-message backlog check then takes
+// none):
 //
 //   - acknowledgements: the count of batches handled, sent back after
 //     every ackEvery batches at once, otherwise ackDelay after the first
@@ -101,11 +106,13 @@ const (
 //     busy, and its messages are refused at once, without waiting, until
 //     its backlog is seen below the bound.
 type inCore struct {
-	cfg inConfig
+	cfg inConfig // never changes
 
+	// Acknowledgements.
 	handled, acked uint64
 	ackDue         time.Time // zero: nothing waits for a delayed acknowledgement
 
+	// The backlog bound.
 	stallUntil time.Time // the current batch may wait until then (zero: it has not waited)
 	busy       map[string]struct{}
 }
@@ -160,6 +167,7 @@ type inEffects struct {
 	ack    bool // send the acknowledgement ackN now
 	ackN   uint64
 	ackAt  time.Time // else step again with inTick at this time (zero: no need)
+	arm    bool      // inBatchDone: ackAt is new (until it passes, later batches need no tick)
 	stall  bool      // a message started waiting (counted)
 	answer backlogVerdict
 	until  time.Time
@@ -181,6 +189,7 @@ func (c *inCore) Step(ev *inEvent, now time.Time, fx *inEffects) {
 		}
 		if c.ackDue.IsZero() {
 			c.ackDue = now.Add(ackDelay)
+			fx.arm = true
 		}
 		fx.ackAt = c.ackDue
 	case inTick:

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/runtime/protoimpl"
 
 	"github.com/abcast/abcast/proto/abcastpb"
 )
@@ -54,6 +55,11 @@ type typeInfo struct {
 	flat   bool
 	size   int // struct size
 	fields int
+	// goType is the struct of a generated type (nil for others, such as
+	// dynamicpb's). Decoding makes the message from it directly: the
+	// message type's New hands back a reflective view, and turning that
+	// into the message again costs a reflective conversion per message.
+	goType reflect.Type
 }
 
 // flatCost bounds what a flat type's payload of n bytes decodes to.
@@ -62,6 +68,11 @@ func (ti *typeInfo) flatCost(n int) int { return ti.size + ti.size/8 + 2*n + 8*t
 func newTypeInfo(mt protoreflect.MessageType) *typeInfo {
 	md := mt.Descriptor()
 	ti := &typeInfo{mt: mt, flat: true, size: structSize(md), fields: md.Fields().Len()}
+	if _, generated := mt.(*protoimpl.MessageInfo); generated {
+		if t := reflect.TypeOf(mt.Zero().Interface()); t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct {
+			ti.goType = t.Elem()
+		}
+	}
 	for i := range ti.fields {
 		if f := md.Fields().Get(i); f.Message() != nil || f.IsList() || f.IsMap() {
 			ti.flat = false
@@ -170,8 +181,10 @@ func (h *hiddenSet) change(id string, hide bool) {
 
 // covers reports whether id or one of its ancestors (the prefixes of id
 // that end before a '/') is hidden.
-func (h *hiddenSet) covers(id string) bool {
-	m := h.m.Load()
+func (h *hiddenSet) covers(id string) bool { return coveredBy(h.m.Load(), id) }
+
+// coveredBy is covers against one version of the set.
+func coveredBy(m *map[string]struct{}, id string) bool {
 	if m == nil || len(*m) == 0 {
 		return false
 	}
@@ -229,6 +242,10 @@ const maxDecodeDepth = 64
 // unmarshalOpts decodes what peers send: extensions are kept as unknown
 // bytes rather than resolved against every type linked into the program.
 var unmarshalOpts = proto.UnmarshalOptions{RecursionLimit: maxDecodeDepth, Resolver: (*protoregistry.Types)(nil)}
+
+// unmarshalFresh is unmarshalOpts for a message just made (nothing to
+// reset).
+var unmarshalFresh = proto.UnmarshalOptions{Merge: true, RecursionLimit: maxDecodeDepth, Resolver: (*protoregistry.Types)(nil)}
 
 var errDecodeLimit = errors.New("quicremote: message would decode beyond the limits")
 
@@ -424,6 +441,22 @@ var mailboxOffset, mailboxKnown = func() (uintptr, bool) {
 	}
 	return f.Offset, true
 }()
+
+// The process's dead flag, which protoactor sets when the actor stops or
+// leaves the registry, is read the same way (targetTable keeps a process
+// only while it is not set; without the field it keeps none).
+var deadOffset, deadKnown = func() (uintptr, bool) {
+	f, ok := reflect.TypeOf(actor.ActorProcess{}).FieldByName("dead")
+	if !ok || f.Type != reflect.TypeOf(int32(0)) {
+		return 0, false
+	}
+	return f.Offset, true
+}()
+
+// processDead reports whether protoactor has marked ap dead.
+func processDead(ap *actor.ActorProcess) bool {
+	return !deadKnown || atomic.LoadInt32((*int32)(unsafe.Add(unsafe.Pointer(ap), deadOffset))) != 0
+}
 
 // mailboxOf returns the mailbox of a local actor's process, or nil for
 // any other process (futures, routers, the dead-letter process).

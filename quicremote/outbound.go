@@ -36,15 +36,41 @@ type remotePeer struct {
 	// Owned by the loop.
 	streams map[uint64]transport.Stream
 	enc     batchEncoder
+
+	// A write that has not finished SendTimeout after it began (the peer
+	// stopped reading), or when the remote closes, closes its stream. One
+	// timer rearmed per write and one hook on the remote's context per
+	// peer, rather than a context with a deadline per write: that cost a
+	// timer, a context and a cancellation hook per batch, more than the
+	// write itself when batches are small.
+	watchdog *time.Timer
+	wmu      sync.Mutex
+	writeOn  transport.Stream // the stream being written to (nil: none)
+	expired  bool             // the watchdog closed it
 }
 
 func newRemotePeer(r *Remote, id membership.NodeID, up bool, conn uint64, now time.Time) *remotePeer {
-	return &remotePeer{
+	p := &remotePeer{
 		r: r, id: id, addr: id.String(),
 		wake:    make(chan struct{}, 1),
 		core:    newOutCore(outConfigOf(&r.cfg), up, conn, now),
 		streams: make(map[uint64]transport.Stream),
 		enc:     batchEncoder{r: r},
+	}
+	p.watchdog = time.AfterFunc(time.Hour, func() { p.abortWrite(true) })
+	p.watchdog.Stop()
+	return p
+}
+
+// abortWrite closes the stream being written to, if any: the write took
+// SendTimeout (expired) or the remote closed.
+func (p *remotePeer) abortWrite(expired bool) {
+	p.wmu.Lock()
+	st := p.writeOn
+	p.expired = expired && st != nil
+	p.wmu.Unlock()
+	if st != nil {
+		st.Close()
 	}
 }
 
@@ -95,11 +121,15 @@ func (p *remotePeer) queued() int {
 func (p *remotePeer) run() {
 	r := p.r
 	defer r.wg.Done()
+	unhook := context.AfterFunc(r.ctx, func() { p.abortWrite(false) })
+	defer unhook()
+	defer p.watchdog.Stop()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
 	var fx outEffects
 	var local, inbox []outEvent // outcomes of our own I/O; events from elsewhere
+	var armed time.Time         // when the timer fires (zero: stopped)
 	stopping := false
 	for {
 		fx.reset()
@@ -129,17 +159,22 @@ func (p *remotePeer) run() {
 		if len(local) > 0 {
 			continue
 		}
-		var due <-chan time.Time
-		if !fx.wakeAt.IsZero() {
-			timer.Reset(time.Until(fx.wakeAt))
-			due = timer.C
+		// The timer is moved only when the wake-up time changes (under
+		// light traffic most rounds keep it); one that fires late or for
+		// an old time only makes a round with nothing to do.
+		if !fx.wakeAt.Equal(armed) {
+			if armed = fx.wakeAt; armed.IsZero() {
+				timer.Stop()
+			} else {
+				timer.Reset(time.Until(armed))
+			}
 		}
 		select {
 		case <-p.wake:
-		case <-due:
+		case <-timer.C:
+			armed = time.Time{}
 		case <-r.ctx.Done():
 		}
-		timer.Stop()
 	}
 }
 
@@ -210,7 +245,7 @@ func (p *remotePeer) open(id uint64) outEvent {
 	return outEvent{kind: evOpened, stream: id, conn: st.ConnID()}
 }
 
-// write writes the frame encoded last.
+// write writes the frame encoded last, under the watchdog.
 func (p *remotePeer) write(fx *outEffects) error {
 	r := p.r
 	st := p.streams[fx.writeStream]
@@ -218,9 +253,28 @@ func (p *remotePeer) write(fx *outEffects) error {
 		return errors.New("stream closed before its write")
 	}
 	buf := p.enc.finish(fx.writeEpoch, fx.writeSeq)
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.SendTimeout)
-	err := st.Send(ctx, buf)
-	cancel()
+	p.wmu.Lock()
+	p.writeOn, p.expired = st, false
+	p.wmu.Unlock()
+	if r.ctx.Err() != nil {
+		// Closed before the hook could see this write.
+		p.wmu.Lock()
+		p.writeOn = nil
+		p.wmu.Unlock()
+		return errClosedRemote
+	}
+	p.watchdog.Reset(r.cfg.SendTimeout)
+	// No context: the watchdog bounds the write, and closing the remote
+	// closes the stream.
+	err := st.Send(context.Background(), buf)
+	p.watchdog.Stop()
+	p.wmu.Lock()
+	expired := p.expired
+	p.writeOn, p.expired = nil, false
+	p.wmu.Unlock()
+	if expired {
+		err = fmt.Errorf("write not finished within %v (SendTimeout): %w", r.cfg.SendTimeout, context.DeadlineExceeded)
+	}
 	if cap(p.enc.buf) > 2*r.cfg.MaxBatchBytes {
 		p.enc.buf = nil // do not keep a buffer a burst of type names grew
 	}
@@ -274,78 +328,179 @@ func parseAck(frame []byte, acked uint64, unacked int) (int, error) {
 	return int(n - acked), nil
 }
 
-// outRing is a FIFO of outItems that grows on demand up to a limit.
-type outRing struct {
-	buf     []outItem
-	head, n int
+// outQueue is a FIFO of outItems in fixed-size chunks taken from a pool
+// shared by every peer: it holds memory in proportion to what it holds
+// now, and a burst neither copies what is queued to grow it nor leaves a
+// large buffer behind (a ring that grows by doubling did both, and under
+// load allocating it was most of the sender's garbage).
+type outQueue struct {
+	head, tail *itemChunk
+	hi, ti     int // next item to take from head; next free slot in tail
+	n          int
 }
 
-func (q *outRing) push(it *outItem, limit int) bool {
+// chunkItems is the number of items in a chunk (64 bytes each).
+const chunkItems = 128
+
+type itemChunk struct {
+	items [chunkItems]outItem
+	next  *itemChunk
+}
+
+// chunkPool keeps emptied chunks (cleared, so they pin no messages) for
+// any peer's queue; the collector takes those unused for two cycles.
+var chunkPool = sync.Pool{New: func() any { return new(itemChunk) }}
+
+func (q *outQueue) push(it *outItem, limit int) bool {
 	if q.n >= limit {
 		return false
 	}
-	if q.n == len(q.buf) {
-		size := min(max(2*len(q.buf), 64), limit)
-		nb := make([]outItem, size)
-		for i := 0; i < q.n; i++ {
-			nb[i] = q.buf[(q.head+i)%len(q.buf)]
-		}
-		q.buf, q.head = nb, 0
+	switch {
+	case q.tail == nil:
+		q.head = chunkPool.Get().(*itemChunk)
+		q.tail, q.hi, q.ti = q.head, 0, 0
+	case q.ti == chunkItems:
+		c := chunkPool.Get().(*itemChunk)
+		q.tail.next, q.tail, q.ti = c, c, 0
 	}
-	q.buf[(q.head+q.n)%len(q.buf)] = *it
+	q.tail.items[q.ti] = *it
+	q.ti++
 	q.n++
 	return true
 }
 
-func (q *outRing) pop() outItem {
-	it := q.buf[q.head]
-	q.buf[q.head] = outItem{}
-	q.head = (q.head + 1) % len(q.buf)
-	q.n--
-	return it
-}
-
-// take moves queued items to dst until dst holds maxN.
-func (q *outRing) take(dst []outItem, maxN int) []outItem {
+// take moves queued items to dst until dst holds maxN, a chunk's run at a
+// time.
+func (q *outQueue) take(dst []outItem, maxN int) []outItem {
 	for q.n > 0 && len(dst) < maxN {
-		dst = append(dst, q.pop())
-	}
-	// Give a ring that grew for a burst back to the collector once empty.
-	if q.n == 0 && len(q.buf) > 1024 {
-		q.buf, q.head = nil, 0
+		end := chunkItems
+		if q.head == q.tail {
+			end = q.ti
+		}
+		k := min(end-q.hi, maxN-len(dst))
+		run := q.head.items[q.hi : q.hi+k]
+		dst = append(dst, run...)
+		clear(run)
+		q.hi += k
+		q.n -= k
+		if q.hi == end {
+			// The head chunk is drained: back to the pool (the tail
+			// too once empty, so that an idle peer holds none).
+			old := q.head
+			q.head, q.hi = old.next, 0
+			old.next = nil
+			if q.head == nil {
+				q.tail, q.ti = nil, 0
+			}
+			chunkPool.Put(old)
+		}
 	}
 	return dst
 }
 
+// Batch slices (the messages of a batch, kept until it is acknowledged)
+// come from pools by capacity class, 64 × 4^i items, and go back once
+// acknowledged: under load every batch needs one, and up to
+// MaxInflightBatches are held at once.
+const (
+	batchClassMin = 64
+	batchClasses  = 6 // up to 64 × 4^5 = 65,536 items
+)
+
+var batchPools [batchClasses]sync.Pool
+
+// batchClass is the smallest class that holds n items, or -1 beyond the
+// largest.
+func batchClass(n int) int {
+	c, size := 0, batchClassMin
+	for size < n {
+		c, size = c+1, size*4
+	}
+	if c >= batchClasses {
+		return -1
+	}
+	return c
+}
+
+// getItems returns an empty slice with room for n items.
+func getItems(n int) []outItem {
+	c := batchClass(n)
+	if c < 0 {
+		return make([]outItem, 0, n)
+	}
+	if b, ok := batchPools[c].Get().(*[]outItem); ok {
+		return (*b)[:0]
+	}
+	return make([]outItem, 0, batchClassMin<<(2*c))
+}
+
+// putItems gives b back for reuse, cleared so that it pins no messages
+// (what lies beyond its length was never written or was cleared when the
+// batch was compacted). Only slices from getItems fit a class exactly;
+// others are left to the collector.
+func putItems(b []outItem) {
+	c := batchClass(cap(b))
+	if c < 0 || cap(b) != batchClassMin<<(2*c) {
+		return
+	}
+	clear(b)
+	b = b[:0]
+	batchPools[c].Put(&b)
+}
+
 // encodeBatch encodes items into enc until MaxBatchBytes is reached and
-// returns the items encoded (a new slice: it is kept until acknowledged)
-// and those left for the next batch. A message that cannot be serialized,
-// or alone exceeds MaxBatchBytes, becomes a dead letter.
+// returns the items encoded (compacted to the front of items, whose array
+// is kept until the batch is acknowledged) and those left for the next
+// batch. A message that cannot be serialized, whose serializer panics, or
+// that alone exceeds MaxBatchBytes, becomes a dead letter.
 func (p *remotePeer) encodeBatch(enc *batchEncoder, items []outItem) (batch, rest []outItem) {
-	r := p.r
 	enc.reset()
-	// Encoded items are compacted to the front of items, which becomes the
-	// batch; rest is copied out (it is rare: the batch ran out of bytes).
 	batch = items[:0]
-	for i := range items {
-		mark := enc.mark()
-		if err := enc.add(&items[i]); err != nil {
+	for i := 0; i < len(items) && rest == nil; {
+		i, batch, rest = p.encodeFrom(enc, items, i, batch)
+	}
+	clear(items[len(batch):])
+	return batch, rest
+}
+
+// encodeFrom is encodeBatch from items[i] on, appending to batch, until the
+// items run out, the batch is full (rest: a copy of the items left; it is
+// rare) or a serializer panics: then that message is a dead letter and
+// next is the one after it. The panic is recovered here, once per run of
+// messages, not once per message.
+func (p *remotePeer) encodeFrom(enc *batchEncoder, items []outItem, i int, batch []outItem) (next int, out, rest []outItem) {
+	r := p.r
+	out = batch
+	mark := enc.mark()
+	serializing := false
+	defer func() {
+		if !serializing {
+			return
+		}
+		v := recover()
+		enc.undo(mark)
+		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("serializer panicked on %T: %v", items[i].msg, v))
+		next = i + 1
+	}()
+	for ; i < len(items); i++ {
+		mark = enc.mark()
+		serializing = true
+		err := enc.add(&items[i])
+		serializing = false
+		if err != nil {
 			r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, err)
 			continue
 		}
 		if enc.frameSize() <= r.cfg.MaxBatchBytes {
-			batch = append(batch, items[i])
+			out = append(out, items[i])
 			continue
 		}
 		size := enc.frameSize() - mark.buf
 		enc.rollback(mark)
-		if len(batch) > 0 {
-			rest = append([]outItem(nil), items[i:]...)
-			clear(items[len(batch):])
-			return batch, rest
+		if len(out) > 0 {
+			return i, out, append(getItems(len(items)-i), items[i:]...)
 		}
 		r.deadLetter(p, p.id, &items[i], DeadLetterUnserializable, fmt.Errorf("%w: message of %d bytes encoded exceeds MaxBatchBytes %d", ErrMessageTooLarge, size, r.cfg.MaxBatchBytes))
 	}
-	clear(items[len(batch):])
-	return batch, nil
+	return i, out, nil
 }

@@ -35,7 +35,7 @@ import (
 type outCore struct {
 	cfg outConfig
 
-	q       outRing
+	q       outQueue
 	pending []outItem // taken from the queue, waiting for the next encode (front of the queue)
 
 	up         bool
@@ -56,9 +56,12 @@ type outCore struct {
 	openAfter   time.Time
 	encoding    uint64 // stream whose batch is being encoded (0: none)
 	writing     bool   // the batch encoded last is being written
-	free        [][]outItem
 	watches     map[watchKey]watchRec
 	encodeTaken int // messages handed out for encoding (for CheckInvariants)
+	// small is an acknowledged batch slice of the smallest class, kept
+	// for the next small batch: under light traffic every batch is one,
+	// and the pool would cost an allocation per batch to take it back.
+	small []outItem
 }
 
 // outConfig is the part of Config the core uses.
@@ -455,12 +458,21 @@ func (c *outCore) ack(ev *outEvent, fx *outEffects) {
 		return
 	}
 	for i := range done {
-		fx.sent += uint64(len(c.unacked[i].items))
-		c.recycle(c.unacked[i].items)
+		b := c.unacked[i].items
+		fx.sent += uint64(len(b))
+		if c.small == nil && cap(b) == batchClassMin {
+			clear(b)
+			c.small = b[:0]
+		} else {
+			putItems(b)
+		}
 	}
 	fx.batches += uint64(done)
-	clear(c.unacked[:done])
-	c.unacked = c.unacked[done:]
+	// Shifted down rather than resliced, so that appending reuses the
+	// array instead of growing a new one as the front moves.
+	n := copy(c.unacked, c.unacked[done:])
+	clear(c.unacked[n:])
+	c.unacked = c.unacked[:n]
 	c.acked += uint64(done)
 }
 
@@ -520,7 +532,14 @@ func (c *outCore) advance(now time.Time, fx *outEffects) {
 		return
 	}
 	if len(c.pending) == 0 {
-		c.pending = c.q.take(c.spare(), c.cfg.maxBatchMessages)
+		n := min(c.q.n, c.cfg.maxBatchMessages)
+		var b []outItem
+		if n <= batchClassMin && c.small != nil {
+			b, c.small = c.small, nil
+		} else {
+			b = getItems(n)
+		}
+		c.pending = c.q.take(b, n)
 	}
 	fx.encode, fx.encodeStream = c.pending, c.stream
 	c.encodeTaken = len(c.pending)
@@ -533,27 +552,6 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-// spare returns an empty slice to take a batch into, reusing one of an
-// acknowledged batch when there is one.
-func (c *outCore) spare() []outItem {
-	if n := len(c.free); n > 0 {
-		b := c.free[n-1]
-		c.free[n-1] = nil
-		c.free = c.free[:n-1]
-		return b
-	}
-	return nil
-}
-
-// recycle keeps an acknowledged batch's slice for reuse (cleared, so it
-// pins no messages).
-func (c *outCore) recycle(b []outItem) {
-	if len(c.free) < 4 && cap(b) <= c.cfg.maxBatchMessages {
-		clear(b[:cap(b)])
-		c.free = append(c.free, b[:0])
-	}
 }
 
 // CheckInvariants reports the first inconsistency in the core's state.

@@ -696,27 +696,16 @@ func (s *syncBuffer) String() string {
 // the unacknowledged messages become dead letters (a waiting request fails
 // then, not at its own timeout) and the give-up is counted.
 func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
-	bubble(t, 2, rclusterOpts{remote: func(i int, rc *quicremote.Config) {
-		rc.SendTimeout = 300 * time.Millisecond
-		rc.BacklogWait = 100 * time.Millisecond
-		if i == 1 {
-			rc.Protocol = "actor/elsewhere" // node 1's own remote stays out of the way
-		}
-	}}, func(t *testing.T, c *rcluster) {
-		a, b := c.nodes[0], c.nodes[1]
-		c.waitMesh()
-		read := make(chan int, 100)
-		if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
-			for {
-				f, err := s.Recv()
-				if err != nil {
-					return nil
-				}
-				read <- len(f) // and never an acknowledgement
+	read := make(chan int, 100)
+	withStuckPeer(t, func(ctx context.Context, s transport.Stream) {
+		for {
+			f, err := s.Recv()
+			if err != nil {
+				return
 			}
-		}, 0); err != nil {
-			t.Fatal(err)
+			read <- len(f) // and never an acknowledgement
 		}
+	}, func(t *testing.T, c *rcluster, a, b *rnode) {
 		target := a.remote.PID(b.id.ID, "anyone")
 		for i := 0; i < 4; i++ {
 			a.sys.Root.Send(target, wrapperspb.String("one-way"))
@@ -736,5 +725,61 @@ func TestRemoteUnacknowledgedBatchesTimeOut(t *testing.T) {
 			s := a.remote.Stats()
 			return s.AckTimeouts >= 1 && s.DeadLetters[quicremote.DeadLetterSendFailed] == 5 && s.Sent == 0
 		})
+	})
+}
+
+// A peer that accepts the remote's stream but never reads it: once its
+// flow-control window is full the sender's write blocks, and SendTimeout
+// after the write began the sender gives up on the stream: its messages
+// become dead letters (a waiting request fails then) instead of the send
+// loop waiting for ever.
+func TestRemoteBlockedWriteTimesOut(t *testing.T) {
+	withStuckPeer(t, func(ctx context.Context, _ transport.Stream) {
+		<-ctx.Done() // never reads
+	}, func(t *testing.T, c *rcluster, a, b *rnode) {
+		target := a.remote.PID(b.id.ID, "anyone")
+		// 200 KiB each: one per batch, and the in-memory stream's window
+		// (512 KiB) is full after a few.
+		big := wrapperspb.Bytes(make([]byte, 200<<10))
+		for range 6 {
+			a.sys.Root.Send(target, big)
+		}
+		start := time.Now()
+		_, err := a.sys.Root.RequestFuture(target, wrapperspb.String("request"), 30*time.Second).Result()
+		if !errors.Is(err, actor.ErrDeadLetter) {
+			t.Fatalf("request behind a write the peer never reads: %v, want a dead letter", err)
+		}
+		// The blocked write fails SendTimeout after it began; the request
+		// then rides the next stream, which the peer never acknowledges
+		// either: SendTimeout more (virtual time: exactly).
+		if waited := time.Since(start); waited != 2*300*time.Millisecond {
+			t.Fatalf("request failed after %v, want twice SendTimeout", waited)
+		}
+		c.eventually("dead letters counted", func() bool {
+			s := a.remote.Stats()
+			return s.DeadLetters[quicremote.DeadLetterSendFailed] >= 1 && s.Sent == 0
+		})
+	})
+}
+
+// withStuckPeer runs f with node a's remote (SendTimeout 300 ms) sending to
+// node b, where serve stands in for b's remote on the remote's protocol.
+func withStuckPeer(t *testing.T, serve func(ctx context.Context, s transport.Stream), f func(t *testing.T, c *rcluster, a, b *rnode)) {
+	bubble(t, 2, rclusterOpts{remote: func(i int, rc *quicremote.Config) {
+		rc.SendTimeout = 300 * time.Millisecond
+		rc.BacklogWait = 100 * time.Millisecond
+		if i == 1 {
+			rc.Protocol = "actor/elsewhere" // node 1's own remote stays out of the way
+		}
+	}}, func(t *testing.T, c *rcluster) {
+		a, b := c.nodes[0], c.nodes[1]
+		c.waitMesh()
+		if err := b.rpc.HandleStream(quicremote.DefaultProtocol, func(ctx context.Context, _ membership.NodeID, s transport.Stream) error {
+			serve(ctx, s)
+			return nil
+		}, 0); err != nil {
+			t.Fatal(err)
+		}
+		f(t, c, a, b)
 	})
 }

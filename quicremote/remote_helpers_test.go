@@ -37,7 +37,7 @@ type rnode struct {
 }
 
 type rcluster struct {
-	t       *testing.T
+	t       testing.TB
 	nodes   []*rnode
 	phantom []*membership.Identity // members that never run
 	mem     *transport.MemNetwork
@@ -73,14 +73,14 @@ var testMessages = []proto.Message{
 	&wrapperspb.BoolValue{}, &wrapperspb.BytesValue{}, &wrapperspb.DoubleValue{}, &wrapperspb.FloatValue{},
 }
 
-func remoteLogger(t *testing.T) zerolog.Logger {
+func remoteLogger(t testing.TB) zerolog.Logger {
 	if os.Getenv("QUICREMOTE_DEBUG") != "" {
 		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 	}
 	return zerolog.Nop()
 }
 
-func newRCluster(t *testing.T, n int, o rclusterOpts) *rcluster {
+func newRCluster(t testing.TB, n int, o rclusterOpts) *rcluster {
 	t.Helper()
 	c := &rcluster{t: t, bubble: o.bubble}
 	var members []membership.Member
@@ -224,7 +224,7 @@ func (c *rcluster) eventually(what string, cond func() bool) {
 
 // waitUntil polls cond until it holds or timeout passes (for clusters on
 // real QUIC, whose sockets are outside any bubble).
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/runtime/protoiface"
 )
 
 // The remote encodes and decodes ActorBatch (proto/abcast_remote.proto)
@@ -41,35 +43,21 @@ const (
 	envelopeOverhead = 1 + 5   // tag and length prefix of one envelope, at most (< 4 GiB)
 )
 
-// appendSerializer is a Serializer that can append its encoding to a
-// buffer, sparing an allocation per message. protoSerializer is one.
-type appendSerializer interface {
-	SerializeAppend(dst []byte, msg any) (typeName string, out []byte, err error)
-}
-
-// SerializeAppend is Serialize appending to dst.
-func (protoSerializer) SerializeAppend(dst []byte, msg any) (string, []byte, error) {
-	m, ok := msg.(proto.Message)
-	if !ok {
-		return "", dst, ErrUnsupportedMessage
-	}
-	out, err := proto.MarshalOptions{}.MarshalAppend(dst, m)
-	if err != nil {
-		return "", dst, err
-	}
-	return string(m.ProtoReflect().Descriptor().FullName()), out, nil
-}
-
 // batchEncoder builds one batch frame. It is owned by a peer's send loop
 // and reused from batch to batch.
 type batchEncoder struct {
 	r       *Remote
 	buf     []byte
-	payload []byte            // scratch for one message's payload
+	payload []byte            // scratch for a payload from a serializer other than protobuf
 	types   map[string]uint32 // type name -> 1-based index in this batch
 	names   []string
 	table   int // bytes finish will add for names
 	n       int // envelopes in buf
+	// The type added last and its index: a batch is mostly a few types,
+	// and the descriptor's name is the same string every time, so the
+	// comparison is a pointer check.
+	lastName string
+	lastIdx  uint32
 }
 
 // frameSize is the size of the frame finish would return now.
@@ -81,47 +69,76 @@ func (e *batchEncoder) reset() {
 	e.names = e.names[:0]
 	e.table = 0
 	e.n = 0
+	e.lastName, e.lastIdx = "", 0
 }
 
-// serialize encodes msg's payload into e.payload with the first serializer
-// that takes it. A serializer that panics fails the message, not the
-// send loop.
-func (e *batchEncoder) serialize(msg any) (id int32, name string, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			id, name, err = 0, "", fmt.Errorf("serializer panicked on %T: %v", msg, p)
-		}
-	}()
+// payloadOf is how an outgoing message's payload is made: a protobuf
+// message left to the built-in serializer is marshalled straight into the
+// frame once its size is known (pm, size); any other serializer's output
+// is in the encoder's scratch (e.payload).
+type payloadOf struct {
+	ser  int32
+	name string
+	pm   proto.Message
+	size int
+}
+
+// Sizes are computed once per message: Size caches them in the message,
+// and marshalling then reuses them.
+var marshalCached = proto.MarshalOptions{UseCachedSize: true}
+
+// serialize finds the first serializer that takes msg and, for any but
+// the built-in protobuf one, serializes it into e.payload. (A serializer
+// may panic: the caller of add recovers, see encodeFrom.)
+func (e *batchEncoder) serialize(msg any) (payloadOf, error) {
 	for _, s := range e.r.sers {
-		var name string
-		var err error
-		if as, ok := s.(appendSerializer); ok {
-			var out []byte
-			name, out, err = as.SerializeAppend(e.payload[:0], msg)
-			if err == nil {
-				e.payload = out
+		if _, builtin := s.(protoSerializer); builtin {
+			m, ok := msg.(proto.Message)
+			if !ok {
+				break
 			}
-		} else {
-			var data []byte
-			name, data, err = s.Serialize(msg)
-			if err == nil {
-				e.payload = append(e.payload[:0], data...)
-			}
+			return payloadOf{ser: protoSerializerID, name: string(m.ProtoReflect().Descriptor().FullName()), pm: m, size: proto.Size(m)}, nil
 		}
+		name, data, err := s.Serialize(msg)
 		if errors.Is(err, ErrUnsupportedMessage) {
 			continue
 		}
-		return s.ID(), name, err
+		if err == nil {
+			e.payload = append(e.payload[:0], data...)
+		}
+		return payloadOf{ser: s.ID(), name: name, size: len(e.payload)}, err
 	}
-	return 0, "", fmt.Errorf("%w: %T", ErrUnsupportedMessage, msg)
+	return payloadOf{}, fmt.Errorf("%w: %T", ErrUnsupportedMessage, msg)
 }
 
-// add appends it as one envelope. On error nothing was appended.
-func (e *batchEncoder) add(it *outItem) error {
-	r := e.r
-	serID, typeName, err := e.serialize(it.msg)
+// appendPayload appends p's bytes (tag and length included) to b.
+func (e *batchEncoder) appendPayload(b []byte, p *payloadOf) ([]byte, error) {
+	if p.size == 0 {
+		return b, nil
+	}
+	b = protowire.AppendTag(b, fEnvPayload, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(p.size))
+	if p.pm == nil {
+		return append(b, e.payload...), nil
+	}
+	at := len(b)
+	b, err := marshalCached.MarshalAppend(b, p.pm)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if len(b)-at != p.size {
+		// The message was changed after it was sent.
+		return nil, fmt.Errorf("%s changed while being encoded (%d bytes, then %d)", p.name, p.size, len(b)-at)
+	}
+	return b, nil
+}
+
+// index returns the type's 1-based index in the batch's type table,
+// adding it, or 0 once the table is full (the name then travels in the
+// envelope).
+func (e *batchEncoder) index(typeName string) uint32 {
+	if typeName == e.lastName && e.lastIdx != 0 {
+		return e.lastIdx
 	}
 	if e.types == nil {
 		e.types = make(map[string]uint32)
@@ -133,6 +150,20 @@ func (e *batchEncoder) add(it *outItem) error {
 		e.types[typeName] = idx
 		e.table += sizeString(fBatchTypeNames, typeName)
 	}
+	e.lastName, e.lastIdx = typeName, idx
+	return idx
+}
+
+// add appends it as one envelope. On error nothing was appended; if a
+// serializer panics, the caller undoes what was (encodeFrom).
+func (e *batchEncoder) add(it *outItem) error {
+	r := e.r
+	p, err := e.serialize(it.msg)
+	if err != nil {
+		return err
+	}
+	mark := e.mark()
+	idx := e.index(p.name)
 	var senderAddr, senderID string
 	var senderReq uint32
 	s := it.sender
@@ -152,12 +183,12 @@ func (e *batchEncoder) add(it *outItem) error {
 
 	size := sizeString(fEnvTargetID, it.target.Id) + sizeVarint(fEnvTargetReq, uint64(it.target.RequestId)) +
 		sizeString(fEnvSenderAddr, senderAddr) + sizeString(fEnvSenderID, senderID) +
-		sizeVarint(fEnvSenderReq, uint64(senderReq)) + sizeVarint(fEnvSerializer, uint64(int64(serID))) +
-		sizeBytes(fEnvPayload, len(e.payload)) + sizeVarint(fEnvSystem, b2u(it.system))
+		sizeVarint(fEnvSenderReq, uint64(senderReq)) + sizeVarint(fEnvSerializer, uint64(int64(p.ser))) +
+		sizeBytes(fEnvPayload, p.size) + sizeVarint(fEnvSystem, b2u(it.system))
 	if idx != 0 {
 		size += sizeVarint(fEnvTypeIndex, uint64(idx))
 	} else {
-		size += sizeString(fEnvTypeName, typeName)
+		size += sizeString(fEnvTypeName, p.name)
 	}
 	for k, v := range header {
 		size += sizeBytes(fEnvHeader, headerEntrySize(k, v))
@@ -170,13 +201,13 @@ func (e *batchEncoder) add(it *outItem) error {
 	b = appendString(b, fEnvSenderAddr, senderAddr)
 	b = appendString(b, fEnvSenderID, senderID)
 	b = appendVarint(b, fEnvSenderReq, uint64(senderReq))
-	b = appendVarint(b, fEnvSerializer, uint64(int64(serID)))
+	b = appendVarint(b, fEnvSerializer, uint64(int64(p.ser)))
 	if idx == 0 {
-		b = appendString(b, fEnvTypeName, typeName)
+		b = appendString(b, fEnvTypeName, p.name)
 	}
-	if len(e.payload) > 0 {
-		b = protowire.AppendTag(b, fEnvPayload, protowire.BytesType)
-		b = protowire.AppendBytes(b, e.payload)
+	if b, err = e.appendPayload(b, &p); err != nil {
+		e.undo(mark)
+		return err
 	}
 	b = appendVarint(b, fEnvSystem, b2u(it.system))
 	for k, v := range header {
@@ -202,13 +233,19 @@ func (e *batchEncoder) mark() encMark { return encMark{len(e.buf), len(e.names),
 
 // rollback undoes the add made since m.
 func (e *batchEncoder) rollback(m encMark) {
+	e.undo(m)
+	e.n--
+}
+
+// undo takes back the type names and bytes added since m.
+func (e *batchEncoder) undo(m encMark) {
 	e.buf = e.buf[:m.buf]
 	for _, name := range e.names[m.names:] {
 		delete(e.types, name)
 	}
 	e.names = e.names[:m.names]
 	e.table = m.table
-	e.n--
+	e.lastName, e.lastIdx = "", 0
 }
 
 // finish appends the type table and the ordering tags and returns the
@@ -491,14 +528,13 @@ func parseHeaderEntry(b []byte) (string, string, error) {
 }
 
 // batchDecoder turns the envelopes of one incoming stream into messages.
-// It remembers the last target, so a stream of messages to one actor
-// builds one PID per batch, not one per message.
+// It remembers the targets (targetTable), so a stream of messages to one
+// actor builds one PID and looks the actor up once.
 type batchDecoder struct {
-	r      *Remote
-	batch  rawBatch
-	envs   []rawEnvelope
-	lastID []byte
-	target *actor.PID
+	r       *Remote
+	batch   rawBatch
+	envs    []rawEnvelope
+	targets targetTable
 	// The type looked up last: a batch's messages are mostly of a few
 	// types. Registered types are never removed, so it stays valid.
 	lastName []byte
@@ -521,6 +557,7 @@ func (d *batchDecoder) typeName(env *rawEnvelope) ([]byte, error) {
 type decodePlan struct {
 	name []byte
 	mt   protoreflect.MessageType // a protobuf type peers may send, or
+	ti   *typeInfo                // (its registration)
 	ser  Serializer               // another serializer
 	cost int
 }
@@ -545,7 +582,7 @@ func (d *batchDecoder) plan(env *rawEnvelope) (decodePlan, error) {
 			}
 			d.lastName, d.lastInfo = append(d.lastName[:0], name...), ti
 		}
-		p.mt = ti.mt
+		p.mt, p.ti = ti.mt, ti
 		if ti.flat {
 			p.cost = ti.flatCost(len(env.payload))
 			if p.cost > cfg.MaxDecodedBytes {
@@ -585,8 +622,14 @@ type decodeEstimator interface {
 // finish decodes the payload as planned.
 func (d *batchDecoder) finish(p *decodePlan, env *rawEnvelope) (any, error) {
 	if p.mt != nil {
-		m := p.mt.New().Interface()
-		if err := unmarshalOpts.Unmarshal(env.payload, m); err != nil {
+		// Into a new message: merging skips the reset Unmarshal would do.
+		var m proto.Message
+		if t := p.ti.goType; t != nil {
+			m = reflect.New(t).Interface().(proto.Message)
+		} else {
+			m = p.mt.New().Interface()
+		}
+		if _, err := unmarshalFresh.UnmarshalState(protoiface.UnmarshalInput{Message: m.ProtoReflect(), Buf: env.payload}); err != nil {
 			return nil, fmt.Errorf("quicremote: decoding %s: %w", p.name, err)
 		}
 		return m, nil
@@ -612,24 +655,20 @@ func (d *batchDecoder) decode(env *rawEnvelope) (any, string, error) {
 
 // release forgets the batch just handled, so that nothing keeps its frame
 // alive once the transport has handed the frame's bytes back to the
-// peer's budget.
+// peer's budget. Entries past the lengths were cleared by an earlier
+// release.
 func (d *batchDecoder) release() {
-	clear(d.envs[:cap(d.envs)])
+	clear(d.envs)
 	d.envs = d.envs[:0]
-	clear(d.batch.envelopes[:cap(d.batch.envelopes)])
+	clear(d.batch.envelopes)
 	d.batch.envelopes = d.batch.envelopes[:0]
-	clear(d.batch.typeNames[:cap(d.batch.typeNames)])
+	clear(d.batch.typeNames)
 	d.batch.typeNames = d.batch.typeNames[:0]
 }
 
-// targetOf returns the local PID the envelope is for. The PID is reused
-// while consecutive envelopes name the same target: protoactor caches the
-// process in the PID and looks it up again once that process has died.
-func (d *batchDecoder) targetOf(env *rawEnvelope) *actor.PID {
-	if d.target != nil && bytes.Equal(env.targetID, d.lastID) && env.targetReq == d.target.RequestId {
-		return d.target
-	}
-	d.lastID = append(d.lastID[:0], env.targetID...)
-	d.target = &actor.PID{Address: d.r.addr, Id: string(env.targetID), RequestId: env.targetReq}
-	return d.target
-}
+// targetOf returns the local PID the envelope is for: the same PID for
+// every envelope to that target on the stream.
+func (d *batchDecoder) targetOf(env *rawEnvelope) *actor.PID { return &d.target(env).pid }
+
+// target returns the stream's entry for the envelope's target.
+func (d *batchDecoder) target(env *rawEnvelope) *targetEntry { return d.targets.entry(d.r, env) }

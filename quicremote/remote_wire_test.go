@@ -14,6 +14,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/abcast/abcast/proto/abcastpb"
@@ -25,8 +26,9 @@ const wireTestAddr = "node-a.test:4000"
 // append (so the encoder's Serialize path is used) under a negative id
 // (so serializer_id is a sign-extended 10-byte varint).
 type wireTestMsg struct {
-	Data []byte
-	fail bool // Serialize refuses it with an error other than ErrUnsupportedMessage
+	Data  []byte
+	fail  bool // Serialize refuses it with an error other than ErrUnsupportedMessage
+	panic bool // Serialize panics
 }
 
 const (
@@ -48,6 +50,9 @@ func (wireTestSerializer) Serialize(msg any) (string, []byte, error) {
 	}
 	if m.fail {
 		return "", nil, errWireTestRefused
+	}
+	if m.panic {
+		panic("wire test serializer told to panic")
 	}
 	return wireTestTypeName, bytes.Clone(m.Data), nil
 }
@@ -462,6 +467,56 @@ func TestRemoteWireRollback(t *testing.T) {
 	}
 }
 
+// A serializer that panics in the middle of a batch fails its message
+// alone: it is a dead letter, its type is not in the batch's table, and
+// the messages before and after it ride the same batch.
+func TestRemoteWirePanicMidBatch(t *testing.T) {
+	r := newWireTestRemote()
+	r.system = actor.NewActorSystem()
+	p := &remotePeer{r: r}
+	items := []outItem{
+		{target: &actor.PID{Id: "a"}, msg: wrapperspb.String("before")},
+		{target: &actor.PID{Id: "a"}, msg: &wireTestMsg{Data: []byte("x"), panic: true}},
+		{target: &actor.PID{Id: "a"}, msg: wrapperspb.String("after")},
+		{target: &actor.PID{Id: "a"}, msg: &wireTestMsg{Data: []byte("y")}},
+	}
+	enc := batchEncoder{r: r}
+	batch, rest := p.encodeBatch(&enc, items)
+	if len(batch) != 3 || rest != nil {
+		t.Fatalf("batch of %d, rest %d; want 3 and none", len(batch), len(rest))
+	}
+	if n := r.ctr.dead[DeadLetterUnserializable].Load(); n != 1 {
+		t.Fatalf("%d unserializable dead letters, want 1", n)
+	}
+	if len(enc.names) != 2 {
+		t.Fatalf("type table %q, want the two types of the messages sent", enc.names)
+	}
+	d := &batchDecoder{r: r}
+	if err := parseBatch(enc.finish(1, 0), &d.batch, 100); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range d.batch.envelopes {
+		var env rawEnvelope
+		if err := parseEnvelope(b, &env); err != nil {
+			t.Fatal(err)
+		}
+		msg, _, err := d.decode(&env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *wrapperspb.StringValue:
+			got = append(got, m.Value)
+		case *wireTestMsg:
+			got = append(got, string(m.Data))
+		}
+	}
+	if strings.Join(got, ",") != "before,after,y" {
+		t.Fatalf("batch carries %q", got)
+	}
+}
+
 // A message no serializer takes, or one its serializer fails on, is
 // refused and leaves the encoder unchanged.
 func TestRemoteWireAddRefused(t *testing.T) {
@@ -521,6 +576,26 @@ func decodeOne(t *testing.T, r *Remote, frame []byte) (any, string, error) {
 		t.Fatalf("parseEnvelope: %v", err)
 	}
 	return d.decode(&env)
+}
+
+// Generated types decode into their Go struct, made directly; a type
+// registered as a dynamic message (no generated code) decodes through its
+// message type, to the same content.
+func TestRemoteWireDecodeGeneratedAndDynamic(t *testing.T) {
+	r := newWireTestRemote()
+	str, _ := proto.Marshal(wrapperspb.String("ok"))
+	frame, _ := proto.Marshal(&abcastpb.ActorBatch{Envelopes: []*abcastpb.ActorEnvelope{{TypeName: "google.protobuf.StringValue", Payload: str}}})
+	msg, _, err := decodeOne(t, r, frame)
+	if v, ok := msg.(*wrapperspb.StringValue); err != nil || !ok || v.Value != "ok" {
+		t.Fatalf("generated type: %#v, %v", msg, err)
+	}
+	desc := (&wrapperspb.StringValue{}).ProtoReflect().Descriptor()
+	r.types.add(dynamicpb.NewMessage(desc)) // replaces the generated registration
+	msg, _, err = decodeOne(t, r, frame)
+	dm, ok := msg.(*dynamicpb.Message)
+	if err != nil || !ok || dm.Get(desc.Fields().ByName("value")).String() != "ok" {
+		t.Fatalf("dynamic type: %#v, %v", msg, err)
+	}
 }
 
 func TestRemoteWireDecodeErrors(t *testing.T) {

@@ -8,21 +8,27 @@
 //     clock stops only when all were delivered;
 //   - round trip: sequential RequestFuture calls, p50 and p99.
 //
+// For the one-way phase it also prints the CPU time both processes spent
+// (user + system) and the heap allocations they made, per message: unlike
+// the rate, these hardly depend on what else the machine is running.
+//
 // The server is this program re-executed as a child process.
 //
-//	go run ./examples/remotebench [-n 1000000] [-round 10000] [-rt 5000] [-impl quic,grpc]
+//	go run ./examples/remotebench [-n 1000000] [-round 10000] [-rt 5000] [-impl quic,grpc] [-reps 1]
 package main
 
 import (
 	"bufio"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -67,8 +73,8 @@ type side interface {
 }
 
 // server is the child process: it starts the named implementation, prints
-// one line with what the parent needs to reach it, and runs until stdin
-// closes.
+// one line with what the parent needs to reach it, answers every "usage"
+// line on stdin with its own (see usage), and runs until stdin closes.
 func server(impl string) error {
 	var s side
 	var hello string
@@ -88,9 +94,85 @@ func server(impl string) error {
 		return err
 	}
 	fmt.Println(hello)
-	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() && in.Text() == "usage" {
+		u := usage()
+		fmt.Println(u.cpu.Nanoseconds(), u.mallocs)
+	}
 	s.Close()
+	if *memProfile != "" {
+		return writeMemProfile(*memProfile + ".server." + impl)
+	}
 	return nil
+}
+
+// resources is what a process has used so far: CPU time (user + system)
+// and heap allocations.
+type resources struct {
+	cpu     time.Duration
+	mallocs uint64
+}
+
+func (a resources) plus(b resources) resources {
+	return resources{a.cpu + b.cpu, a.mallocs + b.mallocs}
+}
+
+func (a resources) minus(b resources) resources {
+	return resources{a.cpu - b.cpu, a.mallocs - b.mallocs}
+}
+
+// usage reads this process's resources.
+func usage() resources {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return resources{
+		cpu:     time.Duration(ru.Utime.Nano() + ru.Stime.Nano()),
+		mallocs: ms.Mallocs,
+	}
+}
+
+// childUsage asks the server child for its resources.
+func childUsage(w io.Writer, r *bufio.Reader) (resources, error) {
+	if _, err := io.WriteString(w, "usage\n"); err != nil {
+		return resources{}, err
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return resources{}, err
+	}
+	var ns int64
+	var u resources
+	if _, err := fmt.Sscan(line, &ns, &u.mallocs); err != nil {
+		return resources{}, fmt.Errorf("child usage %q: %w", line, err)
+	}
+	u.cpu = time.Duration(ns)
+	return u, nil
+}
+
+// pairUsage is the resources of this process (the sending side) and of
+// the child (the receiving side).
+type pairUsage struct{ client, server resources }
+
+func bothUsage(w io.Writer, r *bufio.Reader) (pairUsage, error) {
+	c, err := childUsage(w, r)
+	return pairUsage{usage(), c}, err
+}
+
+func (a pairUsage) minus(b pairUsage) pairUsage {
+	return pairUsage{a.client.minus(b.client), a.server.minus(b.server)}
+}
+
+func (a pairUsage) total() resources { return a.client.plus(a.server) }
+
+func writeMemProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
 
 type result struct {
@@ -99,6 +181,8 @@ type result struct {
 	sent        int
 	p50, p99    time.Duration
 	rtPerSecond float64
+	perMsg      resources     // both processes, one-way phase, per message (cpu in ns)
+	rtCPU       time.Duration // both processes, per round trip
 	notes       string
 }
 
@@ -107,6 +191,9 @@ func run(impl string, n, round, rts int) (result, error) {
 	args := []string{"-serve", impl}
 	if *cpuProfile != "" {
 		args = append(args, "-cpuprofile", *cpuProfile)
+	}
+	if *memProfile != "" {
+		args = append(args, "-memprofile", *memProfile)
 	}
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Stderr = os.Stderr
@@ -143,7 +230,8 @@ func run(impl string, n, round, rts int) (result, error) {
 		stdin.Close()
 		_ = cmd.Wait()
 	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
 	if err != nil {
 		return res, fmt.Errorf("%s server: %w", impl, err)
 	}
@@ -169,6 +257,10 @@ func run(impl string, n, round, rts int) (result, error) {
 	base := int64(1000)
 
 	// One-way rounds.
+	before, err := bothUsage(stdin, out)
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	sent := 0
 	for sent < n {
@@ -190,6 +282,13 @@ func run(impl string, n, round, rts int) (result, error) {
 	el := time.Since(start)
 	res.sent = sent
 	res.oneWay = float64(sent) / el.Seconds()
+	after, err := bothUsage(stdin, out)
+	if err != nil {
+		return res, err
+	}
+	used := after.minus(before)
+	res.perMsg = resources{used.total().cpu / time.Duration(sent), used.total().mallocs / uint64(sent)}
+	res.notes += fmt.Sprintf("cpu/msg sender %v receiver %v; ", used.client.cpu/time.Duration(sent), used.server.cpu/time.Duration(sent))
 
 	// Sequential round trips.
 	lat := make([]time.Duration, 0, rts)
@@ -198,6 +297,10 @@ func run(impl string, n, round, rts int) (result, error) {
 		if _, err := root.RequestFuture(target, ping, 10*time.Second).Result(); err != nil {
 			return res, err
 		}
+	}
+	before, err = bothUsage(stdin, out)
+	if err != nil {
+		return res, err
 	}
 	t0 := time.Now()
 	for i := 0; i < rts; i++ {
@@ -208,6 +311,11 @@ func run(impl string, n, round, rts int) (result, error) {
 		lat = append(lat, time.Since(s))
 	}
 	res.rtPerSecond = float64(rts) / time.Since(t0).Seconds()
+	after, err = bothUsage(stdin, out)
+	if err != nil {
+		return res, err
+	}
+	res.rtCPU = after.minus(before).total().cpu / time.Duration(rts)
 	slices.Sort(lat)
 	res.p50 = lat[len(lat)/2]
 	res.p99 = lat[len(lat)*99/100]
@@ -223,6 +331,7 @@ func main() {
 	impls := flag.String("impl", "quic,grpc", "implementations to measure, comma separated")
 	reps := flag.Int("reps", 1, "repeat each measurement and print every run")
 	cpuProfile = flag.String("cpuprofile", "", "write CPU profiles to this path (the server child adds .server.<impl>)")
+	memProfile = flag.String("memprofile", "", "write allocation profiles to this path at exit (the server child adds .server.<impl>)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		path := *cpuProfile
@@ -250,8 +359,8 @@ func main() {
 	}
 	fmt.Printf("GOMAXPROCS=%d %s/%s %s; %d one-way 100-byte messages in rounds of %d, %d sequential round trips\n",
 		runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version(), *n, *round, *rts)
-	fmt.Printf("%-6s %14s %12s %12s %12s  %s\n", "remote", "one-way msg/s", "rt p50", "rt p99", "rt/s", "notes")
-	var rates = map[string][]float64{}
+	fmt.Printf("%-6s %14s %10s %10s %12s %12s %12s %10s  %s\n", "remote", "one-way msg/s", "cpu/msg", "allocs/msg", "rt p50", "rt p99", "rt/s", "cpu/rt", "notes")
+	var rates, p50s = map[string][]float64{}, map[string][]float64{}
 	for rep := 0; rep < *reps; rep++ {
 		for _, impl := range strings.Split(*impls, ",") {
 			r, err := run(impl, *n, *round, *rts)
@@ -260,11 +369,19 @@ func main() {
 				os.Exit(1)
 			}
 			rates[impl] = append(rates[impl], r.oneWay)
-			fmt.Printf("%-6s %14.0f %12v %12v %12.0f  %s\n", r.impl, r.oneWay, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.rtPerSecond, r.notes)
+			p50s[impl] = append(p50s[impl], float64(r.p50))
+			fmt.Printf("%-6s %14.0f %10v %10d %12v %12v %12.0f %10v  %s\n", r.impl, r.oneWay, r.perMsg.cpu, r.perMsg.mallocs,
+				r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.rtPerSecond, r.rtCPU.Round(100*time.Nanosecond), r.notes)
 		}
 	}
 	if q, g := rates["quic"], rates["grpc"]; len(q) > 0 && len(g) > 0 {
-		fmt.Printf("one-way ratio quic/grpc (medians): %.2f\n", median(q)/median(g))
+		fmt.Printf("quic/grpc (medians): one-way %.2f, rt p50 %.2f\n", median(q)/median(g), median(p50s["quic"])/median(p50s["grpc"]))
+	}
+	if *memProfile != "" {
+		if err := writeMemProfile(*memProfile); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	}
 }
 
@@ -274,4 +391,4 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
-var cpuProfile *string
+var cpuProfile, memProfile *string
