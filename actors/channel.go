@@ -372,7 +372,9 @@ func (c *Channel) owns(pid *actor.PID) bool {
 // broadcast.ErrInvalid for an artifact the wire limits refuse, ErrBusy when
 // the sender actor is behind by more than the live-slot bound,
 // ErrChannelClosed or ErrChannelFailed. The payload must not be modified
-// afterwards: it is sent from the caller's slice.
+// afterwards: it is sent from the caller's slice (an advertised artifact
+// of one chunk is copied once, into the answer its fetches are served
+// from, and held only there).
 func (c *Channel) Publish(a broadcast.Artifact) error {
 	switch {
 	case a.ID == "" || len(a.ID) > c.limit.MaxIDLen:
@@ -382,6 +384,7 @@ func (c *Channel) Publish(a broadcast.Artifact) error {
 	case len(a.Payload) > c.limit.MaxPayloadLen:
 		return fmt.Errorf("%w: payload of %d bytes (limit %d)", broadcast.ErrInvalid, len(a.Payload), c.limit.MaxPayloadLen)
 	}
+	a, man := c.encodeServed(a)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.stateErr(); err != nil {
@@ -395,7 +398,7 @@ func (c *Channel) Publish(a broadcast.Artifact) error {
 	case len(c.ops) >= 2*c.scfg.MaxSlots:
 		return fmt.Errorf("%w: %s", ErrBusy, c.name)
 	}
-	c.pool[a.ID] = &poolEntry{a: a}
+	c.pool[a.ID] = &poolEntry{a: a, man: man}
 	c.pushOp(poolOp{a: a})
 	return nil
 }

@@ -14,6 +14,29 @@ import (
 type servedManifest struct {
 	broadcast.Manifest
 	digest broadcast.Digest
+	// resp, when set, is the encoded answer to a manifest request, kept
+	// for a one-chunk artifact whose payload lives inside it
+	// (encodeServed): every peer is served these bytes as they are.
+	resp []byte
+}
+
+// encodeServed prepares a one-chunk artifact that will be advertised for
+// serving: its manifest, and the encoded answer to a manifest request with
+// the payload inside, whose copy of the payload the returned artifact uses
+// from then on. Publishing pays one copy so that serving it to every peer
+// pays none. Other artifacts are returned as they are, their manifests made
+// on first use.
+func (c *Channel) encodeServed(a broadcast.Artifact) (broadcast.Artifact, *servedManifest) {
+	if c.scfg.Pushes(a) || len(a.Payload) == 0 || len(a.Payload) > c.scfg.ChunkSize {
+		return a, nil
+	}
+	man := broadcast.Describe(a.Payload, c.scfg.ChunkSize)
+	resp, payload, err := wire.EncodeFetchManifestWith(man, a.Payload)
+	if err != nil {
+		return a, nil // served as before, encoded per request
+	}
+	a.Payload = payload
+	return a, &servedManifest{Manifest: man, digest: man.Digest(), resp: resp}
 }
 
 // handleFetch serves part of an artifact from the publisher's pool, which
@@ -32,13 +55,16 @@ func (c *Channel) handleFetch(ctx context.Context, peer membership.NodeID, req [
 		return wire.EncodeFetchNotFound()
 	}
 	var resp []byte
-	if r.Chunk == broadcast.ManifestPart {
+	switch {
+	case r.Chunk == broadcast.ManifestPart && m.resp != nil:
+		resp = m.resp
+	case r.Chunk == broadcast.ManifestPart:
 		var payload []byte
 		if m.Chunks() == 1 {
 			payload = a.Payload
 		}
 		resp, err = wire.EncodeFetchManifest(m.Manifest, payload)
-	} else {
+	default:
 		resp, err = wire.EncodeFetchChunk(m.Chunk(a.Payload, r.Chunk))
 	}
 	if err != nil {

@@ -179,3 +179,27 @@ func parseFuzzBytes(line string) ([]byte, bool) {
 	v, err := strconv.Unquote(s)
 	return []byte(v), err == nil
 }
+
+// The answer a server keeps for a one-chunk artifact is the one the
+// protobuf encoder writes, and the payload's place in it is the payload.
+func TestEncodeFetchManifestWith(t *testing.T) {
+	for _, n := range []int{1, 127, 128, 100 << 10, 1 << 20} {
+		payload := bytes.Repeat([]byte{9}, n)
+		payload[0] = 1
+		m := broadcast.Describe(payload, broadcast.MaxChunkSize)
+		want, err := EncodeFetchManifest(m, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, in, err := EncodeFetchManifestWith(m, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: encoding differs from protobuf's", n)
+		}
+		if !bytes.Equal(in, payload) || !within(in, got) {
+			t.Fatalf("%d bytes: payload's place is not the payload inside the answer", n)
+		}
+	}
+}

@@ -1,6 +1,10 @@
 package wire
 
 import (
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/proto/abcastpb"
 )
@@ -94,6 +98,37 @@ func EncodeFetchManifest(m broadcast.Manifest, payload []byte) ([]byte, error) {
 	return marshal("fetch response", &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_Manifest{Manifest: &abcastpb.Manifest{
 		Size: uint64(m.Size), ChunkSize: uint32(m.ChunkSize), Hashes: m.Hashes, Payload: payload,
 	}}})
+}
+
+// EncodeFetchManifestWith encodes the answer to a manifest request of a
+// one-chunk artifact, copying payload into it once, and returns the answer
+// and the payload's place in it. A server keeps the answer and uses that
+// place as the artifact's payload from then on, so the answer is served
+// as it is to every peer that asks, without a copy per request, and the
+// payload is held once.
+func EncodeFetchManifestWith(m broadcast.Manifest, payload []byte) (resp, inResp []byte, err error) {
+	head, err := EncodeFetchManifest(m, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	// head is the FetchResponse with the manifest's other fields; the
+	// payload is the manifest's last field, so it is appended to the
+	// manifest message and that message's length grows accordingly.
+	_, _, n := protowire.ConsumeTag(head)
+	inner, m2 := protowire.ConsumeBytes(head[n:])
+	if n < 0 || m2 < 0 || n+m2 != len(head) {
+		return nil, nil, fmt.Errorf("wire: encode fetch response: unexpected manifest layout")
+	}
+	innerLen := len(inner) + protowire.SizeTag(4) + protowire.SizeBytes(len(payload))
+	resp = make([]byte, 0, n+protowire.SizeVarint(uint64(innerLen))+innerLen)
+	resp = protowire.AppendTag(resp, 3, protowire.BytesType)
+	resp = protowire.AppendVarint(resp, uint64(innerLen))
+	resp = append(resp, inner...)
+	resp = protowire.AppendTag(resp, 4, protowire.BytesType)
+	resp = protowire.AppendVarint(resp, uint64(len(payload)))
+	at := len(resp)
+	resp = append(resp, payload...)
+	return resp, resp[at:len(resp):len(resp)], nil
 }
 
 // EncodeFetchChunk encodes the answer to a chunk request.
