@@ -30,7 +30,8 @@ import (
 //
 //	ABCAST_REPLAY=1 go test -run TestReplayDefaultsSmallLatency -v -timeout 60m ./tests/
 //
-// ABCAST_REPLAY_SHAPES overrides the shapes ("13x500,71x50").
+// ABCAST_REPLAY_SHAPES overrides the shapes ("13x500,71x50"),
+// ABCAST_REPLAY_SECONDS the virtual seconds of publishing (2).
 func TestReplayDefaultsSmallLatency(t *testing.T) {
 	seedEnv := os.Getenv("ABCAST_REPLAY")
 	if seedEnv == "" {
@@ -49,17 +50,22 @@ func TestReplayDefaultsSmallLatency(t *testing.T) {
 		if _, err := fmt.Sscanf(shape, "%dx%d", &n, &rate); err != nil {
 			t.Fatalf("shape %q: %v", shape, err)
 		}
+		dur := 2 * time.Second
+		if v := os.Getenv("ABCAST_REPLAY_SECONDS"); v != "" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("ABCAST_REPLAY_SECONDS=%q: %v", v, err)
+			}
+			dur = time.Duration(f * float64(time.Second))
+		}
 		t.Run(shape, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) { replaySmall(t, seed, n, rate) })
+			synctest.Test(t, func(t *testing.T) { replaySmall(t, seed, n, rate, dur) })
 		})
 	}
 }
 
-func replaySmall(t *testing.T, seed uint64, n, rate int) {
-	const (
-		duration = 2 * time.Second
-		rtt      = 100 * time.Millisecond
-	)
+func replaySmall(t *testing.T, seed uint64, n, rate int, duration time.Duration) {
+	const rtt = 100 * time.Millisecond
 	var mu sync.Mutex
 	published := map[broadcast.ArtifactID]time.Time{}
 	var lat []time.Duration
