@@ -58,18 +58,7 @@ func FuzzAliasSlotUpdateMatchesProto(f *testing.F) {
 		if err := unmarshalOpts.Unmarshal(b, &m); err != nil {
 			t.Fatalf("alias reader accepted what protobuf refuses (%v): % x", err, b)
 		}
-		want := rawSlotUpdate{commit: m.GetCommitId(), slot: m.GetSlot()}
-		switch s := m.GetState().(type) {
-		case *abcastpb.SlotUpdate_Advert:
-			want.state, want.id, want.attr, want.digest = 3, s.Advert.GetId(), s.Advert.GetAttribute(), s.Advert.GetDigest()
-		case *abcastpb.SlotUpdate_Artifact:
-			a := s.Artifact
-			want.state, want.id, want.attr, want.payload, want.latency = 4, a.GetId(), a.GetAttribute(), a.GetPayload(), a.GetLatencySensitive()
-		case *abcastpb.SlotUpdate_Cleared:
-			want.state = 5
-		case *abcastpb.SlotUpdate_Sync:
-			want.state = 6
-		}
+		want := rawFromPB(&m)
 		if raw.commit != want.commit || raw.slot != want.slot || raw.state != want.state || raw.latency != want.latency ||
 			!bytes.Equal(raw.id, want.id) || !bytes.Equal(raw.attr, want.attr) || !bytes.Equal(raw.payload, want.payload) || !bytes.Equal(raw.digest, want.digest) {
 			t.Fatalf("alias reader and protobuf disagree on % x:\n%+v\n%+v", b, raw, want)
@@ -104,16 +93,7 @@ func FuzzAliasFetchResponseMatchesProto(f *testing.F) {
 		if err := unmarshalOpts.Unmarshal(b, &m); err != nil {
 			t.Fatalf("alias reader accepted what protobuf refuses (%v): % x", err, b)
 		}
-		var want rawFetchResponse
-		switch x := m.GetResult().(type) {
-		case *abcastpb.FetchResponse_Manifest:
-			mf := x.Manifest
-			want.result, want.size, want.chunkSize, want.hashes, want.payload = 3, mf.GetSize(), uint64(mf.GetChunkSize()), mf.GetHashes(), mf.GetPayload()
-		case *abcastpb.FetchResponse_Chunk:
-			want.result, want.chunk = 4, x.Chunk
-		case *abcastpb.FetchResponse_NotFound:
-			want.result, want.notFound = 2, x.NotFound
-		}
+		want := fetchRawFromPB(&m)
 		if raw.result != want.result || raw.notFound != want.notFound || raw.size != want.size || raw.chunkSize != want.chunkSize ||
 			!bytes.Equal(raw.hashes, want.hashes) || !bytes.Equal(raw.payload, want.payload) || !bytes.Equal(raw.chunk, want.chunk) {
 			t.Fatalf("alias reader and protobuf disagree on % x:\n%+v\n%+v", b, raw, want)

@@ -204,6 +204,11 @@ func decodeFetchResponse(b []byte, lim Limits) (rawFetchResponse, error) {
 	if err := unmarshal("fetch response", b, lim.fetchResponseLen(), &m); err != nil {
 		return rawFetchResponse{}, err
 	}
+	return fetchRawFromPB(&m), nil
+}
+
+// fetchRawFromPB is what protobuf decoded, in the form the checks read.
+func fetchRawFromPB(m *abcastpb.FetchResponse) rawFetchResponse {
 	var r rawFetchResponse
 	switch x := m.GetResult().(type) {
 	case *abcastpb.FetchResponse_Manifest:
@@ -214,5 +219,5 @@ func decodeFetchResponse(b []byte, lim Limits) (rawFetchResponse, error) {
 	case *abcastpb.FetchResponse_NotFound:
 		r.result, r.notFound = 2, x.NotFound
 	}
-	return r, nil
+	return r
 }

@@ -115,6 +115,11 @@ func decodeSlotUpdate(b []byte, lim Limits) (rawSlotUpdate, error) {
 	if err := unmarshal("slot update", b, lim.slotUpdateLen(), &m); err != nil {
 		return rawSlotUpdate{}, err
 	}
+	return rawFromPB(&m), nil
+}
+
+// rawFromPB is what protobuf decoded, in the form the checks read.
+func rawFromPB(m *abcastpb.SlotUpdate) rawSlotUpdate {
 	raw := rawSlotUpdate{commit: m.GetCommitId(), slot: m.GetSlot()}
 	switch s := m.GetState().(type) {
 	case *abcastpb.SlotUpdate_Advert:
@@ -127,5 +132,5 @@ func decodeSlotUpdate(b []byte, lim Limits) (rawSlotUpdate, error) {
 	case *abcastpb.SlotUpdate_Sync:
 		raw.state = 6
 	}
-	return raw, nil
+	return raw
 }
