@@ -26,6 +26,23 @@ type (
 		decodeErr error
 		reply     chan<- error // buffered; the handler waits on it
 	}
+	// updateBatchMsg is a batch of a peer's update stream, applied in
+	// order; reply gets each update's outcome.
+	updateBatchMsg struct {
+		peer broadcast.PeerID
+		conn broadcast.ConnID
+		us   []updateMsg
+		// force applies every update; otherwise the actor stops at a push
+		// that finds no delivery credit.
+		force bool
+		reply chan<- batchResult // buffered; the stream's handler waits on it
+	}
+	// batchResult is the outcome of the first len(errs) updates of a batch;
+	// consumedAt is the consumer's running total the actor had seen.
+	batchResult struct {
+		errs       []error
+		consumedAt uint64
+	}
 	// fetchOutcome is how one fetch attempt ended: what it brought in
 	// elapsed, or err.
 	fetchOutcome struct {
@@ -89,24 +106,23 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 	c.hook("receiver", ctx.Message())
 	switch m := ctx.Message().(type) {
 	case updateMsg:
-		if m.decodeErr != nil {
-			c.receiver.RecordInvalid(m.peer)
-			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
-			m.reply <- m.decodeErr
-			break
+		m.reply <- a.applyUpdate(ctx, m)
+	case updateBatchMsg:
+		res := batchResult{errs: make([]error, 0, len(m.us))}
+		for _, u := range m.us {
+			if !m.force && u.decodeErr == nil && u.u.Kind == broadcast.KindPush {
+				a.applyConsumed(ctx, c.consumedTotal.Load())
+				if c.receiver.Waiting() >= c.rcfg.DeliveryCredits {
+					// The consumer holds every credit: the rest of the
+					// batch waits for one (the stream pauses), rather than
+					// dropping the push to fetch it again later.
+					break
+				}
+			}
+			res.errs = append(res.errs, a.applyUpdate(ctx, u))
 		}
-		if conn, ok := a.accept[m.peer]; !ok || conn != m.conn {
-			c.updateStats(func(s *ChannelStats) { s.UpdatesNotAccepted++ })
-			m.reply <- errNotAccepted
-			break
-		}
-		eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
-		a.exec(ctx, eff)
-		if err != nil && !errors.Is(err, broadcast.ErrStale) {
-			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
-			c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(err).Msg("update refused")
-		}
-		m.reply <- err
+		res.consumedAt = c.consumedSeen
+		m.reply <- res
 	case membersMsg:
 		a.applyMembers(ctx, m.snap)
 	case fetchOutcome:
@@ -136,6 +152,32 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		return
 	}
 	a.publishStats()
+}
+
+// applyUpdate hands one incoming update to the core and says how it went
+// (nil or ErrStale: acknowledged).
+func (a *receiverActor) applyUpdate(ctx actor.Context, m updateMsg) error {
+	c := a.c
+	if m.decodeErr != nil {
+		c.receiver.RecordInvalid(m.peer)
+		c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
+		return m.decodeErr
+	}
+	if conn, ok := a.accept[m.peer]; !ok || conn != m.conn {
+		c.updateStats(func(s *ChannelStats) { s.UpdatesNotAccepted++ })
+		return errNotAccepted
+	}
+	// Take the credits the consumer returned so far first: their messages
+	// wait behind a batch of updates, and a push decided without them
+	// would be dropped and fetched again although the consumer kept up.
+	a.applyConsumed(ctx, c.consumedTotal.Load())
+	eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
+	a.exec(ctx, eff)
+	if err != nil && !errors.Is(err, broadcast.ErrStale) {
+		c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
+		c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(err).Msg("update refused")
+	}
+	return err
 }
 
 func (a *receiverActor) applyMembers(ctx actor.Context, snap *membership.Snapshot) {
