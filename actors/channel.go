@@ -67,7 +67,7 @@ type Channel struct {
 	rcfg  broadcast.ReceiverConfig
 	limit wire.Limits
 
-	updateProto, fetchProto, updatesProto string
+	updateProto, fetchProto, updatesProto, chunkProto string
 
 	// The channel's actor and its children, set while it runs.
 	actorPID, senderPID, receiverPID, consumerPID atomic.Pointer[actor.PID]
@@ -185,7 +185,7 @@ func (n *Node) NewChannel(cfg ChannelConfig) (*Channel, error) {
 	c := &Channel{n: n, name: cfg.Name, cfg: cfg, scfg: n.cfg.Sender, rcfg: n.cfg.Receiver, limit: n.cfg.Wire,
 		pool: make(map[broadcast.ArtifactID]*poolEntry), done: make(chan struct{}),
 		updateProto: "abcast/" + cfg.Name + "/update", fetchProto: "abcast/" + cfg.Name + "/fetch",
-		updatesProto: "abcast/" + cfg.Name + "/updates"}
+		updatesProto: "abcast/" + cfg.Name + "/updates", chunkProto: "abcast/" + cfg.Name + "/chunk"}
 	if cfg.Sender != nil {
 		c.scfg = *cfg.Sender
 	}
@@ -241,7 +241,7 @@ func (n *Node) OpenChannel(cfg ChannelConfig) (*Channel, error) {
 // per name for the node's life: a closed channel's handlers answer that it
 // is not open. Called with n.mu held.
 func (n *Node) handleChannel(name string) error {
-	update, fetch, updates := "abcast/"+name+"/update", "abcast/"+name+"/fetch", "abcast/"+name+"/updates"
+	update, fetch, updates, chunk := "abcast/"+name+"/update", "abcast/"+name+"/fetch", "abcast/"+name+"/updates", "abcast/"+name+"/chunk"
 	lookup := func() *Channel {
 		n.mu.Lock()
 		defer n.mu.Unlock()
@@ -269,6 +269,14 @@ func (n *Node) handleChannel(name string) error {
 			return c.handleFetch(ctx, peer, req)
 		}
 		return nil, fmt.Errorf("fetch from %s: channel %s is not open here", peer.Short(), name)
+	}, n.cfg.FetchHandlers); err != nil {
+		return fmt.Errorf("actors: channel %s: %w", name, err)
+	}
+	if err := n.rpc.Handle(chunk, func(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+		if c := lookup(); c != nil {
+			return c.handleChunk(ctx, peer, req)
+		}
+		return nil, fmt.Errorf("chunk fetch from %s: channel %s is not open here", peer.Short(), name)
 	}, n.cfg.FetchHandlers); err != nil {
 		return fmt.Errorf("actors: channel %s: %w", name, err)
 	}

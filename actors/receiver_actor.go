@@ -342,12 +342,26 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 		// artifact: the transport refuses anything larger than the wire
 		// limits allow for one before reading it.
 		start := time.Now()
-		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
-		elapsed := time.Since(start)
 		var got broadcast.Fetched
-		if err == nil {
-			got, err = wire.DecodeFetchResponse(resp, c.limit)
+		var err error
+		if m.Chunk == broadcast.ManifestPart {
+			var resp []byte
+			resp, err = c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
+			if err == nil {
+				got, err = wire.DecodeFetchResponse(resp, c.limit)
+			}
+		} else {
+			// A chunk comes as its bare bytes (handleChunk), checked by
+			// the core against the manifest's hash; the bytes the
+			// transport read are the chunk.
+			var chunk []byte
+			chunk, err = c.n.rpc.Call(cctx, peer, c.chunkProto, req, transport.MaxResponse(c.limit.MaxChunkLen()))
+			if err == nil && chunk == nil {
+				chunk = []byte{} // an answer, told from a manifest's
+			}
+			got.Data = chunk
 		}
+		elapsed := time.Since(start)
 		// A cancelled call was abandoned by the core (or the node is
 		// closing): nobody waits for its outcome.
 		if !errors.Is(cctx.Err(), context.Canceled) {
