@@ -99,7 +99,7 @@ func replaySmall(t *testing.T, seed uint64, n, rate int, duration time.Duration)
 			for k := range per {
 				time.Sleep(time.Until(start.Add(time.Duration(k) * time.Second / time.Duration(rate))))
 				size := 100
-				if k%33 == 32 {
+				if (k+node)%33 == 32 {
 					size = 10_000
 				}
 				var id [16]byte
