@@ -17,6 +17,7 @@ import (
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // ChannelConfig declares one channel.
@@ -66,7 +67,7 @@ type Channel struct {
 	rcfg  broadcast.ReceiverConfig
 	limit wire.Limits
 
-	updateProto, fetchProto string
+	updateProto, fetchProto, updatesProto, chunkProto string
 
 	// The channel's actor and its children, set while it runs.
 	actorPID, senderPID, receiverPID, consumerPID atomic.Pointer[actor.PID]
@@ -91,6 +92,9 @@ type Channel struct {
 	// actor. Totals (not increments) survive a lost message.
 	consumedSeen  uint64
 	consumedTotal atomic.Uint64
+	// creditWake, when set, is closed at the next credit returned: update
+	// streams paused for a credit wait on it (update_stream.go).
+	creditWake atomic.Pointer[chan struct{}]
 	// del is the consumer contract's state, held what the channel holds
 	// (see consumer.go).
 	del  delivery
@@ -180,7 +184,8 @@ func (n *Node) NewChannel(cfg ChannelConfig) (*Channel, error) {
 	}
 	c := &Channel{n: n, name: cfg.Name, cfg: cfg, scfg: n.cfg.Sender, rcfg: n.cfg.Receiver, limit: n.cfg.Wire,
 		pool: make(map[broadcast.ArtifactID]*poolEntry), done: make(chan struct{}),
-		updateProto: "abcast/" + cfg.Name + "/update", fetchProto: "abcast/" + cfg.Name + "/fetch"}
+		updateProto: "abcast/" + cfg.Name + "/update", fetchProto: "abcast/" + cfg.Name + "/fetch",
+		updatesProto: "abcast/" + cfg.Name + "/updates", chunkProto: "abcast/" + cfg.Name + "/chunk"}
 	if cfg.Sender != nil {
 		c.scfg = *cfg.Sender
 	}
@@ -236,7 +241,7 @@ func (n *Node) OpenChannel(cfg ChannelConfig) (*Channel, error) {
 // per name for the node's life: a closed channel's handlers answer that it
 // is not open. Called with n.mu held.
 func (n *Node) handleChannel(name string) error {
-	update, fetch := "abcast/"+name+"/update", "abcast/"+name+"/fetch"
+	update, fetch, updates, chunk := "abcast/"+name+"/update", "abcast/"+name+"/fetch", "abcast/"+name+"/updates", "abcast/"+name+"/chunk"
 	lookup := func() *Channel {
 		n.mu.Lock()
 		defer n.mu.Unlock()
@@ -265,6 +270,21 @@ func (n *Node) handleChannel(name string) error {
 		}
 		return nil, fmt.Errorf("fetch from %s: channel %s is not open here", peer.Short(), name)
 	}, n.cfg.FetchHandlers); err != nil {
+		return fmt.Errorf("actors: channel %s: %w", name, err)
+	}
+	if err := n.rpc.Handle(chunk, func(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
+		if c := lookup(); c != nil {
+			return c.handleChunk(ctx, peer, req)
+		}
+		return nil, fmt.Errorf("chunk fetch from %s: channel %s is not open here", peer.Short(), name)
+	}, n.cfg.FetchHandlers); err != nil {
+		return fmt.Errorf("actors: channel %s: %w", name, err)
+	}
+	// A peer keeps one update stream per channel; a second may be open
+	// while the first one's end is still on its way.
+	if err := n.rpc.HandleStream(updates, func(ctx context.Context, peer membership.NodeID, s transport.Stream) error {
+		return serveUpdateStream(ctx, n, peer, s, lookup)
+	}, updateStreamsPerPeer); err != nil {
 		return fmt.Errorf("actors: channel %s: %w", name, err)
 	}
 	n.handled[name] = true
@@ -372,7 +392,9 @@ func (c *Channel) owns(pid *actor.PID) bool {
 // broadcast.ErrInvalid for an artifact the wire limits refuse, ErrBusy when
 // the sender actor is behind by more than the live-slot bound,
 // ErrChannelClosed or ErrChannelFailed. The payload must not be modified
-// afterwards: it is sent from the caller's slice.
+// afterwards: it is sent from the caller's slice (an advertised artifact
+// of one chunk is copied once, into the answer its fetches are served
+// from, and held only there).
 func (c *Channel) Publish(a broadcast.Artifact) error {
 	switch {
 	case a.ID == "" || len(a.ID) > c.limit.MaxIDLen:
@@ -382,6 +404,7 @@ func (c *Channel) Publish(a broadcast.Artifact) error {
 	case len(a.Payload) > c.limit.MaxPayloadLen:
 		return fmt.Errorf("%w: payload of %d bytes (limit %d)", broadcast.ErrInvalid, len(a.Payload), c.limit.MaxPayloadLen)
 	}
+	a, man := c.encodeServed(a)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.stateErr(); err != nil {
@@ -395,7 +418,7 @@ func (c *Channel) Publish(a broadcast.Artifact) error {
 	case len(c.ops) >= 2*c.scfg.MaxSlots:
 		return fmt.Errorf("%w: %s", ErrBusy, c.name)
 	}
-	c.pool[a.ID] = &poolEntry{a: a}
+	c.pool[a.ID] = &poolEntry{a: a, man: man}
 	c.pushOp(poolOp{a: a})
 	return nil
 }

@@ -33,7 +33,13 @@ type Config struct {
 	// Default 1024.
 	MailboxCapacity int
 	// UpdateHandlers and FetchHandlers bound concurrent incoming updates
-	// and fetches per peer connection and channel. Defaults 128 and 32.
+	// and fetches per peer connection and channel (the transport counts
+	// them per peer, so they need not grow with the subnet). Each must
+	// cover what one honest peer may send at once: UpdateHandlers at least
+	// Sender.MaxInFlightPerPeer, FetchHandlers at least
+	// Receiver.MaxFetchesPerPeer × Receiver.FetchWindow (Validate checks
+	// both); past them a request is refused and the peer backs off.
+	// Defaults 128 and 32.
 	UpdateHandlers, FetchHandlers int
 	// MaxRestarts within RestartWindow before a supervisor gives up on a
 	// child. Inside a channel the failure is then escalated: the channel's
@@ -107,8 +113,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("actors: HandlerTimeout must be positive")
 	case c.MailboxCapacity < 4*c.Sender.MaxInFlightPerPeer:
 		return fmt.Errorf("actors: MailboxCapacity %d must be at least 4 × Sender.MaxInFlightPerPeer (%d)", c.MailboxCapacity, c.Sender.MaxInFlightPerPeer)
-	case c.UpdateHandlers <= 0 || c.FetchHandlers <= 0:
-		return fmt.Errorf("actors: handler limits must be positive")
+	case c.UpdateHandlers < c.Sender.MaxInFlightPerPeer:
+		return fmt.Errorf("actors: UpdateHandlers %d must be at least Sender.MaxInFlightPerPeer (%d), or peers' updates in flight are refused", c.UpdateHandlers, c.Sender.MaxInFlightPerPeer)
+	case c.FetchHandlers < c.Receiver.MaxFetchesPerPeer*c.Receiver.FetchWindow:
+		return fmt.Errorf("actors: FetchHandlers %d must be at least Receiver.MaxFetchesPerPeer × FetchWindow (%d), or peers' fetches are refused", c.FetchHandlers, c.Receiver.MaxFetchesPerPeer*c.Receiver.FetchWindow)
 	case c.MaxRestarts <= 0 || c.RestartWindow <= 0:
 		return fmt.Errorf("actors: restart limits must be positive")
 	case c.ConsumerTimeout <= 0 || c.ConsumerWindow <= 0:

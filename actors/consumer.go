@@ -145,6 +145,7 @@ func (c *Channel) withdraw(id broadcast.ArtifactID) {
 func (c *Channel) credit() {
 	total := c.consumedTotal.Add(1)
 	c.sendToReceiver(consumedMsg{total: total})
+	c.wakeCreditWaiters()
 }
 
 // consumerActor hands the channel's events to its consumer, a function or

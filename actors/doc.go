@@ -88,6 +88,19 @@
 // dead letter. Sender and receiver mailboxes are bounded by construction:
 // publishes and aborts queue in the channel (at most twice the live-slot
 // bound, then ErrBusy), incoming updates are bounded by the transport's
-// per-protocol handler limit, deliveries by the receiver's DeliveryCredits,
-// and a consumer has at most ConsumerWindow events unconfirmed.
+// per-protocol handler limit (a large push) or by the update stream (one
+// batch of at most 64 KiB and 256 updates applied at a time per peer
+// stream, two streams per peer), deliveries by the receiver's
+// DeliveryCredits, and a consumer has at most ConsumerWindow events
+// unconfirmed.
+//
+// # Wire
+//
+// Per channel and peer: a long-lived stream of batched small updates with
+// cumulative acknowledgements that name refused updates
+// ("abcast/<ch>/updates"), a stream per large push ("abcast/<ch>/update"),
+// manifest requests ("abcast/<ch>/fetch") and chunk requests answered
+// with the chunk's bare bytes ("abcast/<ch>/chunk"). Members of a subnet
+// run the same version: a peer that refuses the update stream gets each
+// update on its own stream for a while.
 package actors

@@ -26,6 +26,23 @@ type (
 		decodeErr error
 		reply     chan<- error // buffered; the handler waits on it
 	}
+	// updateBatchMsg is a batch of a peer's update stream, applied in
+	// order; reply gets each update's outcome.
+	updateBatchMsg struct {
+		peer broadcast.PeerID
+		conn broadcast.ConnID
+		us   []updateMsg
+		// force applies every update; otherwise the actor stops at a push
+		// that finds no delivery credit.
+		force bool
+		reply chan<- batchResult // buffered; the stream's handler waits on it
+	}
+	// batchResult is the outcome of the first len(errs) updates of a batch;
+	// consumedAt is the consumer's running total the actor had seen.
+	batchResult struct {
+		errs       []error
+		consumedAt uint64
+	}
 	// fetchOutcome is how one fetch attempt ended: what it brought in
 	// elapsed, or err.
 	fetchOutcome struct {
@@ -92,24 +109,23 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 	c.hook("receiver", ctx.Message())
 	switch m := ctx.Message().(type) {
 	case updateMsg:
-		if m.decodeErr != nil {
-			c.receiver.RecordInvalid(m.peer)
-			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
-			m.reply <- m.decodeErr
-			break
+		m.reply <- a.applyUpdate(ctx, m)
+	case updateBatchMsg:
+		res := batchResult{errs: make([]error, 0, len(m.us))}
+		for _, u := range m.us {
+			if !m.force && u.decodeErr == nil && u.u.Kind == broadcast.KindPush {
+				a.applyConsumed(ctx, c.consumedTotal.Load())
+				if c.receiver.Waiting() >= c.rcfg.DeliveryCredits {
+					// The consumer holds every credit: the rest of the
+					// batch waits for one (the stream pauses), rather than
+					// dropping the push to fetch it again later.
+					break
+				}
+			}
+			res.errs = append(res.errs, a.applyUpdate(ctx, u))
 		}
-		if conn, ok := a.accept[m.peer]; !ok || conn != m.conn {
-			c.updateStats(func(s *ChannelStats) { s.UpdatesNotAccepted++ })
-			m.reply <- errNotAccepted
-			break
-		}
-		eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
-		a.exec(ctx, eff)
-		if err != nil && !errors.Is(err, broadcast.ErrStale) {
-			c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
-			c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(err).Msg("update refused")
-		}
-		m.reply <- err
+		res.consumedAt = c.consumedSeen
+		m.reply <- res
 	case membersMsg:
 		a.applyMembers(ctx, m.snap)
 	case fetchOutcome:
@@ -139,6 +155,32 @@ func (a *receiverActor) Receive(ctx actor.Context) {
 		return
 	}
 	a.publishStats()
+}
+
+// applyUpdate hands one incoming update to the core and says how it went
+// (nil or ErrStale: acknowledged).
+func (a *receiverActor) applyUpdate(ctx actor.Context, m updateMsg) error {
+	c := a.c
+	if m.decodeErr != nil {
+		c.receiver.RecordInvalid(m.peer)
+		c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
+		return m.decodeErr
+	}
+	if conn, ok := a.accept[m.peer]; !ok || conn != m.conn {
+		c.updateStats(func(s *ChannelStats) { s.UpdatesNotAccepted++ })
+		return errNotAccepted
+	}
+	// Take the credits the consumer returned so far first: their messages
+	// wait behind a batch of updates, and a push decided without them
+	// would be dropped and fetched again although the consumer kept up.
+	a.applyConsumed(ctx, c.consumedTotal.Load())
+	eff, err := c.receiver.HandleUpdate(m.peer, m.conn, m.u)
+	a.exec(ctx, eff)
+	if err != nil && !errors.Is(err, broadcast.ErrStale) {
+		c.updateStats(func(s *ChannelStats) { s.UpdatesRefused++ })
+		c.n.log.Debug().Str("channel", c.name).Str("peer", string(m.peer)[:10]).Err(err).Msg("update refused")
+	}
+	return err
 }
 
 func (a *receiverActor) applyMembers(ctx actor.Context, snap *membership.Snapshot) {
@@ -306,7 +348,16 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 		// artifact: the transport refuses anything larger than the wire
 		// limits allow for one before reading it.
 		start := time.Now()
-		resp, err := c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
+		var resp []byte
+		var err error
+		if m.Chunk == broadcast.ManifestPart {
+			resp, err = c.n.rpc.Call(cctx, peer, c.fetchProto, req, transport.MaxResponse(c.limit.MaxFetchResponseLen()))
+		} else {
+			// A chunk comes as its bare bytes (handleChunk), checked by
+			// the core against the manifest's hash; the bytes the
+			// transport read are the chunk.
+			resp, err = c.n.rpc.Call(cctx, peer, c.chunkProto, req, transport.MaxResponse(c.limit.MaxChunkLen()))
+		}
 		elapsed := time.Since(start)
 		// The transport charged the answer to the peer's budget while
 		// reading it; it stays charged, decoded, until the receiver has
@@ -324,7 +375,11 @@ func (f *fetchActor) attempt(ctx actor.Context, m broadcast.FetchAttempt) {
 		}
 		var got broadcast.Fetched
 		if err == nil {
-			got, err = wire.DecodeFetchResponse(resp, c.limit)
+			if m.Chunk == broadcast.ManifestPart {
+				got, err = wire.DecodeFetchResponse(resp, c.limit)
+			} else if got.Data = resp; resp == nil {
+				got.Data = []byte{} // an answer, told from a manifest's
+			}
 		}
 		// A cancelled call was abandoned by the core (or the node is
 		// closing): nobody waits for its outcome.

@@ -251,6 +251,11 @@ type linkActor struct {
 	c     *Channel
 	peer  membership.NodeID
 	calls map[broadcast.Token]context.CancelFunc
+	// stream carries the small updates (update_stream.go); nil until the
+	// first, replaced when it fails. Until streamRefusedUntil, after the
+	// peer refused it, every update goes on its own stream.
+	stream             *updateStream
+	streamRefusedUntil time.Time
 }
 
 type callDone struct{ tok broadcast.Token }
@@ -277,6 +282,8 @@ func (l *linkActor) Receive(ctx actor.Context) {
 		if cancel, ok := l.calls[m.Token]; ok {
 			cancel()
 			delete(l.calls, m.Token)
+		} else if l.stream != nil {
+			l.stream.cancelTok(m.Token)
 		}
 	case callDone:
 		if cancel, ok := l.calls[m.tok]; ok {
@@ -296,6 +303,9 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 		ctx.Send(parent, sendResult{peer: m.Peer, tok: m.Token, err: err})
 		return
 	}
+	if len(data) <= maxStreamedUpdate && l.streamed(ctx, m, data) {
+		return
+	}
 	c.updateStats(func(s *ChannelStats) { s.UpdatesTransmitted++ })
 	// The timeout is the core's (it grows with the size and the failed
 	// attempts of this state).
@@ -305,13 +315,7 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 	c.n.goTracked(func() {
 		err := c.n.rpc.Push(cctx, peer, c.updateProto, data)
 		if err == nil {
-			c.updateStats(func(s *ChannelStats) {
-				s.UpdateBytesSent += uint64(len(data))
-				if s.BytesSentTo == nil {
-					s.BytesSentTo = make(map[string]uint64)
-				}
-				s.BytesSentTo[peer.String()] += uint64(len(data))
-			})
+			c.countSent(peer, len(data))
 		}
 		// A cancelled call's result is dropped by the core (unknown token).
 		root.Send(parent, sendResult{peer: m.Peer, tok: m.Token, err: err})
@@ -319,9 +323,52 @@ func (l *linkActor) send(ctx actor.Context, m broadcast.SendUpdate) {
 	})
 }
 
+// streamed queues a small update on the peer's update stream, opening one
+// if there is none (or it failed); false when the peer refused the stream
+// lately, and the update goes on a stream of its own.
+func (l *linkActor) streamed(ctx actor.Context, m broadcast.SendUpdate, data []byte) bool {
+	if l.stream != nil && l.stream.failed() {
+		l.stream.mu.Lock()
+		refused := l.stream.refused
+		l.stream.mu.Unlock()
+		if refused {
+			l.streamRefusedUntil = time.Now().Add(streamRefusedPause)
+		}
+		l.stream = nil
+	}
+	if time.Now().Before(l.streamRefusedUntil) {
+		return false
+	}
+	if l.stream == nil {
+		c, parent, root, peer := l.c, ctx.Parent(), l.c.n.system.Root, m.Peer
+		l.stream = newUpdateStream(c, l.peer, func(tok broadcast.Token, err error, bytes int) {
+			if err == nil {
+				c.countSent(l.peer, bytes)
+			}
+			root.Send(parent, sendResult{peer: peer, tok: tok, err: err})
+		})
+	}
+	return l.stream.send(m.Token, data, m.Timeout)
+}
+
 func (l *linkActor) cancelAll() {
 	for tok, cancel := range l.calls {
 		cancel()
 		delete(l.calls, tok)
 	}
+	if l.stream != nil {
+		l.stream.close()
+		l.stream = nil
+	}
+}
+
+// countSent counts the bytes of an update peer acknowledged.
+func (c *Channel) countSent(peer membership.NodeID, n int) {
+	c.updateStats(func(s *ChannelStats) {
+		s.UpdateBytesSent += uint64(n)
+		if s.BytesSentTo == nil {
+			s.BytesSentTo = make(map[string]uint64)
+		}
+		s.BytesSentTo[peer.String()] += uint64(n)
+	})
 }

@@ -482,9 +482,17 @@ func (r *Receiver) endRequest(f *fetchRun, tok Token) fetchReq {
 // delivered, or the digest is proven false.
 func (r *Receiver) complete(id ArtifactID, st *idState, eff []Effect) []Effect {
 	f := st.run
-	payload := make([]byte, 0, f.man.Size)
-	for _, c := range f.chunks {
-		payload = append(payload, c...)
+	// A one-chunk artifact is delivered in the bytes it arrived in (the
+	// wire decoder hands over the transport's buffer); only several chunks
+	// need assembling.
+	var payload []byte
+	if len(f.chunks) == 1 {
+		payload = f.chunks[0]
+	} else {
+		payload = make([]byte, 0, f.man.Size)
+		for _, c := range f.chunks {
+			payload = append(payload, c...)
+		}
 	}
 	if len(payload) == 0 {
 		payload = nil

@@ -37,11 +37,18 @@ type ReceiverConfig struct {
 	// ties up at most this many downloads and cannot starve the others.
 	// Default 8.
 	MaxFetchesPerPeer int
-	// DeliveryCredits is the most artifacts delivered or being fetched but
-	// not yet Consumed by the downstream layer (a peer's first download, as
-	// above, may exceed it while fewer than DeliveryCredits deliveries wait
-	// for the consumer). A slow consumer therefore pauses fetching instead of
-	// growing a queue. Default 64.
+	// DeliveryCredits bounds the artifacts delivered and not yet Consumed
+	// by the downstream layer. A fetch starts only while fewer than this
+	// many deliveries wait, and while deliveries and fetches together stay
+	// below it (except a peer's first download, as above); a push is
+	// handed over directly while fewer than this many deliveries wait,
+	// whatever runs (its bytes are already here), and is fetched later
+	// otherwise. A slow consumer therefore pauses fetching instead of
+	// growing a queue, and the deliveries waiting never exceed
+	// DeliveryCredits + MaxActiveFetches + the number of peers. The bound
+	// does not depend on the subnet's size for pushes: at any N, small
+	// artifacts are delivered from their push while the consumer keeps up.
+	// Default 64.
 	DeliveryCredits int
 	// MaxFetchSize is the largest artifact a fetch may assemble: a
 	// manifest describing more proves its digest false. It bounds the
@@ -627,7 +634,13 @@ func (r *Receiver) link(p *peerRx, slot Slot, u SlotUpdate, eff []Effect) ([]Eff
 	if st.decision != Fetch {
 		return eff, nil
 	}
-	if u.Kind == KindPush && r.fetching+r.waiting < r.cfg.DeliveryCredits {
+	// A push is handed over while the consumer holds fewer than
+	// DeliveryCredits deliveries, however many fetches run: its bytes are
+	// here already, and fetching it later would move them again. Counting
+	// fetches here let the per-peer guaranteed downloads of a large subnet
+	// (one per peer, more than the credits at 64 peers and up) or a few
+	// long transfers turn every push into a fetch.
+	if u.Kind == KindPush && r.waiting < r.cfg.DeliveryCredits {
 		if err := r.verify(id, u.Artifact); err != nil {
 			p.stats.Mismatch++
 			r.enqueue(id, st)
@@ -841,8 +854,11 @@ func (r *Receiver) CheckInvariants() error {
 	if r.fetching > r.cfg.MaxActiveFetches+len(r.peers) {
 		return fmt.Errorf("%d fetches above limit %d + %d peers", r.fetching, r.cfg.MaxActiveFetches, len(r.peers))
 	}
-	if r.waiting < 0 || r.fetching+r.waiting > r.cfg.DeliveryCredits+len(r.peers) {
-		return fmt.Errorf("credits in use %d+%d above %d + %d peers", r.fetching, r.waiting, r.cfg.DeliveryCredits, len(r.peers))
+	// Fetches start only while fewer than DeliveryCredits deliveries
+	// wait, and pushes are handed over on the same condition, so what
+	// waits is at most the credits plus the fetches that were running.
+	if r.waiting < 0 || r.fetching+r.waiting > r.cfg.DeliveryCredits+r.cfg.MaxActiveFetches+len(r.peers) {
+		return fmt.Errorf("credits in use %d+%d above %d + %d + %d peers", r.fetching, r.waiting, r.cfg.DeliveryCredits, r.cfg.MaxActiveFetches, len(r.peers))
 	}
 	if queued != r.queued {
 		return fmt.Errorf("queued counter %d, queued ids %d", r.queued, queued)

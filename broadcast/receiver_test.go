@@ -325,10 +325,11 @@ func TestReceiverCreditsPauseFetching(t *testing.T) {
 	expect(t, apply(t, r, "p", 1, advert(1, 0, "a")), "fetch(a) ")
 	expect(t, apply(t, r, "p", 1, advert(2, 1, "b")), "fetch(b) ")
 	expect(t, apply(t, r, "p", 1, advert(3, 2, "c")), "")
-	// A push with no credit is not held in memory: it is fetched later.
-	expect(t, apply(t, r, "p", 1, push(4, 3, "d")), "")
 	expect(t, mustFetch(t, r, "a", "p"), "deliver(a from p) ")
 	expect(t, mustFetch(t, r, "b", "p"), "deliver(b from p) ")
+	// A push while the consumer holds every credit is not held in
+	// memory: it is fetched later.
+	expect(t, apply(t, r, "p", 1, push(4, 3, "d")), "")
 	// Nothing starts until the consumer takes a delivery.
 	expect(t, r.Consumed(), "fetch(c) ")
 	checkR(t, r)

@@ -54,6 +54,13 @@ type SenderConfig struct {
 	UpdateTimeoutMax    time.Duration
 }
 
+// Pushes reports whether a sender with this configuration sends a whole
+// (pushes it) rather than advertising it for peers to fetch.
+func (c SenderConfig) Pushes(a Artifact) bool {
+	size := EncodedSize(a)
+	return (a.LatencySensitive || size < c.PushThreshold) && size <= c.MaxPushSize
+}
+
 // DefaultSenderConfig returns the documented defaults.
 func DefaultSenderConfig() SenderConfig {
 	return SenderConfig{
@@ -252,7 +259,7 @@ func (s *Sender) Publish(a Artifact) ([]Effect, error) {
 	st.commit = s.commit
 	st.art = a
 	st.update = SlotUpdate{Commit: s.commit, Slot: slot}
-	if size := EncodedSize(a); (a.LatencySensitive || size < s.cfg.PushThreshold) && size <= s.cfg.MaxPushSize {
+	if s.cfg.Pushes(a) {
 		st.update.Kind = KindPush
 		st.update.Artifact = a
 	} else {

@@ -9,6 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
@@ -72,24 +73,34 @@ func TestAttackFetchWithheldLastChunks(t *testing.T) {
 			arts[h.id] = h
 		}
 		var served, withheld atomic.Int64
-		must(t, a.raw.Handle("abcast/"+hostileChannel+"/fetch", func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
+		// Manifests on the fetch protocol, chunks (bare bytes) on the
+		// chunk protocol, as a node serves them.
+		must(t, a.raw.Handle(abcasttest.FetchProtocol(hostileChannel), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
+			r, err := wire.DecodeFetchRequest(req, cfg.Wire)
+			if err != nil {
+				return nil, err
+			}
+			if h := arts[r.ID]; h != nil && r.Chunk == broadcast.ManifestPart {
+				return wire.EncodeFetchManifest(h.man, nil)
+			}
+			return wire.EncodeFetchNotFound()
+		}, 0))
+		must(t, a.raw.Handle(abcasttest.ChunkProtocol(hostileChannel), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
 			r, err := wire.DecodeFetchRequest(req, cfg.Wire)
 			if err != nil {
 				return nil, err
 			}
 			h := arts[r.ID]
 			switch {
-			case h == nil:
-				return wire.EncodeFetchNotFound()
-			case r.Chunk == broadcast.ManifestPart:
-				return wire.EncodeFetchManifest(h.man, nil)
+			case h == nil || r.Chunk == broadcast.ManifestPart:
+				return nil, fmt.Errorf("no such chunk")
 			case r.Chunk == h.man.Chunks()-1:
 				withheld.Add(1)
 				<-ctx.Done() // never served
 				return nil, ctx.Err()
 			}
 			served.Add(int64(h.man.ChunkLen(r.Chunk)))
-			return wire.EncodeFetchChunk(h.chunkData(r.Chunk))
+			return h.chunkData(r.Chunk), nil
 		}, 0))
 
 		a.startSampling(250 * time.Millisecond)

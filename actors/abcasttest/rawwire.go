@@ -17,8 +17,17 @@ import (
 func UpdateProtocol(channel string) string { return "abcast/" + channel + "/update" }
 
 // FetchProtocol is the transport protocol serving channel's fetches
-// (Call).
+// (Call): manifests, and the whole artifact when it is one chunk.
 func FetchProtocol(channel string) string { return "abcast/" + channel + "/fetch" }
+
+// ChunkProtocol is the transport protocol serving the chunks of
+// channel's multi-chunk artifacts (Call with a FetchRequest naming a
+// chunk); the answer is the chunk's bare bytes, not an encoded response.
+func ChunkProtocol(channel string) string { return "abcast/" + channel + "/chunk" }
+
+// UpdatesProtocol is the transport protocol of channel's update stream
+// (OpenStream), on which small updates travel in batches.
+func UpdatesProtocol(channel string) string { return "abcast/" + channel + "/updates" }
 
 // FetchRequest asks for an artifact's manifest (Chunk ==
 // broadcast.ManifestPart) or one of its chunks.

@@ -70,16 +70,9 @@ func startSubnet(o options, w workload, t *tally) (*subnet, error) {
 		return nil, err
 	}
 	cfg := actors.DefaultConfig()
+	// The library's defaults, but for the push threshold the workload
+	// names: what is measured is what a user gets.
 	cfg.Sender.PushThreshold = o.pushThreshold
-	if o.scaleHandlers {
-		// quicremote bounds a protocol's handlers per transport, across all
-		// peers, while the defaults are sized for one peer: with N-1 peers
-		// each allowed MaxInFlightPerPeer updates (and MaxFetchesPerPeer
-		// fetches) the receiver refuses the excess and the sender backs off
-		// for 250 ms..60 s. Size the limits for every peer at once.
-		cfg.UpdateHandlers = max(cfg.UpdateHandlers, (o.nodes-1)*cfg.Sender.MaxInFlightPerPeer)
-		cfg.FetchHandlers = max(cfg.FetchHandlers, (o.nodes-1)*cfg.Receiver.MaxFetchesPerPeer)
-	}
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(logLevel()).With().Timestamp().Logger()
 
 	warm := make(chan struct{}, o.nodes*o.nodes)
@@ -182,6 +175,7 @@ func runAbcast(o options) (Result, error) {
 	runtime.GC()
 	wire0 := s.wire()
 	heap := startHeapPeak()
+	use := usageNow()
 	start := time.Now()
 	var pubErr atomic.Pointer[error]
 	var wg, aborts sync.WaitGroup
@@ -239,6 +233,8 @@ func runAbcast(o options) (Result, error) {
 
 	r := Result{System: "abcast", Nodes: o.nodes, Size: o.size, Count: o.count, Publishers: o.publishers, AbortFraction: o.abortFraction}
 	t.summary(&r, start, o.size, w.receivers)
+	use.since(&r, float64(t.useful.Load())*float64(o.size))
+	r.Label = o.label
 	r.PeakHeapMB = heap.MB()
 	r.WireMB = float64(s.wire()-wire0) / 1e6
 	r.WastedMB = float64(wasted(o, w, s)) / 1e6

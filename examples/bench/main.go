@@ -35,7 +35,7 @@ type options struct {
 	seed          uint64
 	baseline      bool
 	system        string
-	scaleHandlers bool
+	label         string
 }
 
 func main() {
@@ -52,7 +52,7 @@ func main() {
 	flag.Uint64Var(&o.seed, "seed", 1, "seed choosing the aborted artifacts")
 	flag.BoolVar(&o.baseline, "baseline", false, "also measure raw quic-go fan-out (one sender, N-1 connections) and print it as a second line")
 	flag.StringVar(&o.system, "system", "abcast", "abcast, or quic-go-fanout for the raw baseline alone")
-	flag.BoolVar(&o.scaleHandlers, "scale-handlers", true, "raise the node's UpdateHandlers/FetchHandlers to (N-1) × the per-peer in-flight bounds (false: library defaults)")
+	flag.StringVar(&o.label, "label", "", "name printed with the results (e.g. the branch), for before/after runs")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the measured phase to this file")
 	memProfile := flag.String("memprofile", "", "write an allocation profile to this file at the end")
 	flag.Parse()

@@ -38,6 +38,7 @@ func runRawFanout(o options) (Result, error) {
 	lat := make([][]time.Duration, len(pairs))
 	var failed atomic.Int64
 	heap := startHeapPeak()
+	use := usageNow()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, p := range pairs {
@@ -70,6 +71,8 @@ func runRawFanout(o options) (Result, error) {
 		r.LatencyP50ms = float64(all[len(all)/2]) / 1e6
 		r.LatencyP99ms = float64(all[len(all)*99/100]) / 1e6
 	}
+	use.since(&r, float64(len(all))*float64(o.size))
+	r.Label = o.label
 	r.Missing = int(failed.Load())
 	r.PeakHeapMB = heap.MB()
 	return r, nil

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -30,6 +31,38 @@ type Result struct {
 	WireMB        float64 `json:"wire_MB"`
 	WastedMB      float64 `json:"wasted_MB"`
 	PeakHeapMB    float64 `json:"peak_heap_MB"`
+	// CPUSeconds is the process's CPU time (user + system) over the
+	// measured phase, and AllocPerByte the bytes the Go heap allocated
+	// in it per payload byte delivered (-label names the binary, for
+	// before/after runs). On a shared machine CPU per delivered byte is
+	// steadier than goodput. Not printed by gossipbench.
+	CPUSeconds   float64 `json:"cpu_s,omitempty"`
+	AllocPerByte float64 `json:"alloc_per_byte,omitempty"`
+	Label        string  `json:"label,omitempty"`
+}
+
+// usage is the process's CPU time and heap allocations at one moment.
+type usage struct {
+	cpu   time.Duration
+	alloc uint64
+}
+
+func usageNow() usage {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return usage{cpu: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), alloc: s[0].Value.Uint64()}
+}
+
+// since fills the CPU and allocation fields for a run that delivered
+// delivered payload bytes since u.
+func (u usage) since(r *Result, delivered float64) {
+	now := usageNow()
+	r.CPUSeconds = (now.cpu - u.cpu).Seconds()
+	if delivered > 0 {
+		r.AllocPerByte = float64(now.alloc-u.alloc) / delivered
+	}
 }
 
 func (r Result) print() {

@@ -1,6 +1,10 @@
 package wire
 
 import (
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/proto/abcastpb"
 )
@@ -96,6 +100,37 @@ func EncodeFetchManifest(m broadcast.Manifest, payload []byte) ([]byte, error) {
 	}}})
 }
 
+// EncodeFetchManifestWith encodes the answer to a manifest request of a
+// one-chunk artifact, copying payload into it once, and returns the answer
+// and the payload's place in it. A server keeps the answer and uses that
+// place as the artifact's payload from then on, so the answer is served
+// as it is to every peer that asks, without a copy per request, and the
+// payload is held once.
+func EncodeFetchManifestWith(m broadcast.Manifest, payload []byte) (resp, inResp []byte, err error) {
+	head, err := EncodeFetchManifest(m, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	// head is the FetchResponse with the manifest's other fields; the
+	// payload is the manifest's last field, so it is appended to the
+	// manifest message and that message's length grows accordingly.
+	_, _, n := protowire.ConsumeTag(head)
+	inner, m2 := protowire.ConsumeBytes(head[n:])
+	if n < 0 || m2 < 0 || n+m2 != len(head) {
+		return nil, nil, fmt.Errorf("wire: encode fetch response: unexpected manifest layout")
+	}
+	innerLen := len(inner) + protowire.SizeTag(4) + protowire.SizeBytes(len(payload))
+	resp = make([]byte, 0, n+protowire.SizeVarint(uint64(innerLen))+innerLen)
+	resp = protowire.AppendTag(resp, 3, protowire.BytesType)
+	resp = protowire.AppendVarint(resp, uint64(innerLen))
+	resp = append(resp, inner...)
+	resp = protowire.AppendTag(resp, 4, protowire.BytesType)
+	resp = protowire.AppendVarint(resp, uint64(len(payload)))
+	at := len(resp)
+	resp = append(resp, payload...)
+	return resp, resp[at:len(resp):len(resp)], nil
+}
+
 // EncodeFetchChunk encodes the answer to a chunk request.
 func EncodeFetchChunk(chunk []byte) ([]byte, error) {
 	return marshal("fetch response", &abcastpb.FetchResponse{Result: &abcastpb.FetchResponse_Chunk{Chunk: chunk}})
@@ -108,50 +143,81 @@ func EncodeFetchChunk(chunk []byte) ([]byte, error) {
 // broadcast.ErrInvalid. Whether the answer matches the request (its digest,
 // its chunk hash) is for the caller to check. Invalid limits yield
 // ErrLimits.
+//
+// The answer's hashes and data alias b: b becomes the answer's and must not
+// be reused.
 func DecodeFetchResponse(b []byte, lim Limits) (broadcast.Fetched, error) {
 	if err := lim.Validate(); err != nil {
 		return broadcast.Fetched{}, err
 	}
-	var m abcastpb.FetchResponse
-	if err := unmarshal("fetch response", b, lim.fetchResponseLen(), &m); err != nil {
+	r, err := decodeFetchResponse(b, lim)
+	if err != nil {
 		return broadcast.Fetched{}, err
 	}
-	switch r := m.GetResult().(type) {
-	case *abcastpb.FetchResponse_Manifest:
-		mf := r.Manifest
+	switch r.result {
+	case 3:
 		switch {
-		case mf.GetSize() > uint64(lim.MaxPayloadLen):
-			return broadcast.Fetched{}, invalidf("fetch response: manifest of %d bytes, limit %d", mf.GetSize(), lim.MaxPayloadLen)
-		case mf.GetChunkSize() > broadcast.MaxChunkSize:
-			return broadcast.Fetched{}, invalidf("fetch response: chunks of %d bytes, limit %d", mf.GetChunkSize(), broadcast.MaxChunkSize)
-		case int64(len(mf.GetHashes())) > lim.maxHashesLen():
-			return broadcast.Fetched{}, invalidf("fetch response: %d bytes of hashes, limit %d", len(mf.GetHashes()), lim.maxHashesLen())
-		case int64(len(mf.GetPayload())) > lim.maxChunkLen():
-			return broadcast.Fetched{}, invalidf("fetch response: payload of %d bytes with the manifest, limit %d", len(mf.GetPayload()), lim.maxChunkLen())
+		case r.size > uint64(lim.MaxPayloadLen):
+			return broadcast.Fetched{}, invalidf("fetch response: manifest of %d bytes, limit %d", r.size, lim.MaxPayloadLen)
+		case r.chunkSize > broadcast.MaxChunkSize:
+			return broadcast.Fetched{}, invalidf("fetch response: chunks of %d bytes, limit %d", r.chunkSize, broadcast.MaxChunkSize)
+		case int64(len(r.hashes)) > lim.maxHashesLen():
+			return broadcast.Fetched{}, invalidf("fetch response: %d bytes of hashes, limit %d", len(r.hashes), lim.maxHashesLen())
+		case int64(len(r.payload)) > lim.maxChunkLen():
+			return broadcast.Fetched{}, invalidf("fetch response: payload of %d bytes with the manifest, limit %d", len(r.payload), lim.maxChunkLen())
 		}
-		man := &broadcast.Manifest{Size: int(mf.GetSize()), ChunkSize: int(mf.GetChunkSize()), Hashes: mf.GetHashes()}
-		return broadcast.Fetched{Manifest: man, Data: nilIfEmpty(mf.GetPayload())}, nil
-	case *abcastpb.FetchResponse_Chunk:
-		if int64(len(r.Chunk)) > lim.maxChunkLen() {
-			return broadcast.Fetched{}, invalidf("fetch response: chunk of %d bytes, limit %d", len(r.Chunk), lim.maxChunkLen())
+		man := &broadcast.Manifest{Size: int(r.size), ChunkSize: int(r.chunkSize), Hashes: r.hashes}
+		return broadcast.Fetched{Manifest: man, Data: nilIfEmpty(r.payload)}, nil
+	case 4:
+		if int64(len(r.chunk)) > lim.maxChunkLen() {
+			return broadcast.Fetched{}, invalidf("fetch response: chunk of %d bytes, limit %d", len(r.chunk), lim.maxChunkLen())
 		}
 		// An empty chunk is a valid answer only for an empty payload, which
 		// has none: the caller's check refuses it. Keep it non-nil so that
 		// it is told from a manifest answer.
-		if r.Chunk == nil {
-			r.Chunk = []byte{}
+		if r.chunk == nil {
+			r.chunk = []byte{}
 		}
-		return broadcast.Fetched{Data: r.Chunk}, nil
-	case *abcastpb.FetchResponse_NotFound:
+		return broadcast.Fetched{Data: r.chunk}, nil
+	case 2:
 		// The field is present on the wire, so the peer chose this case;
 		// false would say "found" without an answer, which means nothing.
-		if !r.NotFound {
+		if !r.notFound {
 			return broadcast.Fetched{}, invalidf("fetch response: not_found is false")
 		}
 		return broadcast.Fetched{}, ErrNotFound
-	case nil:
-		return broadcast.Fetched{}, invalidf("fetch response: no result (manifest, chunk or not_found)")
 	default:
-		return broadcast.Fetched{}, invalidf("fetch response: unsupported result %T", r)
+		return broadcast.Fetched{}, invalidf("fetch response: no result (manifest, chunk or not_found)")
 	}
+}
+
+// decodeFetchResponse reads b without copying its bytes fields when it is
+// in the canonical form (alias.go), else through protobuf.
+func decodeFetchResponse(b []byte, lim Limits) (rawFetchResponse, error) {
+	if int64(len(b)) > lim.fetchResponseLen() {
+		return rawFetchResponse{}, invalidf("fetch response: %d bytes, longer than any valid one (%d)", len(b), lim.fetchResponseLen())
+	}
+	if r, ok := aliasFetchResponse(b); ok {
+		return r, nil
+	}
+	var m abcastpb.FetchResponse
+	if err := unmarshal("fetch response", b, lim.fetchResponseLen(), &m); err != nil {
+		return rawFetchResponse{}, err
+	}
+	return fetchRawFromPB(&m), nil
+}
+
+// fetchRawFromPB is what protobuf decoded, in the form the checks read.
+func fetchRawFromPB(m *abcastpb.FetchResponse) rawFetchResponse {
+	var r rawFetchResponse
+	switch x := m.GetResult().(type) {
+	case *abcastpb.FetchResponse_Manifest:
+		mf := x.Manifest
+		r.result, r.size, r.chunkSize, r.hashes, r.payload = 3, mf.GetSize(), uint64(mf.GetChunkSize()), mf.GetHashes(), mf.GetPayload()
+	case *abcastpb.FetchResponse_Chunk:
+		r.result, r.chunk = 4, x.Chunk
+	case *abcastpb.FetchResponse_NotFound:
+		r.result, r.notFound = 2, x.NotFound
+	}
+	return r
 }

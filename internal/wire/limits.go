@@ -78,6 +78,9 @@ func (l Limits) MaxMessageLen() int {
 // large payload. A caller can bound what it reads of a response with it.
 func (l Limits) MaxFetchResponseLen() int { return int(l.fetchResponseLen()) }
 
+// MaxChunkLen is the longest chunk a fetch may bring, in bytes.
+func (l Limits) MaxChunkLen() int { return int(l.maxChunkLen()) }
+
 // The functions below compute the length of the canonical encoding of the
 // largest valid message of each type. Encoders always produce canonical
 // encodings, so anything longer came from a peer that padded it (unknown

@@ -54,38 +54,41 @@ func EncodeSlotUpdate(u broadcast.SlotUpdate) ([]byte, error) {
 // digest is not 32 bytes, a sync that names a slot, or bytes that are not a
 // SlotUpdate are refused with an error wrapping broadcast.ErrInvalid.
 // Invalid limits yield ErrLimits.
+//
+// The update's attribute and payload alias b (no copy is made of what the
+// transport already read): b becomes the update's and must not be reused.
 func DecodeSlotUpdate(b []byte, lim Limits) (broadcast.SlotUpdate, error) {
 	if err := lim.Validate(); err != nil {
 		return broadcast.SlotUpdate{}, err
 	}
-	var m abcastpb.SlotUpdate
-	if err := unmarshal("slot update", b, lim.slotUpdateLen(), &m); err != nil {
+	raw, err := decodeSlotUpdate(b, lim)
+	if err != nil {
 		return broadcast.SlotUpdate{}, err
 	}
 	u := broadcast.SlotUpdate{
-		Commit: broadcast.CommitID(m.GetCommitId()),
-		Slot:   broadcast.Slot(m.GetSlot()),
+		Commit: broadcast.CommitID(raw.commit),
+		Slot:   broadcast.Slot(raw.slot),
 	}
-	switch s := m.GetState().(type) {
-	case *abcastpb.SlotUpdate_Advert:
-		a, err := advertFromPB("slot update: advert", s.Advert, lim)
+	switch raw.state {
+	case 3:
+		a, err := advertFromRaw("slot update: advert", raw.id, raw.attr, lim)
 		if err != nil {
 			return broadcast.SlotUpdate{}, err
 		}
-		if d := s.Advert.GetDigest(); len(d) != len(u.Digest) {
-			return broadcast.SlotUpdate{}, invalidf("slot update: advert: digest of %d bytes, want %d", len(d), len(u.Digest))
+		if len(raw.digest) != len(u.Digest) {
+			return broadcast.SlotUpdate{}, invalidf("slot update: advert: digest of %d bytes, want %d", len(raw.digest), len(u.Digest))
 		}
-		copy(u.Digest[:], s.Advert.GetDigest())
+		copy(u.Digest[:], raw.digest)
 		u.Kind, u.Artifact = broadcast.KindAdvert, a
-	case *abcastpb.SlotUpdate_Artifact:
-		a, err := artifactFromPB("slot update: push", s.Artifact, lim)
+	case 4:
+		a, err := artifactFromRaw("slot update: push", raw, lim)
 		if err != nil {
 			return broadcast.SlotUpdate{}, err
 		}
 		u.Kind, u.Artifact = broadcast.KindPush, a
-	case *abcastpb.SlotUpdate_Cleared:
+	case 5:
 		u.Kind = broadcast.KindCleared
-	case *abcastpb.SlotUpdate_Sync:
+	case 6:
 		// A sync concerns the whole table. One that names a slot was not
 		// produced by our encoder, and accepting it would leave the meaning
 		// of that slot number up to each receiver.
@@ -93,12 +96,41 @@ func DecodeSlotUpdate(b []byte, lim Limits) (broadcast.SlotUpdate, error) {
 			return broadcast.SlotUpdate{}, invalidf("slot update: sync names slot %d, must name none", u.Slot)
 		}
 		u.Kind = broadcast.KindSync
-	case nil:
-		return broadcast.SlotUpdate{}, invalidf("slot update: no state (advert, artifact, cleared or sync)")
 	default:
-		// Unreachable with the generated code; kept so that a new oneof
-		// choice added to the .proto cannot be silently accepted.
-		return broadcast.SlotUpdate{}, invalidf("slot update: unsupported state %T", s)
+		return broadcast.SlotUpdate{}, invalidf("slot update: no state (advert, artifact, cleared or sync)")
 	}
 	return u, nil
+}
+
+// decodeSlotUpdate reads b without copying its bytes fields when it is in
+// the canonical form (alias.go), else through protobuf.
+func decodeSlotUpdate(b []byte, lim Limits) (rawSlotUpdate, error) {
+	if int64(len(b)) > lim.slotUpdateLen() {
+		return rawSlotUpdate{}, invalidf("slot update: %d bytes, longer than any valid one (%d)", len(b), lim.slotUpdateLen())
+	}
+	if raw, ok := aliasSlotUpdate(b); ok {
+		return raw, nil
+	}
+	var m abcastpb.SlotUpdate
+	if err := unmarshal("slot update", b, lim.slotUpdateLen(), &m); err != nil {
+		return rawSlotUpdate{}, err
+	}
+	return rawFromPB(&m), nil
+}
+
+// rawFromPB is what protobuf decoded, in the form the checks read.
+func rawFromPB(m *abcastpb.SlotUpdate) rawSlotUpdate {
+	raw := rawSlotUpdate{commit: m.GetCommitId(), slot: m.GetSlot()}
+	switch s := m.GetState().(type) {
+	case *abcastpb.SlotUpdate_Advert:
+		raw.state, raw.id, raw.attr, raw.digest = 3, s.Advert.GetId(), s.Advert.GetAttribute(), s.Advert.GetDigest()
+	case *abcastpb.SlotUpdate_Artifact:
+		a := s.Artifact
+		raw.state, raw.id, raw.attr, raw.payload, raw.latency = 4, a.GetId(), a.GetAttribute(), a.GetPayload(), a.GetLatencySensitive()
+	case *abcastpb.SlotUpdate_Cleared:
+		raw.state = 5
+	case *abcastpb.SlotUpdate_Sync:
+		raw.state = 6
+	}
+	return raw
 }

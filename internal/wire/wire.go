@@ -69,37 +69,37 @@ func checkAttribute(what string, attr []byte, lim Limits) error {
 	return nil
 }
 
-// artifactFromPB converts a whole artifact received from a peer. The byte
-// slices protobuf decoded are fresh allocations, so they are handed on as
-// they are rather than copied.
-func artifactFromPB(what string, m *abcastpb.Artifact, lim Limits) (broadcast.Artifact, error) {
-	if err := checkID(what, m.GetId(), lim); err != nil {
+// artifactFromRaw converts a whole artifact received from a peer. Its
+// bytes alias the frame (or protobuf's fresh copies of it), which the
+// decoder's caller owns, so they are handed on as they are.
+func artifactFromRaw(what string, raw rawSlotUpdate, lim Limits) (broadcast.Artifact, error) {
+	if err := checkID(what, raw.id, lim); err != nil {
 		return broadcast.Artifact{}, err
 	}
-	if err := checkAttribute(what, m.GetAttribute(), lim); err != nil {
+	if err := checkAttribute(what, raw.attr, lim); err != nil {
 		return broadcast.Artifact{}, err
 	}
-	if n := len(m.GetPayload()); n > lim.MaxPayloadLen {
+	if n := len(raw.payload); n > lim.MaxPayloadLen {
 		return broadcast.Artifact{}, invalidf("%s: payload is %d bytes, limit %d", what, n, lim.MaxPayloadLen)
 	}
 	return broadcast.Artifact{
-		ID:               broadcast.ArtifactID(m.GetId()),
-		Attribute:        nilIfEmpty(m.GetAttribute()),
-		Payload:          nilIfEmpty(m.GetPayload()),
-		LatencySensitive: m.GetLatencySensitive(),
+		ID:               broadcast.ArtifactID(raw.id),
+		Attribute:        nilIfEmpty(raw.attr),
+		Payload:          nilIfEmpty(raw.payload),
+		LatencySensitive: raw.latency,
 	}, nil
 }
 
-func advertFromPB(what string, m *abcastpb.Advert, lim Limits) (broadcast.Artifact, error) {
-	if err := checkID(what, m.GetId(), lim); err != nil {
+func advertFromRaw(what string, id, attr []byte, lim Limits) (broadcast.Artifact, error) {
+	if err := checkID(what, id, lim); err != nil {
 		return broadcast.Artifact{}, err
 	}
-	if err := checkAttribute(what, m.GetAttribute(), lim); err != nil {
+	if err := checkAttribute(what, attr, lim); err != nil {
 		return broadcast.Artifact{}, err
 	}
 	return broadcast.Artifact{
-		ID:        broadcast.ArtifactID(m.GetId()),
-		Attribute: nilIfEmpty(m.GetAttribute()),
+		ID:        broadcast.ArtifactID(id),
+		Attribute: nilIfEmpty(attr),
 	}, nil
 }
 
