@@ -74,6 +74,7 @@ var (
 	drain      = flag.Duration("drain", 2*time.Minute, "virtual time to wait for convergence after the load")
 	sample     = flag.Duration("sample", 20*time.Millisecond, "real-time interval of the heap and goroutine samples")
 	profileDir = flag.String("profile-dir", "", "write heap and goroutine profiles when idle and at the end of the last step to this directory (heap-idle-N.pb.gz, heap-N.pb.gz, goroutine-...)")
+	label      = flag.String("label", "", "names the build in the JSON lines, for before/after runs")
 	logLevel   = flag.String("log", "error", "level of the nodes' log on stderr (debug, info, warn, error, disabled)")
 )
 

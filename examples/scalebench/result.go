@@ -14,6 +14,7 @@ import (
 type Result struct {
 	Bench     string  `json:"bench"` // "scale"
 	System    string  `json:"system"`
+	Label     string  `json:"label,omitempty"`
 	Nodes     int     `json:"nodes"`
 	Seed      uint64  `json:"seed"`
 	Rates     []int   `json:"rates"`

@@ -86,7 +86,7 @@ func measure(t *testing.T, sh *shape, n int) {
 	runtime.GC()
 	smp := startSampler(*sample)
 	defer smp.stop()
-	res := Result{Bench: "scale", System: "abcast", Nodes: n, Seed: *seed, Rates: sh.rates, PhaseS: phase.Seconds(),
+	res := Result{Bench: "scale", System: "abcast", Label: *label, Nodes: n, Seed: *seed, Rates: sh.rates, PhaseS: phase.Seconds(),
 		LatencyMs: float64(*latency) / 1e6, Loss: *loss, LifetimeS: lifetime.Seconds(), DownS: downFor.Seconds(), GoVersion: runtime.Version()}
 	wall := time.Now()
 	synctest.Test(t, func(t *testing.T) { replay(t, sh, n, smp, &res) })
