@@ -82,8 +82,11 @@ func WithOnRefused(fn func(self *actor.PID, message interface{})) MailboxOption 
 }
 
 // BoundedMailbox returns a MailboxProducer whose mailboxes hold at most
-// capacity user messages (a capacity below 1 is treated as 1). The queue is
-// allocated up front, 16 bytes per slot.
+// capacity user messages (a capacity below 1 is treated as 1). The queue
+// grows on demand, doubling from a few slots up to capacity (16 bytes per
+// slot), and goes back to its initial size once drained, so an actor that
+// is mostly idle — one per peer, say — costs a few hundred bytes however
+// large its bound.
 //
 // At the limit the message is refused: PostUserMessage returns at once, the
 // message is published on the owning actor system's EventStream as an
@@ -121,12 +124,14 @@ func BoundedMailbox(capacity int, opts ...MailboxOption) actor.MailboxProducer {
 		cfg.metrics.capacity.Store(int64(capacity))
 	}
 	return func() actor.Mailbox {
-		return &boundedMailbox{
-			cfg:     cfg,
-			userBuf: make([]interface{}, capacity),
-		}
+		return &boundedMailbox{cfg: cfg, userCap: capacity}
 	}
 }
+
+// mailboxInitialSlots is the size of a mailbox's user ring when it first
+// needs one and after it drains: enough for the usual trickle without
+// growing, small enough that thousands of idle actors cost little.
+const mailboxInitialSlots = 8
 
 // Scheduler states of a boundedMailbox.
 const (
@@ -147,9 +152,11 @@ type handlers struct {
 type boundedMailbox struct {
 	cfg mailboxConfig
 
-	// The bounded user queue: a ring buffer guarded by userMu. A mutex ring
+	// The bounded user queue: a ring buffer guarded by userMu, allocated
+	// when first needed and grown by doubling up to userCap. A mutex ring
 	// measured about twice as fast as a buffered channel here.
 	userMu   sync.Mutex
+	userCap  int
 	userBuf  []interface{}
 	userHead int
 	userN    int
@@ -177,9 +184,12 @@ var _ actor.Mailbox = (*boundedMailbox)(nil)
 func (m *boundedMailbox) PostUserMessage(message interface{}) {
 	m.userMu.Lock()
 	if m.userN == len(m.userBuf) {
-		m.userMu.Unlock()
-		m.refuse(message)
-		return
+		if m.userN == m.userCap {
+			m.userMu.Unlock()
+			m.refuse(message)
+			return
+		}
+		m.grow()
 	}
 	i := m.userHead + m.userN
 	if i >= len(m.userBuf) {
@@ -194,6 +204,16 @@ func (m *boundedMailbox) PostUserMessage(message interface{}) {
 		mt.length.Add(1)
 	}
 	m.schedule()
+}
+
+// grow doubles the ring (up to userCap), keeping the queue in order at the
+// front of the new one. Called with userMu held and the ring full.
+func (m *boundedMailbox) grow() {
+	size := min(max(2*len(m.userBuf), mailboxInitialSlots), m.userCap)
+	buf := make([]interface{}, size)
+	n := copy(buf, m.userBuf[m.userHead:])
+	copy(buf[n:], m.userBuf[:m.userHead])
+	m.userBuf, m.userHead = buf, 0
 }
 
 func (m *boundedMailbox) refuse(message interface{}) {
@@ -237,6 +257,11 @@ func (m *boundedMailbox) popUser() (interface{}, bool) {
 		m.userHead = 0
 	}
 	m.userN--
+	if m.userN == 0 && len(m.userBuf) > mailboxInitialSlots {
+		// A burst is over: give its ring back rather than keep the
+		// high-water mark for the actor's life.
+		m.userBuf, m.userHead = nil, 0
+	}
 	return msg, true
 }
 

@@ -477,3 +477,57 @@ func BenchmarkMailboxParallelSenders(b *testing.B) {
 		})
 	}
 }
+
+// Property: the ring is allocated on demand and grows up to the capacity,
+// keeping FIFO order across wrap-arounds and growths, refusing only at the
+// capacity, and is released once drained; an idle mailbox holds no ring.
+// (Before the ring grew on demand, a mailbox of capacity 1024 held 16 KiB
+// from its spawn: the first check failed.)
+func TestBoundedMailboxRingGrowsOnDemand(t *testing.T) {
+	const capacity = 100
+	var metrics MailboxMetrics
+	mb := BoundedMailbox(capacity, WithMailboxMetrics(&metrics))().(*boundedMailbox)
+	if len(mb.userBuf) != 0 {
+		t.Fatalf("a new mailbox holds a ring of %d slots, want none until a message comes", len(mb.userBuf))
+	}
+	next, want := 0, 0
+	post := func(k int) {
+		for range k {
+			mb.PostUserMessage(next)
+			next++
+		}
+	}
+	pop := func(k int) {
+		t.Helper()
+		for range k {
+			got, ok := mb.popUser()
+			if !ok || got.(int) != want {
+				t.Fatalf("popped %v (%v), want %d", got, ok, want)
+			}
+			want++
+		}
+	}
+	// The mailbox is never started, so nothing runs: the test pops by hand.
+	post(6)
+	pop(4) // head in the middle of the first ring
+	post(5)
+	if len(mb.userBuf) != mailboxInitialSlots {
+		t.Fatalf("ring of %d slots holding 7 messages, want the initial %d (wrapped, not grown)", len(mb.userBuf), mailboxInitialSlots)
+	}
+	post(20) // grows twice while wrapped
+	pop(10)
+	post(capacity - mb.userN + 3) // fill to the capacity, 3 refused
+	if st := metrics.Stats(); st.Refused != 3 || mb.userN != capacity || len(mb.userBuf) != capacity {
+		t.Fatalf("at the capacity: %+v, ring %d, want 3 refused and a full ring of %d", st, len(mb.userBuf), capacity)
+	}
+	next -= 3 // the refused ones never arrive
+	pop(capacity)
+	if _, ok := mb.popUser(); ok {
+		t.Fatal("a message left after draining")
+	}
+	if len(mb.userBuf) != 0 {
+		t.Fatalf("a drained mailbox keeps a ring of %d slots, want it released", len(mb.userBuf))
+	}
+	post(1)
+	pop(1)
+}

@@ -70,6 +70,11 @@ func runRawFanout(o options) (Result, error) {
 	if len(all) > 0 {
 		r.LatencyP50ms = float64(all[len(all)/2]) / 1e6
 		r.LatencyP99ms = float64(all[len(all)*99/100]) / 1e6
+		ms := make([]float64, len(all))
+		for i, d := range all {
+			ms[i] = float64(d) / 1e6
+		}
+		r.LatencyCDFms = percentiles(ms)
 	}
 	use.since(&r, float64(len(all))*float64(o.size))
 	r.Label = o.label

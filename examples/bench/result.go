@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"runtime/metrics"
 	"slices"
@@ -39,6 +40,9 @@ type Result struct {
 	CPUSeconds   float64 `json:"cpu_s,omitempty"`
 	AllocPerByte float64 `json:"alloc_per_byte,omitempty"`
 	Label        string  `json:"label,omitempty"`
+	// LatencyCDFms is the delivery latency at every percentile, 0 to 100
+	// (101 values, ms, rounded to 10 µs), for CDF plots.
+	LatencyCDFms []float64 `json:"latency_cdf_ms,omitempty"`
 }
 
 // usage is the process's CPU time and heap allocations at one moment.
@@ -63,6 +67,20 @@ func (u usage) since(r *Result, delivered float64) {
 	if delivered > 0 {
 		r.AllocPerByte = float64(now.alloc-u.alloc) / delivered
 	}
+}
+
+// percentiles returns sorted's values at percentiles 0, 1, ..., 100,
+// rounded to 10 µs (sorted holds milliseconds).
+func percentiles(sorted []float64) []float64 {
+	if len(sorted) == 0 {
+		return nil
+	}
+	out := make([]float64, 101)
+	for p := range out {
+		v := sorted[min(len(sorted)-1, p*len(sorted)/100)]
+		out[p] = math.Round(v*100) / 100
+	}
+	return out
 }
 
 func (r Result) print() {
@@ -153,6 +171,7 @@ func (t *tally) summary(r *Result, start time.Time, size int, receivers func(idx
 		slices.Sort(lat)
 		r.LatencyP50ms = lat[len(lat)/2]
 		r.LatencyP99ms = lat[len(lat)*99/100]
+		r.LatencyCDFms = percentiles(lat)
 	}
 	r.Missing = missing
 	r.Duplicates = int(t.dups.Load())

@@ -199,10 +199,11 @@ func NewWithTransport(cfg Config, self *membership.Identity, source membership.S
 
 	t.applySnapshot(source.Current())
 	watch := source.Watch(t.ctx)
-	t.wg.Add(3)
+	t.wg.Add(4)
 	go t.watchLoop(watch)
 	go t.acceptLoop()
 	go t.countGarbageDatagrams()
+	go t.heartbeats()
 	return t, nil
 }
 
@@ -586,8 +587,6 @@ func (t *Transport) unregister(peer membership.NodeID, conn *quic.Conn, connID u
 // only when its goroutine finishes.
 func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID uint64) {
 	defer t.unregister(peer, conn, connID)
-	t.wg.Add(1)
-	go t.heartbeat(conn)
 	ctrs := t.counter(peer)
 	for {
 		str, err := conn.AcceptStream(t.ctx)
@@ -607,24 +606,39 @@ func (t *Transport) serveConn(peer membership.NodeID, conn *quic.Conn, connID ui
 // smaller and would go unanswered by a restarted peer.
 const heartbeatSize = 64
 
-// heartbeat sends a datagram every KeepAlive. Its only purpose is to be big
-// enough that a restarted peer answers it with a stateless reset, so an
-// idle connection to a restarted peer dies within one KeepAlive instead of
-// one IdleTimeout.
-func (t *Transport) heartbeat(conn *quic.Conn) {
+// heartbeats sends a datagram on every current connection each KeepAlive.
+// Its only purpose is to be big enough that a restarted peer answers it
+// with a stateless reset, so an idle connection to a restarted peer dies
+// within one KeepAlive instead of one IdleTimeout. One goroutine serves
+// every connection (not one per connection: at 50 peers that was 50
+// goroutines a node). SendDatagram blocks only once 32 of a connection's
+// datagrams are queued unsent, 32 KeepAlives without a packet leaving,
+// and the IdleTimeout (which must exceed KeepAlive) closes such a
+// connection long before, which unblocks it.
+func (t *Transport) heartbeats() {
 	defer t.wg.Done()
 	tick := time.NewTicker(t.cfg.KeepAlive)
 	defer tick.Stop()
 	beat := make([]byte, heartbeatSize)
+	var conns []*quic.Conn
 	for {
 		select {
-		case <-conn.Context().Done():
-			return
 		case <-t.ctx.Done():
 			return
 		case <-tick.C:
-			_ = conn.SendDatagram(beat)
 		}
+		t.mu.Lock()
+		for _, p := range t.peers {
+			if p.conn != nil {
+				conns = append(conns, p.conn)
+			}
+		}
+		t.mu.Unlock()
+		for _, c := range conns {
+			_ = c.SendDatagram(beat)
+		}
+		clear(conns)
+		conns = conns[:0]
 	}
 }
 
