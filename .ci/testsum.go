@@ -389,6 +389,7 @@ type result struct {
 	failedBelow map[string]bool     // tests with a failed subtest, by key
 	ran         map[string]bool     // names of tests that passed or failed
 	skippedOnly map[string]bool     // names of tests that only skipped
+	unfinished  map[string]bool     // names of tests that started and have not ended
 	goErrors    []string            // the last lines that were not JSON
 }
 
@@ -397,7 +398,7 @@ func newResult(s spec, module string) *result {
 		spec: s, module: module,
 		pkgEnd: map[string]string{}, buildFail: map[string]bool{}, testFailed: map[string]bool{},
 		running: map[string]bool{}, output: map[string][]string{}, failedBelow: map[string]bool{},
-		ran: map[string]bool{}, skippedOnly: map[string]bool{},
+		ran: map[string]bool{}, skippedOnly: map[string]bool{}, unfinished: map[string]bool{},
 	}
 }
 
@@ -454,6 +455,7 @@ func (r *result) line(w io.Writer, line []byte) {
 		r.packageEvent(w, e)
 	case e.Action == "run":
 		r.running[key] = true
+		r.unfinished[e.Test] = true
 	case e.Action == "output":
 		if r.running[key] {
 			r.output[key] = append(r.output[key], e.Output)
@@ -522,6 +524,7 @@ func (r *result) endPackage(w io.Writer, pkg string, failed bool) {
 
 func (r *result) testEnd(w io.Writer, e event, key string) {
 	delete(r.running, key)
+	delete(r.unfinished, e.Test)
 	out := r.output[key]
 	delete(r.output, key)
 	switch e.Action {
@@ -615,6 +618,11 @@ func (r *result) unmatched(pattern string) []string {
 			levels[i] = re
 		}
 		if !matchesAny(levels, r.ran) {
+			if matchesAny(levels, r.unfinished) {
+				// It matched a test that never finished, a problem
+				// reported already.
+				continue
+			}
 			what := "matched no test"
 			if matchesAny(levels, r.skippedOnly) {
 				what = "matched only skipped tests"

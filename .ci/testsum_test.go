@@ -112,6 +112,13 @@ func TestSummariser(t *testing.T) {
 			want:   []string{"panic: test timed out after 2s", "h_test.go:9", "replay: go test -count=1 -timeout=2s ./hang", "TestHangs in example.com/rec/hang started but never finished"},
 		},
 		{
+			name:   "a named run that times out names the unfinished test, not an unmatched pattern",
+			runs:   []run{{"go test -count=1 -timeout 2s -run ^TestHangs$ ./hang", recorded(t, "timeout"), 1}},
+			status: 1,
+			want:   []string{"TestHangs in example.com/rec/hang started but never finished"},
+			absent: []string{"matched no test"},
+		},
+		{
 			name:   "a bad test flag fails",
 			runs:   []run{{"go test -count=1 ./ok -args -bogus", recorded(t, "badtestflag"), 1}},
 			status: 1,
