@@ -234,6 +234,7 @@ func (a *receiverActor) fetchOutcome(ctx actor.Context, m fetchOutcome) {
 		eff = c.receiver.FetchInvalid(m.tok, now())
 	default:
 		c.updateStats(func(s *ChannelStats) { s.FetchFailures++ })
+		c.n.log.Debug().Str("channel", c.name).Err(m.err).Dur("elapsed", m.elapsed).Msg("fetch failed")
 		eff = c.receiver.FetchFailed(m.tok, now())
 	}
 	a.exec(ctx, eff)

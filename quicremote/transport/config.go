@@ -78,21 +78,22 @@ type Config struct {
 	// slots without saying what it wants. Default 5 s.
 	HeaderTimeout time.Duration
 
-	// ProgressTimeout is how long a frame in transit may go without moving
-	// one chunk (16 KiB) further: a request or response payload we read
-	// (or the end of a request), a stream frame once its length arrived,
-	// and a request or response we write. A write that stalls means the
-	// peer stopped reading (its flow control holds us); a read that stalls
-	// means it stopped sending part way. Either way the stream is reset,
-	// what it held of the peer's budget is given back, and it is counted
-	// (StalledWrites, or GarbageFrames for reads). Not applied to writes
-	// on long-lived streams, where a reader that falls behind is the
-	// intended pushback (Stream.Send takes a context instead), nor to the
-	// wait for a handler's answer. Default 10 s: the floor it sets,
-	// 1.6 KB/s, is below what a link at 20% loss and 150 ms one-way still
-	// moves, so only a peer that stopped reading (or sending) is cut off;
-	// what such a peer holds meanwhile is bounded by MaxBytesPerPeer, not
-	// by this timeout.
+	// ProgressTimeout is the period in which a frame in transit must move
+	// at least 1 KiB (or reach its end): a request or response payload we
+	// read (or the end of a request), a stream frame once its length
+	// arrived, and a request or response we write. A write that stalls
+	// means the peer stopped reading (its flow control holds us); a read
+	// that stalls means it stopped sending part way. Either way the stream
+	// is reset, what it held of the peer's budget is given back, and it is
+	// counted (StalledWrites, or GarbageFrames for reads). Not applied to
+	// writes on long-lived streams, where a reader that falls behind is
+	// the intended pushback (Stream.Send takes a context instead), nor to
+	// the wait for a handler's answer. Default 10 s, so the floor is
+	// 100 B/s per stream: a link at 20% loss and 150 ms one-way shared by
+	// a dozen fetches moves each faster than that, and only a peer that
+	// stopped reading (or sending) is cut off, within one to three
+	// periods. What a slow peer holds meanwhile is bounded by
+	// MaxBytesPerPeer, not by this timeout.
 	ProgressTimeout time.Duration
 
 	// MaxPendingHandshakes bounds incoming QUIC handshakes in progress

@@ -44,12 +44,16 @@
 // above its MaxResponse from the length alone.
 //
 // Bytes in transit must keep moving. An incoming stream has HeaderTimeout
-// to deliver its header and frame length; after that every 16 KiB of a
-// payload we read (request, response, stream frame) and of a request or
-// response we write must move within ProgressTimeout, or the stream is
-// reset and counted: a stalled read as a garbage frame, a stalled write
-// (the peer stopped reading) in StalledWrites. Only the wait for a handler
-// and writes on long-lived streams are exempt.
+// to deliver its header and frame length; after that a payload we read
+// (request, response, stream frame) or a request or response we write
+// must move at least 1 KiB (or to its end) in every period of
+// ProgressTimeout, or the stream is reset and counted: a stalled read as
+// a garbage frame, a stalled write (the peer stopped reading) in
+// StalledWrites. A peer that stops is cut off within one to three periods
+// (the period in which its windows filled still moved bytes). The floor
+// is low on purpose: on a lossy link shared by many streams each moves
+// slowly, and slow is not stalled. Only the wait for a handler and writes
+// on long-lived streams are exempt.
 //
 // # Streams
 //

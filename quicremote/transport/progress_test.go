@@ -191,3 +191,49 @@ func readRequestFrame(r io.Reader) (kind byte, protocol string, payload []byte, 
 	}
 	return decodeRequest(b, 1<<20)
 }
+
+// A peer that reads a response slowly but steadily is served to the end:
+// the progress rule cuts off a reader that stopped, not one on a link
+// that moves little per stream (a lossy link shared by many streams).
+// Here the client's stream window is 4 KiB and it reads 2 KiB every 4 s
+// (500 B/s, under the 16 KiB per ProgressTimeout the rule once asked
+// for, which reset this stream after 10 s).
+func TestSlowSteadyReaderIsServed(t *testing.T) {
+	simTest(t, 2, DefaultConfig(), func(t *testing.T, c *cluster) {
+		b, conn, closeRaw := rawAgainstNode1(t, c, &quic.Config{
+			MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: c.cfg.KeepAlive,
+			InitialStreamReceiveWindow: 4 << 10, MaxStreamReceiveWindow: 4 << 10,
+		})
+		defer closeRaw()
+		const size = 64 << 10
+		str, err := conn.OpenStreamSync(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := str.Write(append(appendRequestHeader(nil, kindCall, "echo", size), make([]byte, size)...)); err != nil {
+			t.Fatal(err)
+		}
+		str.Close()
+		start := time.Now()
+		var got int
+		buf := make([]byte, 2<<10)
+		for {
+			time.Sleep(4 * time.Second)
+			n, err := io.ReadFull(str, buf)
+			got += n
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d bytes in %v: %v", got, time.Since(start), err)
+			}
+		}
+		if got < size {
+			t.Fatalf("read %d bytes of a %d-byte answer", got, size)
+		}
+		if st := b.rpc.(*Transport).Stats(c.nodes[0].id.ID); st.StalledWrites != 0 {
+			t.Errorf("stalled writes counted %d, want 0", st.StalledWrites)
+		}
+		t.Logf("%d bytes read at 500 B/s in %v", got, time.Since(start).Round(time.Second))
+	})
+}
