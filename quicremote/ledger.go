@@ -53,6 +53,21 @@ type targetCharges struct {
 	head int
 }
 
+// takeBeyond removes and returns the oldest charges beyond the newest
+// keep, those of messages the actor has taken. keep comes from the
+// mailbox's counter, which protoactor's default mailbox moves after the
+// message itself: a reader can see -1 there, and more than the queue
+// holds. The returned slice is valid until the next call.
+func (tc *targetCharges) takeBeyond(keep int) []queuedCharge {
+	n := len(tc.q) - tc.head - max(0, keep)
+	if n <= 0 {
+		return nil
+	}
+	out := tc.q[tc.head : tc.head+n]
+	tc.head += n
+	return out
+}
+
 type queuedCharge struct {
 	peer membership.NodeID
 	cost int
@@ -122,9 +137,24 @@ func (l *queueLedger) add(owed []owedCharge) {
 // settle gives back the charges of messages their actors have taken (and
 // of actors that are gone), and returns the bytes given back.
 func (l *queueLedger) settle() int {
+	back, total := l.collect()
+	if total > 0 {
+		l.bytes.Add(-int64(total))
+		for peer, n := range back {
+			l.r.rpc.Release(peer, n)
+		}
+	}
+	return total
+}
+
+// collect removes the charges settle gives back, per peer. The lock is
+// released by a defer: a panic here must not leave the ledger locked for
+// releaseAll, or Close would wait on it forever.
+func (l *queueLedger) collect() (map[membership.NodeID]int, int) {
 	back := make(map[membership.NodeID]int)
 	total := 0
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	for id, tc := range l.targets {
 		keep := 0
 		if tc.mb != nil {
@@ -132,10 +162,7 @@ func (l *queueLedger) settle() int {
 				keep = tc.mb.UserMessageCount()
 			}
 		}
-		for len(tc.q)-tc.head > keep {
-			c := tc.q[tc.head]
-			tc.q[tc.head] = queuedCharge{}
-			tc.head++
+		for _, c := range tc.takeBeyond(keep) {
 			back[c.peer] += c.cost
 			total += c.cost
 			l.n--
@@ -148,14 +175,7 @@ func (l *queueLedger) settle() int {
 			tc.head = 0
 		}
 	}
-	l.mu.Unlock()
-	if total > 0 {
-		l.bytes.Add(-int64(total))
-		for peer, n := range back {
-			l.r.rpc.Release(peer, n)
-		}
-	}
-	return total
+	return back, total
 }
 
 // releaseAll gives back every charge (the remote is closing).

@@ -62,7 +62,7 @@ func TestAttackUnreadFetchAnswers(t *testing.T) {
 		// victim reset is replaced at once.
 		replaced := 0
 		// Long enough for unread writes to meet the progress timeout.
-		attack := max(attackFor(30*time.Second), tcfg.ProgressTimeout+5*time.Second)
+		attack := max(attackFor(30*time.Second), 3*tcfg.ProgressTimeout+5*time.Second) // a stopped reader goes within three periods
 		for start := time.Now(); time.Since(start) < attack; time.Sleep(500 * time.Millisecond) {
 			for i, str := range strs {
 				reset, err := streamResetBy(str)
