@@ -33,7 +33,7 @@ print()
 print("| workload | reps | load | before deliveries/s | after deliveries/s | GossipSub deliveries/s | after / GossipSub | p50 ms before / after / GossipSub | p99 ms before / after / GossipSub |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for args, d in runs.items():
-    if "1024" not in args: continue
+    if "-size 1024 " not in args + " ": continue
     b, a, gs = byrep(d["before"]), byrep(d["after"]), byrep(d["gossipsub"])
     reps = sorted(set(b) & set(a) & set(gs))
     if not reps: continue

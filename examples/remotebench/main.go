@@ -14,11 +14,16 @@
 //
 // The server is this program re-executed as a child process.
 //
-//	go run ./examples/remotebench [-n 1000000] [-round 10000] [-rt 5000] [-impl quic,grpc] [-reps 1]
+//	go run ./examples/remotebench [-n 1000000] [-round 10000] [-rt 5000] [-impl quic,grpc] [-reps 1] [-json]
+//
+// With -json every run is also one JSON line on stdout (bench "remote",
+// see jsonLine) and the table goes to stderr, so the output can be
+// appended to the JSON lines examples/bench/run.sh collects.
 package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -330,6 +335,7 @@ func main() {
 	rts := flag.Int("rt", 5000, "sequential round trips per implementation")
 	impls := flag.String("impl", "quic,grpc", "implementations to measure, comma separated")
 	reps := flag.Int("reps", 1, "repeat each measurement and print every run")
+	jsonOut := flag.Bool("json", false, "print one JSON line per run on stdout and the table on stderr")
 	cpuProfile = flag.String("cpuprofile", "", "write CPU profiles to this path (the server child adds .server.<impl>)")
 	memProfile = flag.String("memprofile", "", "write allocation profiles to this path at exit (the server child adds .server.<impl>)")
 	flag.Parse()
@@ -357,9 +363,13 @@ func main() {
 		}
 		return
 	}
-	fmt.Printf("GOMAXPROCS=%d %s/%s %s; %d one-way 100-byte messages in rounds of %d, %d sequential round trips\n",
+	table := io.Writer(os.Stdout)
+	if *jsonOut {
+		table = os.Stderr
+	}
+	fmt.Fprintf(table, "GOMAXPROCS=%d %s/%s %s; %d one-way 100-byte messages in rounds of %d, %d sequential round trips\n",
 		runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version(), *n, *round, *rts)
-	fmt.Printf("%-6s %14s %10s %10s %12s %12s %12s %10s  %s\n", "remote", "one-way msg/s", "cpu/msg", "allocs/msg", "rt p50", "rt p99", "rt/s", "cpu/rt", "notes")
+	fmt.Fprintf(table, "%-6s %14s %10s %10s %12s %12s %12s %10s  %s\n", "remote", "one-way msg/s", "cpu/msg", "allocs/msg", "rt p50", "rt p99", "rt/s", "cpu/rt", "notes")
 	var rates, p50s = map[string][]float64{}, map[string][]float64{}
 	for rep := 0; rep < *reps; rep++ {
 		for _, impl := range strings.Split(*impls, ",") {
@@ -370,12 +380,20 @@ func main() {
 			}
 			rates[impl] = append(rates[impl], r.oneWay)
 			p50s[impl] = append(p50s[impl], float64(r.p50))
-			fmt.Printf("%-6s %14.0f %10v %10d %12v %12v %12.0f %10v  %s\n", r.impl, r.oneWay, r.perMsg.cpu, r.perMsg.mallocs,
+			if *jsonOut {
+				line, err := r.jsonLine(*n, *round, *rts)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					os.Exit(1)
+				}
+				fmt.Println(line)
+			}
+			fmt.Fprintf(table, "%-6s %14.0f %10v %10d %12v %12v %12.0f %10v  %s\n", r.impl, r.oneWay, r.perMsg.cpu, r.perMsg.mallocs,
 				r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.rtPerSecond, r.rtCPU.Round(100*time.Nanosecond), r.notes)
 		}
 	}
 	if q, g := rates["quic"], rates["grpc"]; len(q) > 0 && len(g) > 0 {
-		fmt.Printf("quic/grpc (medians): one-way %.2f, rt p50 %.2f\n", median(q)/median(g), median(p50s["quic"])/median(p50s["grpc"]))
+		fmt.Fprintf(table, "quic/grpc (medians): one-way %.2f, rt p50 %.2f\n", median(q)/median(g), median(p50s["quic"])/median(p50s["grpc"]))
 	}
 	if *memProfile != "" {
 		if err := writeMemProfile(*memProfile); err != nil {
@@ -383,6 +401,31 @@ func main() {
 			os.Exit(1)
 		}
 	}
+}
+
+// jsonLine is r as one JSON line for examples/bench/plot.py and table.py:
+// bench "remote", system the implementation (quic or grpc), durations in
+// microseconds, CPU per message or round trip of both processes together.
+func (r result) jsonLine(n, round, rts int) (string, error) {
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	b, err := json.Marshal(struct {
+		Bench          string  `json:"bench"`
+		System         string  `json:"system"`
+		N              int     `json:"n"`
+		Round          int     `json:"round"`
+		RoundTrips     int     `json:"rt"`
+		GOMAXPROCS     int     `json:"gomaxprocs"`
+		OneWayPerS     float64 `json:"one_way_msgs_per_s"`
+		CPUPerMsgUs    float64 `json:"cpu_us_per_msg"`
+		AllocsPerMsg   uint64  `json:"allocs_per_msg"`
+		RoundTripP50Us float64 `json:"rt_p50_us"`
+		RoundTripP99Us float64 `json:"rt_p99_us"`
+		RoundTripsPerS float64 `json:"rt_per_s"`
+		CPUPerRTUs     float64 `json:"cpu_us_per_rt"`
+		Notes          string  `json:"notes,omitempty"`
+	}{"remote", r.impl, n, round, rts, runtime.GOMAXPROCS(0), r.oneWay, us(r.perMsg.cpu), r.perMsg.mallocs,
+		us(r.p50), us(r.p99), r.rtPerSecond, us(r.rtCPU), r.notes})
+	return string(b), err
 }
 
 func median(xs []float64) float64 {
