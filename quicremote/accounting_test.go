@@ -10,6 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/proto/abcastpb"
 	"github.com/abcast/abcast/quicremote"
 	"github.com/abcast/abcast/quicremote/transport"
@@ -92,7 +93,7 @@ func TestSecQueuedMessagesChargedUntilTaken(t *testing.T) {
 		}
 		// The ledger looks at the mailboxes every few milliseconds: poll.
 		unblock()
-		waitUntil(t, time.Second, "the charges to come back once the actors took their messages", func() bool {
+		poll.Until(t, time.Second, "the charges to come back once the actors took their messages", func() bool {
 			return budget.held.Load() == 0 && a.remote.Stats().QueuedBytes == 0
 		})
 	})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/abcast/abcast/actors/actorkit"
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/quicremote/transport"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -213,25 +214,12 @@ func (c *rcluster) waitMesh() {
 func (c *rcluster) eventually(what string, cond func() bool) {
 	c.t.Helper()
 	if !c.bubble {
-		waitUntil(c.t, 20*time.Second, what, cond)
+		poll.Until(c.t, 20*time.Second, what, cond)
 		return
 	}
 	synctest.Wait()
 	if !cond() {
 		c.t.Fatalf("%s: not so once everything settled", what)
-	}
-}
-
-// waitUntil polls cond until it holds or timeout passes (for clusters on
-// real QUIC, whose sockets are outside any bubble).
-func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/proto/abcastpb"
 	"github.com/abcast/abcast/quicremote"
@@ -235,7 +236,7 @@ func TestSecDecodedCopiesChargedToPeerBudget(t *testing.T) {
 		}
 		// The small message's charge comes back once the ledger sees the
 		// collector took it.
-		waitUntil(t, time.Second, "everything charged given back", func() bool { return budget.held.Load() == 0 })
+		poll.Until(t, time.Second, "everything charged given back", func() bool { return budget.held.Load() == 0 })
 		if n := a.remote.Stats().DeadLetters[quicremote.DeadLetterDecodeLimit]; n != 1 {
 			t.Fatalf("%d decode-limit dead letters, want 1", n)
 		}

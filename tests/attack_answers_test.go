@@ -12,8 +12,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 )
 
 // Issue 16, findings 1 and 4, against whole nodes: the compromised member
@@ -45,11 +45,11 @@ func TestAttackUnreadFetchAnswers(t *testing.T) {
 		hl := a.startHonest(100*time.Millisecond, 500, 20_000)
 		const streams = 64
 		open := func(i int) *quic.Stream {
-			req, err := wire.EncodeFetchRequest(wire.FetchRequest{ID: big.ID, Chunk: i % chunks})
+			req, err := abcasttest.EncodeFetchRequest(abcasttest.FetchRequest{ID: big.ID, Chunk: i % chunks})
 			must(t, err)
 			str, err := conn.OpenStreamSync(context.Background())
 			must(t, err)
-			_, err = str.Write(rawRequestFrame(kindCall, "abcast/"+hostileChannel+"/fetch", req))
+			_, err = str.Write(rawRequestFrame(kindCall, abcasttest.FetchProtocol(hostileChannel), req))
 			must(t, err)
 			must(t, str.Close())
 			return str
@@ -150,9 +150,9 @@ func TestAttackOversizedAnswers(t *testing.T) {
 			}
 			return nil
 		}
-		must(t, push(wire.HelloProtocol, wire.EncodeHello(1, []string{hostileChannel})))
+		must(t, push(abcasttest.HelloProtocol, abcasttest.EncodeHello(1, hostileChannel)))
 		for i := range 8 {
-			must(t, push("abcast/"+hostileChannel+"/update", advert(uint64(i)+1, uint64(i), fmt.Sprintf("liar-%d", i), nil)))
+			must(t, push(abcasttest.UpdateProtocol(hostileChannel), advert(uint64(i)+1, uint64(i), fmt.Sprintf("liar-%d", i), nil)))
 		}
 
 		a.startSampling(250 * time.Millisecond)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 )
 
@@ -43,7 +42,7 @@ func (h *hostileArtifact) chunkData(i int) []byte {
 }
 
 func (h *hostileArtifact) advert(commit, slot uint64) []byte {
-	msg, err := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindAdvert,
+	msg, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindAdvert,
 		Artifact: broadcast.Artifact{ID: h.id}, Digest: h.man.Digest()})
 	if err != nil {
 		panic(err)
@@ -76,17 +75,17 @@ func TestAttackFetchWithheldLastChunks(t *testing.T) {
 		// Manifests on the fetch protocol, chunks (bare bytes) on the
 		// chunk protocol, as a node serves them.
 		must(t, a.raw.Handle(abcasttest.FetchProtocol(hostileChannel), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
-			r, err := wire.DecodeFetchRequest(req, cfg.Wire)
+			r, err := abcasttest.DecodeFetchRequest(req)
 			if err != nil {
 				return nil, err
 			}
 			if h := arts[r.ID]; h != nil && r.Chunk == broadcast.ManifestPart {
-				return wire.EncodeFetchManifest(h.man, nil)
+				return abcasttest.EncodeFetchManifest(h.man, nil)
 			}
-			return wire.EncodeFetchNotFound()
+			return abcasttest.EncodeFetchNotFound()
 		}, 0))
 		must(t, a.raw.Handle(abcasttest.ChunkProtocol(hostileChannel), func(ctx context.Context, _ membership.NodeID, req []byte) ([]byte, error) {
-			r, err := wire.DecodeFetchRequest(req, cfg.Wire)
+			r, err := abcasttest.DecodeFetchRequest(req)
 			if err != nil {
 				return nil, err
 			}
@@ -108,7 +107,7 @@ func TestAttackFetchWithheldLastChunks(t *testing.T) {
 		slot := uint64(0)
 		for _, h := range arts {
 			slot++
-			must(t, a.raw.Push(context.Background(), a.victimID(), "abcast/"+hostileChannel+"/update", h.advert(slot, slot)))
+			must(t, a.raw.Push(context.Background(), a.victimID(), abcasttest.UpdateProtocol(hostileChannel), h.advert(slot, slot)))
 		}
 		// The attack lasts 30 s of virtual time: every fetch the victim
 		// runs for the hostile member gets everything but its last chunk.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/quicremote/transport"
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -38,12 +37,12 @@ func TestAttackPushLarge(t *testing.T) {
 		case raceBuild:
 			size = 512 << 10 // still twice MaxPushSize
 		}
-		frame, err := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 1, Kind: broadcast.KindPush,
+		frame, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: 1, Slot: 1, Kind: broadcast.KindPush,
 			Artifact: broadcast.Artifact{ID: "huge", Payload: make([]byte, size), LatencySensitive: true}})
 		must(t, err)
 
 		push := func() error {
-			return a.raw.Push(context.Background(), a.victimID(), "abcast/"+hostileChannel+"/update", frame)
+			return a.raw.Push(context.Background(), a.victimID(), abcasttest.UpdateProtocol(hostileChannel), frame)
 		}
 		// What one push costs the victim, pushes one at a time: reading
 		// its frame, and no copy of the payload. The reference is a frame
@@ -63,8 +62,8 @@ func TestAttackPushLarge(t *testing.T) {
 			runtime.ReadMemStats(&after)
 			return float64(after.TotalAlloc-before.TotalAlloc) / n
 		}
-		refCost := perFrame(wire.HelloProtocol, ref)
-		pushCost := perFrame("abcast/"+hostileChannel+"/update", frame)
+		refCost := perFrame(abcasttest.HelloProtocol, ref)
+		pushCost := perFrame(abcasttest.UpdateProtocol(hostileChannel), frame)
 		t.Logf("an oversized push of %.1f MiB allocates %.2f MiB in the process, a frame of the same size refused undecoded %.2f MiB: %.2f × the frame more",
 			mib(uint64(size)), pushCost/(1<<20), refCost/(1<<20), (pushCost-refCost)/float64(size))
 		if pushCost-refCost > 0.5*float64(size) {

@@ -35,7 +35,7 @@ func TestAttackHeaderOnlyStreams(t *testing.T) {
 		conn := a.dialRaw()
 		// The update protocol takes more handlers per peer than the
 		// connection has streams, so every stream waits for its length.
-		header := rawRequestFrame(kindPush, "abcast/"+hostileChannel+"/update", nil)
+		header := rawRequestFrame(kindPush, abcasttest.UpdateProtocol(hostileChannel), nil)
 		header = header[:len(header)-4] // no frame length
 		open := func() *quic.Stream {
 			ctx, cancel := context.WithTimeout(context.Background(), tcfg.HeaderTimeout+5*time.Second)
@@ -107,7 +107,7 @@ func TestAttackSlotsAcrossConnections(t *testing.T) {
 				wg.Go(func() {
 					for i := w; i < limit; i += 64 {
 						id := fmt.Sprintf("%0*d", cfg.Receiver.MaxIDLen, first+i)
-						if raw.Push(context.Background(), a.victimID(), "abcast/"+hostileChannel+"/update", advert(uint64(i)+1, uint64(slot+i), id, attr)) == nil {
+						if raw.Push(context.Background(), a.victimID(), abcasttest.UpdateProtocol(hostileChannel), advert(uint64(i)+1, uint64(slot+i), id, attr)) == nil {
 							accepted.Add(1)
 						}
 					}

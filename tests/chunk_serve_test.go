@@ -11,7 +11,6 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/quicremote/transport"
 )
 
@@ -42,9 +41,9 @@ func TestFetchChunkServedBare(t *testing.T) {
 		ch.AssertDelivered(t, time.Minute)
 		man := broadcast.Describe(payload, broadcast.MinChunkSize)
 		ask := func(digest broadcast.Digest, chunk int) ([]byte, error) {
-			req, err := wire.EncodeFetchRequest(wire.FetchRequest{ID: "multi", Digest: digest, Chunk: chunk})
+			req, err := abcasttest.EncodeFetchRequest(abcasttest.FetchRequest{ID: "multi", Digest: digest, Chunk: chunk})
 			must(t, err)
-			return raw.Call(t.Context(), s.ID(0), "abcast/ch/chunk", req)
+			return raw.Call(t.Context(), s.ID(0), abcasttest.ChunkProtocol("ch"), req)
 		}
 		for i := range man.Chunks() {
 			got, err := ask(man.Digest(), i)

@@ -6,11 +6,8 @@ import (
 	"testing/synctest"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
-
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/quicremote/transport"
 )
 
@@ -35,25 +32,21 @@ func TestSecurityUpdateStreamRefusesPerUpdate(t *testing.T) {
 		}))
 		must(t, abcasttest.Announce(t.Context(), raw, s.ID(0), "ch"))
 		push := func(commit, slot uint64, id string) []byte {
-			b, err := wire.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindPush,
+			b, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindPush,
 				Artifact: broadcast.Artifact{ID: broadcast.ArtifactID(id), Payload: []byte("payload of " + id)}})
 			must(t, err)
 			return b
 		}
-		var frame []byte
-		for i, u := range [][]byte{push(1, 0, "good-1"), {0xff, 0xff, 0xff}, push(2, 1, "good-2")} {
-			frame = protowire.AppendBytes(protowire.AppendVarint(frame, uint64(i+1)), u)
-		}
-		str, err := raw.OpenStream(t.Context(), s.ID(0), "abcast/ch/updates")
+		frame := abcasttest.EncodeUpdateBatch(1, push(1, 0, "good-1"), []byte{0xff, 0xff, 0xff}, push(2, 1, "good-2"))
+		str, err := raw.OpenStream(t.Context(), s.ID(0), abcasttest.UpdatesProtocol("ch"))
 		must(t, err)
 		must(t, str.Send(t.Context(), frame))
 		ack, err := str.Recv()
 		must(t, err)
-		through, n := protowire.ConsumeVarint(ack)
-		count, m := protowire.ConsumeVarint(ack[n:])
-		seq, _ := protowire.ConsumeVarint(ack[n+m:])
-		if through != 3 || count != 1 || seq != 2 {
-			t.Fatalf("acknowledgement through %d with %d refused (first %d), want through 3 refusing 2", through, count, seq)
+		through, refused, err := abcasttest.DecodeUpdateAck(ack)
+		must(t, err)
+		if _, two := refused[2]; through != 3 || len(refused) != 1 || !two {
+			t.Fatalf("acknowledgement through %d refusing %v, want through 3 refusing 2", through, refused)
 		}
 		must(t, abcasttest.Eventually(time.Minute, func() error {
 			for _, id := range []broadcast.ArtifactID{"good-1", "good-2"} {
@@ -67,7 +60,7 @@ func TestSecurityUpdateStreamRefusesPerUpdate(t *testing.T) {
 			t.Fatalf("invalid updates counted against the member: %d, want 1", st.Invalid)
 		}
 		// Numbering that skips: the stream is reset and it counts.
-		bad := protowire.AppendBytes(protowire.AppendVarint(nil, 7), push(3, 2, "never"))
+		bad := abcasttest.EncodeUpdateBatch(7, push(3, 2, "never"))
 		must(t, str.Send(t.Context(), bad))
 		if _, err := str.Recv(); err == nil {
 			t.Fatal("stream survived a batch that broke its numbering")

@@ -57,5 +57,8 @@
 //
 // Raw starts a bare transport as a member instead of a node, for tests
 // that speak the wire protocol themselves; Announce makes it announce
-// channels as a node would.
+// channels as a node would, and the protocol names and encodings
+// (UpdateProtocol, EncodeSlotUpdate, EncodeUpdateBatch, DecodeFetchResponse
+// and the rest of rawwire.go) are here too, so such tests need no internal
+// package.
 package abcasttest

@@ -1,6 +1,11 @@
 package abcasttest
 
 import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/broadcast"
 	"github.com/abcast/abcast/internal/wire"
@@ -28,6 +33,79 @@ func ChunkProtocol(channel string) string { return "abcast/" + channel + "/chunk
 // UpdatesProtocol is the transport protocol of channel's update stream
 // (OpenStream), on which small updates travel in batches.
 func UpdatesProtocol(channel string) string { return "abcast/" + channel + "/updates" }
+
+// HelloProtocol is the transport protocol on which a member announces the
+// channels it has open (Push); Announce speaks it for a Raw transport.
+const HelloProtocol = wire.HelloProtocol
+
+// EncodeHello encodes an announcement of channels, for a member that
+// speaks the transport itself rather than through Raw (use Announce with
+// Raw). version must be positive and grow with each announcement on one
+// connection: a node applies only a newer one.
+func EncodeHello(version uint64, channels ...string) []byte {
+	return wire.EncodeHello(version, channels)
+}
+
+// EncodeUpdateBatch encodes one frame of a member's update stream
+// (UpdatesProtocol): updates (each an EncodeSlotUpdate encoding) numbered
+// first, first+1, ... . A stream's first frame starts at 1 and each frame
+// continues where the previous one ended; a node resets a stream whose
+// numbering skips, and refuses a batch above 256 updates or an update above
+// 16 KiB. The format belongs to package actors (update_stream.go), which
+// keeps it unexported; this encoder follows it for tests of hostile
+// members.
+func EncodeUpdateBatch(first uint64, updates ...[]byte) []byte {
+	var frame []byte
+	for i, u := range updates {
+		frame = protowire.AppendVarint(frame, first+uint64(i))
+		frame = protowire.AppendBytes(frame, u)
+	}
+	return frame
+}
+
+// ErrBadUpdateAck is what DecodeUpdateAck returns for bytes that are not
+// an acknowledgement.
+var ErrBadUpdateAck = errors.New("abcasttest: bad update stream acknowledgement")
+
+// DecodeUpdateAck decodes a node's answer on an update stream: every
+// update numbered up to through was handled, and refused maps those it
+// refused to the node's reason (nil when none was).
+func DecodeUpdateAck(b []byte) (through uint64, refused map[uint64]string, err error) {
+	next := func(what string) (uint64, error) {
+		v, n := protowire.ConsumeVarint(b)
+		if n < 0 {
+			return 0, fmt.Errorf("%w: %s", ErrBadUpdateAck, what)
+		}
+		b = b[n:]
+		return v, nil
+	}
+	if through, err = next("through"); err != nil {
+		return 0, nil, err
+	}
+	count, err := next("count")
+	if err != nil {
+		return 0, nil, err
+	}
+	for range count {
+		seq, err := next("refused sequence")
+		if err != nil {
+			return 0, nil, err
+		}
+		why, n := protowire.ConsumeString(b)
+		if n < 0 {
+			return 0, nil, fmt.Errorf("%w: reason of %d", ErrBadUpdateAck, seq)
+		}
+		b = b[n:]
+		if refused == nil {
+			refused = map[uint64]string{}
+		}
+		refused[seq] = why
+	}
+	if len(b) != 0 {
+		return 0, nil, fmt.Errorf("%w: %d trailing bytes", ErrBadUpdateAck, len(b))
+	}
+	return through, refused, nil
+}
 
 // FetchRequest asks for an artifact's manifest (Chunk ==
 // broadcast.ManifestPart) or one of its chunks.

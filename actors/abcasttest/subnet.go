@@ -14,7 +14,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/abcast/abcast/actors"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -600,5 +599,5 @@ var helloVersions atomic.Uint64
 // node does when it opens them: the peer accepts slot updates on a
 // channel only from members that announced it on their connection.
 func Announce(ctx context.Context, rpc transport.RPC, peer membership.NodeID, channels ...string) error {
-	return rpc.Push(ctx, peer, wire.HelloProtocol, wire.EncodeHello(helloVersions.Add(1)+1, channels))
+	return rpc.Push(ctx, peer, HelloProtocol, EncodeHello(helloVersions.Add(1)+1, channels...))
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/abcast/abcast/actors"
 	"github.com/abcast/abcast/actors/abcasttest"
 	"github.com/abcast/abcast/broadcast"
+	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // The package example, run.
@@ -101,6 +102,69 @@ func TestRestartLossLatencyAndAbort(t *testing.T) {
 		ch.AssertDelivered(t, 2*time.Minute)
 		if d := ch.Recorder(2).Deliveries("0-0"); d != 2 {
 			t.Fatalf("restarted node delivered 0-0 %d times over two lives, want 2", d)
+		}
+	})
+}
+
+// Stop is a clean shutdown and Kill a crash, as the Subnet's docs say:
+// after Stop the peers see the node go at once (its connection close
+// arrives); after Kill nothing it sends on the way out arrives, so they
+// see it go only once their idle timeout expires.
+func TestKillSendsNoGoodbyeUnlikeStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tcfg := transport.DefaultConfig()
+		s := abcasttest.NewSubnet(t, 3, abcasttest.Options{Latency: 10 * time.Millisecond, Transport: tcfg})
+		s.StartAll()
+		// seesUp: node 0 has a connection to node j up.
+		seesUp := func(j int) bool {
+			for _, p := range s.Node(0).Peers() {
+				if p.ID == s.ID(j) {
+					return p.Up
+				}
+			}
+			return false
+		}
+		if err := abcasttest.Eventually(time.Minute, func() error {
+			for j := 1; j < 3; j++ {
+				if !seesUp(j) {
+					return fmt.Errorf("node 0 does not see node %d up", j)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// goneAfter ends node j with end and returns how long node 0 took
+		// to see it go.
+		goneAfter := func(j int, end func(int)) time.Duration {
+			start := time.Now()
+			end(j)
+			if err := abcasttest.Eventually(3*tcfg.IdleTimeout, func() error {
+				if seesUp(j) {
+					return fmt.Errorf("node 0 still sees node %d up", j)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			return time.Since(start)
+		}
+		stopped := goneAfter(1, s.Stop)
+		cut := s.Network().Stats().DroppedCut
+		killed := goneAfter(2, s.Kill)
+		dropped := s.Network().Stats().DroppedCut - cut
+		t.Logf("node 0 saw the stopped node go after %v, the killed one after %v (idle timeout %v, keep-alive %v); %d packets of the killed node's way out dropped",
+			stopped, killed, tcfg.IdleTimeout, tcfg.KeepAlive, dropped)
+		if stopped >= tcfg.KeepAlive {
+			t.Errorf("after Stop node 0 saw node 1 go only after %v: its goodbye did not arrive", stopped)
+		}
+		// The last packet from the killed node arrived at most a
+		// keep-alive before it died.
+		if killed < tcfg.IdleTimeout-tcfg.KeepAlive {
+			t.Errorf("after Kill node 0 saw node 2 go after %v, before its idle timeout (%v) could expire: something said goodbye", killed, tcfg.IdleTimeout)
+		}
+		if dropped == 0 {
+			t.Error("Kill dropped nothing that node 2 sent on its way out")
 		}
 	})
 }
