@@ -301,7 +301,7 @@ func (in *inStream) uncharge(n int) { in.credit += n }
 // mailbox charged to the peer: the ledger gives them back once the actor
 // took it.
 func (in *inStream) owe(id string, proc actor.Process, mb actor.Mailbox, n int) {
-	in.owed = append(in.owed, owedCharge{id: id, proc: proc, mb: mb, queuedCharge: queuedCharge{peer: in.peer, cost: n}})
+	in.owed = append(in.owed, owedCharge{id: id, proc: proc, mb: mb, queuedCharge: queuedCharge{peer: in.peer, cost: n, n: 1}})
 }
 
 // handOver gives the batch's waiting messages' charges to the ledger.

@@ -3,7 +3,6 @@ package quicremote
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +38,7 @@ type queueLedger struct {
 
 	mu      sync.Mutex
 	targets map[string]*targetCharges
-	n       int // entries held, all targets
+	n       int // messages held, all targets
 	// bytes charged now, for Stats.
 	bytes atomic.Int64
 	wake  chan struct{}
@@ -49,28 +48,61 @@ type queueLedger struct {
 type targetCharges struct {
 	proc actor.Process // the process they were put in: a new one with the same id does not hold them
 	mb   actor.Mailbox
-	q    []queuedCharge // oldest first, from head
+	// q holds runs of consecutive messages from one peer, oldest first,
+	// from head; msgs is how many messages they hold. A steady stream
+	// from one peer is one run, not one entry per message.
+	q    []queuedCharge
 	head int
+	msgs int
+	out  []queuedCharge // takeBeyond's result, reused
 }
 
-// takeBeyond removes and returns the oldest charges beyond the newest
-// keep, those of messages the actor has taken. keep comes from the
+// push adds one message's charge, joining the newest run if it is the
+// same peer's.
+func (tc *targetCharges) push(c queuedCharge) {
+	if k := len(tc.q) - 1; k >= tc.head && tc.q[k].peer == c.peer {
+		tc.q[k].cost += c.cost
+		tc.q[k].n += c.n
+	} else {
+		tc.q = append(tc.q, c)
+	}
+	tc.msgs += c.n
+}
+
+// takeBeyond removes and returns the charges of the oldest messages beyond
+// the newest keep, those the actor has taken. keep comes from the
 // mailbox's counter, which protoactor's default mailbox moves after the
 // message itself: a reader can see -1 there, and more than the queue
-// holds. The returned slice is valid until the next call.
+// holds. A run split in two gives back its cost pro rata (its messages
+// came from one peer in one stretch), the remainder with its last message.
+// The returned slice is valid until the next call.
 func (tc *targetCharges) takeBeyond(keep int) []queuedCharge {
-	n := len(tc.q) - tc.head - max(0, keep)
-	if n <= 0 {
-		return nil
+	k := tc.msgs - max(0, keep)
+	tc.out = tc.out[:0]
+	for k > 0 && tc.head < len(tc.q) {
+		run := &tc.q[tc.head]
+		if run.n <= k {
+			tc.out = append(tc.out, *run)
+			k -= run.n
+			tc.msgs -= run.n
+			tc.head++
+			continue
+		}
+		part := queuedCharge{peer: run.peer, n: k, cost: run.cost * k / run.n}
+		run.n -= k
+		run.cost -= part.cost
+		tc.msgs -= k
+		tc.out = append(tc.out, part)
+		k = 0
 	}
-	out := tc.q[tc.head : tc.head+n]
-	tc.head += n
-	return out
+	return tc.out
 }
 
+// queuedCharge is the cost of n messages from peer.
 type queuedCharge struct {
 	peer membership.NodeID
 	cost int
+	n    int
 }
 
 // owedCharge is a delivered message whose charge an incoming stream hands
@@ -81,6 +113,9 @@ type owedCharge struct {
 	mb   actor.Mailbox
 	queuedCharge
 }
+
+// maxKeptCharges bounds the array a drained target keeps for reuse.
+const maxKeptCharges = 4096
 
 // ledgerSweep is how often the ledger looks at the mailboxes it holds
 // charges for: the longest a charge outlives its message when the peer's
@@ -113,11 +148,11 @@ func (l *queueLedger) add(owed []owedCharge) {
 			// The id names a new actor: the old one's messages went
 			// with it.
 			back = append(back, tc.q[tc.head:]...)
-			l.n -= len(tc.q) - tc.head
+			l.n -= tc.msgs
 			*tc = targetCharges{proc: o.proc, mb: o.mb}
 		}
-		tc.q = append(tc.q, o.queuedCharge)
-		l.n++
+		tc.push(o.queuedCharge)
+		l.n += o.n
 		sum += int64(o.cost)
 	}
 	l.mu.Unlock()
@@ -156,22 +191,27 @@ func (l *queueLedger) collect() (map[membership.NodeID]int, int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for id, tc := range l.targets {
-		keep := 0
+		keep, alive := 0, false
 		if tc.mb != nil {
 			if p, ok := l.r.system.ProcessRegistry.GetLocal(id); ok && p == tc.proc {
-				keep = tc.mb.UserMessageCount()
+				keep, alive = tc.mb.UserMessageCount(), true
 			}
 		}
 		for _, c := range tc.takeBeyond(keep) {
 			back[c.peer] += c.cost
 			total += c.cost
-			l.n--
+			l.n -= c.n
 		}
 		switch {
+		case tc.head == len(tc.q) && alive && len(tc.q) <= maxKeptCharges:
+			// Drained, but its actor lives and will likely get more:
+			// keep the queue's array (a steady stream to one actor
+			// otherwise grew a new one after every sweep).
+			tc.q, tc.head = tc.q[:0], 0
 		case tc.head == len(tc.q):
 			delete(l.targets, id)
 		case tc.head > len(tc.q)/2:
-			tc.q = slices.Clone(tc.q[tc.head:])
+			tc.q = tc.q[:copy(tc.q, tc.q[tc.head:])]
 			tc.head = 0
 		}
 	}

@@ -1,6 +1,10 @@
 package quicremote
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/abcast/abcast/membership"
+)
 
 // The mailbox counter a settle reads can be -1 (protoactor's default
 // mailbox counts a message after pushing it, and its reader can take it
@@ -16,7 +20,8 @@ func TestTakeBeyondStaysInsideTheQueue(t *testing.T) {
 	} {
 		q := &targetCharges{}
 		for i := range tc.held {
-			q.q = append(q.q, queuedCharge{cost: i + 1})
+			// Alternating peers: runs of one message each.
+			q.push(queuedCharge{peer: membership.NodeID{byte(i % 2)}, cost: i + 1, n: 1})
 		}
 		got := q.takeBeyond(tc.keep)
 		if len(got) != tc.want {
@@ -27,11 +32,38 @@ func TestTakeBeyondStaysInsideTheQueue(t *testing.T) {
 				t.Errorf("held %d, keep %d: took cost %d at %d, want the oldest first", tc.held, tc.keep, c.cost, i)
 			}
 		}
-		if left := len(q.q) - q.head; left != tc.held-tc.want {
-			t.Errorf("held %d, keep %d: %d left, want %d", tc.held, tc.keep, left, tc.held-tc.want)
+		if q.msgs != tc.held-tc.want {
+			t.Errorf("held %d, keep %d: %d left, want %d", tc.held, tc.keep, q.msgs, tc.held-tc.want)
 		}
 		if again := q.takeBeyond(tc.keep); len(again) != 0 && tc.keep >= 0 {
 			t.Errorf("held %d, keep %d: a second call took %d more", tc.held, tc.keep, len(again))
 		}
+	}
+}
+
+// Consecutive messages from one peer share a run; taking part of a run
+// gives back its cost pro rata, and the whole cost comes back in the end.
+func TestChargesOfOnePeerShareARun(t *testing.T) {
+	a, b := membership.NodeID{1}, membership.NodeID{2}
+	q := &targetCharges{}
+	for range 10 {
+		q.push(queuedCharge{peer: a, cost: 10, n: 1})
+	}
+	q.push(queuedCharge{peer: b, cost: 7, n: 1})
+	if len(q.q) != 2 || q.msgs != 11 {
+		t.Fatalf("%d runs holding %d messages, want 2 holding 11", len(q.q), q.msgs)
+	}
+	back := map[membership.NodeID]int{}
+	for _, c := range q.takeBeyond(4) { // 7 taken: of a's 10
+		back[c.peer] += c.cost
+	}
+	if back[a] != 70 || back[b] != 0 || q.msgs != 4 {
+		t.Fatalf("gave back %v, %d left; want a 70, 4 left", back, q.msgs)
+	}
+	for _, c := range q.takeBeyond(0) {
+		back[c.peer] += c.cost
+	}
+	if back[a] != 100 || back[b] != 7 || q.msgs != 0 {
+		t.Fatalf("gave back %v, %d left; want a 100, b 7, none left", back, q.msgs)
 	}
 }
