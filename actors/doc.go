@@ -9,8 +9,9 @@
 // broadcast channels and actor messages alike: the actor remote
 // (package quicremote) is installed on the system when the node is
 // created, before anything is spawned, so every actor you spawn on
-// Node.System() has a PID the other members can Send, Request, Watch and
-// Stop, and PIDs of their actors work here.
+// Node.System() has a PID the other members can Send, Request and Watch
+// (and Stop, if they spawned it: see quicremote.Remote), and PIDs of their
+// actors work here.
 //
 //	node, _ := actors.NewNode(actors.DefaultConfig(), id, registry, sock, log)
 //	blocks, _ := node.NewChannel(actors.ChannelConfig{Name: "blocks", Admit: admit})

@@ -46,8 +46,13 @@
 // Later waits for Reevaluate, Drop never fetches. When an id's advertiser
 // set becomes empty its fetch is cancelled or, if delivered, it is
 // withdrawn, and the id is forgotten: advertised again later, it is
-// delivered again. Fetches and undelivered artifacts together use at most
-// DeliveryCredits; Consumed returns one, so a slow consumer pauses fetching.
+// delivered again. A fetch starts only while fetches and undelivered
+// artifacts together stay below DeliveryCredits (a peer's first download
+// needs only the undelivered ones below it, so peers that never serve
+// cannot starve the rest); a push is delivered while fewer than
+// DeliveryCredits deliveries wait, whatever fetches run. Consumed returns
+// a credit, so a slow consumer pauses fetching. Deliveries waiting never
+// exceed DeliveryCredits + MaxActiveFetches + the number of peers.
 //
 // # Fetching
 //
