@@ -27,7 +27,7 @@ type Config struct {
 	// receiver actor; past it the update is refused and the sender retries.
 	// Default 5 s.
 	HandlerTimeout time.Duration
-	// MailboxCapacity bounds the mailboxes of peer-link, fetch and consumer
+	// MailboxCapacity bounds the mailboxes of peer-link, fetch and channel
 	// actors (their senders never send more than the cores allow, so a
 	// refusal there means a bug or a stuck actor, and is counted).
 	// Default 1024.

@@ -35,7 +35,9 @@ type Artifact struct {
 	Attribute []byte
 	// Payload is the artifact's content.
 	Payload []byte
-	// LatencySensitive artifacts are always pushed whole, whatever their size.
+	// LatencySensitive artifacts are pushed whole up to the sender's
+	// MaxPushSize (whatever its PushThreshold); larger ones are advertised
+	// and fetched like any other, since receivers refuse pushes beyond it.
 	LatencySensitive bool
 }
 

@@ -92,8 +92,11 @@ func (r *replica) sign(ctx actor.Context, h uint64) {
 	r.count(ctx, h, fmt.Sprint(r.idx))
 }
 
-// count records a signature; a quorum finalizes the height: what older
-// heights needed is aborted, and we ask a peer's replica where it stands.
+// count records a signature; a quorum finalizes the height (and every
+// height below it: a replica that joined late never gets what the others
+// aborted once they finalized, and catches up on the first quorum it sees
+// instead): what older heights needed is aborted, and we ask a peer's
+// replica where it stands.
 func (r *replica) count(ctx actor.Context, h uint64, signer string) {
 	if h < r.height {
 		return
@@ -102,7 +105,13 @@ func (r *replica) count(ctx actor.Context, h uint64, signer string) {
 		r.signatures[h] = map[string]bool{}
 	}
 	r.signatures[h][signer] = true
-	for len(r.signatures[r.height]) >= quorum {
+	top := uint64(0)
+	for at, signers := range r.signatures {
+		if len(signers) >= quorum {
+			top = max(top, at)
+		}
+	}
+	for r.height <= top {
 		done := r.height
 		delete(r.signatures, done)
 		r.height++
