@@ -58,6 +58,9 @@ func (n *Node) sendHello(h broadcast.SendHello) {
 	}
 	msg := wire.EncodeHello(h.Version, h.Channels)
 	n.goTracked(func() {
+		if n.closing.Load() {
+			return // Close is taking the transport down; nobody is told
+		}
 		ctx, cancel := context.WithTimeout(n.ctx, helloTimeout)
 		err := n.rpc.Push(ctx, peer, wire.HelloProtocol, msg)
 		cancel()
