@@ -3,9 +3,6 @@ package tests
 import (
 	"context"
 	"fmt"
-	"io"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -104,35 +101,7 @@ func TestAttackOversizedAnswers(t *testing.T) {
 		// 32 MiB, or the largest frame the victim takes: a larger one is
 		// refused as too large whatever the request was.
 		body := min(32<<20, tcfg.MaxFrameSize)
-		var answered, written atomic.Int64
-		var serving sync.WaitGroup
-		serving.Go(func() {
-			for {
-				str, err := conn.AcceptStream(context.Background())
-				if err != nil {
-					return
-				}
-				serving.Go(func() {
-					if _, err := io.ReadAll(str); err != nil {
-						return
-					}
-					answered.Add(1)
-					if _, err := str.Write(rawResponseHeader(statusOK, body)); err != nil {
-						return
-					}
-					chunk := make([]byte, 256<<10)
-					_ = str.SetWriteDeadline(time.Now().Add(20 * time.Second))
-					for sent := 0; sent < body; sent += len(chunk) {
-						n, err := str.Write(chunk)
-						written.Add(int64(n))
-						if err != nil {
-							return
-						}
-					}
-					str.Close()
-				})
-			}
-		})
+		h := answerHuge(conn, body)
 		// Announce the channel and advertise ids, by hand, so that the
 		// victim sends updates to the member and fetches from it.
 		push := func(protocol string, payload []byte) error {
@@ -163,18 +132,18 @@ func TestAttackOversizedAnswers(t *testing.T) {
 		st := a.ch.On(a.victim).Stats()
 		ps := st.PeerStats[a.hostileID().String()]
 		t.Logf("the member answered %d of the victim's requests with %.0f MiB each and got %.1f MiB onto the wire; victim's transport counters %+v; channel: bad fetch answers %d, peer %+v; %s",
-			answered.Load(), mib(uint64(body)), mib(uint64(written.Load())), ts, st.BadFetchResponses, ps, hr)
+			h.answered.Load(), mib(uint64(body)), mib(uint64(h.written.Load())), ts, st.BadFetchResponses, ps, hr)
 		if ts.GarbageFrames == 0 || ts.OversizedFrames == 0 {
 			t.Errorf("oversized answers to pushes (%d garbage) and fetches (%d oversized) not counted", ts.GarbageFrames, ts.OversizedFrames)
 		}
 		if ps.BadResponses == 0 {
 			t.Error("oversized fetch answers not counted against the member as bad responses")
 		}
-		if w := written.Load(); w > int64(answered.Load())*int64(tcfg.MaxStreamWindow)+int64(tcfg.MaxConnectionWindow) {
+		if w := h.written.Load(); w > int64(h.answered.Load())*int64(tcfg.MaxStreamWindow)+int64(tcfg.MaxConnectionWindow) {
 			t.Errorf("the victim took %.1f MiB of oversized bodies", mib(uint64(w)))
 		}
 		conn.CloseWithError(0, "")
-		serving.Wait()
+		h.Wait()
 		a.checkHeap("oversized answers", attackSlack)
 	})
 	t.Logf("real time %.1f s", time.Since(realStart).Seconds())

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -264,3 +265,51 @@ func (h *honestCalls) finish(t *testing.T) string {
 	return fmt.Sprintf("honest calls: %d answered in %.1f s (%.1f/s), %d failed, slowest %v",
 		h.ok.Load(), w.Seconds(), float64(h.ok.Load())/w.Seconds(), h.failed.Load(), time.Duration(h.worst.Load()))
 }
+
+// hugeAnswers is a hostile peer that answers every request it is sent on
+// conn with statusOK and a body of size bytes, counting the requests it
+// answered, the body bytes the victim's QUIC stack took, and the writes
+// the victim stopped with a stream reset. Close conn, then Wait.
+type hugeAnswers struct {
+	answered, written, stopped atomic.Int64
+	serving                    sync.WaitGroup
+}
+
+func answerHuge(conn *quic.Conn, size int) *hugeAnswers {
+	h := &hugeAnswers{}
+	h.serving.Go(func() {
+		for {
+			str, err := conn.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			h.serving.Go(func() {
+				if _, err := io.ReadAll(str); err != nil {
+					return
+				}
+				h.answered.Add(1)
+				if _, err := str.Write(rawResponseHeader(statusOK, size)); err != nil {
+					return
+				}
+				chunk := make([]byte, 256<<10)
+				_ = str.SetWriteDeadline(time.Now().Add(20 * time.Second))
+				for sent := 0; sent < size; sent += len(chunk) {
+					n, err := str.Write(chunk)
+					h.written.Add(int64(n))
+					if err != nil {
+						var se *quic.StreamError
+						if errors.As(err, &se) {
+							h.stopped.Add(1)
+						}
+						return
+					}
+				}
+				str.Close()
+			})
+		}
+	})
+	return h
+}
+
+// Wait waits for every answer to end (after conn was closed).
+func (h *hugeAnswers) Wait() { h.serving.Wait() }

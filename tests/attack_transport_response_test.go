@@ -3,9 +3,7 @@ package tests
 import (
 	"context"
 	"errors"
-	"io"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -35,39 +33,7 @@ func TestAttackTransportOversizedResponses(t *testing.T) {
 
 		// The attacker answers every request with statusOK and 32 MiB.
 		const body = 32 << 20
-		var written atomic.Int64 // body bytes the victim's QUIC stack took
-		var refusedEarly atomic.Int64
-		var serving sync.WaitGroup
-		serving.Go(func() {
-			for {
-				str, err := conn.AcceptStream(context.Background())
-				if err != nil {
-					return
-				}
-				serving.Go(func() {
-					if _, err := io.ReadAll(str); err != nil {
-						return
-					}
-					if _, err := str.Write(rawResponseHeader(statusOK, body)); err != nil {
-						return
-					}
-					chunk := make([]byte, 256<<10)
-					_ = str.SetWriteDeadline(time.Now().Add(20 * time.Second))
-					for sent := 0; sent < body; sent += len(chunk) {
-						n, err := str.Write(chunk)
-						written.Add(int64(n))
-						if err != nil {
-							var se *quic.StreamError
-							if errors.As(err, &se) {
-								refusedEarly.Add(1)
-							}
-							return
-						}
-					}
-					str.Close()
-				})
-			}
-		})
+		h := answerHuge(conn, body)
 
 		const pushes, calls = 8, 8
 		var wg sync.WaitGroup
@@ -102,10 +68,10 @@ func TestAttackTransportOversizedResponses(t *testing.T) {
 		}
 		t.Log(hc.finish(t))
 		conn.CloseWithError(0, "")
-		serving.Wait()
+		h.Wait()
 		st := victim.Stats(an.ids[0].ID)
 		t.Logf("push errors ErrProtocol %d, call errors ErrTooLarge %d; attacker wrote %.1f MiB of %d × 32 MiB, %d writes stopped by the victim; victim's counters %+v",
-			protoErrs, tooLarge, mib(uint64(written.Load())), pushes+calls, refusedEarly.Load(), st)
+			protoErrs, tooLarge, mib(uint64(h.written.Load())), pushes+calls, h.stopped.Load(), st)
 		if protoErrs != pushes || tooLarge != calls {
 			t.Errorf("got %d ErrProtocol and %d ErrTooLarge, want %d and %d", protoErrs, tooLarge, pushes, calls)
 		}
@@ -114,7 +80,7 @@ func TestAttackTransportOversizedResponses(t *testing.T) {
 		}
 		// The victim stops reading at the header: what the attacker got
 		// onto the wire is bounded by the receive windows, not 16 × 32 MiB.
-		if w := written.Load(); w > int64(cfg.MaxConnectionWindow) {
+		if w := h.written.Load(); w > int64(cfg.MaxConnectionWindow) {
 			t.Errorf("the victim took %.1f MiB of oversized bodies, more than its connection window", mib(uint64(w)))
 		}
 	})
