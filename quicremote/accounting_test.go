@@ -13,7 +13,6 @@ import (
 	"github.com/abcast/abcast/internal/poll"
 	"github.com/abcast/abcast/proto/abcastpb"
 	"github.com/abcast/abcast/quicremote"
-	"github.com/abcast/abcast/quicremote/transport"
 )
 
 // Issue 16, "memory accounting": what a peer's messages cost while they
@@ -48,13 +47,7 @@ func TestSecQueuedMessagesChargedUntilTaken(t *testing.T) {
 	const budgetBytes = 1 << 20
 	const targets, perTarget, size = 8, 40, 8 << 10 // 2.5 MiB offered
 	budget := &budgetRPC{limit: budgetBytes}
-	bubble(t, 2, rclusterOpts{wrap: func(i int, rpc transport.RPC) transport.RPC {
-		if i == 0 {
-			budget.RPC = rpc
-			return budget
-		}
-		return rpc
-	}}, func(t *testing.T, c *rcluster) {
+	bubble(t, 2, budget.onNode0(), func(t *testing.T, c *rcluster) {
 		a, x := c.nodes[0], c.nodes[1]
 		c.waitMesh()
 		release := make(chan struct{})

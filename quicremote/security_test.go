@@ -187,6 +187,17 @@ func TestSecHostilePayloadRefusedHeapBounded(t *testing.T) {
 
 // budgetRPC stands in for the transport's per-peer memory budget: Reserve
 // fails beyond limit bytes held at once.
+// onNode0 puts the budget in front of node 0's transport.
+func (b *budgetRPC) onNode0() rclusterOpts {
+	return rclusterOpts{wrap: func(i int, rpc transport.RPC) transport.RPC {
+		if i == 0 {
+			b.RPC = rpc
+			return b
+		}
+		return rpc
+	}}
+}
+
 type budgetRPC struct {
 	transport.RPC
 	limit          int64
@@ -211,13 +222,7 @@ func (b *budgetRPC) Release(_ membership.NodeID, n int) { b.held.Add(-int64(n)) 
 // take is refused undecoded, and everything charged is given back.
 func TestSecDecodedCopiesChargedToPeerBudget(t *testing.T) {
 	budget := &budgetRPC{limit: 16 << 10}
-	bubble(t, 2, rclusterOpts{wrap: func(i int, rpc transport.RPC) transport.RPC {
-		if i == 0 {
-			budget.RPC = rpc
-			return budget
-		}
-		return rpc
-	}}, func(t *testing.T, c *rcluster) {
+	bubble(t, 2, budget.onNode0(), func(t *testing.T, c *rcluster) {
 		a, x := c.nodes[0], c.nodes[1]
 		c.waitMesh()
 		col := spawnCollector(t, a.sys, "col", 10)
