@@ -121,14 +121,7 @@ func newNodeAttack(t *testing.T, cfg actors.Config, tcfg transport.Config, rawCf
 	a.ch = a.s.OpenChannel(hostileChannel, abcasttest.ChannelOptions{Verify: verifyPayload})
 	if rawCfg != nil {
 		a.raw = a.s.Raw(a.hostile, *rawCfg)
-		must(t, abcasttest.Eventually(time.Minute, func() error {
-			for _, i := range []int{a.victim, a.honest} {
-				if _, up := a.raw.ConnID(a.s.ID(i)); !up {
-					return fmt.Errorf("hostile member not connected to node %d", i)
-				}
-			}
-			return nil
-		}))
+		waitRawUp(t, a.raw, a.s.ID(a.victim), a.s.ID(a.honest))
 		for _, i := range []int{a.victim, a.honest} {
 			must(t, abcasttest.Announce(context.Background(), a.raw, a.s.ID(i), hostileChannel))
 		}
@@ -377,4 +370,18 @@ func (a *nodeAttack) dialRaw() *quic.Conn {
 // victimTransport is the victim node's QUIC transport.
 func (a *nodeAttack) victimTransport() *transport.Transport {
 	return a.s.Node(a.victim).Transport().(*transport.Transport)
+}
+
+// waitRawUp waits until the raw member has a connection to every one of
+// peers.
+func waitRawUp(t *testing.T, raw transport.RPC, peers ...membership.NodeID) {
+	t.Helper()
+	must(t, abcasttest.Eventually(time.Minute, func() error {
+		for _, p := range peers {
+			if _, up := raw.ConnID(p); !up {
+				return fmt.Errorf("raw member not connected to %s", p.Short())
+			}
+		}
+		return nil
+	}))
 }

@@ -124,12 +124,7 @@ func TestAttackSlotsAcrossConnections(t *testing.T) {
 		// A new connection, announced, and another SlotLimit slots.
 		a.s.CloseRaw(a.hostile)
 		raw := a.s.Raw(a.hostile, rawCfg)
-		must(t, abcasttest.Eventually(time.Minute, func() error {
-			if _, up := raw.ConnID(a.victimID()); !up {
-				return fmt.Errorf("not reconnected")
-			}
-			return nil
-		}))
+		waitRawUp(t, raw, a.victimID())
 		must(t, abcasttest.Announce(context.Background(), raw, a.victimID(), hostileChannel))
 		// The same slots with other ids: the old entries would stay as
 		// legacy entries until a Sync; then other slots.

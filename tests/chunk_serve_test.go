@@ -3,7 +3,6 @@ package tests
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -27,12 +26,7 @@ func TestFetchChunkServedBare(t *testing.T) {
 		s.Start(1)
 		ch := s.OpenChannel("ch", abcasttest.ChannelOptions{})
 		raw := s.Raw(2, transport.DefaultConfig())
-		must(t, abcasttest.Eventually(time.Minute, func() error {
-			if _, up := raw.ConnID(s.ID(0)); !up {
-				return fmt.Errorf("raw peer not connected")
-			}
-			return nil
-		}))
+		waitRawUp(t, raw, s.ID(0))
 		payload := make([]byte, 3*broadcast.MinChunkSize+100)
 		for i := range payload {
 			payload[i] = byte(i * 7)

@@ -24,12 +24,7 @@ func TestSecurityUpdateStreamRefusesPerUpdate(t *testing.T) {
 		s.Start(1)
 		ch := s.OpenChannel("ch", abcasttest.ChannelOptions{})
 		raw := s.Raw(2, transport.DefaultConfig())
-		must(t, abcasttest.Eventually(time.Minute, func() error {
-			if _, up := raw.ConnID(s.ID(0)); !up {
-				return fmt.Errorf("raw peer not connected")
-			}
-			return nil
-		}))
+		waitRawUp(t, raw, s.ID(0))
 		must(t, abcasttest.Announce(t.Context(), raw, s.ID(0), "ch"))
 		push := func(commit, slot uint64, id string) []byte {
 			b, err := abcasttest.EncodeSlotUpdate(broadcast.SlotUpdate{Commit: broadcast.CommitID(commit), Slot: broadcast.Slot(slot), Kind: broadcast.KindPush,
