@@ -638,19 +638,25 @@ func (c *Channel) maxUpdateLen() int {
 	return max(c.rcfg.MaxPushSize, advert) + 64
 }
 
+// decodeUpdate decodes one update from peer. One longer than maxUpdateLen
+// is refused undecoded: the copy would cost as much as the frame, for an
+// update the core refuses anyway.
+func (c *Channel) decodeUpdate(peer membership.NodeID, data []byte) (broadcast.SlotUpdate, error) {
+	if max := c.maxUpdateLen(); len(data) > max {
+		return broadcast.SlotUpdate{}, fmt.Errorf("update from %s: %w: %d bytes, more than a push of MaxPushSize or an advert takes (%d)", peer.Short(), broadcast.ErrInvalid, len(data), max)
+	}
+	u, err := wire.DecodeSlotUpdate(data, c.limit)
+	if err != nil {
+		return u, fmt.Errorf("update from %s: %w", peer.Short(), err)
+	}
+	return u, nil
+}
+
 // handleUpdate serves an incoming slot update: the receiver actor applies
 // it, and only then is it acknowledged. Stale updates are acknowledged too
 // (a newer state is already held); refused ones return an error.
 func (c *Channel) handleUpdate(ctx context.Context, peer membership.NodeID, req []byte) ([]byte, error) {
-	var u broadcast.SlotUpdate
-	var decodeErr error
-	if max := c.maxUpdateLen(); len(req) > max {
-		// Not decoded: the copy would cost as much as the frame, for an
-		// update the core refuses anyway.
-		decodeErr = fmt.Errorf("update from %s: %w: %d bytes, more than a push of MaxPushSize or an advert takes (%d)", peer.Short(), broadcast.ErrInvalid, len(req), max)
-	} else if u, decodeErr = wire.DecodeSlotUpdate(req, c.limit); decodeErr != nil {
-		decodeErr = fmt.Errorf("update from %s: %w", peer.Short(), decodeErr)
-	}
+	u, decodeErr := c.decodeUpdate(peer, req)
 	conn, ok := connIDOf(ctx, c.n, peer)
 	if !ok {
 		return nil, fmt.Errorf("update from %s: no connection", peer.Short())

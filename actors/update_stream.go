@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/abcast/abcast/broadcast"
-	"github.com/abcast/abcast/internal/wire"
 	"github.com/abcast/abcast/membership"
 	"github.com/abcast/abcast/quicremote/transport"
 )
@@ -464,16 +463,8 @@ func (c *Channel) applyUpdates(ctx context.Context, peer membership.NodeID, conn
 		return fail(fmt.Errorf("update from %s: channel %s is restarting", peer.Short(), c.name))
 	}
 	us := make([]updateMsg, len(datas))
-	maxLen := c.maxUpdateLen()
 	for i, d := range datas {
-		var u broadcast.SlotUpdate
-		var err error
-		if len(d) > maxLen {
-			// As on a stream of its own (handleUpdate): not decoded.
-			err = fmt.Errorf("update from %s: %w: %d bytes, more than a push of MaxPushSize or an advert takes (%d)", peer.Short(), broadcast.ErrInvalid, len(d), maxLen)
-		} else if u, err = wire.DecodeSlotUpdate(d, c.limit); err != nil {
-			err = fmt.Errorf("update from %s: %w", peer.Short(), err)
-		}
+		u, err := c.decodeUpdate(peer, d)
 		us[i] = updateMsg{peer: broadcast.PeerID(peer.String()), conn: conn, u: u, decodeErr: err}
 	}
 	timer := time.NewTimer(c.n.cfg.HandlerTimeout)
